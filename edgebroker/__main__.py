@@ -1,0 +1,6 @@
+"""`python -m edgebroker` runs the broker, as the `edgebroker` command does."""
+import sys
+
+from .cli.broker import main
+
+sys.exit(main())

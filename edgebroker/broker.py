@@ -1,0 +1,541 @@
+"""The broker core: sessions, QoS state machines, routing, retained messages, wills, keepalive.
+
+Theory of operation: the core never touches a socket or reads the clock. The loop calls
+`connection_made`, `data_received(conn, bytes, now)`, `connection_lost(conn, now, reason)` and
+`tick(now)`; the core parses, decides, and appends encoded packets to `conn.out`, listing the
+connection in `broker.dirty` the first time it has output in a turn. When it decides a connection must
+end it marks it closed (will, session cleanup and logging happen here, once) and lists it in
+`broker.closing`; the loop flushes what is buffered and closes the socket. So every way a connection
+ends goes through `_close`, and the whole core runs in memory in tests with a fake clock.
+
+Packet handling is dict-dispatched per connection state: a packet type a state does not list is a
+protocol violation and closes the connection.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Callable, Dict, List, Optional
+
+from . import __version__
+from . import log as L
+from .codec import MAX_PACKET_SIZE, Parser, encode_remaining_length
+from .config import Config
+from .errors import MalformedPacket
+from .packets import (
+    Connect, ConnackCode, Disconnect, Pingreq, Puback, Pubcomp, Publish, Pubrec, Pubrel,
+    Subscribe, Unsubscribe, Will,
+)
+from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, Message, Session
+from .sysstats import Stats, sys_values
+from .topics import TopicTree, filter_matches
+
+__all__ = ["Broker", "Connection"]
+
+#: Bytes a connection may send before its CONNECT is complete. The largest valid CONNECT is five
+#: 64 KiB fields plus headers (~320 KiB); anything bigger before CONNECT is not MQTT.
+PRE_CONNECT_MAX_BYTES = 512 * 1024
+#: Output bytes buffered for one connection beyond which QoS 0 messages to it are dropped (and
+#: counted): a subscriber that stops reading must not make the broker grow without bound. QoS 1/2 are
+#: bounded by the inflight window and the queue instead.
+OUT_BUFFER_LIMIT = 8 * 1024 * 1024
+#: How often connect deadlines and keepalives are checked, in seconds.
+CHECK_INTERVAL = 0.5
+
+_PINGRESP = b"\xd0\x00"
+_PROTOCOLS = {("MQTT", 4): "p2", ("MQIsdp", 3): "p1"}
+
+
+class Connection:
+    """The core's side of one network connection. The loop owns the socket (`handle`)."""
+
+    __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
+                 "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
+                 "_dirty", "close_reason")
+
+    def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
+        self.peer = peer
+        self.port = port
+        self.parser = Parser(PRE_CONNECT_MAX_BYTES)
+        self.out: List[bytes] = []
+        self.out_size = 0
+        self.session: Optional[Session] = None
+        self.client_id = "<unknown>"
+        self.connected = False
+        self.closed = False
+        self.keepalive = 0
+        self.last_rx = now
+        self.accepted_at = now
+        self.will: Optional[Will] = None
+        self.protocol_level = 0
+        self.handle: object = None
+        self._dirty = dirty
+        self.close_reason = ""
+
+    def write(self, data: bytes) -> None:
+        if not self.out:
+            self._dirty.append(self)
+        self.out.append(data)
+        self.out_size += len(data)
+
+
+class Broker:
+    def __init__(self, config: Config, now: float, log: Optional[Callable[[int, str], None]] = None) -> None:
+        self.config = config
+        self.log = log if log is not None else L.null_log
+        self.debug = bool(getattr(log, "enabled", lambda level: False)(L.DEBUG))
+        self.tree = TopicTree()
+        self.sessions: Dict[str, Session] = {}
+        self.retained: Dict[str, Message] = {}
+        self.connections: Dict[Connection, None] = {}
+        self.dirty: List[Connection] = []
+        self.closing: List[Connection] = []
+        self.stats = Stats()
+        self.started = now
+        self._max_inflight = config.max_inflight_messages or 65535
+        self._next_check = now + CHECK_INTERVAL
+        self._next_sys = now if config.sys_interval > 0 else float("inf")
+        self._sys_last: Dict[str, str] = {}
+        self._handlers_new = {Connect: self._on_connect}
+        self._handlers = {
+            Publish: self._on_publish, Puback: self._on_puback, Pubrec: self._on_pubrec,
+            Pubrel: self._on_pubrel, Pubcomp: self._on_pubcomp, Subscribe: self._on_subscribe,
+            Unsubscribe: self._on_unsubscribe, Pingreq: self._on_pingreq, Disconnect: self._on_disconnect,
+        }
+
+    # ---- events from the loop -------------------------------------------------------------------
+
+    def connection_made(self, peer: str, port: int, now: float) -> Connection:
+        conn = Connection(peer, port, now, self.dirty)
+        self.connections[conn] = None
+        return conn
+
+    def data_received(self, conn: Connection, data: bytes, now: float) -> None:
+        if conn.closed:
+            return
+        conn.last_rx = now
+        self.stats.bytes_received += len(data)
+        try:
+            packets = conn.parser.feed(data)
+        except MalformedPacket as exc:
+            self._close(conn, now, f"malformed packet: {exc}")  # [MQTT-4.8.0-1]
+            return
+        self.stats.messages_received += len(packets)
+        for packet in packets:
+            handler = (self._handlers if conn.connected else self._handlers_new).get(type(packet))
+            if handler is None:
+                if isinstance(packet, Connect):
+                    reason = "second CONNECT [MQTT-3.1.0-2]"
+                elif not conn.connected:
+                    reason = "first packet not CONNECT [MQTT-3.1.0-1]"
+                else:
+                    reason = f"unexpected {type(packet).__name__.upper()} from a client"
+                self._close(conn, now, f"protocol error: {reason}")
+                return
+            handler(conn, packet, now)
+            if conn.closed:
+                return
+
+    def connection_lost(self, conn: Connection, now: float, reason: str = "closed its connection") -> None:
+        self._close(conn, now, reason)
+
+    def tick(self, now: float) -> float:
+        """Run the timers that are due; return when the next one is."""
+        if now >= self._next_check:
+            self._next_check = now + CHECK_INTERVAL
+            self._check_timeouts(now)
+        if now >= self._next_sys:
+            self._next_sys = now + self.config.sys_interval
+            self.publish_sys(now)
+        return min(self._next_check, self._next_sys)
+
+    def shutdown(self, now: float) -> None:
+        """Close every connection. A broker that stops does not publish wills: its clients did not
+        fail, and a restart must not announce every device offline."""
+        for conn in list(self.connections):
+            self._close(conn, now, "broker stopping", publish_will=False)
+
+    # ---- connection end: the one path ---------------------------------------------------------
+
+    def _close(self, conn: Connection, now: float, reason: str, publish_will: bool = True) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        conn.close_reason = reason
+        self.closing.append(conn)
+        self.connections.pop(conn, None)
+        if not conn.connected:
+            if reason != "closed its connection":
+                self.log(L.NOTICE, f"Client {conn.client_id} from {conn.peer} disconnected: {reason}.")
+            return
+        conn.connected = False
+        self.stats.clients_connected -= 1
+        if reason == "disconnected":
+            self.log(L.NOTICE, f"Client {conn.client_id} disconnected.")
+        elif reason == "closed its connection":
+            self.log(L.NOTICE, f"Client {conn.client_id} closed its connection.")
+        elif reason == "exceeded timeout":
+            self.log(L.NOTICE, f"Client {conn.client_id} has exceeded timeout, disconnecting.")
+        else:
+            self.log(L.NOTICE, f"Client {conn.client_id} disconnected, {reason}.")
+        will = conn.will
+        conn.will = None
+        if will is not None and publish_will:
+            self._publish_will(will)
+        session = conn.session
+        if session is not None and session.conn is conn:
+            session.conn = None
+            if session.clean:
+                self._discard_session(session)
+
+    def _publish_will(self, will: Will) -> None:
+        """A will is published like a PUBLISH from its client [MQTT-3.1.2-8], retain included."""
+        if will.retain and self.config.retain_available:
+            self._set_retained(will.topic, will.payload, will.qos)
+        self._route(Message(will.topic, will.payload, will.qos))
+
+    def _discard_session(self, session: Session) -> None:
+        for topic_filter in session.subscriptions:
+            self.tree.unsubscribe(topic_filter, session)
+        session.subscriptions.clear()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+
+    def _check_timeouts(self, now: float) -> None:
+        connect_timeout = self.config.connect_timeout
+        for conn in list(self.connections):
+            if not conn.connected:
+                if now - conn.accepted_at > connect_timeout:
+                    self._close(conn, now, "no CONNECT in time")
+            elif conn.keepalive and now - conn.last_rx > conn.keepalive * 1.5:
+                self._close(conn, now, "exceeded timeout")  # [MQTT-3.1.2-24]
+
+    # ---- CONNECT --------------------------------------------------------------------------------
+
+    def _refuse(self, conn: Connection, code: int, now: float, reason: str) -> None:
+        conn.write(_connack(False, code))
+        self.stats.messages_sent += 1
+        if self.debug:
+            self.log(L.DEBUG, f"Sending CONNACK to {conn.client_id} (0, {code})")
+        self._close(conn, now, reason)
+
+    def _on_connect(self, conn: Connection, p: Connect, now: float) -> None:
+        cfg = self.config
+        proto = _PROTOCOLS.get((p.protocol_name, p.protocol_level))
+        if proto is None:
+            if p.protocol_name in ("MQTT", "MQIsdp"):
+                self._refuse(conn, ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION, now,
+                             f"unsupported protocol level {p.protocol_level} [MQTT-3.1.2-2]")
+            else:
+                self._close(conn, now, f"invalid protocol name {p.protocol_name!r} [MQTT-3.1.2-1]")
+            return
+        client_id = p.client_id
+        if not client_id:
+            if p.protocol_level == 3 or not p.clean_session or not cfg.allow_zero_length_clientid:
+                self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
+                             "empty client id not allowed [MQTT-3.1.3-8]")
+                return
+            client_id = cfg.auto_id_prefix + str(uuid.uuid4()).upper()  # [MQTT-3.1.3-6]
+        conn.client_id = client_id
+        if p.keepalive > cfg.max_keepalive:
+            self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
+                         f"keepalive {p.keepalive} above max_keepalive {cfg.max_keepalive}")
+            return
+
+        session = self.sessions.get(client_id)
+        if session is not None and session.conn is not None:
+            # Takeover: the server MUST disconnect the existing client [MQTT-3.1.4-2].
+            old = session.conn
+            self.log(L.NOTICE, f"Client {client_id} already connected, closing old connection.")
+            self._close(old, now, "session taken over")  # type: ignore[arg-type]
+            session = self.sessions.get(client_id)
+        if p.clean_session and session is not None:
+            self._discard_session(session)  # [MQTT-3.1.2-6]
+            session = None
+        present = session is not None
+        if session is None:
+            session = Session(client_id, p.clean_session)
+            self.sessions[client_id] = session
+        session.conn = conn
+        session.drop_logged = False
+        conn.session = session
+        conn.connected = True
+        conn.keepalive = p.keepalive
+        conn.will = p.will
+        conn.protocol_level = p.protocol_level
+        conn.parser.max_packet_size = cfg.max_packet_size or MAX_PACKET_SIZE
+        stats = self.stats
+        stats.clients_connected += 1
+        if stats.clients_connected > stats.clients_maximum:
+            stats.clients_maximum = stats.clients_connected
+        self.log(L.NOTICE, f"New client connected from {conn.peer} as {client_id} "
+                           f"({proto}, c{int(p.clean_session)}, k{p.keepalive}"
+                           f"{', u' + repr(p.username) if p.username is not None else ''}).")
+        if self.debug:
+            if p.will is None:
+                self.log(L.DEBUG, "No will message specified.")
+            else:
+                self.log(L.DEBUG, f"Will message specified ({len(p.will.payload)} bytes) "
+                                  f"(r{int(p.will.retain)}, q{p.will.qos}).")
+                self.log(L.DEBUG, f"\t{p.will.topic}")
+            self.log(L.DEBUG, f"Sending CONNACK to {client_id} ({int(present)}, 0)")
+        # Session present: 0 for a clean session [MQTT-3.2.2-1], 1 when one is resumed [MQTT-3.2.2-2].
+        conn.write(_connack(present, 0))
+        stats.messages_sent += 1
+        if present:
+            self._resend(session, conn)
+
+    def _resend(self, session: Session, conn: Connection) -> None:
+        """On reconnect, resend unacknowledged PUBLISH (DUP set) and PUBREL packets in their original
+        order [MQTT-4.4.0-1], then continue with the queue."""
+        for pid, entry in session.inflight.items():
+            if entry[2] == INFLIGHT_SENT:
+                conn.write(entry[0].wire(entry[1], pid, True))
+                self.stats.publish_sent += 1
+            else:
+                conn.write(b"\x62\x02" + pid.to_bytes(2, "big"))
+            self.stats.messages_sent += 1
+        self._pump(session, conn)
+
+    # ---- PUBLISH and its acknowledgements ----------------------------------------------------
+
+    def _on_publish(self, conn: Connection, p: Publish, now: float) -> None:
+        self.stats.publish_received += 1
+        if self.debug:
+            self.log(L.DEBUG, f"Received PUBLISH from {conn.client_id} (d{int(p.dup)}, q{p.qos}, r{int(p.retain)}, "
+                              f"m{p.packet_id}, '{p.topic}', ... ({len(p.payload)} bytes))")
+        qos = p.qos
+        if qos == 2:
+            awaiting = conn.session.awaiting_rel  # type: ignore[union-attr]
+            if p.packet_id in awaiting:
+                # A resend of a message already delivered: acknowledge, do not deliver twice [MQTT-4.3.3-2].
+                self._send_ack(conn, 0x50, p.packet_id, "PUBREC")
+                return
+            awaiting.add(p.packet_id)
+        if p.retain:
+            if not self.config.retain_available:
+                self._close(conn, now, "retained message sent but retain_available is false")
+                return
+            self._set_retained(p.topic, p.payload, qos)
+        self._route(Message(p.topic, p.payload, qos))
+        if qos == 1:
+            self._send_ack(conn, 0x40, p.packet_id, "PUBACK")  # [MQTT-4.3.2-2]
+        elif qos == 2:
+            self._send_ack(conn, 0x50, p.packet_id, "PUBREC")  # [MQTT-4.3.3-2]
+
+    def _send_ack(self, conn: Connection, first: int, packet_id: int, name: str) -> None:
+        conn.write(bytes((first, 2)) + packet_id.to_bytes(2, "big"))
+        self.stats.messages_sent += 1
+        if self.debug:
+            self.log(L.DEBUG, f"Sending {name} to {conn.client_id} (m{packet_id}, rc0)")
+
+    def _set_retained(self, topic: str, payload: bytes, qos: int) -> None:
+        if payload:
+            self.retained[topic] = Message(topic, payload, qos, retain=True)  # [MQTT-3.3.1-5]
+        else:
+            self.retained.pop(topic, None)  # empty payload clears it [MQTT-3.3.1-10] [MQTT-3.3.1-11]
+
+    def _route(self, msg: Message) -> None:
+        """Deliver one message to every matching subscription, once per client at the highest QoS of
+        its matching subscriptions [MQTT-3.3.5-1]; the retain flag is clear on live delivery
+        [MQTT-3.3.1-9]."""
+        subs = self.tree.match(msg.topic)
+        if not subs:
+            return
+        pub_qos = msg.qos
+        upgrade = self.config.upgrade_outgoing_qos
+        stats = self.stats
+        for session, sub_qos in subs.items():
+            qos = sub_qos if upgrade or sub_qos < pub_qos else pub_qos  # [MQTT-3.8.4-6]
+            if qos == 0:
+                conn = session.conn
+                if conn is not None:
+                    if conn.out_size > OUT_BUFFER_LIMIT:
+                        self._drop(session, "output buffer full")
+                        continue
+                    conn.write(msg.q0())
+                    stats.publish_sent += 1
+                    stats.messages_sent += 1
+                    if self.debug:
+                        self._log_sent(conn, msg, 0, 0, False)
+                elif self.config.queue_qos0_messages:
+                    self._enqueue(session, msg, 0)
+                continue
+            self._deliver(session, msg, qos)
+
+    def _deliver(self, session: Session, msg: Message, qos: int) -> None:
+        conn = session.conn
+        if conn is not None and not session.queue and len(session.inflight) < self._max_inflight:
+            self._send_inflight(session, conn, msg, qos)
+        else:
+            self._enqueue(session, msg, qos)
+
+    def _send_inflight(self, session: Session, conn: Connection, msg: Message, qos: int) -> None:
+        pid = session.next_packet_id()
+        session.inflight[pid] = [msg, qos, INFLIGHT_SENT]
+        conn.write(msg.wire(qos, pid))
+        self.stats.publish_sent += 1
+        self.stats.messages_sent += 1
+        if self.debug:
+            self._log_sent(conn, msg, qos, pid, False)
+
+    def _log_sent(self, conn: Connection, msg: Message, qos: int, pid: int, dup: bool) -> None:
+        self.log(L.DEBUG, f"Sending PUBLISH to {conn.client_id} (d{int(dup)}, q{qos}, r{int(msg.retain)}, "
+                          f"m{pid}, '{msg.topic}', ... ({len(msg.payload)} bytes))")
+
+    def _enqueue(self, session: Session, msg: Message, qos: int) -> None:
+        cfg = self.config
+        if cfg.max_queued_messages and len(session.queue) >= cfg.max_queued_messages:
+            self._drop(session, f"max_queued_messages {cfg.max_queued_messages} reached")
+            return
+        if cfg.max_queued_bytes and session.queued_bytes + len(msg.payload) > cfg.max_queued_bytes:
+            self._drop(session, f"max_queued_bytes {cfg.max_queued_bytes} reached")
+            return
+        session.queue.append((msg, qos))
+        session.queued_bytes += len(msg.payload)
+
+    def _drop(self, session: Session, why: str) -> None:
+        self.stats.publish_dropped += 1
+        if not session.drop_logged:  # once per client until its queue drains again
+            session.drop_logged = True
+            self.log(L.NOTICE, f"Outgoing messages are being dropped for client {session.client_id} ({why}).")
+
+    def _pump(self, session: Session, conn: Connection) -> None:
+        """Move queued messages into the inflight window while it has room."""
+        queue = session.queue
+        max_inflight = self._max_inflight
+        while queue and len(session.inflight) < max_inflight:
+            msg, qos = queue.popleft()
+            session.queued_bytes -= len(msg.payload)
+            if qos == 0:
+                conn.write(msg.q0())
+                self.stats.publish_sent += 1
+                self.stats.messages_sent += 1
+            else:
+                self._send_inflight(session, conn, msg, qos)
+        if not queue:
+            session.drop_logged = False
+
+    def _on_puback(self, conn: Connection, p: Puback, now: float) -> None:
+        session = conn.session
+        entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
+        if entry is not None and entry[1] == 1:
+            del session.inflight[p.packet_id]  # type: ignore[union-attr]
+            if session.queue:  # type: ignore[union-attr]
+                self._pump(session, conn)  # type: ignore[arg-type]
+        if self.debug:
+            self.log(L.DEBUG, f"Received PUBACK from {conn.client_id} (Mid: {p.packet_id}, RC:0)")
+
+    def _on_pubrec(self, conn: Connection, p: Pubrec, now: float) -> None:
+        session = conn.session
+        entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
+        if entry is not None and entry[1] == 2:
+            entry[2] = INFLIGHT_RELEASED
+        if self.debug:
+            self.log(L.DEBUG, f"Received PUBREC from {conn.client_id} (Mid: {p.packet_id})")
+        self._send_ack(conn, 0x62, p.packet_id, "PUBREL")  # [MQTT-4.3.3-3]
+
+    def _on_pubrel(self, conn: Connection, p: Pubrel, now: float) -> None:
+        conn.session.awaiting_rel.discard(p.packet_id)  # type: ignore[union-attr]
+        if self.debug:
+            self.log(L.DEBUG, f"Received PUBREL from {conn.client_id} (Mid: {p.packet_id})")
+        self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]
+
+    def _on_pubcomp(self, conn: Connection, p: Pubcomp, now: float) -> None:
+        session = conn.session
+        entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
+        if entry is not None and entry[2] == INFLIGHT_RELEASED:
+            del session.inflight[p.packet_id]  # type: ignore[union-attr]
+            if session.queue:  # type: ignore[union-attr]
+                self._pump(session, conn)  # type: ignore[arg-type]
+        if self.debug:
+            self.log(L.DEBUG, f"Received PUBCOMP from {conn.client_id} (Mid: {p.packet_id}, RC:0)")
+
+    # ---- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------------------------------
+
+    def _on_subscribe(self, conn: Connection, p: Subscribe, now: float) -> None:
+        session: Session = conn.session  # type: ignore[assignment]
+        debug = self.debug
+        if debug:
+            self.log(L.DEBUG, f"Received SUBSCRIBE from {conn.client_id}")
+        codes = []
+        for topic_filter, qos in p.topics:
+            self.tree.subscribe(topic_filter, session, qos)  # replaces an identical filter [MQTT-3.8.4-3]
+            session.subscriptions[topic_filter] = qos
+            codes.append(qos)
+            if debug:
+                self.log(L.DEBUG, f"\t{topic_filter} (QoS {qos})")
+            self.log(L.SUBSCRIBE, f"{conn.client_id} {qos} {topic_filter}")
+        # SUBACK with the same packet id [MQTT-3.8.4-2], one return code per filter [MQTT-3.8.4-5].
+        conn.write(b"".join((b"\x90", encode_remaining_length(2 + len(codes)),
+                             p.packet_id.to_bytes(2, "big"), bytes(codes))))
+        self.stats.messages_sent += 1
+        if debug:
+            self.log(L.DEBUG, f"Sending SUBACK to {conn.client_id}")
+        for topic_filter, qos in p.topics:
+            self._send_retained(session, conn, topic_filter, qos)
+
+    def _send_retained(self, session: Session, conn: Connection, topic_filter: str, sub_qos: int) -> None:
+        """Retained messages matching a new subscription, with the retain flag set [MQTT-3.3.1-6]
+        [MQTT-3.3.1-8]."""
+        retained = self.retained
+        if not retained:
+            return
+        if "+" in topic_filter or "#" in topic_filter:
+            matches = [m for t, m in retained.items() if filter_matches(topic_filter, t)]
+        else:
+            m = retained.get(topic_filter)
+            matches = [m] if m is not None else []
+        for msg in matches:
+            qos = sub_qos if sub_qos < msg.qos else msg.qos
+            if qos == 0:
+                conn.write(msg.q0())
+                self.stats.publish_sent += 1
+                self.stats.messages_sent += 1
+                if self.debug:
+                    self._log_sent(conn, msg, 0, 0, False)
+            else:
+                self._deliver(session, msg, qos)
+
+    def _on_unsubscribe(self, conn: Connection, p: Unsubscribe, now: float) -> None:
+        session: Session = conn.session  # type: ignore[assignment]
+        if self.debug:
+            self.log(L.DEBUG, f"Received UNSUBSCRIBE from {conn.client_id}")
+        for topic_filter in p.topics:
+            if session.subscriptions.pop(topic_filter, None) is not None:
+                self.tree.unsubscribe(topic_filter, session)
+            self.log(L.UNSUBSCRIBE, f"{conn.client_id} {topic_filter}")
+        # UNSUBACK even when nothing matched [MQTT-3.10.4-4] [MQTT-3.10.4-5].
+        self._send_ack(conn, 0xB0, p.packet_id, "UNSUBACK")
+
+    def _on_pingreq(self, conn: Connection, p: Pingreq, now: float) -> None:
+        if self.debug:
+            self.log(L.DEBUG, f"Received PINGREQ from {conn.client_id}")
+        conn.write(_PINGRESP)  # [MQTT-3.12.4-1]
+        self.stats.messages_sent += 1
+        if self.debug:
+            self.log(L.DEBUG, f"Sending PINGRESP to {conn.client_id}")
+
+    def _on_disconnect(self, conn: Connection, p: Disconnect, now: float) -> None:
+        if self.debug:
+            self.log(L.DEBUG, f"Received DISCONNECT from {conn.client_id}")
+        conn.will = None  # a clean DISCONNECT discards the will [MQTT-3.14.4-3]
+        self._close(conn, now, "disconnected")
+
+    # ---- $SYS ---------------------------------------------------------------------------------
+
+    def publish_sys(self, now: float) -> None:
+        """Publish the `$SYS/broker/...` values that changed since the last time, retained."""
+        stored = len(self.retained) + sum(len(s.queue) + len(s.inflight) for s in self.sessions.values())
+        values = sys_values(self.stats, __version__, now - self.started, len(self.sessions),
+                            self.tree.count, len(self.retained), stored)
+        last = self._sys_last
+        for topic, value in values.items():
+            if last.get(topic) != value:
+                last[topic] = value
+                payload = value.encode()
+                self._set_retained(topic, payload, 0)
+                self._route(Message(topic, payload, 0))
+
+
+def _connack(session_present: bool, return_code: int) -> bytes:
+    return bytes((0x20, 2, 1 if session_present else 0, return_code))

@@ -1,0 +1,399 @@
+"""Sans-IO MQTT 3.1/3.1.1 codec: bytes in, packets out; packets in, bytes out.
+
+Theory of operation: `Parser.feed(data)` appends to an internal buffer and returns every complete
+packet it holds, keeping a partial one for the next call. The fixed header is checked as soon as its
+bytes arrive (type, reserved flags, remaining length, size limit), so garbage and oversized packets are
+refused before their body is buffered. Every structural rule of the standard that a single packet can
+break raises `MalformedPacket`, and nothing else escapes: decoding errors of any kind are converted.
+No sockets, no clock, no logging. Rules that need session state (CONNECT first, protocol level
+accepted, client id policy) belong to the broker core, not here.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Callable, Dict, List
+
+from .errors import MalformedPacket
+from .packets import (
+    Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
+    Suback, Subscribe, Unsuback, Unsubscribe, Will,
+)
+
+__all__ = ["Parser", "encode", "encode_remaining_length", "valid_topic_name", "valid_topic_filter",
+           "encode_publish", "MAX_PACKET_SIZE"]
+
+#: Largest packet the protocol can express: 1 byte header + 4 bytes of remaining length + 268,435,455.
+MAX_REMAINING_LENGTH = 268_435_455
+MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
+
+_U16 = struct.Struct("!H")
+
+# Fixed-header flags each packet type must carry [MQTT-2.2.2-1] [MQTT-2.2.2-2]. PUBLISH (3) is absent:
+# its flags carry DUP, QoS and RETAIN and are checked by its decoder.
+_REQUIRED_FLAGS = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 13: 0, 14: 0}
+
+
+def valid_topic_name(topic: str) -> bool:
+    """A topic name: at least one character [MQTT-4.7.3-1], no wildcards [MQTT-3.3.2-2]."""
+    return bool(topic) and "+" not in topic and "#" not in topic
+
+
+def valid_topic_filter(topic_filter: str) -> bool:
+    """A topic filter: non-empty [MQTT-4.7.3-1]; `#` alone as the last level [MQTT-4.7.1-2];
+    `+` alone in its level [MQTT-4.7.1-3]."""
+    if not topic_filter:
+        return False
+    if "+" not in topic_filter and "#" not in topic_filter:
+        return True
+    levels = topic_filter.split("/")
+    last = len(levels) - 1
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != last):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+class _Reader:
+    """Cursor over one packet body; every read checks bounds so overruns become MalformedPacket."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = len(data)
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            raise MalformedPacket("packet shorter than its fields")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def u16(self) -> int:
+        pos = self.pos
+        if pos + 2 > self.end:
+            raise MalformedPacket("packet shorter than its fields")
+        self.pos = pos + 2
+        return (self.data[pos] << 8) | self.data[pos + 1]
+
+    def binary(self) -> bytes:
+        n = self.u16()
+        pos = self.pos
+        if pos + n > self.end:
+            raise MalformedPacket("length prefix runs past the end of the packet")
+        self.pos = pos + n
+        return self.data[pos:pos + n]
+
+    def string(self) -> str:
+        raw = self.binary()
+        try:
+            text = raw.decode("utf-8")  # strict: rejects surrogates and overlong forms [MQTT-1.5.3-1]
+        except UnicodeDecodeError:
+            raise MalformedPacket("string is not valid UTF-8", "[MQTT-1.5.3-1]") from None
+        if "\x00" in text:
+            raise MalformedPacket("string contains U+0000", "[MQTT-1.5.3-2]")
+        return text
+
+    def packet_id(self) -> int:
+        pid = self.u16()
+        if pid == 0:
+            raise MalformedPacket("packet identifier 0", "[MQTT-2.3.1-1]")
+        return pid
+
+    def rest(self) -> bytes:
+        data = self.data[self.pos:]
+        self.pos = self.end
+        return data
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise MalformedPacket("packet longer than its fields")
+
+
+def _decode_connect(flags: int, body: bytes) -> Connect:
+    r = _Reader(body)
+    name = r.string()
+    level = r.u8()
+    cflags = r.u8()
+    keepalive = r.u16()
+    if level not in (3, 4):
+        # Not a protocol we parse: return what we know so the broker can refuse it with CONNACK 1
+        # [MQTT-3.1.2-2]; the payload of a newer protocol (MQTT 5 properties) is not ours to read.
+        return Connect(name, level, bool(cflags & 0x02), keepalive, "")
+    if cflags & 0x01:
+        raise MalformedPacket("CONNECT reserved flag set", "[MQTT-3.1.2-3]")
+    will_flag = cflags & 0x04
+    will_qos = (cflags >> 3) & 0x03
+    will_retain = bool(cflags & 0x20)
+    if not will_flag and (will_qos or will_retain):
+        raise MalformedPacket("will QoS or retain set without the will flag", "[MQTT-3.1.2-13]")
+    if will_qos == 3:
+        raise MalformedPacket("will QoS 3", "[MQTT-3.1.2-14]")
+    has_password = cflags & 0x40
+    has_username = cflags & 0x80
+    if has_password and not has_username:
+        raise MalformedPacket("password flag without username flag", "[MQTT-3.1.2-22]")
+    client_id = r.string()
+    will = None
+    if will_flag:
+        will_topic = r.string()
+        if not valid_topic_name(will_topic):
+            raise MalformedPacket("will topic is not a valid topic name", "[MQTT-3.1.2-9]")
+        will = Will(will_topic, r.binary(), will_qos, will_retain)
+    username = r.string() if has_username else None
+    password = r.binary() if has_password else None
+    r.done()
+    return Connect(name, level, bool(cflags & 0x02), keepalive, client_id, will, username, password)
+
+
+def _decode_connack(flags: int, body: bytes) -> Connack:
+    if len(body) != 2:
+        raise MalformedPacket("CONNACK remaining length is not 2")
+    if body[0] & 0xFE:
+        raise MalformedPacket("CONNACK reserved bits set")
+    return Connack(bool(body[0] & 1), body[1])
+
+
+def _decode_publish(flags: int, body: bytes) -> Publish:
+    qos = (flags >> 1) & 0x03
+    if qos == 3:
+        raise MalformedPacket("PUBLISH QoS 3", "[MQTT-3.3.1-4]")
+    dup = bool(flags & 0x08)
+    if dup and qos == 0:
+        raise MalformedPacket("DUP set on a QoS 0 PUBLISH", "[MQTT-3.3.1-2]")
+    r = _Reader(body)
+    topic = r.string()
+    if not valid_topic_name(topic):
+        raise MalformedPacket("PUBLISH topic name empty or with wildcards", "[MQTT-3.3.2-2]")
+    packet_id = r.packet_id() if qos else 0
+    return Publish(topic, r.rest(), qos, bool(flags & 0x01), dup, packet_id)
+
+
+def _id_only(cls: type) -> Callable[[int, bytes], object]:
+    def decode(flags: int, body: bytes) -> object:
+        if len(body) != 2:
+            raise MalformedPacket(f"{cls.__name__.upper()} remaining length is not 2")
+        pid = (body[0] << 8) | body[1]
+        if pid == 0:
+            raise MalformedPacket("packet identifier 0", "[MQTT-2.3.1-1]")
+        return cls(pid)
+    return decode
+
+
+def _decode_subscribe(flags: int, body: bytes) -> Subscribe:
+    r = _Reader(body)
+    pid = r.packet_id()
+    topics = []
+    while r.pos < r.end:
+        topic_filter = r.string()
+        if not valid_topic_filter(topic_filter):
+            raise MalformedPacket(f"invalid topic filter {topic_filter!r}", "[MQTT-4.7.1-2]")
+        qos = r.u8()
+        if qos > 2:  # also catches the reserved upper bits
+            raise MalformedPacket("SUBSCRIBE requested QoS byte invalid", "[MQTT-3-8.3-4]")
+        topics.append((topic_filter, qos))
+    if not topics:
+        raise MalformedPacket("SUBSCRIBE with no topic filter", "[MQTT-3.8.3-3]")
+    return Subscribe(pid, tuple(topics))
+
+
+def _decode_suback(flags: int, body: bytes) -> Suback:
+    r = _Reader(body)
+    pid = r.packet_id()
+    codes = tuple(r.rest())
+    if not codes or any(c not in (0, 1, 2, 0x80) for c in codes):
+        raise MalformedPacket("SUBACK return codes invalid")
+    return Suback(pid, codes)
+
+
+def _decode_unsubscribe(flags: int, body: bytes) -> Unsubscribe:
+    r = _Reader(body)
+    pid = r.packet_id()
+    topics = []
+    while r.pos < r.end:
+        topic_filter = r.string()
+        if not valid_topic_filter(topic_filter):
+            raise MalformedPacket(f"invalid topic filter {topic_filter!r}", "[MQTT-4.7.1-2]")
+        topics.append(topic_filter)
+    if not topics:
+        raise MalformedPacket("UNSUBSCRIBE with no topic filter", "[MQTT-3.10.3-2]")
+    return Unsubscribe(pid, tuple(topics))
+
+
+def _empty(cls: type) -> Callable[[int, bytes], object]:
+    instance = cls()
+
+    def decode(flags: int, body: bytes) -> object:
+        if body:
+            raise MalformedPacket(f"{cls.__name__.upper()} remaining length is not 0")
+        return instance
+    return decode
+
+
+# "Anything not in this map is invalid": types 0 and 15 are reserved [MQTT-2.2.1].
+_DECODERS: Dict[int, Callable[[int, bytes], object]] = {
+    1: _decode_connect, 2: _decode_connack, 3: _decode_publish,
+    4: _id_only(Puback), 5: _id_only(Pubrec), 6: _id_only(Pubrel), 7: _id_only(Pubcomp),
+    8: _decode_subscribe, 9: _decode_suback, 10: _decode_unsubscribe, 11: _id_only(Unsuback),
+    12: _empty(Pingreq), 13: _empty(Pingresp), 14: _empty(Disconnect),
+}
+
+
+class Parser:
+    """Incremental decoder for one byte stream. Raises only MalformedPacket; after it raises, the
+    stream is out of sync and the connection must be closed [MQTT-4.8.0-1]."""
+
+    __slots__ = ("_buf", "max_packet_size")
+
+    def __init__(self, max_packet_size: int = 0) -> None:
+        self._buf = bytearray()
+        self.max_packet_size = max_packet_size if max_packet_size > 0 else MAX_PACKET_SIZE
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a packet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> List[object]:
+        buf = self._buf
+        if buf:
+            buf += data
+            view = bytes(buf)
+        else:
+            view = bytes(data)
+        out: List[object] = []
+        pos = 0
+        n = len(view)
+        decoders = _DECODERS
+        try:
+            while pos < n:
+                first = view[pos]
+                ptype = first >> 4
+                flags = first & 0x0F
+                decoder = decoders.get(ptype)
+                if decoder is None:
+                    raise MalformedPacket(f"reserved packet type {ptype}", "[MQTT-2.2.1]")
+                required = _REQUIRED_FLAGS.get(ptype)
+                if required is not None and flags != required:
+                    raise MalformedPacket(f"packet type {ptype} with reserved flags {flags:#x}",
+                                          "[MQTT-2.2.2-2]")
+                # Remaining length: at most four bytes, seven bits each (section 2.2.3).
+                length = 0
+                shift = 0
+                i = pos + 1
+                while True:
+                    if i >= n:
+                        length = -1
+                        break
+                    b = view[i]
+                    i += 1
+                    length |= (b & 0x7F) << shift
+                    if not b & 0x80:
+                        break
+                    shift += 7
+                    if shift == 28:
+                        raise MalformedPacket("remaining length longer than four bytes")
+                if length < 0:
+                    break  # header incomplete
+                if i - pos + length > self.max_packet_size:
+                    raise MalformedPacket(f"packet of {i - pos + length} bytes exceeds max_packet_size "
+                                          f"{self.max_packet_size}")
+                end = i + length
+                if end > n:
+                    break  # body incomplete
+                out.append(decoder(flags, view[i:end]))
+                pos = end
+        except MalformedPacket:
+            raise
+        except Exception as exc:  # defence in depth: the codec's promise is one error type only
+            raise MalformedPacket(f"undecodable packet ({exc.__class__.__name__})") from exc
+        if pos == n:
+            if buf:
+                buf.clear()
+        elif buf:
+            del buf[:pos]
+        else:
+            buf += view[pos:]
+        return out
+
+
+def encode_remaining_length(length: int) -> bytes:
+    if length < 128:
+        return bytes((length,))
+    out = bytearray()
+    while True:
+        byte = length & 0x7F
+        length >>= 7
+        if length:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _U16.pack(len(raw)) + raw
+
+
+def _binary(data: bytes) -> bytes:
+    return _U16.pack(len(data)) + data
+
+
+def _frame(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + encode_remaining_length(len(body)) + body
+
+
+def _encode_connect(p: Connect) -> bytes:
+    flags = 0x02 if p.clean_session else 0
+    payload = [_string(p.client_id)]
+    if p.will is not None:
+        flags |= 0x04 | (p.will.qos << 3) | (0x20 if p.will.retain else 0)
+        payload.append(_string(p.will.topic))
+        payload.append(_binary(p.will.payload))
+    if p.username is not None:
+        flags |= 0x80
+        payload.append(_string(p.username))
+    if p.password is not None:
+        flags |= 0x40
+        payload.append(_binary(p.password))
+    header = _string(p.protocol_name) + bytes((p.protocol_level, flags)) + _U16.pack(p.keepalive)
+    return _frame(0x10, header + b"".join(payload))
+
+
+def encode_publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False, dup: bool = False,
+                   packet_id: int = 0) -> bytes:
+    first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    body = _string(topic) + (_U16.pack(packet_id) if qos else b"") + payload
+    return _frame(first, body)
+
+
+def _encode_publish(p: Publish) -> bytes:
+    return encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup, p.packet_id)
+
+
+_ENCODERS: Dict[type, Callable[[object], bytes]] = {
+    Connect: _encode_connect,  # type: ignore[dict-item]
+    Connack: lambda p: bytes((0x20, 2, 1 if p.session_present else 0, p.return_code)),
+    Publish: _encode_publish,  # type: ignore[dict-item]
+    Puback: lambda p: b"\x40\x02" + _U16.pack(p.packet_id),
+    Pubrec: lambda p: b"\x50\x02" + _U16.pack(p.packet_id),
+    Pubrel: lambda p: b"\x62\x02" + _U16.pack(p.packet_id),
+    Pubcomp: lambda p: b"\x70\x02" + _U16.pack(p.packet_id),
+    Subscribe: lambda p: _frame(0x82, _U16.pack(p.packet_id)
+                                + b"".join(_string(f) + bytes((q,)) for f, q in p.topics)),
+    Suback: lambda p: _frame(0x90, _U16.pack(p.packet_id) + bytes(p.return_codes)),
+    Unsubscribe: lambda p: _frame(0xA2, _U16.pack(p.packet_id) + b"".join(_string(f) for f in p.topics)),
+    Unsuback: lambda p: b"\xb0\x02" + _U16.pack(p.packet_id),
+    Pingreq: lambda p: b"\xc0\x00",
+    Pingresp: lambda p: b"\xd0\x00",
+    Disconnect: lambda p: b"\xe0\x00",
+}
+
+
+def encode(packet: object) -> bytes:
+    """The wire bytes of one packet value."""
+    return _ENCODERS[type(packet)](packet)

@@ -1,0 +1,35 @@
+"""The error types edgebroker raises across module boundaries.
+
+The codec raises exactly one error for malformed input, `MalformedPacket`; the broker answers it by
+closing that one connection [MQTT-4.8.0-1]. Configuration errors carry the file, line and option.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = ["EdgebrokerError", "MalformedPacket", "ConfigError"]
+
+
+class EdgebrokerError(Exception):
+    """Base class of every error edgebroker raises on purpose."""
+
+
+class MalformedPacket(EdgebrokerError):
+    """Bytes that are not a valid MQTT packet; `rule` names the conformance statement broken, if any."""
+
+    def __init__(self, message: str, rule: str = "") -> None:
+        super().__init__(f"{message} {rule}".rstrip())
+        self.rule = rule
+
+
+class ConfigError(EdgebrokerError):
+    """A bad configuration: names the file, the line and the option."""
+
+    def __init__(self, message: str, file: Optional[str] = None, line: Optional[int] = None,
+                 option: Optional[str] = None) -> None:
+        where = ""
+        if file is not None:
+            where = f"{file}:{line}: " if line is not None else f"{file}: "
+        opt = f"{option}: " if option else ""
+        super().__init__(f"{where}{opt}{message}")
+        self.file, self.line, self.option = file, line, option

@@ -1,0 +1,320 @@
+"""The event loop: the only code with sockets, the selector and the clock.
+
+One turn of the loop reads like a list (Mosquitto's main loop is the model):
+  select(timeout = next timer)  ->  now = monotonic(), read once
+  accept new connections; recv up to 64 KiB from each readable socket and hand it to the core
+  broker.tick(now)              ->  connect deadlines, keepalive, $SYS
+  flush                         ->  one send per connection with output; EVENT_WRITE only on backlog
+  close                         ->  sockets of connections the core ended, after a last flush
+`shutdown()` may be called from another thread or a signal handler: it sets a flag and writes one byte
+to a wake-up socket, nothing more.
+"""
+from __future__ import annotations
+
+import selectors
+import socket
+import time
+from typing import Dict, List, Optional, Tuple
+
+from . import __version__
+from . import log as L
+from .broker import Broker, Connection
+from .config import DEFAULT_PORT, Config, Listener
+
+__all__ = ["Server"]
+
+#: Bytes read per recv: enough for hundreds of small packets per read, one syscall each turn.
+RECV_SIZE = 65536
+#: Connections accepted per listener per turn, so a connect storm cannot starve established clients.
+ACCEPT_BATCH = 64
+#: Unread input drained before closing a socket, so the kernel sends FIN (not RST) and the peer gets
+#: what we flushed last (a refusing CONNACK).
+CLOSE_DRAIN_BYTES = 256 * 1024
+
+_WAKE = object()
+
+
+class _ListenSocket:
+    __slots__ = ("sock", "listener", "port", "family", "count")
+
+    def __init__(self, sock: socket.socket, listener: Listener, port: int, family: int) -> None:
+        self.sock = sock
+        self.listener = listener
+        self.port = port
+        self.family = family
+        self.count = 0  # open connections, for max_connections
+
+
+class Server:
+    """Binds the configured listeners on construction (so bind errors surface before anything runs)
+    and serves them in `serve_forever()` until `shutdown()`."""
+
+    def __init__(self, config: Config, log: Optional[L.LogFunc] = None, default_port: int = DEFAULT_PORT) -> None:
+        self.config = config
+        self.log: L.LogFunc = log if log is not None else L.null_log
+        self.broker = Broker(config, time.monotonic(), log)
+        self._sel = selectors.DefaultSelector()
+        self._listening: List[_ListenSocket] = []
+        self._conn_listener: Dict[Connection, _ListenSocket] = {}
+        self._writing: Dict[Connection, None] = {}
+        self._stop = False
+        self._closed = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        try:
+            self._bind_all(default_port)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def ports(self) -> List[int]:
+        """The bound port of each listening socket, in order (ephemeral ports resolved)."""
+        return [ls.port for ls in self._listening]
+
+    # ---- binding ----------------------------------------------------------------------------
+
+    def _bind_all(self, default_port: int) -> None:
+        if self.config.listeners:
+            for listener in self.config.listeners:
+                for family, addr in _addresses(listener.address, listener.port):
+                    self._bind(listener, family, addr)
+            return
+        # No listener configured: loopback only, IPv4 and IPv6 when the host has it (Mosquitto 2.0's
+        # "local only mode"). With port 0 the IPv6 socket takes the port the IPv4 one got.
+        v4 = Listener(default_port, "127.0.0.1")
+        port = self._bind(v4, socket.AF_INET, ("127.0.0.1", default_port))
+        if socket.has_ipv6:
+            try:
+                self._bind(Listener(port, "::1"), socket.AF_INET6, ("::1", port, 0, 0))
+            except OSError:
+                pass  # no IPv6 loopback here: IPv4 alone is a working default
+
+    def _bind(self, listener: Listener, family: int, addr: Tuple) -> int:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        port = sock.getsockname()[1]
+        ls = _ListenSocket(sock, listener, port, family)
+        self._listening.append(ls)
+        self._sel.register(sock, selectors.EVENT_READ, ls)
+        self.log(L.NOTICE, f"Opening {'ipv6' if family == socket.AF_INET6 else 'ipv4'} listen socket on port {port}.")
+        return port
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        sel = self._sel
+        broker = self.broker
+        monotonic = time.monotonic
+        conn_class = Connection
+        read_event = selectors.EVENT_READ
+        write_event = selectors.EVENT_WRITE
+        self.log(L.NOTICE, f"edgebroker version {__version__} running")
+        try:
+            next_timer = broker.tick(monotonic())
+            while not self._stop:
+                timeout = next_timer - monotonic()
+                events = sel.select(timeout if timeout > 0 else 0)
+                now = monotonic()
+                for key, mask in events:
+                    data = key.data
+                    if data.__class__ is conn_class:
+                        if data.closed:
+                            continue
+                        if mask & read_event:
+                            self._read(data, now)
+                        if mask & write_event and not data.closed:
+                            self._flush(data, now)
+                    elif data is _WAKE:
+                        try:
+                            self._wake_r.recv(4096)
+                        except OSError:
+                            pass
+                    else:
+                        self._accept(data, now)
+                next_timer = broker.tick(now)
+                if broker.dirty:
+                    self._flush_dirty(now)
+                if broker.closing:
+                    self._finish_closing()
+            now = monotonic()
+            broker.shutdown(now)
+            self._flush_dirty(now)
+            self._finish_closing()
+        finally:
+            self.close()
+
+    def shutdown(self) -> None:
+        """Ask the loop to stop; safe from other threads and signal handlers."""
+        self._stop = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close every socket. Idempotent; serve_forever calls it on the way out."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in list(self._conn_listener):
+            try:
+                conn.handle.close()  # type: ignore[attr-defined]
+            except OSError:
+                pass
+        self._conn_listener.clear()
+        for ls in self._listening:
+            ls.sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._sel.close()
+
+    # ---- per-socket work ----------------------------------------------------------------------
+
+    def _accept(self, ls: _ListenSocket, now: float) -> None:
+        limit = ls.listener.max_connections
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = ls.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: log, keep serving; the pending connection waits in the backlog.
+                self.log(L.ERR, f"Error accepting a connection on port {ls.port}: {exc.strerror}.")
+                return
+            peer = f"{addr[0]}:{addr[1]}"
+            if 0 <= limit <= ls.count:
+                self.log(L.NOTICE, f"Client connection from {peer} denied: max_connections exceeded.")
+                sock.close()
+                continue
+            sock.setblocking(False)
+            try:
+                # We batch writes ourselves (one send per connection per turn); Nagle would only add
+                # latency to the small packets that remain.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            conn = self.broker.connection_made(peer, ls.port, now)
+            conn.handle = sock
+            ls.count += 1
+            self._conn_listener[conn] = ls
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+            self.log(L.NOTICE, f"New connection from {peer} on port {ls.port}.")
+
+    def _read(self, conn: Connection, now: float) -> None:
+        try:
+            data = conn.handle.recv(RECV_SIZE)  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
+            return
+        if data:
+            self.broker.data_received(conn, data, now)
+        else:
+            self.broker.connection_lost(conn, now)
+
+    def _flush(self, conn: Connection, now: float) -> None:
+        out = conn.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        try:
+            sent = conn.handle.send(data)  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            out.clear()
+            conn.out_size = 0
+            self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
+            return
+        self.broker.stats.bytes_sent += sent
+        if sent == len(data):
+            out.clear()
+            conn.out_size = 0
+            if conn in self._writing:
+                del self._writing[conn]
+                self._sel.modify(conn.handle, selectors.EVENT_READ, conn)  # type: ignore[arg-type]
+        else:
+            rest = data[sent:]
+            out[:] = [rest]
+            conn.out_size = len(rest)
+            if conn not in self._writing and not conn.closed:
+                self._writing[conn] = None
+                self._sel.modify(conn.handle, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)  # type: ignore[arg-type]
+
+    def _flush_dirty(self, now: float) -> None:
+        dirty = self.broker.dirty
+        writing = self._writing
+        # Connections ended while flushing may publish wills, which append to `dirty`: the index loop
+        # sees them too.
+        i = 0
+        while i < len(dirty):
+            conn = dirty[i]
+            i += 1
+            if conn not in writing and not conn.closed:
+                self._flush(conn, now)
+        dirty.clear()
+
+    def _finish_closing(self) -> None:
+        closing = self.broker.closing
+        while closing:
+            conn = closing.pop()
+            sock = conn.handle
+            ls = self._conn_listener.pop(conn, None)
+            if ls is None or sock is None:
+                continue
+            ls.count -= 1
+            self._writing.pop(conn, None)
+            if conn.out:
+                try:
+                    sock.send(b"".join(conn.out))  # type: ignore[attr-defined]
+                except OSError:
+                    pass
+                conn.out.clear()
+            try:
+                self._sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            _drain_and_close(sock)  # type: ignore[arg-type]
+
+
+def _drain_and_close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        drained = 0
+        while drained < CLOSE_DRAIN_BYTES:
+            chunk = sock.recv(RECV_SIZE)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _addresses(address: Optional[str], port: int) -> List[Tuple[int, Tuple]]:
+    """The (family, sockaddr) pairs a listener binds: all of IPv4 and IPv6 when address is None."""
+    if address is None:
+        pairs: List[Tuple[int, Tuple]] = [(socket.AF_INET, ("0.0.0.0", port))]
+        if socket.has_ipv6:
+            pairs.append((socket.AF_INET6, ("::", port, 0, 0)))
+        return pairs
+    infos = socket.getaddrinfo(address, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    seen = []
+    for family, _, _, _, sockaddr in infos:
+        pair = (family, sockaddr)
+        if pair not in seen:
+            seen.append(pair)
+    return seen

@@ -1,0 +1,89 @@
+"""Per-client session state and the message value shared between subscribers.
+
+A Session outlives its connections when clean session is 0: it holds the subscriptions, the QoS 1/2
+messages in flight (sent, awaiting PUBACK/PUBREC/PUBCOMP), the offline queue (messages not yet sent
+because the client is away or its inflight window is full) and the packet ids of inbound QoS 2
+messages awaiting PUBREL. Message encodes its PUBLISH bytes once and shares them between subscribers;
+for QoS > 0 only the packet identifier differs.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, Dict, List, Optional, Set, Tuple
+
+from .codec import encode_remaining_length
+
+__all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED"]
+
+#: Inflight states: PUBLISH sent and awaiting PUBACK/PUBREC; PUBREL sent and awaiting PUBCOMP.
+INFLIGHT_SENT = 0
+INFLIGHT_RELEASED = 1
+
+
+class Message:
+    """One application message as it is routed: topic, payload, QoS it was published with, and the
+    retain flag it carries on the wire (set only for retained messages sent on subscribe)."""
+
+    __slots__ = ("topic", "payload", "qos", "retain", "_q0", "_head")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self._q0: Optional[bytes] = None
+        self._head: Optional[bytes] = None
+
+    def q0(self) -> bytes:
+        """The QoS 0 PUBLISH, encoded once and shared by every QoS 0 subscriber."""
+        data = self._q0
+        if data is None:
+            raw = self.topic.encode("utf-8")
+            body_len = 2 + len(raw) + len(self.payload)
+            data = self._q0 = b"".join((
+                bytes((0x31 if self.retain else 0x30,)), encode_remaining_length(body_len),
+                len(raw).to_bytes(2, "big"), raw, self.payload))
+        return data
+
+    def wire(self, qos: int, packet_id: int, dup: bool = False) -> bytes:
+        """The PUBLISH for a QoS 1/2 delivery: shared remaining-length + topic, per-client packet id."""
+        head = self._head
+        if head is None:
+            raw = self.topic.encode("utf-8")
+            body_len = 4 + len(raw) + len(self.payload)
+            head = self._head = encode_remaining_length(body_len) + len(raw).to_bytes(2, "big") + raw
+        first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)
+        return b"".join((bytes((first,)), head, packet_id.to_bytes(2, "big"), self.payload))
+
+
+class Session:
+    __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
+                 "awaiting_rel", "_next_pid", "conn", "drop_logged")
+
+    def __init__(self, client_id: str, clean: bool) -> None:
+        self.client_id = client_id
+        self.clean = clean
+        self.subscriptions: Dict[str, int] = {}
+        #: packet id -> [message, qos, state]; dict order is send order, used for resends [MQTT-4.6.0-1].
+        self.inflight: Dict[int, List] = {}
+        self.queue: Deque[Tuple[Message, int]] = deque()
+        self.queued_bytes = 0
+        #: inbound QoS 2 packet ids whose PUBREC went out and whose PUBREL has not come [MQTT-4.3.3-2].
+        self.awaiting_rel: Set[int] = set()
+        self._next_pid = 0
+        self.conn: Optional[object] = None
+        self.drop_logged = False
+
+    def next_packet_id(self) -> int:
+        """A packet id not in use by an inflight message [MQTT-2.3.1-2]; callers bound the inflight
+        window below 65535 entries so this always terminates."""
+        pid = self._next_pid
+        inflight = self.inflight
+        while True:
+            pid = pid + 1 if pid < 65535 else 1
+            if pid not in inflight:
+                self._next_pid = pid
+                return pid
+
+    def __repr__(self) -> str:
+        return f"<Session {self.client_id!r} clean={self.clean}>"

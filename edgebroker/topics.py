@@ -1,0 +1,122 @@
+"""The subscription trie: topic filters as paths of levels, with `+` and `#` branches.
+
+match(topic) walks literal, `+` and `#` children level by level (Mosquitto's subs.c design), never a
+scan of every filter. Results are cached per topic name and the cache is dropped on every
+(un)subscribe, so a steady stream to the same topics costs one dict lookup per publish.
+A topic name starting with `$` is not matched by a filter starting with a wildcard [MQTT-4.7.2-1].
+"""
+from __future__ import annotations
+
+from typing import Dict, Hashable, List
+
+__all__ = ["TopicTree", "filter_matches"]
+
+#: Distinct topic names whose subscriber sets are cached; past it the cache starts over (bounds memory
+#: when topics are unbounded, e.g. one per device and reading).
+MATCH_CACHE_SIZE = 10_000
+
+
+class _Node:
+    __slots__ = ("children", "subscribers")
+
+    def __init__(self) -> None:
+        self.children: Dict[str, _Node] = {}
+        self.subscribers: Dict[Hashable, int] = {}
+
+
+class TopicTree:
+    def __init__(self) -> None:
+        self._root = _Node()
+        self._cache: Dict[str, Dict[Hashable, int]] = {}
+        self.count = 0  # subscriptions held
+
+    def subscribe(self, topic_filter: str, subscriber: Hashable, qos: int) -> bool:
+        """Add or replace a subscription [MQTT-3.8.4-3]; True when it is new."""
+        node = self._root
+        for level in topic_filter.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                child = node.children[level] = _Node()
+            node = child
+        new = subscriber not in node.subscribers
+        node.subscribers[subscriber] = qos
+        self.count += new
+        self._cache.clear()
+        return new
+
+    def unsubscribe(self, topic_filter: str, subscriber: Hashable) -> bool:
+        path: List[_Node] = [self._root]
+        levels = topic_filter.split("/")
+        for level in levels:
+            child = path[-1].children.get(level)
+            if child is None:
+                return False
+            path.append(child)
+        if path[-1].subscribers.pop(subscriber, None) is None:
+            return False
+        self.count -= 1
+        self._cache.clear()
+        # Prune empty branches so a churn of unique filters does not grow the tree forever.
+        for i in range(len(levels), 0, -1):
+            node = path[i]
+            if node.subscribers or node.children:
+                break
+            del path[i - 1].children[levels[i - 1]]
+        return True
+
+    def match(self, topic: str) -> Dict[Hashable, int]:
+        """Subscribers whose filters match `topic`, each with its highest granted QoS [MQTT-3.3.5-1].
+        The returned dict is shared through the cache: callers must not modify it."""
+        result = self._cache.get(topic)
+        if result is None:
+            result = {}
+            levels = topic.split("/")
+            self._walk(self._root, levels, 0, result, topic.startswith("$"))
+            if len(self._cache) >= MATCH_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[topic] = result
+        return result
+
+    def _walk(self, node: _Node, levels: List[str], i: int, out: Dict[Hashable, int], dollar: bool) -> None:
+        children = node.children
+        if i == len(levels):
+            _merge(out, node.subscribers)
+            # "sport/#" also matches "sport": `#` includes the parent level (section 4.7.1.2).
+            hash_node = children.get("#")
+            if hash_node is not None:
+                _merge(out, hash_node.subscribers)
+            return
+        if not (dollar and i == 0):  # [MQTT-4.7.2-1]
+            hash_node = children.get("#")
+            if hash_node is not None:
+                _merge(out, hash_node.subscribers)
+            plus = children.get("+")
+            if plus is not None:
+                self._walk(plus, levels, i + 1, out, dollar)
+        child = children.get(levels[i])
+        if child is not None:
+            self._walk(child, levels, i + 1, out, dollar)
+
+
+def _merge(out: Dict[Hashable, int], subscribers: Dict[Hashable, int]) -> None:
+    for sub, qos in subscribers.items():
+        if out.get(sub, -1) < qos:
+            out[sub] = qos
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """Does one filter match one topic name (for retained messages on subscribe)."""
+    if topic_filter == topic:
+        return True
+    f = topic_filter.split("/")
+    t = topic.split("/")
+    if topic.startswith("$") and f[0] in ("+", "#"):
+        return False  # [MQTT-4.7.2-1]
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t):
+            return False
+        if level != "+" and level != t[i]:
+            return False
+    return len(f) == len(t)
