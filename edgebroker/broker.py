@@ -10,6 +10,12 @@ ends goes through `_close`, and the whole core runs in memory in tests with a fa
 
 Packet handling is dict-dispatched per connection state: a packet type a state does not list is a
 protocol violation and closes the connection.
+
+Persistence: every change that must survive a restart (retained messages; for persistent sessions
+their existence, subscriptions, messages queued or in flight to them, inbound QoS 2 ids awaiting
+PUBREL) is reported to `self.store` as it happens; the loop calls `end_turn(now)` before it flushes,
+so the acknowledgements of a turn leave after the commit that made them true. Deliveries to
+persistent sessions carry a `seq`, the key of their row; 0 means "not stored".
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from .packets import (
     Subscribe, Unsubscribe, Will,
 )
 from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, Message, Session
+from .store import Loaded, NullStore
 from .sysstats import Stats, sys_values
 from .topics import TopicTree, filter_matches
 
@@ -79,8 +86,11 @@ class Connection:
 
 
 class Broker:
-    def __init__(self, config: Config, now: float, log: Optional[Callable[[int, str], None]] = None) -> None:
+    def __init__(self, config: Config, now: float, log: Optional[Callable[[int, str], None]] = None,
+                 store: Optional[NullStore] = None) -> None:
         self.config = config
+        self.store = store if store is not None else NullStore()
+        self._seq = 0  # last delivery row key handed out
         self.log = log if log is not None else L.null_log
         self.debug = bool(getattr(log, "enabled", lambda level: False)(L.DEBUG))
         self.tree = TopicTree()
@@ -101,6 +111,41 @@ class Broker:
             Pubrel: self._on_pubrel, Pubcomp: self._on_pubcomp, Subscribe: self._on_subscribe,
             Unsubscribe: self._on_unsubscribe, Pingreq: self._on_pingreq, Disconnect: self._on_disconnect,
         }
+        self._restore(self.store.load())
+
+    def _restore(self, state: Loaded) -> None:
+        """Rebuild retained messages and persistent sessions (all offline) from the store."""
+        for topic, payload, qos in state.retained:
+            self.retained[topic] = Message(topic, payload, qos, retain=True)
+        for client_id, _offline_for in state.sessions:
+            self.sessions[client_id] = Session(client_id, clean=False)
+        for client_id, topic_filter, qos in state.subscriptions:
+            session = self.sessions.get(client_id)
+            if session is not None:
+                session.subscriptions[topic_filter] = qos
+                self.tree.subscribe(topic_filter, session, qos)
+        for seq, client_id, topic, payload, qos, retain, packet_id, st in state.deliveries:
+            session = self.sessions.get(client_id)
+            self._seq = max(self._seq, seq)
+            if session is None:
+                continue
+            msg = Message(topic, payload, qos, bool(retain))
+            if packet_id is None:
+                session.queue.append((msg, qos, seq))
+                session.queued_bytes += len(payload)
+            else:
+                session.inflight[packet_id] = [msg, qos, st, seq]
+        for client_id, packet_id in state.inbound_qos2:
+            session = self.sessions.get(client_id)
+            if session is not None:
+                session.awaiting_rel.add(packet_id)
+        if state.sessions or state.retained:
+            self.log(L.NOTICE, f"Restored {len(state.retained)} retained messages and {len(state.sessions)} "
+                               f"persistent sessions ({len(state.deliveries)} queued or in-flight messages).")
+
+    def end_turn(self, now: float) -> None:
+        """Called by the loop once per turn, before the flush: make this turn's changes durable."""
+        self.store.commit(now)
 
     # ---- events from the loop -------------------------------------------------------------------
 
@@ -186,6 +231,8 @@ class Broker:
             session.conn = None
             if session.clean:
                 self._discard_session(session)
+            else:
+                self.store.session_offline(session.client_id)
 
     def _publish_will(self, will: Will) -> None:
         """A will is published like a PUBLISH from its client [MQTT-3.1.2-8], retain included."""
@@ -197,6 +244,8 @@ class Broker:
         for topic_filter in session.subscriptions:
             self.tree.unsubscribe(topic_filter, session)
         session.subscriptions.clear()
+        if not session.clean:
+            self.store.session_remove(session.client_id)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 
@@ -255,6 +304,8 @@ class Broker:
         if session is None:
             session = Session(client_id, p.clean_session)
             self.sessions[client_id] = session
+        if not session.clean:
+            self.store.session_online(client_id)
         session.conn = conn
         session.drop_logged = False
         conn.session = session
@@ -288,7 +339,7 @@ class Broker:
         """On reconnect, resend unacknowledged PUBLISH (DUP set) and PUBREL packets in their original
         order [MQTT-4.4.0-1], then continue with the queue."""
         for pid, entry in session.inflight.items():
-            if entry[2] == INFLIGHT_SENT:
+            if entry[2] == INFLIGHT_SENT:  # entry: [message, qos, state, seq]
                 conn.write(entry[0].wire(entry[1], pid, True))
                 self.stats.publish_sent += 1
             else:
@@ -311,6 +362,8 @@ class Broker:
                 self._send_ack(conn, 0x50, p.packet_id, "PUBREC")
                 return
             awaiting.add(p.packet_id)
+            if not conn.session.clean:  # type: ignore[union-attr]
+                self.store.inbound_add(conn.client_id, p.packet_id)
         if p.retain:
             if not self.config.retain_available:
                 self._close(conn, now, "retained message sent but retain_available is false")
@@ -328,11 +381,13 @@ class Broker:
         if self.debug:
             self.log(L.DEBUG, f"Sending {name} to {conn.client_id} (m{packet_id}, rc0)")
 
-    def _set_retained(self, topic: str, payload: bytes, qos: int) -> None:
+    def _set_retained(self, topic: str, payload: bytes, qos: int, durable: bool = True) -> None:
         if payload:
             self.retained[topic] = Message(topic, payload, qos, retain=True)  # [MQTT-3.3.1-5]
-        else:
-            self.retained.pop(topic, None)  # empty payload clears it [MQTT-3.3.1-10] [MQTT-3.3.1-11]
+            if durable:
+                self.store.retained_set(topic, payload, qos)
+        elif self.retained.pop(topic, None) is not None and durable:
+            self.store.retained_clear(topic)  # empty payload clears it [MQTT-3.3.1-10] [MQTT-3.3.1-11]
 
     def _route(self, msg: Message) -> None:
         """Deliver one message to every matching subscription, once per client at the highest QoS of
@@ -365,18 +420,25 @@ class Broker:
     def _deliver(self, session: Session, msg: Message, qos: int) -> None:
         conn = session.conn
         if conn is not None and not session.queue and len(session.inflight) < self._max_inflight:
-            self._send_inflight(session, conn, msg, qos)
+            seq = 0
+            if not session.clean:
+                seq = self._seq = self._seq + 1
+            pid = self._send_inflight(session, conn, msg, qos, seq)
+            if seq:
+                self.store.delivery_add(seq, session.client_id, msg.topic, msg.payload, qos, msg.retain,
+                                        pid, INFLIGHT_SENT)
         else:
             self._enqueue(session, msg, qos)
 
-    def _send_inflight(self, session: Session, conn: Connection, msg: Message, qos: int) -> None:
+    def _send_inflight(self, session: Session, conn: Connection, msg: Message, qos: int, seq: int) -> int:
         pid = session.next_packet_id()
-        session.inflight[pid] = [msg, qos, INFLIGHT_SENT]
+        session.inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
         conn.write(msg.wire(qos, pid))
         self.stats.publish_sent += 1
         self.stats.messages_sent += 1
         if self.debug:
             self._log_sent(conn, msg, qos, pid, False)
+        return pid
 
     def _log_sent(self, conn: Connection, msg: Message, qos: int, pid: int, dup: bool) -> None:
         self.log(L.DEBUG, f"Sending PUBLISH to {conn.client_id} (d{int(dup)}, q{qos}, r{int(msg.retain)}, "
@@ -390,7 +452,12 @@ class Broker:
         if cfg.max_queued_bytes and session.queued_bytes + len(msg.payload) > cfg.max_queued_bytes:
             self._drop(session, f"max_queued_bytes {cfg.max_queued_bytes} reached")
             return
-        session.queue.append((msg, qos))
+        seq = 0
+        if not session.clean:
+            seq = self._seq = self._seq + 1
+            self.store.delivery_add(seq, session.client_id, msg.topic, msg.payload, qos, msg.retain,
+                                    None, INFLIGHT_SENT)
+        session.queue.append((msg, qos, seq))
         session.queued_bytes += len(msg.payload)
 
     def _drop(self, session: Session, why: str) -> None:
@@ -403,15 +470,20 @@ class Broker:
         """Move queued messages into the inflight window while it has room."""
         queue = session.queue
         max_inflight = self._max_inflight
+        store = self.store
         while queue and len(session.inflight) < max_inflight:
-            msg, qos = queue.popleft()
+            msg, qos, seq = queue.popleft()
             session.queued_bytes -= len(msg.payload)
             if qos == 0:
                 conn.write(msg.q0())
                 self.stats.publish_sent += 1
                 self.stats.messages_sent += 1
+                if seq:
+                    store.delivery_remove(seq)
             else:
-                self._send_inflight(session, conn, msg, qos)
+                pid = self._send_inflight(session, conn, msg, qos, seq)
+                if seq:
+                    store.delivery_update(seq, pid, INFLIGHT_SENT)
         if not queue:
             session.drop_logged = False
 
@@ -420,6 +492,8 @@ class Broker:
         entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
         if entry is not None and entry[1] == 1:
             del session.inflight[p.packet_id]  # type: ignore[union-attr]
+            if entry[3]:
+                self.store.delivery_remove(entry[3])
             if session.queue:  # type: ignore[union-attr]
                 self._pump(session, conn)  # type: ignore[arg-type]
         if self.debug:
@@ -428,14 +502,20 @@ class Broker:
     def _on_pubrec(self, conn: Connection, p: Pubrec, now: float) -> None:
         session = conn.session
         entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
-        if entry is not None and entry[1] == 2:
+        if entry is not None and entry[1] == 2 and entry[2] == INFLIGHT_SENT:
             entry[2] = INFLIGHT_RELEASED
+            if entry[3]:
+                self.store.delivery_update(entry[3], p.packet_id, INFLIGHT_RELEASED)
         if self.debug:
             self.log(L.DEBUG, f"Received PUBREC from {conn.client_id} (Mid: {p.packet_id})")
         self._send_ack(conn, 0x62, p.packet_id, "PUBREL")  # [MQTT-4.3.3-3]
 
     def _on_pubrel(self, conn: Connection, p: Pubrel, now: float) -> None:
-        conn.session.awaiting_rel.discard(p.packet_id)  # type: ignore[union-attr]
+        session: Session = conn.session  # type: ignore[assignment]
+        if p.packet_id in session.awaiting_rel:
+            session.awaiting_rel.discard(p.packet_id)
+            if not session.clean:
+                self.store.inbound_remove(session.client_id, p.packet_id)
         if self.debug:
             self.log(L.DEBUG, f"Received PUBREL from {conn.client_id} (Mid: {p.packet_id})")
         self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]
@@ -445,6 +525,8 @@ class Broker:
         entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
         if entry is not None and entry[2] == INFLIGHT_RELEASED:
             del session.inflight[p.packet_id]  # type: ignore[union-attr]
+            if entry[3]:
+                self.store.delivery_remove(entry[3])
             if session.queue:  # type: ignore[union-attr]
                 self._pump(session, conn)  # type: ignore[arg-type]
         if self.debug:
@@ -461,6 +543,8 @@ class Broker:
         for topic_filter, qos in p.topics:
             self.tree.subscribe(topic_filter, session, qos)  # replaces an identical filter [MQTT-3.8.4-3]
             session.subscriptions[topic_filter] = qos
+            if not session.clean:
+                self.store.subscription_add(session.client_id, topic_filter, qos)
             codes.append(qos)
             if debug:
                 self.log(L.DEBUG, f"\t{topic_filter} (QoS {qos})")
@@ -503,6 +587,8 @@ class Broker:
         for topic_filter in p.topics:
             if session.subscriptions.pop(topic_filter, None) is not None:
                 self.tree.unsubscribe(topic_filter, session)
+                if not session.clean:
+                    self.store.subscription_remove(session.client_id, topic_filter)
             self.log(L.UNSUBSCRIBE, f"{conn.client_id} {topic_filter}")
         # UNSUBACK even when nothing matched [MQTT-3.10.4-4] [MQTT-3.10.4-5].
         self._send_ack(conn, 0xB0, p.packet_id, "UNSUBACK")
@@ -533,7 +619,7 @@ class Broker:
             if last.get(topic) != value:
                 last[topic] = value
                 payload = value.encode()
-                self._set_retained(topic, payload, 0)
+                self._set_retained(topic, payload, 0, durable=False)  # recomputed at start-up
                 self._route(Message(topic, payload, 0))
 
 

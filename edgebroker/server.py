@@ -4,6 +4,7 @@ One turn of the loop reads like a list (Mosquitto's main loop is the model):
   select(timeout = next timer)  ->  now = monotonic(), read once
   accept new connections; recv up to 64 KiB from each readable socket and hand it to the core
   broker.tick(now)              ->  connect deadlines, keepalive, $SYS
+  broker.end_turn(now)          ->  one SQLite transaction for what this turn must make durable
   flush                         ->  one send per connection with output; EVENT_WRITE only on backlog
   close                         ->  sockets of connections the core ended, after a last flush
 `shutdown()` may be called from another thread or a signal handler: it sets a flag and writes one byte
@@ -20,6 +21,7 @@ from . import __version__
 from . import log as L
 from .broker import Broker, Connection
 from .config import DEFAULT_PORT, Config, Listener
+from .store import NullStore, SqliteStore
 
 __all__ = ["Server"]
 
@@ -53,7 +55,19 @@ class Server:
     def __init__(self, config: Config, log: Optional[L.LogFunc] = None, default_port: int = DEFAULT_PORT) -> None:
         self.config = config
         self.log: L.LogFunc = log if log is not None else L.null_log
-        self.broker = Broker(config, time.monotonic(), log)
+        if config.persistence:
+            path = config.database_path()
+            store: NullStore = SqliteStore(path, config.durability, config.autosave_interval,
+                                           config.autosave_on_changes, self.log)
+            self.log(L.NOTICE, f"Persistence: {path} (durability {config.durability}).")
+        else:
+            store = NullStore()
+        self.store = store
+        try:
+            self.broker = Broker(config, time.monotonic(), log, store)
+        except BaseException:
+            store.close()
+            raise
         self._sel = selectors.DefaultSelector()
         self._listening: List[_ListenSocket] = []
         self._conn_listener: Dict[Connection, _ListenSocket] = {}
@@ -145,12 +159,14 @@ class Server:
                     else:
                         self._accept(data, now)
                 next_timer = broker.tick(now)
+                broker.end_turn(now)
                 if broker.dirty:
                     self._flush_dirty(now)
                 if broker.closing:
                     self._finish_closing()
             now = monotonic()
             broker.shutdown(now)
+            broker.end_turn(now)
             self._flush_dirty(now)
             self._finish_closing()
         finally:
@@ -180,6 +196,7 @@ class Server:
         self._wake_r.close()
         self._wake_w.close()
         self._sel.close()
+        self.store.close()
 
     # ---- per-socket work ----------------------------------------------------------------------
 

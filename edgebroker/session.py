@@ -64,9 +64,11 @@ class Session:
         self.client_id = client_id
         self.clean = clean
         self.subscriptions: Dict[str, int] = {}
-        #: packet id -> [message, qos, state]; dict order is send order, used for resends [MQTT-4.6.0-1].
+        #: packet id -> [message, qos, state, seq]; dict order is send order, used for resends
+        #: [MQTT-4.6.0-1]. seq is the delivery's row in the store (0: not stored, clean session).
         self.inflight: Dict[int, List] = {}
-        self.queue: Deque[Tuple[Message, int]] = deque()
+        #: (message, qos, seq) waiting for the client or for room in the inflight window.
+        self.queue: Deque[Tuple[Message, int, int]] = deque()
         self.queued_bytes = 0
         #: inbound QoS 2 packet ids whose PUBREC went out and whose PUBREL has not come [MQTT-4.3.3-2].
         self.awaiting_rel: Set[int] = set()

@@ -36,6 +36,7 @@ def make_broker() -> Callable[..., RunningBroker]:
 
     def make(**overrides) -> RunningBroker:
         overrides.setdefault("listeners", [Listener(port=0, address="127.0.0.1")])
+        overrides.setdefault("persistence", False)  # tests that persist pass persistence_location=tmp_path
         rb = RunningBroker(Config(**overrides))
         started.append(rb)
         return rb

@@ -15,6 +15,7 @@ from .. import log as L
 from ..config import DEFAULT_PORT, Config
 from ..errors import ConfigError
 from ..server import Server
+from ..store import StoreError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         config = Config(verbose=args.verbose)
         server = Server(config, log=log, default_port=args.port)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -1,0 +1,360 @@
+"""SQLite persistence: what must survive a crash or a power cut, written once per loop turn.
+
+Theory of operation: the core calls the small methods below as state changes (retained set or
+cleared, persistent session created, subscription added, message queued for / sent to / acknowledged
+by a persistent session, inbound QoS 2 id recorded or released). Each call only appends a statement
+to a list. `commit(now)` runs the list in order, consecutive identical statements batched with
+executemany, inside one transaction, and commits it: once per loop turn for durability "crash" and
+"sync", which the loop calls before it flushes the turn's acknowledgements (group commit), or every
+autosave_interval for "periodic". Clean sessions and QoS 0 traffic never reach this module.
+
+Durability levels: "sync" = WAL + synchronous=FULL (each commit fsynced: survives power loss);
+"crash" = WAL + synchronous=NORMAL (survives kill -9 and crashes; after a power loss the database is
+consistent and may lack the last commits); "periodic" = commits every autosave_interval seconds (or
+changes, with autosave_on_changes), Mosquitto's model: fewest writes, bounded loss window.
+
+The schema is versioned with PRAGMA user_version; sqlite-utils creates and migrates it (imported only
+when a migration runs, so a normal start-up does not pay for it), and lets a user inspect the file:
+`sqlite-utils tables edgebroker.db`.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Callable, List, NamedTuple, Optional, Tuple
+
+from . import log as L
+from .errors import EdgebrokerError
+
+__all__ = ["SqliteStore", "NullStore", "StoreError", "Loaded", "SCHEMA_VERSION", "MIGRATIONS"]
+
+#: Statements buffered while commits fail (disk full); past it they are dropped and the loss is logged,
+#: so a full disk cannot also exhaust memory.
+MAX_PENDING_OPS = 200_000
+#: Seconds between retries of a failed commit.
+RETRY_INTERVAL = 1.0
+
+
+class StoreError(EdgebrokerError):
+    """The database cannot be used; the message names the file and what to do."""
+
+
+class Loaded(NamedTuple):
+    retained: List[Tuple[str, bytes, int]]
+    #: (client_id, seconds offline or None when the broker stopped while it was connected)
+    sessions: List[Tuple[str, Optional[float]]]
+    subscriptions: List[Tuple[str, str, int]]
+    #: (seq, client_id, topic, payload, qos, retain, packet_id or None, state) in seq order
+    deliveries: List[Tuple[int, str, str, bytes, int, int, Optional[int], int]]
+    inbound_qos2: List[Tuple[str, int]]
+
+
+def _migrate_1(db) -> None:  # type: ignore[no-untyped-def]
+    db["retained"].create({"topic": str, "payload": bytes, "qos": int}, pk="topic", if_not_exists=True)
+    db["sessions"].create({"client_id": str}, pk="client_id", if_not_exists=True)
+    db["subscriptions"].create({"client_id": str, "topic_filter": str, "qos": int},
+                               pk=("client_id", "topic_filter"), if_not_exists=True)
+    db["deliveries"].create({"seq": int, "client_id": str, "topic": str, "payload": bytes, "qos": int,
+                             "retain": int, "packet_id": int, "state": int}, pk="seq", if_not_exists=True)
+    db["deliveries"].create_index(["client_id", "seq"], if_not_exists=True)
+    db["inbound_qos2"].create({"client_id": str, "packet_id": int}, pk=("client_id", "packet_id"),
+                              if_not_exists=True)
+
+
+def _migrate_2(db) -> None:  # type: ignore[no-untyped-def]
+    # When a persistent session went offline (wall-clock seconds), for persistent_client_expiration
+    # across restarts; NULL while its client is connected.
+    if "disconnected_at" not in db["sessions"].columns_dict:
+        db["sessions"].add_column("disconnected_at", float)
+
+
+#: MIGRATIONS[i] brings a database from schema version i to i + 1. Each is idempotent, so a migration
+#: interrupted by a crash simply runs again.
+MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_INS_RETAINED = "INSERT OR REPLACE INTO retained (topic, payload, qos) VALUES (?, ?, ?)"
+_DEL_RETAINED = "DELETE FROM retained WHERE topic = ?"
+_SESSION_ONLINE = "INSERT OR REPLACE INTO sessions (client_id, disconnected_at) VALUES (?, NULL)"
+_SESSION_OFFLINE = "UPDATE sessions SET disconnected_at = ? WHERE client_id = ?"
+_DEL_SESSION = ("DELETE FROM sessions WHERE client_id = ?", "DELETE FROM subscriptions WHERE client_id = ?",
+                "DELETE FROM deliveries WHERE client_id = ?", "DELETE FROM inbound_qos2 WHERE client_id = ?")
+_INS_SUB = "INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos) VALUES (?, ?, ?)"
+_DEL_SUB = "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"
+_INS_DELIVERY = ("INSERT INTO deliveries (seq, client_id, topic, payload, qos, retain, packet_id, state) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_UPD_DELIVERY = "UPDATE deliveries SET packet_id = ?, state = ? WHERE seq = ?"
+_DEL_DELIVERY = "DELETE FROM deliveries WHERE seq = ?"
+_INS_INBOUND = "INSERT OR REPLACE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)"
+_DEL_INBOUND = "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?"
+
+
+class NullStore:
+    """persistence false: nothing is written, nothing survives a restart."""
+
+    path = None
+
+    def load(self) -> Loaded:
+        return Loaded([], [], [], [], [])
+
+    def retained_set(self, topic: str, payload: bytes, qos: int) -> None:
+        pass
+
+    def retained_clear(self, topic: str) -> None:
+        pass
+
+    def session_online(self, client_id: str) -> None:
+        pass
+
+    def session_offline(self, client_id: str) -> None:
+        pass
+
+    def session_remove(self, client_id: str) -> None:
+        pass
+
+    def subscription_add(self, client_id: str, topic_filter: str, qos: int) -> None:
+        pass
+
+    def subscription_remove(self, client_id: str, topic_filter: str) -> None:
+        pass
+
+    def delivery_add(self, seq: int, client_id: str, topic: str, payload: bytes, qos: int, retain: bool,
+                     packet_id: Optional[int], state: int) -> None:
+        pass
+
+    def delivery_update(self, seq: int, packet_id: Optional[int], state: int) -> None:
+        pass
+
+    def delivery_remove(self, seq: int) -> None:
+        pass
+
+    def inbound_add(self, client_id: str, packet_id: int) -> None:
+        pass
+
+    def inbound_remove(self, client_id: str, packet_id: int) -> None:
+        pass
+
+    def commit(self, now: float, force: bool = False) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteStore(NullStore):
+    def __init__(self, path: str, durability: str = "crash", autosave_interval: float = 1800.0,
+                 autosave_on_changes: bool = False, log: L.LogFunc = L.null_log) -> None:
+        self.path = path
+        self.log = log
+        self.periodic = durability == "periodic"
+        self.autosave_interval = autosave_interval
+        self.autosave_on_changes = autosave_on_changes
+        self._ops: List[Tuple[str, tuple]] = []
+        self._in_tx = False
+        self._applied = 0  # how many of _ops already ran inside the open transaction
+        self._last_commit = time.monotonic()
+        self._retry_at = 0.0
+        self.errors = 0        # failed commits, for $SYS
+        self.commits = 0
+        self._failing = False
+        self._conn = self._open(durability)
+
+    # ---- opening ------------------------------------------------------------------------------
+
+    def _fail(self, what: str, advice: str) -> StoreError:
+        return StoreError(f"persistence database {self.path}: {what}. {advice}")
+
+    def _open(self, durability: str) -> sqlite3.Connection:
+        path = self.path
+        directory = os.path.dirname(path) or "."
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise self._fail(f"cannot create its directory {directory} ({exc.strerror})",
+                             "Create it, or set persistence_location to a writable directory.") from None
+        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+            raise self._fail("the file is not readable and writable by this user",
+                             "Fix its owner or permissions, or point persistence_location elsewhere.")
+        if not os.access(directory, os.W_OK):
+            raise self._fail(f"its directory {directory} is not writable (SQLite needs to create the "
+                             f"-wal and -shm files beside it)", "Fix the directory's permissions.")
+        move_aside = (f"Move it aside (mv {path} {path}.broken) and start again: the broker then starts "
+                      f"with an empty database, and the old file can be inspected with sqlite3.")
+        conn = None
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise self._fail(f"it was written by a newer edgebroker (schema version {version}; this one "
+                                 f"knows up to {SCHEMA_VERSION})", "Run the newer edgebroker, or move the file "
+                                 "aside to start empty.")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise self._fail(f"it is damaged (integrity check: {check})", move_aside)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise self._fail(f"cannot switch it to WAL mode (got {mode})", move_aside)
+            conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'sync' else 'NORMAL'}")
+            conn.execute("BEGIN IMMEDIATE")  # takes the write lock: fails now if read-only or in use
+            if version < SCHEMA_VERSION:
+                self._migrate(conn, version)
+            conn.execute("COMMIT")
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                raise self._fail("it is in use by another process (is another edgebroker running?)",
+                                 "Stop the other process, or give this broker its own persistence_location.") from None
+            if "readonly" in text or "read-only" in text:
+                raise self._fail("it cannot be written (read-only file or file system)",
+                                 "Fix the permissions, or point persistence_location elsewhere.") from None
+            raise self._fail(f"it is not a usable SQLite database ({text})", move_aside) from None
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        import sqlite_utils  # only when a migration runs: keeps start-up light on a Pi Zero
+
+        db = sqlite_utils.Database(conn)
+        for target in range(version, SCHEMA_VERSION):
+            MIGRATIONS[target](db)
+            conn.execute(f"PRAGMA user_version = {target + 1}")
+        if version:
+            self.log(L.NOTICE, f"Persistence database {self.path} migrated from schema version {version} "
+                               f"to {SCHEMA_VERSION}.")
+
+    # ---- loading ------------------------------------------------------------------------------
+
+    def load(self) -> Loaded:
+        c = self._conn
+        now = time.time()
+        sessions = [(cid, None if at is None else max(0.0, now - at))
+                    for cid, at in c.execute("SELECT client_id, disconnected_at FROM sessions")]
+        return Loaded(
+            retained=list(c.execute("SELECT topic, payload, qos FROM retained")),
+            sessions=sessions,
+            subscriptions=list(c.execute("SELECT client_id, topic_filter, qos FROM subscriptions")),
+            deliveries=list(c.execute("SELECT seq, client_id, topic, payload, qos, retain, packet_id, state "
+                                      "FROM deliveries ORDER BY seq")),
+            inbound_qos2=list(c.execute("SELECT client_id, packet_id FROM inbound_qos2")),
+        )
+
+    # ---- changes (buffered until commit) --------------------------------------------------------
+
+    def retained_set(self, topic: str, payload: bytes, qos: int) -> None:
+        self._ops.append((_INS_RETAINED, (topic, payload, qos)))
+
+    def retained_clear(self, topic: str) -> None:
+        self._ops.append((_DEL_RETAINED, (topic,)))
+
+    def session_online(self, client_id: str) -> None:
+        self._ops.append((_SESSION_ONLINE, (client_id,)))
+
+    def session_offline(self, client_id: str) -> None:
+        self._ops.append((_SESSION_OFFLINE, (time.time(), client_id)))
+
+    def session_remove(self, client_id: str) -> None:
+        for sql in _DEL_SESSION:
+            self._ops.append((sql, (client_id,)))
+
+    def subscription_add(self, client_id: str, topic_filter: str, qos: int) -> None:
+        self._ops.append((_INS_SUB, (client_id, topic_filter, qos)))
+
+    def subscription_remove(self, client_id: str, topic_filter: str) -> None:
+        self._ops.append((_DEL_SUB, (client_id, topic_filter)))
+
+    def delivery_add(self, seq: int, client_id: str, topic: str, payload: bytes, qos: int, retain: bool,
+                     packet_id: Optional[int], state: int) -> None:
+        self._ops.append((_INS_DELIVERY, (seq, client_id, topic, payload, qos, int(retain), packet_id, state)))
+
+    def delivery_update(self, seq: int, packet_id: Optional[int], state: int) -> None:
+        self._ops.append((_UPD_DELIVERY, (packet_id, state, seq)))
+
+    def delivery_remove(self, seq: int) -> None:
+        self._ops.append((_DEL_DELIVERY, (seq,)))
+
+    def inbound_add(self, client_id: str, packet_id: int) -> None:
+        self._ops.append((_INS_INBOUND, (client_id, packet_id)))
+
+    def inbound_remove(self, client_id: str, packet_id: int) -> None:
+        self._ops.append((_DEL_INBOUND, (client_id, packet_id)))
+
+    # ---- the once-per-turn commit ---------------------------------------------------------------
+
+    def commit(self, now: float, force: bool = False) -> None:
+        """Write this turn's changes; commit them unless durability is periodic and no save is due.
+        Changes stay in `_ops` until their COMMIT succeeds, so a failed one (disk full) is retried."""
+        ops = self._ops
+        if len(ops) == self._applied and not (force and self._in_tx):
+            return
+        if self._failing and now < self._retry_at and not force:
+            return
+        conn = self._conn
+        try:
+            if not self._in_tx:
+                conn.execute("BEGIN")
+                self._in_tx = True
+            i, n = self._applied, len(ops)
+            while i < n:
+                sql = ops[i][0]
+                j = i + 1
+                while j < n and ops[j][0] is sql:
+                    j += 1
+                if j - i == 1:
+                    conn.execute(sql, ops[i][1])
+                else:
+                    conn.executemany(sql, [op[1] for op in ops[i:j]])
+                i = j
+            self._applied = n
+            if self.periodic and not force and n < MAX_PENDING_OPS // 2:
+                due = (n >= self.autosave_interval if self.autosave_on_changes
+                       else now - self._last_commit >= self.autosave_interval)
+                if not due:
+                    return
+            conn.execute("COMMIT")
+            self._in_tx = False
+            ops.clear()
+            self._applied = 0
+            self._last_commit = now
+            self.commits += 1
+            if self._failing:
+                self._failing = False
+                self.log(L.NOTICE, f"Persistence database {self.path} is writable again.")
+        except sqlite3.Error as exc:
+            self._on_error(exc, now)
+
+    def _on_error(self, exc: sqlite3.Error, now: float) -> None:
+        """Disk full or I/O error: roll back, keep the changes for a retry, keep serving."""
+        self.errors += 1
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self._in_tx = False
+        self._applied = 0  # the rollback undid them: all pending changes run again on retry
+        self._retry_at = now + RETRY_INTERVAL
+        if not self._failing:
+            self._failing = True
+            self.log(L.ERR, f"Error: cannot write persistence database {self.path}: {exc}. Messages are "
+                            f"kept in memory and the write is retried; they are not safe against a crash "
+                            f"until it succeeds.")
+        if len(self._ops) > MAX_PENDING_OPS:
+            self.log(L.ERR, f"Error: {len(self._ops)} unsaved changes to {self.path} dropped "
+                            f"(limit {MAX_PENDING_OPS}).")
+            self._ops.clear()
+
+    def close(self) -> None:
+        if self._conn is None:
+            return
+        self.commit(time.monotonic(), force=True)
+        try:
+            self._conn.close()
+        except sqlite3.Error:
+            pass
+        self._conn = None  # type: ignore[assignment]
