@@ -173,7 +173,7 @@ class SqliteStore(NullStore):
         except OSError as exc:
             raise self._fail(f"cannot create its directory {directory} ({exc.strerror})",
                              "Create it, or set persistence_location to a writable directory.") from None
-        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        if os.path.exists(path) and not (os.access(path, os.R_OK) and os.access(path, os.W_OK)):
             raise self._fail("the file is not readable and writable by this user",
                              "Fix its owner or permissions, or point persistence_location elsewhere.")
         if not os.access(directory, os.W_OK):
