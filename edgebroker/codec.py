@@ -246,10 +246,11 @@ class Parser:
     """Incremental decoder for one byte stream. Raises only MalformedPacket; after it raises, the
     stream is out of sync and the connection must be closed [MQTT-4.8.0-1]."""
 
-    __slots__ = ("_buf", "max_packet_size")
+    __slots__ = ("_buf", "_need", "max_packet_size")
 
     def __init__(self, max_packet_size: int = 0) -> None:
         self._buf = bytearray()
+        self._need = 0  # size of the partial packet in _buf once its header is known, else 0
         self.max_packet_size = max_packet_size if max_packet_size > 0 else MAX_PACKET_SIZE
 
     @property
@@ -261,9 +262,12 @@ class Parser:
         buf = self._buf
         if buf:
             buf += data
+            if len(buf) < self._need:
+                return []  # a large packet still arriving: append only, so its cost stays linear
             view = bytes(buf)
         else:
             view = bytes(data)
+        self._need = 0
         out: List[object] = []
         pos = 0
         n = len(view)
@@ -303,6 +307,7 @@ class Parser:
                                           f"{self.max_packet_size}")
                 end = i + length
                 if end > n:
+                    self._need = end - pos
                     break  # body incomplete
                 out.append(decoder(flags, view[i:end]))
                 pos = end
