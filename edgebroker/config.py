@@ -101,8 +101,11 @@ class Config:
 
 
 def default_data_dir() -> str:
-    """/var/lib/edgebroker for the service (root), else the user's data directory (XDG)."""
+    """$XDG_DATA_HOME/edgebroker when XDG_DATA_HOME is set; else /var/lib/edgebroker for root (the
+    service); else ~/.local/share/edgebroker."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg:
+        return os.path.join(xdg, "edgebroker")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return "/var/lib/edgebroker"
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "edgebroker")
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "edgebroker")

@@ -39,8 +39,21 @@ needs_mosquitto_clients = pytest.mark.skipif(
     reason="mosquitto-clients not installed (apt-get install mosquitto-clients)")
 
 
+_DATA_HOME: List[str] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _isolated_data_home(tmp_path_factory) -> Iterator[None]:
+    """Brokers started here persist under a temporary XDG_DATA_HOME, never the user's or /var/lib."""
+    _DATA_HOME.append(str(tmp_path_factory.mktemp("data-home")))
+    yield
+    _DATA_HOME.clear()
+
+
 def env() -> dict:
     e = dict(os.environ)
+    if _DATA_HOME:
+        e["XDG_DATA_HOME"] = _DATA_HOME[0]
     e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     return e
 
