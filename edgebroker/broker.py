@@ -159,11 +159,16 @@ class Broker:
             return
         conn.last_rx = now
         self.stats.bytes_received += len(data)
+        error = None
         try:
             packets = conn.parser.feed(data)
         except MalformedPacket as exc:
-            self._close(conn, now, f"malformed packet: {exc}")  # [MQTT-4.8.0-1]
-            return
+            error, packets = exc, exc.packets  # the valid packets before it are still handled
+        self._handle(conn, packets, now)
+        if error is not None:
+            self._close(conn, now, f"malformed packet: {error}")  # [MQTT-4.8.0-1]
+
+    def _handle(self, conn: Connection, packets: List[object], now: float) -> None:
         self.stats.messages_received += len(packets)
         for packet in packets:
             handler = (self._handlers if conn.connected else self._handlers_new).get(type(packet))

@@ -335,10 +335,13 @@ class Parser:
                 else:
                     out.append(decoder(flags, view[i:end]))
                 pos = end
-        except MalformedPacket:
+        except MalformedPacket as exc:
+            exc.packets = out
             raise
         except Exception as exc:  # defence in depth: the codec's promise is one error type only
-            raise MalformedPacket(f"undecodable packet ({exc.__class__.__name__})") from exc
+            error = MalformedPacket(f"undecodable packet ({exc.__class__.__name__})")
+            error.packets = out
+            raise error from exc
         if pos == n:
             if buf:
                 buf.clear()

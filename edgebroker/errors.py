@@ -15,11 +15,14 @@ class EdgebrokerError(Exception):
 
 
 class MalformedPacket(EdgebrokerError):
-    """Bytes that are not a valid MQTT packet; `rule` names the conformance statement broken, if any."""
+    """Bytes that are not a valid MQTT packet; `rule` names the conformance statement broken, if any.
+    `packets` holds the valid packets that came before the bad one in the same feed, so that what a
+    client sent is handled the same however TCP split it."""
 
     def __init__(self, message: str, rule: str = "") -> None:
         super().__init__(f"{message} {rule}".rstrip())
         self.rule = rule
+        self.packets: list = []
 
 
 class ConfigError(EdgebrokerError):
