@@ -33,7 +33,7 @@ from .packets import (
 )
 from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, Message, Session
 from .store import Loaded, NullStore
-from .sysstats import Stats, sys_values
+from .sysstats import LoadAverages, Stats, sys_values
 from .topics import TopicTree, filter_matches
 
 __all__ = ["Broker", "Connection"]
@@ -87,7 +87,7 @@ class Connection:
 
 class Broker:
     def __init__(self, config: Config, now: float, log: Optional[Callable[[int, str], None]] = None,
-                 store: Optional[NullStore] = None) -> None:
+                 store: Optional[NullStore] = None, memory_probe: Optional[Callable[[], int]] = None) -> None:
         self.config = config
         self.store = store if store is not None else NullStore()
         self._seq = 0  # last delivery row key handed out
@@ -100,6 +100,10 @@ class Broker:
         self.dirty: List[Connection] = []
         self.closing: List[Connection] = []
         self.stats = Stats()
+        self.load = LoadAverages(self.stats, now)
+        #: returns the process's resident memory in bytes for $SYS (the loop provides it: it is I/O)
+        self.memory_probe = memory_probe
+        self._heap_max = 0
         self.started = now
         self._max_inflight = config.max_inflight_messages or 65535
         self._next_check = now + CHECK_INTERVAL
@@ -320,6 +324,7 @@ class Broker:
         conn.protocol_level = p.protocol_level
         conn.parser.max_packet_size = cfg.max_packet_size or MAX_PACKET_SIZE
         stats = self.stats
+        stats.connections += 1
         stats.clients_connected += 1
         if stats.clients_connected > stats.clients_maximum:
             stats.clients_maximum = stats.clients_connected
@@ -616,9 +621,18 @@ class Broker:
 
     def publish_sys(self, now: float) -> None:
         """Publish the `$SYS/broker/...` values that changed since the last time, retained."""
-        stored = len(self.retained) + sum(len(s.queue) + len(s.inflight) for s in self.sessions.values())
+        stored = len(self.retained)
+        stored_bytes = sum(len(m.payload) for m in self.retained.values())
+        for s in self.sessions.values():
+            stored += len(s.queue) + len(s.inflight)
+            stored_bytes += s.queued_bytes
+        rss = self.memory_probe() if self.memory_probe is not None else None
         values = sys_values(self.stats, __version__, now - self.started, len(self.sessions),
-                            self.tree.count, len(self.retained), stored)
+                            self.tree.count, len(self.retained), stored, stored_bytes, rss)
+        if rss is not None:
+            self._heap_max = max(self._heap_max, rss)
+            values["$SYS/broker/heap/maximum"] = str(self._heap_max)
+        values.update(self.load.update(now))
         last = self._sys_last
         for topic, value in values.items():
             if last.get(topic) != value:

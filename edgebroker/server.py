@@ -12,6 +12,7 @@ to a wake-up socket, nothing more.
 """
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import time
@@ -64,7 +65,7 @@ class Server:
             store = NullStore()
         self.store = store
         try:
-            self.broker = Broker(config, time.monotonic(), log, store)
+            self.broker = Broker(config, time.monotonic(), log, store, _resident_memory)
         except BaseException:
             store.close()
             raise
@@ -223,6 +224,7 @@ class Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            self.broker.stats.sockets += 1
             conn = self.broker.connection_made(peer, ls.port, now)
             conn.handle = sock
             ls.count += 1
@@ -306,6 +308,18 @@ class Server:
             except (KeyError, ValueError):
                 pass
             _drain_and_close(sock)  # type: ignore[arg-type]
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _resident_memory() -> int:
+    """The process's resident set size in bytes (Linux), for $SYS/broker/heap; 0 where unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _drain_and_close(sock: socket.socket) -> None:

@@ -6,15 +6,16 @@ published, retained, as Mosquitto does.
 """
 from __future__ import annotations
 
-from typing import Dict
+import math
+from typing import Dict, Optional
 
-__all__ = ["Stats", "sys_values"]
+__all__ = ["Stats", "LoadAverages", "sys_values"]
 
 
 class Stats:
     __slots__ = ("clients_connected", "clients_maximum", "clients_expired", "messages_received",
                  "messages_sent", "publish_received", "publish_sent", "publish_dropped",
-                 "bytes_received", "bytes_sent")
+                 "bytes_received", "bytes_sent", "connections", "sockets")
 
     def __init__(self) -> None:
         self.clients_connected = 0
@@ -27,12 +28,51 @@ class Stats:
         self.publish_dropped = 0    # publishes not delivered because a bound was hit
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.connections = 0        # CONNECTs accepted since start
+        self.sockets = 0            # sockets accepted since start
+
+
+#: The counters with load averages, by their $SYS/broker/load/... name.
+_LOAD_COUNTERS = (
+    ("messages/received", "messages_received"), ("messages/sent", "messages_sent"),
+    ("publish/received", "publish_received"), ("publish/sent", "publish_sent"),
+    ("publish/dropped", "publish_dropped"), ("bytes/received", "bytes_received"),
+    ("bytes/sent", "bytes_sent"), ("connections", "connections"), ("sockets", "sockets"),
+)
+_WINDOWS = (("1min", 60.0), ("5min", 300.0), ("15min", 900.0))
+
+
+class LoadAverages:
+    """Mosquitto's load figures: per-minute rates of each counter, smoothed by exponential moving
+    averages over 1, 5 and 15 minutes (like the Unix load average), updated every sys_interval."""
+
+    def __init__(self, stats: Stats, now: float) -> None:
+        self._stats = stats
+        self._last_time = now
+        self._last = {attr: getattr(stats, attr) for _, attr in _LOAD_COUNTERS}
+        self._value = {(name, window): 0.0 for name, _ in _LOAD_COUNTERS for window, _ in _WINDOWS}
+
+    def update(self, now: float) -> Dict[str, str]:
+        elapsed = now - self._last_time
+        if elapsed > 0:
+            self._last_time = now
+            for name, attr in _LOAD_COUNTERS:
+                count = getattr(self._stats, attr)
+                per_minute = (count - self._last[attr]) * 60.0 / elapsed
+                self._last[attr] = count
+                for window, seconds in _WINDOWS:
+                    decay = math.exp(-elapsed / seconds)
+                    key = (name, window)
+                    self._value[key] = decay * self._value[key] + (1.0 - decay) * per_minute
+        return {f"$SYS/broker/load/{name}/{window}": f"{value:.2f}"
+                for (name, window), value in self._value.items()}
 
 
 def sys_values(stats: Stats, version: str, uptime: float, sessions: int, subscriptions: int,
-               retained: int, stored: int) -> Dict[str, str]:
-    """The `$SYS/broker/...` topics and their payloads (Mosquitto's names and formats)."""
-    return {
+               retained: int, stored: int, stored_bytes: int, rss: Optional[int] = None) -> Dict[str, str]:
+    """The `$SYS/broker/...` topics and their payloads (Mosquitto's names and formats). Mosquitto's
+    heap figures count its own allocations; ours is the process's resident memory (RSS)."""
+    values = {
         "$SYS/broker/version": f"edgebroker version {version}",
         "$SYS/broker/uptime": f"{int(uptime)} seconds",
         "$SYS/broker/clients/connected": str(stats.clients_connected),
@@ -53,4 +93,8 @@ def sys_values(stats: Stats, version: str, uptime: float, sessions: int, subscri
         "$SYS/broker/bytes/sent": str(stats.bytes_sent),
         "$SYS/broker/subscriptions/count": str(subscriptions),
         "$SYS/broker/retained messages/count": str(retained),
+        "$SYS/broker/store/messages/bytes": str(stored_bytes),
     }
+    if rss is not None:
+        values["$SYS/broker/heap/current"] = str(rss)
+    return values
