@@ -183,8 +183,13 @@ class SqliteStore(NullStore):
                       f"with an empty database, and the old file can be inspected with sqlite3.")
         conn = None
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # A short busy timeout: at start-up a lock means another process, and saying so soon is better.
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise self._fail("it is an SQLite database of another application (it has tables but no "
+                                 "edgebroker schema version)", "Move it aside, or point persistence_location or "
+                                 "persistence_file at another file; it is left untouched.")
             if version > SCHEMA_VERSION:
                 raise self._fail(f"it was written by a newer edgebroker (schema version {version}; this one "
                                  f"knows up to {SCHEMA_VERSION})", "Run the newer edgebroker, or move the file "
@@ -231,6 +236,13 @@ class SqliteStore(NullStore):
     # ---- loading ------------------------------------------------------------------------------
 
     def load(self) -> Loaded:
+        try:
+            return self._load()
+        except sqlite3.Error as exc:
+            raise self._fail(f"its contents cannot be read ({exc})",
+                             f"Move it aside (mv {self.path} {self.path}.broken) and start again.") from None
+
+    def _load(self) -> Loaded:
         c = self._conn
         now = time.time()
         sessions = [(cid, None if at is None else max(0.0, now - at))
@@ -290,8 +302,8 @@ class SqliteStore(NullStore):
         """Write this turn's changes; commit them unless durability is periodic and no save is due.
         Changes stay in `_ops` until their COMMIT succeeds, so a failed one (disk full) is retried."""
         ops = self._ops
-        if len(ops) == self._applied and not (force and self._in_tx):
-            return
+        if len(ops) == self._applied and not self._in_tx:
+            return  # nothing new, nothing waiting for a periodic save
         if self._failing and now < self._retry_at and not force:
             return
         conn = self._conn

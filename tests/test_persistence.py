@@ -1,0 +1,883 @@
+"""Persistence: what survives kill -9 and a clean restart, what a bad database file does, a full disk,
+and the durability levels.
+
+Theory of operation: crash tests run the broker as a separate process (tests/brokerproc.py, which prints
+`PORT <n>` once bound) so it can be killed with SIGKILL mid-stream and restarted on the same data
+directory; the other tests run a Server in a thread of this process (conftest's `make_broker`, or the
+local `run_server` fixture when the test needs the log or the store). Every database lives in tmp_path,
+every process started here is killed at teardown, and nothing waits by sleeping: a test waits for a
+condition (`wait_for`), a queue or a socket read, each with a deadline.
+
+"Everything before it has arrived" is proved with a marker: a persistent session keeps its messages in
+order, so a marker queued after a restart arrives after every message restored from the database; a
+PINGRESP arrives after everything the broker sent on that connection before it.
+
+The database is read with a second sqlite3 connection, as a user inspecting the file would (WAL mode:
+a reader sees exactly what was committed).
+
+Conformance statements are those of MQTT Version 3.1.1 (OASIS Standard, 29 October 2014).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import pwd
+import queue
+import random
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import pytest
+
+mqtt = pytest.importorskip("paho.mqtt.client")
+
+try:  # tests/ on sys.path (pytest's default rootdir-relative import)
+    import mqttwire as w
+    from util import wait_for
+except ImportError:  # tests imported as a package
+    from tests import mqttwire as w  # type: ignore[no-redef]
+    from tests.util import wait_for  # type: ignore[no-redef]
+
+from edgebroker import log as L
+from edgebroker.config import Config, Listener
+from edgebroker.server import Server
+from edgebroker.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, StoreError
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TIMEOUT = 10.0
+DB_NAME = "edgebroker.db"
+#: Messages in a crash stream, and how many must be acknowledged before the kill.
+STREAM = 10_000
+KILL_AFTER = 3_000
+TABLES = {"retained", "sessions", "subscriptions", "deliveries", "inbound_qos2"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers: the broker as a process, paho clients, raw clients, the database file
+# ---------------------------------------------------------------------------------------------------------
+
+def child_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def read_line(stream: Any, timeout: float, what: str) -> str:
+    """One line from a child's pipe, with a deadline (select, then os.read byte by byte up to newline)."""
+    fd = stream.fileno()
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {what} within {timeout}s (got {buf!r})")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            ch = os.read(fd, 1)
+            if not ch:
+                raise AssertionError(f"EOF before {what} (got {buf!r})")
+            buf += ch
+    return buf.decode("utf-8", "replace").rstrip("\n")
+
+
+class BrokerProcess:
+    """tests/brokerproc.py in a subprocess; its log goes to a file in tmp_path."""
+
+    def __init__(self, directory: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
+        self.directory = directory
+        self.log_path = log_path
+        self._log_file = open(log_path, "ab")
+        self.p = subprocess.Popen([sys.executable, str(HERE / "brokerproc.py"), "--dir", str(directory), *extra],
+                                  cwd=str(REPO), env=child_env(), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=self._log_file)
+        self.host = "127.0.0.1"
+        try:
+            line = read_line(self.p.stdout, TIMEOUT, "PORT line from brokerproc")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; exit status {self.p.poll()}; log:\n{self.log()}") from None
+        assert line.startswith("PORT "), line
+        self.port = int(line.split()[1])
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace")
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown code runs, nothing is flushed or committed on the way out."""
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait(TIMEOUT)
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(TIMEOUT)
+        if self.p.stdout is not None:
+            self.p.stdout.close()
+        self._log_file.close()
+
+
+@pytest.fixture
+def broker_process(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
+    """broker_process(directory, *extra_args) -> a running BrokerProcess; all killed at teardown."""
+    started: List[BrokerProcess] = []
+
+    def start(directory: Path, *extra: str) -> BrokerProcess:
+        bp = BrokerProcess(directory, tmp_path / f"broker-{len(started)}.log", extra)
+        started.append(bp)
+        return bp
+
+    yield start
+    for bp in started:
+        bp.close()
+
+
+class Client:
+    """A paho client (MQTT 3.1.1) with its loop in a thread. It does not reconnect by itself: after the
+    broker is killed its thread ends, and the test decides when and where it connects again."""
+
+    def __init__(self, client_id: str = "", clean_session: bool = True) -> None:
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
+                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+        self.connacks: "queue.Queue[Tuple[int, bool]]" = queue.Queue()
+        #: mids whose PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived: paho's on_publish fires only then.
+        self.completed: List[int] = []
+        #: (topic, payload) in arrival order
+        self.received: List[Tuple[str, bytes]] = []
+        self.c.on_connect = lambda c, u, flags, rc, props: self.connacks.put((rc.value, bool(flags.session_present)))
+        self.c.on_publish = lambda c, u, mid, rc, props: self.completed.append(mid)
+        self.c.on_message = lambda c, u, m: self.received.append((m.topic, bytes(m.payload)))
+
+    def connect(self, port: int) -> bool:
+        """Connect (or reconnect, to a new port), wait for a successful CONNACK; return session present."""
+        self.c.connect("127.0.0.1", port, keepalive=60)
+        self.c.loop_start()
+        try:
+            rc, present = self.connacks.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise AssertionError(f"no CONNACK for {self.c._client_id!r} within {TIMEOUT}s") from None
+        assert rc == 0, f"CONNACK return code {rc}"
+        return present
+
+    def wait_loop_ended(self) -> None:
+        """After the broker died: wait for paho's thread to see the lost connection and end."""
+        self.c.loop_stop()
+
+    def received_until(self, topic: str, timeout: float) -> List[bytes]:
+        """Payloads received before the first message on `topic` (a marker), waiting for it."""
+        wait_for(lambda: any(t == topic for t, _ in list(self.received)), timeout,
+                 what=f"marker {topic!r} (received {len(self.received)} messages so far)")
+        out = []
+        for t, payload in list(self.received):
+            if t == topic:
+                return out
+            out.append(payload)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.c.disconnect()
+        except Exception:  # noqa: BLE001 (already gone: the broker was killed)
+            pass
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Client]]:
+    made: List[Client] = []
+
+    def make(client_id: str = "", clean_session: bool = True) -> Client:
+        c = Client(client_id, clean_session)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+class RawPublish(NamedTuple):
+    dup: bool
+    qos: int
+    retain: bool
+    topic: str
+    packet_id: Optional[int]
+    payload: bytes
+
+
+def parse_publish(packet: bytes) -> RawPublish:
+    """A whole PUBLISH packet (as read_raw_packet returns it), decoded with mqttwire's own reader."""
+    first = packet[0]
+    assert first >> 4 == w.PUBLISH, f"expected PUBLISH, got {w.hexs(packet)}"
+    i = 1
+    while packet[i] & 0x80:
+        i += 1
+    body = packet[i + 1:]
+    qos = (first >> 1) & 3
+    n = int.from_bytes(body[:2], "big")
+    topic = body[2:2 + n].decode("utf-8")
+    j = 2 + n
+    packet_id = None
+    if qos:
+        packet_id = int.from_bytes(body[j:j + 2], "big")
+        j += 2
+    return RawPublish(bool(first & 0x08), qos, bool(first & 0x01), topic, packet_id, body[j:])
+
+
+class RawClients:
+    def __init__(self) -> None:
+        self.made: List[w.RawClient] = []
+
+    def __call__(self, port: int, client_id: str, clean: bool = True, present: Optional[bool] = None) -> w.RawClient:
+        """A raw client connected as client_id; asserts CONNACK accepted (and its session present flag)."""
+        c = w.RawClient("127.0.0.1", port, timeout=TIMEOUT)
+        self.made.append(c)
+        got = c.connect(client_id, clean=clean)
+        if present is None:
+            assert got[:2] == b"\x20\x02" and got[3] == 0, w.hexs(got)
+        else:
+            assert got == w.connack(present, 0), f"CONNACK for {client_id}: {w.hexs(got)}"
+        return c
+
+
+@pytest.fixture
+def raw() -> Iterator[RawClients]:
+    r = RawClients()
+    yield r
+    for c in r.made:
+        c.close()
+
+
+def subscribe(c: w.RawClient, packet_id: int, filters: Sequence[Tuple[str, int]]) -> None:
+    c.send(w.subscribe(packet_id, filters))
+    got = c.read_raw_packet()
+    assert got == w.suback(packet_id, [q for _, q in filters]), w.hexs(got)
+
+
+def disconnect(c: w.RawClient) -> None:
+    """DISCONNECT and wait for the broker to close: once it has, the session is offline."""
+    c.send(w.disconnect())
+    c.expect_closed()
+    c.close()
+
+
+def publish_acked(c: w.RawClient, topic: str, payload: bytes, qos: int, packet_id: int, retain: bool = False) -> None:
+    """Publish at QoS 1/2 and complete the flow [MQTT-4.3.2-2] [MQTT-4.3.3-2]: once PUBACK/PUBREC is
+    back, the broker promises the message is durable."""
+    c.send(w.publish(topic, payload, qos=qos, retain=retain, packet_id=packet_id))
+    if qos == 1:
+        got = c.read_raw_packet()
+        assert got == w.puback(packet_id), w.hexs(got)
+    else:
+        got = c.read_raw_packet()
+        assert got == w.pubrec(packet_id), w.hexs(got)
+        c.send(w.pubrel(packet_id))
+        got = c.read_raw_packet()
+        assert got == w.pubcomp(packet_id), w.hexs(got)
+
+
+def read_until_pingresp(c: w.RawClient) -> List[bytes]:
+    """Send PINGREQ and return every packet the broker sent before the PINGRESP [MQTT-3.12.4-1]."""
+    c.send(w.pingreq())
+    packets = []
+    while True:
+        p = c.read_raw_packet()
+        if p == w.pingresp():
+            return packets
+        packets.append(p)
+
+
+def offline_subscriber(raw: RawClients, port: int, client_id: str, filters: Sequence[Tuple[str, int]]) -> None:
+    """A persistent session (clean session 0) subscribed to `filters`, then disconnected cleanly."""
+    c = raw(port, client_id, clean=False)
+    subscribe(c, 1, filters)
+    disconnect(c)
+
+
+def db_query(path: Path, sql: str, args: tuple = ()) -> List[tuple]:
+    """Read the database file with a connection of its own (what a user with sqlite3 would see)."""
+    con = sqlite3.connect(str(path))
+    try:
+        return list(con.execute(sql, args))
+    finally:
+        con.close()
+
+
+def persist(tmp_path: Path, **overrides: Any) -> Dict[str, Any]:
+    kw: Dict[str, Any] = dict(persistence=True, persistence_location=str(tmp_path / "data"))
+    kw.update(overrides)
+    return kw
+
+
+def config(tmp_path: Path, **overrides: Any) -> Config:
+    kw = persist(tmp_path, listeners=[Listener(0, "127.0.0.1")], sys_interval=0)
+    kw.update(overrides)
+    return Config(**kw)
+
+
+class RunningServer:
+    """A Server in a thread of this process with a collecting log: (level, message) pairs."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.logs: List[Tuple[int, str]] = []
+        self.server = Server(cfg, log=self._log)
+        self.store: Any = self.server.store
+        self.port = self.server.ports[0]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="edgebroker", daemon=True)
+        self.thread.start()
+
+    def _log(self, level: int, message: str) -> None:
+        self.logs.append((level, message))
+
+    def messages(self, level: int) -> List[str]:
+        return [m for lv, m in list(self.logs) if lv == level]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive(), "broker loop did not stop"
+
+
+@pytest.fixture
+def run_server() -> Iterator[Callable[[Config], RunningServer]]:
+    started: List[RunningServer] = []
+
+    def start(cfg: Config) -> RunningServer:
+        rs = RunningServer(cfg)
+        started.append(rs)
+        return rs
+
+    yield start
+    for rs in started:
+        rs.stop()
+
+
+def build_database(path: Path, retained: int = 400, payload_size: int = 500) -> None:
+    """A real edgebroker database with content on many pages, written by the store itself, then closed
+    (so its WAL is checkpointed into the file and removed)."""
+    store = SqliteStore(str(path))
+    for i in range(retained):
+        store.retained_set(f"r/{i:04d}", bytes([i % 256]) * payload_size, 1)
+    store.subscription_add("s", "r/#", 1)
+    store.session_online("s")
+    store.commit(time.monotonic())
+    store.close()
+    assert not Path(str(path) + "-wal").exists(), "WAL left behind after close"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1, 2: kill -9 in the middle of a stream
+# ---------------------------------------------------------------------------------------------------------
+
+def publish_stream(pub: Client, qos: int) -> Dict[int, int]:
+    """Hand STREAM messages "%06d" to paho at once (it sends them as its inflight window allows);
+    return mid -> sequence number."""
+    mids = {}
+    for i in range(STREAM):
+        info = pub.c.publish("t/data", b"%06d" % i, qos=qos)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, info.rc
+        mids[info.mid] = i
+    return mids
+
+
+def test_kill9_during_qos1_stream_loses_no_acknowledged_message_MQTT_4_3_2_2(broker_process, clients, raw, tmp_path):
+    """Every QoS 1 message whose PUBACK reached the publisher before kill -9 is delivered after the
+    restart to the offline persistent subscriber [MQTT-3.1.2-4] [MQTT-3.1.2-5]: PUBACK means the broker
+    accepted ownership [MQTT-4.3.2-2]. Duplicates are allowed (QoS 1 is at least once, section 4.3.2),
+    none may be missing, and the order is kept."""
+    data = tmp_path / "data"
+    b = broker_process(data)
+    offline_subscriber(raw, b.port, "sub", [("t/#", 1)])
+    pub = clients("pub")
+    pub.connect(b.port)
+    mids = publish_stream(pub, 1)
+    wait_for(lambda: len(pub.completed) >= KILL_AFTER, 30, what=f"{KILL_AFTER} PUBACKs")
+    b.kill9()
+    pub.wait_loop_ended()
+    acked = {mids[m] for m in pub.completed}
+    assert KILL_AFTER <= len(acked) < STREAM, f"the kill did not land mid-stream ({len(acked)} acked)"
+
+    b2 = broker_process(data)
+    marker = clients("marker")
+    marker.connect(b2.port)
+    marker.c.publish("t/end", b"end", qos=1).wait_for_publish(TIMEOUT)
+    sub = clients("sub", clean_session=False)
+    assert sub.connect(b2.port) is True, "persistent session lost across kill -9 [MQTT-3.2.2-2]"
+    got = [int(p) for p in sub.received_until("t/end", 30)]
+
+    missing = sorted(acked - set(got))
+    assert not missing, (f"{len(missing)} of {len(acked)} acknowledged messages lost after kill -9, "
+                         f"first {missing[:10]}; delivered {len(got)}")
+    assert set(got) <= set(range(STREAM)), "delivered a payload that was never published"
+    firsts = list(dict.fromkeys(got))
+    assert firsts == sorted(firsts), "order not kept (apart from duplicates)"
+
+
+def test_kill9_during_qos2_stream_delivers_exactly_once_MQTT_4_3_3_2(broker_process, clients, raw, tmp_path):
+    """QoS 2 from a persistent publisher session: every message whose PUBCOMP came back before the kill
+    is delivered; after the restart paho resumes its unfinished flows (PUBLISH with DUP for those without
+    PUBREC, PUBREL for the others) and the broker, which persisted the inbound packet ids awaiting
+    PUBREL, must not deliver any of them twice [MQTT-4.3.3-2]. In the end every one of the messages is
+    delivered exactly once."""
+    data = tmp_path / "data"
+    b = broker_process(data)
+    offline_subscriber(raw, b.port, "sub", [("t/#", 2)])
+    pub = clients("pub", clean_session=False)
+    pub.connect(b.port)
+    mids = publish_stream(pub, 2)
+    wait_for(lambda: len(pub.completed) >= KILL_AFTER, 30, what=f"{KILL_AFTER} PUBCOMPs")
+    b.kill9()
+    pub.wait_loop_ended()
+    before_kill = {mids[m] for m in pub.completed}
+    assert KILL_AFTER <= len(before_kill) < STREAM, f"the kill did not land mid-stream ({len(before_kill)})"
+
+    b2 = broker_process(data)
+    assert pub.connect(b2.port) is True, "publisher's persistent session lost across kill -9 [MQTT-3.2.2-2]"
+    wait_for(lambda: len(set(pub.completed)) >= STREAM, 60,
+             what=f"all {STREAM} PUBCOMPs after the restart (have {len(set(pub.completed))})")
+    pub.c.publish("t/end", b"end", qos=2).wait_for_publish(TIMEOUT)
+    sub = clients("sub", clean_session=False)
+    assert sub.connect(b2.port) is True, "subscriber's persistent session lost across kill -9 [MQTT-3.2.2-2]"
+    got = [int(p) for p in sub.received_until("t/end", 60)]
+
+    counts = collections.Counter(got)
+    twice = sorted(s for s, n in counts.items() if n > 1)
+    assert not twice, f"{len(twice)} QoS 2 messages delivered more than once, first {twice[:10]}"
+    lost = sorted(before_kill - set(counts))
+    assert not lost, f"{len(lost)} messages PUBCOMP'd before the kill were lost, first {lost[:10]}"
+    missing = sorted(set(range(STREAM)) - set(counts))
+    assert not missing, f"{len(missing)} messages completed after the restart never delivered, first {missing[:10]}"
+    assert got == sorted(got), "order not kept"
+
+
+def test_inbound_qos2_packet_id_survives_kill9_so_a_resend_is_not_delivered_twice_MQTT_4_3_3_2(
+        broker_process, raw, tmp_path):
+    """The deterministic core of the QoS 2 stream test: PUBREC came back for packet id 7, the broker is
+    killed before PUBREL; the publisher (clean session 0) resends the PUBLISH with DUP after the restart.
+    The broker persisted the id, so it answers PUBREC without routing the message again [MQTT-4.3.3-2]."""
+    data = tmp_path / "data"
+    b = broker_process(data)
+    offline_subscriber(raw, b.port, "sub", [("t/#", 2)])
+    pub = raw(b.port, "qpub", clean=False, present=False)
+    pub.send(w.publish("t/q2", b"once", qos=2, packet_id=7))
+    assert pub.read_raw_packet() == w.pubrec(7)
+    b.kill9()
+    pub.close()
+
+    b2 = broker_process(data)
+    pub2 = raw(b2.port, "qpub", clean=False, present=True)
+    pub2.send(w.publish("t/q2", b"once", qos=2, packet_id=7, dup=True))
+    assert pub2.read_raw_packet() == w.pubrec(7)
+    pub2.send(w.pubrel(7))
+    assert pub2.read_raw_packet() == w.pubcomp(7)
+    sub = raw(b2.port, "sub", clean=False, present=True)
+    got = read_until_pingresp(sub)
+    assert [(p.topic, p.payload, p.qos, p.dup) for p in map(parse_publish, got)] == [("t/q2", b"once", 2, False)], \
+        [w.hexs(p) for p in got]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4: in-flight messages to an online subscriber at the kill
+# ---------------------------------------------------------------------------------------------------------
+
+def test_unacknowledged_inflight_resent_with_dup_after_kill9_MQTT_4_4_0_1(broker_process, raw, tmp_path):
+    """A persistent subscriber received four messages and acknowledged none but the last one's PUBLISH
+    (PUBREC). After kill -9 and a restart it reconnects with clean session 0: the broker resends the
+    unacknowledged PUBLISH packets with DUP set and the same packet ids, and the PUBREL of the one it had
+    released, in the original order [MQTT-4.4.0-1] [MQTT-4.6.0-1]. Once acknowledged, nothing is resent
+    after another kill."""
+    data = tmp_path / "data"
+    b = broker_process(data)
+    sub = raw(b.port, "rs", clean=False, present=False)
+    subscribe(sub, 1, [("t/#", 2)])
+    pub = raw(b.port, "rp")
+    sent = [("t/1", b"one", 1), ("t/2", b"two", 1), ("t/3", b"three", 2), ("t/4", b"four", 2)]
+    for i, (topic, payload, qos) in enumerate(sent, start=1):
+        publish_acked(pub, topic, payload, qos, packet_id=i)
+    first = [sub.read_raw_packet() for _ in sent]
+    pids = [parse_publish(p).packet_id for p in first]
+    assert first == [w.publish(t, p, qos=q, packet_id=pid) for (t, p, q), pid in zip(sent, pids)], \
+        [w.hexs(p) for p in first]
+    sub.send(w.pubrec(pids[3]))
+    got = sub.read_raw_packet()
+    assert got == w.pubrel(pids[3]), w.hexs(got)  # [MQTT-4.3.3-1] PUBREL answers PUBREC
+    b.kill9()
+    sub.close()
+
+    b2 = broker_process(data)
+    sub2 = raw(b2.port, "rs", clean=False, present=True)  # [MQTT-3.2.2-2]
+    expected = [w.publish(t, p, qos=q, dup=True, packet_id=pid) for (t, p, q), pid in zip(sent[:3], pids[:3])]
+    expected.append(w.pubrel(pids[3]))
+    got_after = read_until_pingresp(sub2)
+    assert got_after == expected, ("resent after restart:\n" + "\n".join(w.hexs(p) for p in got_after)
+                                   + "\nexpected:\n" + "\n".join(w.hexs(p) for p in expected))
+
+    # Acknowledge everything; the PINGRESP leaves after the commit of the turn that handled the acks.
+    sub2.send(w.puback(pids[0]) + w.puback(pids[1]) + w.pubrec(pids[2]))
+    assert sub2.read_raw_packet() == w.pubrel(pids[2])
+    sub2.send(w.pubcomp(pids[2]) + w.pubcomp(pids[3]))
+    assert read_until_pingresp(sub2) == []
+    b2.kill9()
+    sub2.close()
+    b3 = broker_process(data)
+    sub3 = raw(b3.port, "rs", clean=False, present=True)
+    assert read_until_pingresp(sub3) == [], "acknowledged messages resent after a second kill -9"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3: a clean restart keeps retained messages and persistent sessions, nothing else
+# ---------------------------------------------------------------------------------------------------------
+
+def test_retained_and_sessions_survive_restart_MQTT_3_1_2_4_MQTT_3_3_1_5(make_broker, raw, tmp_path):
+    """Retained set, replaced and cleared [MQTT-3.3.1-5] [MQTT-3.3.1-10]: the restarted broker has exactly
+    the final state. A persistent session keeps its subscriptions and its queued QoS 1 message
+    [MQTT-3.1.2-4] [MQTT-3.1.2-5], but not QoS 0 messages (queue_qos0_messages false); a clean session's
+    subscriptions do not survive [MQTT-3.1.2-6]."""
+    b = make_broker(**persist(tmp_path))
+    ps = raw(b.port, "ps", clean=False, present=False)
+    subscribe(ps, 1, [("s/#", 1)])
+    disconnect(ps)
+    cs = raw(b.port, "cs", clean=True)  # connected while the broker stops
+    subscribe(cs, 1, [("s/#", 1)])
+    pub = raw(b.port, "pub")
+    steps = [("r/a", b"a1"), ("r/b", b"b1"), ("r/a", b"a2"), ("r/c", b"c1"), ("r/c", b""), ("r/gone", b"")]
+    for i, (topic, payload) in enumerate(steps, start=1):
+        publish_acked(pub, topic, payload, 1, packet_id=i, retain=True)
+    pub.send(w.publish("s/q0", b"zero", qos=0))
+    publish_acked(pub, "s/q1", b"one", 1, packet_id=99)  # after the QoS 0 one: both routed
+    b.stop()
+
+    path = tmp_path / "data" / DB_NAME
+    assert db_query(path, "SELECT topic, payload FROM retained ORDER BY topic") == [("r/a", b"a2"), ("r/b", b"b1")]
+    assert db_query(path, "SELECT client_id FROM sessions") == [("ps",)]
+    assert db_query(path, "SELECT client_id, topic_filter, qos FROM subscriptions") == [("ps", "s/#", 1)]
+    assert db_query(path, "SELECT client_id, topic, payload, qos FROM deliveries") == [("ps", "s/q1", b"one", 1)], \
+        "only the QoS 1 message is queued for the offline session"
+
+    b2 = make_broker(**persist(tmp_path))
+    retained = {t: m.payload for t, m in b2.server.broker.retained.items() if not t.startswith("$")}
+    assert retained == {"r/a": b"a2", "r/b": b"b1"}
+    n = raw(b2.port, "newcomer")
+    subscribe(n, 1, [("r/#", 0)])
+    got = sorted(read_until_pingresp(n))
+    assert got == sorted([w.publish("r/a", b"a2", retain=True), w.publish("r/b", b"b1", retain=True)]), \
+        [w.hexs(p) for p in got]  # [MQTT-3.3.1-6] [MQTT-3.3.1-8]
+
+    ps2 = raw(b2.port, "ps", clean=False, present=True)  # [MQTT-3.2.2-2]
+    queued = read_until_pingresp(ps2)
+    assert len(queued) == 1, [w.hexs(p) for p in queued]
+    q = parse_publish(queued[0])
+    assert (q.topic, q.payload, q.qos, q.dup, q.retain) == ("s/q1", b"one", 1, False, False), q
+    ps2.send(w.puback(q.packet_id))  # type: ignore[arg-type]
+    cs2 = raw(b2.port, "cs", clean=False, present=False)  # the clean session left nothing [MQTT-3.2.2-3]
+    pub2 = raw(b2.port, "pub")
+    publish_acked(pub2, "s/after", b"live", 1, packet_id=1)
+    live = parse_publish(ps2.read_raw_packet())  # no SUBSCRIBE after the restart
+    assert (live.topic, live.payload, live.qos, live.dup) == ("s/after", b"live", 1, False)
+    assert read_until_pingresp(cs2) == [], "a clean session's subscription survived the restart"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5: bad database files
+# ---------------------------------------------------------------------------------------------------------
+
+def make_random(path: Path) -> None:
+    path.write_bytes(random.Random(1883).randbytes(24 * 1024))
+
+
+def make_zeros(path: Path) -> None:
+    path.write_bytes(bytes(16 * 1024))  # the power-loss case Mosquitto users report
+
+
+def make_truncated(path: Path) -> None:
+    build_database(path)
+    size = path.stat().st_size
+    assert size >= 16 * 4096, f"test database too small to truncate meaningfully ({size} bytes)"
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def make_newer(path: Path) -> None:
+    build_database(path, retained=10)
+    con = sqlite3.connect(str(path))
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+
+
+def make_foreign(path: Path) -> None:
+    """A valid SQLite database of another application (user_version 0, its own `sessions` table)."""
+    con = sqlite3.connect(str(path))
+    con.execute("CREATE TABLE sessions (id INTEGER PRIMARY KEY, user TEXT)")
+    con.execute("INSERT INTO sessions (user) VALUES ('alice')")
+    con.commit()
+    con.close()
+
+
+BAD_FILES = {
+    "random-bytes": (make_random, "not a usable SQLite database", "Move it aside"),
+    "all-zero-16KiB": (make_zeros, "not a usable SQLite database", "Move it aside"),
+    "truncated-half": (make_truncated, "", "Move it aside"),
+    "newer-schema": (make_newer, f"schema version {SCHEMA_VERSION + 1}", "Run the newer edgebroker"),
+    "other-application": (make_foreign, "", "aside"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_database_gives_clear_error_and_is_left_untouched(case, tmp_path):
+    make, what, advice = BAD_FILES[case]
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / DB_NAME
+    make(path)
+    original = path.read_bytes()
+    with pytest.raises(StoreError) as info:
+        Server(config(tmp_path))
+    message = str(info.value)
+    assert str(path) in message, message
+    assert what in message, message
+    assert advice in message, message
+    exc = info.value
+    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__), \
+        "the StoreError should stand alone (raised from None), not chain a sqlite traceback"
+    assert path.read_bytes() == original, "the broker changed a database it refused"
+
+
+def test_database_in_use_by_another_process(tmp_path):
+    """Another process holds the write lock (BEGIN EXCLUSIVE), as a second broker on the same file would:
+    StoreError saying it is in use. (Costs sqlite3's default 5 s busy timeout.)"""
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / DB_NAME
+    build_database(path, retained=10)
+    original = path.read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                               "c.execute('BEGIN EXCLUSIVE')\n"
+                               "print('LOCKED', flush=True)\n"
+                               "sys.stdin.read()\n", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert read_line(holder.stdout, TIMEOUT, "LOCKED from the lock holder") == "LOCKED"
+        with pytest.raises(StoreError) as info:
+            Server(config(tmp_path))
+        message = str(info.value)
+        assert str(path) in message and "in use" in message, message
+    finally:
+        holder.kill()
+        holder.wait(TIMEOUT)
+        holder.stdin.close()  # type: ignore[union-attr]
+        holder.stdout.close()  # type: ignore[union-attr]
+    assert path.read_bytes() == original
+
+
+#: Run as root, this imports what it needs, then drops to the given uid/gid (os.setuid) and runs either
+#: Server(...) on ./data or the CLI's main() (default config). The interpreter and its libraries live
+#: under /root, closed to other users, so everything is imported before the privileges go.
+UNPRIVILEGED = """
+import os, sys
+import argparse, gettext, locale, sqlite3  # argparse's messages import locale lazily
+from edgebroker.cli import broker as cli
+from edgebroker.config import Config, Listener
+from edgebroker.server import Server
+from edgebroker.store import StoreError
+uid, gid, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+cli._parser().format_help()  # argparse imports more modules lazily (shutil, ...): load them now
+if os.geteuid() != uid:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+if mode == "cli":
+    sys.exit(cli.main(["-p", "0"]))
+try:
+    Server(Config(listeners=[Listener(0, "127.0.0.1")], persistence_location="data"))
+except StoreError as exc:
+    print(exc)
+    sys.exit(3)
+print("STARTED")
+"""
+
+
+def run_unprivileged(mode: str, cwd: Path, extra_env: Dict[str, str]) -> subprocess.CompletedProcess:
+    """Run UNPRIVILEGED in `mode` as `nobody` when we are root (root ignores file permissions), else as
+    ourselves. The child starts in cwd while still privileged and then uses relative paths only, because
+    the ancestors of tmp_path (/tmp/pytest-of-root, mode 0700) are closed to other users."""
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip("running as root and no 'nobody' user to test file permissions with")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
+    cwd.chmod(0o755)  # tmp_path is 0700: the child must be able to look up names in its own directory
+    env = child_env()
+    env.update(extra_env)
+    return subprocess.run([sys.executable, "-c", UNPRIVILEGED, str(uid), str(gid), mode], cwd=str(cwd), env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT)
+
+
+def make_read_only_database(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    path = directory / DB_NAME
+    build_database(path, retained=10)
+    path.chmod(0o444)
+    directory.chmod(0o777)  # only the file is read-only: the directory could take the -wal and -shm files
+    return path
+
+
+def test_read_only_database_file(tmp_path):
+    path = make_read_only_database(tmp_path / "data")
+    original = path.read_bytes()
+    done = run_unprivileged("server", tmp_path, {})
+    out = done.stdout.decode()
+    assert done.returncode == 3, (done.returncode, out, done.stderr.decode())
+    assert os.path.join("data", DB_NAME) in out and "not readable and writable" in out, out
+    assert "permissions" in out, out
+    assert path.read_bytes() == original
+
+
+def test_read_only_database_file_through_the_cli(tmp_path):
+    """The CLI's main() with the default config (database in $XDG_DATA_HOME/edgebroker): exit status 1,
+    one `Error:` line naming the file, no traceback."""
+    path = make_read_only_database(tmp_path / "edgebroker")
+    done = run_unprivileged("cli", tmp_path, {"XDG_DATA_HOME": "."})
+    err = done.stderr.decode()
+    assert done.returncode == 1, (done.returncode, err)
+    assert "Traceback" not in err, err
+    assert f"Error: persistence database {os.path.join('.', 'edgebroker', DB_NAME)}" in err, err
+    assert path.stat().st_mode & 0o777 == 0o444
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6: migrations
+# ---------------------------------------------------------------------------------------------------------
+
+def test_schema_version_1_database_is_migrated(run_server, raw, tmp_path):
+    """A database written by schema version 1 (MIGRATIONS[0] only) is migrated to SCHEMA_VERSION on start
+    and its retained message and persistent subscription keep working."""
+    sqlite_utils = pytest.importorskip("sqlite_utils")
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / DB_NAME
+    db = sqlite_utils.Database(str(path))
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    db["retained"].insert({"topic": "m/r", "payload": b"kept", "qos": 1})
+    db["sessions"].insert({"client_id": "old"})
+    db["subscriptions"].insert({"client_id": "old", "topic_filter": "m/#", "qos": 1})
+    db.conn.commit()
+    db.conn.close()
+    assert "disconnected_at" not in [r[1] for r in db_query(path, "PRAGMA table_info(sessions)")]
+
+    rs = run_server(config(tmp_path))
+    assert db_query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert "disconnected_at" in [r[1] for r in db_query(path, "PRAGMA table_info(sessions)")]
+    assert any("migrated from schema version 1" in m for m in rs.messages(L.NOTICE)), rs.logs
+
+    n = raw(rs.port, "newcomer")
+    subscribe(n, 1, [("m/#", 0)])
+    assert read_until_pingresp(n) == [w.publish("m/r", b"kept", retain=True)]
+    pub = raw(rs.port, "pub")
+    publish_acked(pub, "m/x", b"for old", 1, packet_id=1)
+    old = raw(rs.port, "old", clean=False, present=True)
+    got = read_until_pingresp(old)
+    assert [(p.topic, p.payload, p.qos) for p in map(parse_publish, got)] == [("m/x", b"for old", 1)]
+
+
+@pytest.mark.parametrize("start", ["empty-file", "no-file", "no-directory"])
+def test_fresh_schema_from_nothing(start, run_server, tmp_path):
+    data = tmp_path / "data"
+    if start != "no-directory":
+        data.mkdir()
+    if start == "empty-file":
+        (data / DB_NAME).write_bytes(b"")
+    run_server(config(tmp_path))
+    path = data / DB_NAME
+    assert db_query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    tables = {r[0] for r in db_query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert TABLES <= tables, tables
+    assert db_query(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7: disk full
+# ---------------------------------------------------------------------------------------------------------
+
+def test_disk_full_keeps_serving_then_commits_when_space_returns(run_server, raw, tmp_path):
+    rs = run_server(config(tmp_path))
+    store = rs.store
+    path = tmp_path / "data" / DB_NAME
+    watcher = raw(rs.port, "watcher")
+    subscribe(watcher, 1, [("big/#", 0), ("live/#", 0)])
+    pub = raw(rs.port, "pub")
+    # The loop is idle (no persistent state changes pending): freeze the database at its current size.
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    payload = bytes(range(256)) * 256  # 64 KiB: needs new pages
+    for i in range(1, 6):
+        publish_acked(pub, f"big/{i}", payload, 1, packet_id=i, retain=True)
+        got = parse_publish(watcher.read_raw_packet())
+        assert (got.topic, len(got.payload)) == (f"big/{i}", len(payload))
+    wait_for(lambda: store.errors >= 2, TIMEOUT, what="a failed commit and its retry")
+    publish_acked(pub, "live/x", b"still serving", 1, packet_id=10)
+    assert parse_publish(watcher.read_raw_packet()).payload == b"still serving"
+    errors = [m for m in rs.messages(L.ERR) if "cannot write persistence database" in m]
+    assert len(errors) == 1, f"the failure should be logged once, got {errors}"
+    assert str(path) in errors[0]
+    assert db_query(path, "SELECT count(*) FROM retained WHERE topic LIKE 'big/%'") == [(0,)]
+
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+    wait_for(lambda: db_query(path, "SELECT count(*) FROM retained WHERE topic LIKE 'big/%'") == [(5,)], TIMEOUT,
+             what="the pending retained messages committed once space returned")
+    assert db_query(path, "SELECT payload FROM retained WHERE topic = 'big/3'") == [(payload,)]
+    wait_for(lambda: any("writable again" in m for m in rs.messages(L.NOTICE)), TIMEOUT, what="recovery notice")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8: durability levels
+# ---------------------------------------------------------------------------------------------------------
+
+def retained_in_file(path: Path) -> List[str]:
+    return [r[0] for r in db_query(path, "SELECT topic FROM retained ORDER BY topic")]
+
+
+def test_periodic_durability_writes_when_the_interval_is_due(run_server, raw, tmp_path):
+    """durability periodic, autosave_interval 1 s: a change is not in the file at once, and is within
+    a few intervals even when nothing else happens afterwards (a quiet gateway)."""
+    path = tmp_path / "data" / DB_NAME
+    t0 = time.monotonic()
+    rs = run_server(config(tmp_path, durability="periodic", autosave_interval=1.0))
+    pub = raw(rs.port, "pub")
+    publish_acked(pub, "p/1", b"x", 1, packet_id=1, retain=True)
+    early = retained_in_file(path)
+    if time.monotonic() - t0 < 0.8:  # still inside the first interval: the save cannot be due yet
+        assert early == [], "periodic durability wrote before the interval was due"
+    wait_for(lambda: retained_in_file(path) == ["p/1"], 5,
+             what="the retained message saved within a few autosave intervals (no further traffic)")
+
+
+def test_periodic_durability_on_changes(run_server, raw, tmp_path):
+    """autosave_on_changes with autosave_interval 3: the file is written at the third change."""
+    path = tmp_path / "data" / DB_NAME
+    rs = run_server(config(tmp_path, durability="periodic", autosave_interval=3, autosave_on_changes=True))
+    pub = raw(rs.port, "pub")
+    publish_acked(pub, "p/1", b"x", 1, packet_id=1, retain=True)
+    publish_acked(pub, "p/2", b"x", 1, packet_id=2, retain=True)
+    assert retained_in_file(path) == [], "saved before autosave_interval changes"
+    publish_acked(pub, "p/3", b"x", 1, packet_id=3, retain=True)
+    wait_for(lambda: retained_in_file(path) == ["p/1", "p/2", "p/3"], TIMEOUT, what="save at the third change")
+
+
+@pytest.mark.parametrize("durability, synchronous", [("sync", 2), ("crash", 1), ("periodic", 1)])
+def test_durability_sets_synchronous(durability, synchronous, run_server, tmp_path):
+    """sync = synchronous FULL (2, each commit fsynced); crash and periodic = NORMAL (1) in WAL mode."""
+    rs = run_server(config(tmp_path, durability=durability))
+    assert rs.store._conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+    assert rs.store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
