@@ -20,7 +20,7 @@ persistent sessions carry a `seq`, the key of their row; 0 means "not stored".
 from __future__ import annotations
 
 import uuid
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
 from . import log as L
@@ -115,14 +115,27 @@ class Broker:
             Pubrel: self._on_pubrel, Pubcomp: self._on_pubcomp, Subscribe: self._on_subscribe,
             Unsubscribe: self._on_unsubscribe, Pingreq: self._on_pingreq, Disconnect: self._on_disconnect,
         }
-        self._restore(self.store.load())
+        self._restore(self.store.load(), now)
 
-    def _restore(self, state: Loaded) -> None:
+    def reconfigure(self, config: Config) -> None:
+        """Swap in a reloaded configuration (SIGHUP): limits and policies apply from the next packet;
+        listeners and persistence settings are not changed by a reload (as Mosquitto)."""
+        self.config = config
+        self._max_inflight = config.max_inflight_messages or 65535
+        self.debug = bool(getattr(self.log, "enabled", lambda level: False)(L.DEBUG))
+        if config.sys_interval > 0 and self._next_sys == float("inf"):
+            self._next_sys = self._next_check
+        elif config.sys_interval <= 0:
+            self._next_sys = float("inf")
+
+    def _restore(self, state: Loaded, now: float) -> None:
         """Rebuild retained messages and persistent sessions (all offline) from the store."""
         for topic, payload, qos in state.retained:
             self.retained[topic] = Message(topic, payload, qos, retain=True)
-        for client_id, _offline_for in state.sessions:
-            self.sessions[client_id] = Session(client_id, clean=False)
+        for client_id, offline_for in state.sessions:
+            session = self.sessions[client_id] = Session(client_id, clean=False)
+            # Offline time before the restart counts toward persistent_client_expiration.
+            session.offline_since = now - (offline_for or 0.0)
         for client_id, topic_filter, qos in state.subscriptions:
             session = self.sessions.get(client_id)
             if session is not None:
@@ -218,19 +231,20 @@ class Broker:
         self.closing.append(conn)
         self.connections.pop(conn, None)
         if not conn.connected:
-            if reason != "closed its connection":
+            if reason != "closed its connection" and self.config.connection_messages:
                 self.log(L.NOTICE, f"Client {conn.client_id} from {conn.peer} disconnected: {reason}.")
             return
         conn.connected = False
         self.stats.clients_connected -= 1
-        if reason == "disconnected":
-            self.log(L.NOTICE, f"Client {conn.client_id} disconnected.")
-        elif reason == "closed its connection":
-            self.log(L.NOTICE, f"Client {conn.client_id} closed its connection.")
-        elif reason == "exceeded timeout":
-            self.log(L.NOTICE, f"Client {conn.client_id} has exceeded timeout, disconnecting.")
-        else:
-            self.log(L.NOTICE, f"Client {conn.client_id} disconnected, {reason}.")
+        if self.config.connection_messages:
+            if reason == "disconnected":
+                self.log(L.NOTICE, f"Client {conn.client_id} disconnected.")
+            elif reason == "closed its connection":
+                self.log(L.NOTICE, f"Client {conn.client_id} closed its connection.")
+            elif reason == "exceeded timeout":
+                self.log(L.NOTICE, f"Client {conn.client_id} has exceeded timeout, disconnecting.")
+            else:
+                self.log(L.NOTICE, f"Client {conn.client_id} disconnected, {reason}.")
         will = conn.will
         conn.will = None
         if will is not None and publish_will:
@@ -241,6 +255,7 @@ class Broker:
             if session.clean:
                 self._discard_session(session)
             else:
+                session.offline_since = now
                 self.store.session_offline(session.client_id)
 
     def _publish_will(self, will: Will) -> None:
@@ -259,6 +274,13 @@ class Broker:
             del self.sessions[session.client_id]
 
     def _check_timeouts(self, now: float) -> None:
+        expiration = self.config.persistent_client_expiration
+        if expiration is not None:
+            for session in [s for s in self.sessions.values()
+                            if s.conn is None and not s.clean and now - s.offline_since > expiration]:
+                self.log(L.NOTICE, f"Expiring client {session.client_id} due to timeout.")
+                self.stats.clients_expired += 1
+                self._discard_session(session)
         connect_timeout = self.config.connect_timeout
         for conn in list(self.connections):
             if not conn.connected:
@@ -294,6 +316,10 @@ class Broker:
                 return
             client_id = cfg.auto_id_prefix + str(uuid.uuid4()).upper()  # [MQTT-3.1.3-6]
         conn.client_id = client_id
+        if cfg.clientid_prefixes and not client_id.startswith(cfg.clientid_prefixes):
+            self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
+                         f"client id does not start with clientid_prefixes {cfg.clientid_prefixes!r}")
+            return
         if p.keepalive > cfg.max_keepalive:
             self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
                          f"keepalive {p.keepalive} above max_keepalive {cfg.max_keepalive}")
@@ -328,9 +354,10 @@ class Broker:
         stats.clients_connected += 1
         if stats.clients_connected > stats.clients_maximum:
             stats.clients_maximum = stats.clients_connected
-        self.log(L.NOTICE, f"New client connected from {conn.peer} as {client_id} "
-                           f"({proto}, c{int(p.clean_session)}, k{p.keepalive}"
-                           f"{', u' + repr(p.username) if p.username is not None else ''}).")
+        if cfg.connection_messages:
+            self.log(L.NOTICE, f"New client connected from {conn.peer} as {client_id} "
+                               f"({proto}, c{int(p.clean_session)}, k{p.keepalive}"
+                               f"{', u' + repr(p.username) if p.username is not None else ''}).")
         if self.debug:
             if p.will is None:
                 self.log(L.DEBUG, "No will message specified.")
@@ -374,12 +401,20 @@ class Broker:
             awaiting.add(p.packet_id)
             if not conn.session.clean:  # type: ignore[union-attr]
                 self.store.inbound_add(conn.client_id, p.packet_id)
-        if p.retain:
+        limit = self.config.message_size_limit
+        if limit and len(p.payload) > limit:
+            # Mosquitto's message_size_limit: acknowledged (the protocol flow completes) but dropped.
+            self.stats.publish_dropped += 1
+            self.log(L.NOTICE, f"Dropped too large PUBLISH from {conn.client_id} (d{int(p.dup)}, q{qos}, "
+                               f"r{int(p.retain)}, m{p.packet_id}, '{p.topic}', ... ({len(p.payload)} bytes))")
+        elif p.retain:
             if not self.config.retain_available:
                 self._close(conn, now, "retained message sent but retain_available is false")
                 return
             self._set_retained(p.topic, p.payload, qos)
-        self._route(Message(p.topic, p.payload, qos))
+            self._route(Message(p.topic, p.payload, qos))
+        else:
+            self._route(Message(p.topic, p.payload, qos))
         if qos == 1:
             self._send_ack(conn, 0x40, p.packet_id, "PUBACK")  # [MQTT-4.3.2-2]
         elif qos == 2:
@@ -618,6 +653,12 @@ class Broker:
         self._close(conn, now, "disconnected")
 
     # ---- $SYS ---------------------------------------------------------------------------------
+
+    def publish_log_lines(self, lines: List[Tuple[int, str]]) -> None:
+        """log_dest topic: each line to $SYS/broker/log/<severity> (Mosquitto's topics), QoS 0."""
+        for level, line in lines:
+            topic = "$SYS/broker/log/" + L.TOPIC_SEVERITY.get(level, "I")
+            self._route(Message(topic, line.encode("utf-8", "replace"), 0))
 
     def publish_sys(self, now: float) -> None:
         """Publish the `$SYS/broker/...` values that changed since the last time, retained."""

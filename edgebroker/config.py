@@ -1,41 +1,100 @@
 """The broker's typed configuration: one schema, Mosquitto's option names and defaults.
 
-This is the in-memory schema only; reading TOML and mosquitto.conf files into it comes with the
-configuration work. Values are validated on construction so a bad value never reaches the loop.
+This is the in-memory schema; `configfile` reads TOML and mosquitto.conf files into it. Every field has
+a doc comment with its unit and default; a default differs from Mosquitto's only where the comment says
+why. Values are validated on construction (`__post_init__`), so a bad value never reaches the loop: the
+error names the option, and the file reader adds the file and line.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .errors import ConfigError
 
-__all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "default_data_dir"]
+__all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS", "LOG_TYPES",
+           "DEFAULT_LOG_TYPES", "MAX_PACKET_SIZE_LIMIT", "MAX_PAYLOAD", "default_data_dir",
+           "listener_clash"]
 
 DEFAULT_PORT = 1883
 DURABILITY_LEVELS = ("sync", "crash", "periodic")
+#: Where log lines can go (Mosquitto's log_dest values; "none" is the empty tuple).
+LOG_DESTS = ("stdout", "stderr", "syslog", "topic", "file")
+#: Mosquitto's log_type names we log under ("all" and "none" are spelled out by the file reader).
+LOG_TYPES = ("error", "warning", "notice", "information", "subscribe", "unsubscribe", "debug")
+#: Mosquitto's default log_type set.
+DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information")
+#: The largest MQTT packet: 1 byte of type, 4 of remaining length, 268435455 of body [MQTT-2.2.3].
+MAX_PACKET_SIZE_LIMIT = 1 + 4 + 268435455
+#: The largest PUBLISH payload MQTT can carry (Mosquitto's MQTT_MAX_PAYLOAD).
+MAX_PAYLOAD = 268435455
+#: Bytes of the UUID the broker appends to auto_id_prefix; a client id is at most 65535 bytes of UTF-8.
+_ASSIGNED_ID_SUFFIX = 36
+
+
+def _nonempty(value: Optional[str], option: str) -> None:
+    if value is not None and (not value or "\0" in value):
+        raise ConfigError("must be a non-empty string without NUL characters", option=option)
 
 
 @dataclass(frozen=True)
 class Listener:
-    """One listening socket. address None binds every address (Mosquitto's `listener PORT`)."""
+    """One listening socket. address None binds every address, IPv4 and IPv6 (Mosquitto 2.0's
+    `listener PORT`); an address is an IPv4/IPv6 literal or a host name to bind."""
+    #: TCP port; 0 picks a free port (tests), or with unix_socket marks a Unix socket listener.
     port: int = DEFAULT_PORT
+    #: Address to bind; None = all addresses.
     address: Optional[str] = None
-    #: -1 = unlimited, as Mosquitto.
+    #: Connections this listener accepts at a time; -1 = unlimited (Mosquitto default). A mosquitto.conf
+    #: `max_connections 0` (unlimited in Mosquitto) is read as -1.
     max_connections: int = -1
+    #: Path of a Unix domain socket (Mosquitto 2.0's `listener 0 PATH`); port must be 0 and address None.
+    unix_socket: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} out of range 0-65535", option="port")
+        if self.max_connections != -1 and self.max_connections < 1:
+            raise ConfigError(f"must be -1 (unlimited) or at least 1, got {self.max_connections}",
+                              option="max_connections")
+        _nonempty(self.address, "address")
+        _nonempty(self.unix_socket, "unix_socket")
+        if self.unix_socket is not None and (self.port != 0 or self.address is not None):
+            raise ConfigError("a Unix socket listener has port 0 and no address", option="unix_socket")
+
+    def bind_key(self) -> Tuple[object, ...]:
+        """What two listeners must not share: the Unix socket path, or (port, normalised address)."""
+        if self.unix_socket is not None:
+            return ("unix", self.unix_socket)
+        address = self.address
+        if address is not None:
+            try:
+                address = str(ipaddress.ip_address(address.strip("[]")))
+            except ValueError:
+                address = address.lower()  # a host name
+        return ("tcp", self.port, address)
+
+    def describe(self) -> str:
+        if self.unix_socket is not None:
+            return f"listener on Unix socket {self.unix_socket}"
+        return f"listener on port {self.port}, " + (f"address {self.address}" if self.address else "all addresses")
 
 
 @dataclass(frozen=True)
 class Config:
-    #: Empty means the built-in default: loopback only (127.0.0.1 and ::1) on port 1883, as Mosquitto 2.0
-    #: does when started without a configuration file.
+    # ---- listeners ------------------------------------------------------------------------------
+    #: Empty means the built-in default: loopback only (127.0.0.1 and ::1) on port 1883 (or -p), as
+    #: Mosquitto 2.0 does when its configuration defines no listener ("local only mode").
     listeners: List[Listener] = field(default_factory=list)
-    #: QoS 1/2 messages in flight to one client at a time; 0 = unlimited. Mosquitto default 20.
+    #: Disable Nagle's algorithm on client sockets. Default true, unlike Mosquitto (false): the loop
+    #: already batches each connection's output into one send per turn, so Nagle would only add latency.
+    set_tcp_nodelay: bool = True
+
+    # ---- limits ---------------------------------------------------------------------------------
+    #: QoS 1/2 messages in flight to one client at a time, 0-65535; 0 = unlimited (packet ids are 16 bits,
+    #: so 65535 in practice). Mosquitto default 20.
     max_inflight_messages: int = 20
     #: QoS 1/2 messages queued per client beyond the inflight window (and while offline); 0 = unlimited.
     #: Mosquitto default 1000: bounds the memory one slow or absent client can hold.
@@ -44,35 +103,76 @@ class Config:
     max_queued_bytes: int = 0
     #: Queue QoS 0 messages for offline persistent clients too (Mosquitto default false).
     queue_qos0_messages: bool = False
-    #: Largest packet accepted from a client, in bytes; 0 = the protocol's maximum (256 MiB).
+    #: Largest packet accepted from a client, in bytes, fixed header included; 0 = the protocol's maximum
+    #: (256 MiB). Otherwise at least 20, as Mosquitto: smaller would refuse ordinary CONNECTs.
     max_packet_size: int = 0
-    #: Largest keepalive a client may ask for; a CONNECT above it is refused (CONNACK 2), as Mosquitto.
+    #: Largest PUBLISH payload accepted, in bytes; 0 = no limit (Mosquitto default). Mosquitto drops a
+    #: larger message but completes its QoS flow.
+    message_size_limit: int = 0
+    #: Largest keepalive, in seconds, a client may ask for, 10-65535 (Mosquitto's range); a CONNECT above
+    #: it is refused (CONNACK 2), as Mosquitto does for MQTT 3.1/3.1.1 clients. Default 65535.
     max_keepalive: int = 65535
     #: Seconds a new connection has to send its CONNECT before it is closed (bounds idle sockets that
-    #: never speak MQTT; Mosquitto uses a fixed 10 s for the same purpose).
+    #: never speak MQTT; Mosquitto uses a fixed 10 s for the same purpose). edgebroker's own option.
     connect_timeout: float = 10.0
+
+    # ---- clients --------------------------------------------------------------------------------
     #: Clean-session clients may send an empty client id and get one assigned [MQTT-3.1.3-6].
     allow_zero_length_clientid: bool = True
-    #: Prefix of assigned client ids (Mosquitto's auto_id_prefix).
+    #: Prefix of assigned client ids (Mosquitto's auto_id_prefix, default "auto-").
     auto_id_prefix: str = "auto-"
+    #: When not empty, only clients whose id starts with this prefix may connect (Mosquitto's
+    #: clientid_prefixes, one prefix despite the name). Default "": no restriction.
+    clientid_prefixes: str = ""
+    #: Seconds after which a disconnected persistent session (clean session 0) is discarded; None = never
+    #: (Mosquitto default). Files write it in Mosquitto's duration syntax (`2d`, `1w`...).
+    persistent_client_expiration: Optional[float] = None
     #: Retained messages allowed; when false a PUBLISH with retain set closes the connection (Mosquitto).
     retain_available: bool = True
     #: Deliver at the subscription's QoS even when the publish was lower (Mosquitto's option; non-standard).
     upgrade_outgoing_qos: bool = False
-    #: Seconds between $SYS updates; 0 disables the $SYS tree. Mosquitto default 10.
+    #: Seconds between $SYS updates, 0-65535; 0 disables the $SYS tree. Mosquitto default 10.
     sys_interval: float = 10.0
-    #: Log every packet (mosquitto -v = log_type all).
+
+    # ---- process --------------------------------------------------------------------------------
+    #: Write the broker's process id to this file at start and remove it at exit; None = no pid file
+    #: (Mosquitto writes it only with -d; edgebroker whenever it is set, for systemd's PIDFile=).
+    pid_file: Optional[str] = None
+    #: When started as root, the user to run as. Default None: edgebroker does not switch users by itself
+    #: (Mosquitto's default is "mosquitto"); run it as the user you want (systemd User=).
+    user: Optional[str] = None
+
+    # ---- logging --------------------------------------------------------------------------------
+    #: Where log lines go, any of LOG_DESTS; empty = nowhere (`log_dest none`). Mosquitto default stderr.
+    log_dest: Tuple[str, ...] = ("stderr",)
+    #: The file for log_dest "file" (Mosquitto's `log_dest file PATH`); set exactly when "file" is.
+    log_file: Optional[str] = None
+    #: Which messages are logged, from LOG_TYPES; empty = none. Mosquitto default error, warning, notice,
+    #: information. -v (verbose) logs all of them.
+    log_type: Tuple[str, ...] = DEFAULT_LOG_TYPES
+    #: Log client connections and disconnections (Mosquitto default true).
+    connection_messages: bool = True
+    #: Start each log line with a timestamp (Mosquitto default true).
+    log_timestamp: bool = True
+    #: strftime(3) format of that timestamp; None = seconds since the epoch (Mosquitto default).
+    log_timestamp_format: Optional[str] = None
+    #: Log every packet (mosquitto -v = log_type all). Set by the command line, not by files.
     verbose: bool = False
+
+    # ---- persistence ----------------------------------------------------------------------------
     #: Keep retained messages and persistent sessions in SQLite so they survive a restart. On by default
-    #: (unlike Mosquitto): a gateway must not lose acknowledged data on a power cut.
+    #: (unlike Mosquitto): a gateway must not lose acknowledged data on a power cut. A mosquitto.conf
+    #: without a `persistence` line gets Mosquitto's default, false.
     persistence: bool = True
     #: Directory of the database; None = the default data directory (`default_data_dir()`).
     persistence_location: Optional[str] = None
-    #: File name of the database inside persistence_location.
+    #: File name of the database inside persistence_location. Not Mosquitto's "mosquitto.db": the file is
+    #: SQLite, not Mosquitto's format, and must not be mistaken for it.
     persistence_file: str = "edgebroker.db"
     #: "sync": each turn's commit is fsynced (safe against power loss); "crash" (default): WAL with
     #: synchronous=NORMAL, safe against kill -9 and crashes, consistent after power loss; "periodic":
     #: written every autosave_interval seconds (Mosquitto's model: fewest writes, bounded loss window).
+    #: edgebroker's own option.
     durability: str = "crash"
     #: Seconds between saves with durability "periodic" (Mosquitto default 1800).
     autosave_interval: float = 1800.0
@@ -80,24 +180,77 @@ class Config:
     autosave_on_changes: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_inflight_messages", "max_queued_messages", "max_queued_bytes", "max_packet_size"):
+        for name in ("max_queued_messages", "max_queued_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be 0 or more, got {getattr(self, name)}", option=name)
-        if not 0 <= self.max_keepalive <= 65535:
-            raise ConfigError(f"must be 0-65535, got {self.max_keepalive}", option="max_keepalive")
+        if not 0 <= self.max_inflight_messages <= 65535:
+            raise ConfigError(f"must be 0-65535, got {self.max_inflight_messages}", option="max_inflight_messages")
+        if self.max_packet_size != 0 and not 20 <= self.max_packet_size <= MAX_PACKET_SIZE_LIMIT:
+            raise ConfigError(f"must be 0 (no limit) or 20-{MAX_PACKET_SIZE_LIMIT}, got {self.max_packet_size}",
+                              option="max_packet_size")
+        if not 0 <= self.message_size_limit <= MAX_PAYLOAD:
+            raise ConfigError(f"must be 0-{MAX_PAYLOAD}, got {self.message_size_limit}", option="message_size_limit")
+        if not 10 <= self.max_keepalive <= 65535:
+            raise ConfigError(f"must be 10-65535, got {self.max_keepalive}", option="max_keepalive")
         if self.connect_timeout <= 0:
             raise ConfigError("must be more than 0", option="connect_timeout")
-        if self.sys_interval < 0:
-            raise ConfigError("must be 0 or more", option="sys_interval")
+        _nonempty(self.auto_id_prefix, "auto_id_prefix")
+        if len(self.auto_id_prefix.encode("utf-8", "surrogatepass")) > 65535 - _ASSIGNED_ID_SUFFIX:
+            raise ConfigError("too long: an assigned client id must fit 65535 bytes", option="auto_id_prefix")
+        if "\0" in self.clientid_prefixes:
+            raise ConfigError("must not contain NUL characters", option="clientid_prefixes")
+        if self.persistent_client_expiration is not None and self.persistent_client_expiration <= 0:
+            raise ConfigError("must be more than 0 seconds", option="persistent_client_expiration")
+        if not 0 <= self.sys_interval <= 65535:
+            raise ConfigError(f"must be 0-65535, got {self.sys_interval:g}", option="sys_interval")
+        _nonempty(self.pid_file, "pid_file")
+        _nonempty(self.user, "user")
+        for dest in self.log_dest:
+            if dest not in LOG_DESTS:
+                raise ConfigError(f"unknown destination {dest!r}; one of {', '.join(LOG_DESTS)}", option="log_dest")
+        _nonempty(self.log_file, "log_file")
+        if ("file" in self.log_dest) != (self.log_file is not None):
+            if self.log_file is None:
+                raise ConfigError("destination \"file\" needs a file name (log_file)", option="log_dest")
+            raise ConfigError("a log file is set but log_dest does not include \"file\"", option="log_file")
+        for kind in self.log_type:
+            if kind not in LOG_TYPES:
+                raise ConfigError(f"unknown type {kind!r}; one of {', '.join(LOG_TYPES)}, all, none",
+                                  option="log_type")
+        _nonempty(self.log_timestamp_format, "log_timestamp_format")
+        _nonempty(self.persistence_location, "persistence_location")
+        _nonempty(self.persistence_file, "persistence_file")
         if self.durability not in DURABILITY_LEVELS:
             raise ConfigError(f"must be one of {', '.join(DURABILITY_LEVELS)}, got {self.durability!r}",
                               option="durability")
         if self.autosave_interval <= 0:
             raise ConfigError("must be more than 0", option="autosave_interval")
+        clash = listener_clash(self.listeners)
+        if clash is not None:
+            later, earlier = self.listeners[clash[0]], self.listeners[clash[1]]
+            raise ConfigError(f"{later.describe()} duplicates the {earlier.describe()}", option="listener")
 
     def database_path(self) -> str:
         """Where the SQLite database lives."""
         return os.path.join(self.persistence_location or default_data_dir(), self.persistence_file)
+
+
+def listener_clash(listeners: List[Listener]) -> Optional[Tuple[int, int]]:
+    """(index, index of an earlier listener) of the first listener that cannot bind beside an earlier
+    one, or None. Same port and address clash; so do all addresses and one address on the same port
+    (the second bind fails with EADDRINUSE). Port 0 (a free port each time) never clashes."""
+    for i, listener in enumerate(listeners):
+        key = listener.bind_key()
+        if key[0] == "tcp" and key[1] == 0:
+            continue
+        for j in range(i):
+            other = listeners[j]
+            if other.bind_key() == key:
+                return i, j
+            if (key[0] == "tcp" and other.unix_socket is None and other.port == listener.port
+                    and (other.address is None) != (listener.address is None)):
+                return i, j
+    return None
 
 
 def default_data_dir() -> str:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Iterable, List, Optional, TextIO, Tuple
 
 __all__ = ["ERR", "WARNING", "NOTICE", "INFO", "DEBUG", "SUBSCRIBE", "UNSUBSCRIBE", "ALL", "DEFAULT_TYPES",
-           "Logger", "LogFunc"]
+           "TYPE_BITS", "TOPIC_SEVERITY", "type_bits", "Logger", "LogFunc", "null_log"]
 
 ERR = 0x01
 WARNING = 0x02
@@ -26,13 +26,63 @@ DEFAULT_TYPES = ERR | WARNING | NOTICE | INFO
 LogFunc = Callable[[int, str], None]
 
 
+#: log_type names (Mosquitto's) and their bits.
+TYPE_BITS = {"error": ERR, "warning": WARNING, "notice": NOTICE, "information": INFO,
+             "subscribe": SUBSCRIBE, "unsubscribe": UNSUBSCRIBE, "debug": DEBUG}
+#: $SYS/broker/log/<severity> for the "topic" destination, as Mosquitto names them.
+TOPIC_SEVERITY = {ERR: "E", WARNING: "W", NOTICE: "N", INFO: "I", SUBSCRIBE: "M/subscribe",
+                  UNSUBSCRIBE: "M/unsubscribe", DEBUG: "D"}
+_SYSLOG_PRIORITY = {ERR: 3, WARNING: 4, NOTICE: 5, INFO: 6, SUBSCRIBE: 6, UNSUBSCRIBE: 6, DEBUG: 7}
+
+
+def type_bits(names: Iterable[str]) -> int:
+    bits = 0
+    for name in names:
+        bits |= TYPE_BITS[name]
+    return bits
+
+
 class Logger:
-    """Writes `<unix time>: <message>` lines, like Mosquitto, to one stream (stderr by default)."""
+    """Writes `<timestamp>: <message>` lines, like Mosquitto, to its destinations: streams (stderr by
+    default), a file, syslog, and the `topic` destination, whose lines are kept in `topic_lines` for
+    the loop to publish at the end of the turn (publishing from inside a log call could re-enter the
+    routing that logged)."""
 
     def __init__(self, types: int = DEFAULT_TYPES, stream: Optional[TextIO] = None, timestamp: bool = True) -> None:
         self.types = types
-        self.stream = stream if stream is not None else sys.stderr
+        self.streams: List[TextIO] = [stream if stream is not None else sys.stderr]
         self.timestamp = timestamp
+        self.timestamp_format: Optional[str] = None
+        self.syslog = False
+        self.topic = False
+        self.topic_lines: List[Tuple[int, str]] = []
+        self._file: Optional[TextIO] = None
+
+    def configure(self, types: int, dests: Iterable[str], file_path: Optional[str] = None,
+                  timestamp: bool = True, timestamp_format: Optional[str] = None) -> None:
+        """Apply log_type/log_dest/log_timestamp(_format); used at start-up and on reload. Raises
+        OSError when the log file cannot be opened (the caller keeps the old settings then)."""
+        dests = tuple(dests)
+        new_file = open(file_path, "a", encoding="utf-8") if "file" in dests and file_path else None
+        if self._file is not None:
+            self._file.close()
+        self._file = new_file
+        streams: List[TextIO] = []
+        if "stdout" in dests:
+            streams.append(sys.stdout)
+        if "stderr" in dests:
+            streams.append(sys.stderr)
+        if new_file is not None:
+            streams.append(new_file)
+        self.streams = streams
+        self.syslog = "syslog" in dests
+        if self.syslog:
+            import syslog
+            syslog.openlog("edgebroker", syslog.LOG_PID, syslog.LOG_DAEMON)
+        self.topic = "topic" in dests
+        self.types = types
+        self.timestamp = timestamp
+        self.timestamp_format = timestamp_format
 
     def enabled(self, level: int) -> bool:
         return bool(self.types & level)
@@ -40,12 +90,29 @@ class Logger:
     def __call__(self, level: int, message: str) -> None:
         if not self.types & level:
             return
-        line = f"{int(time.time())}: {message}\n" if self.timestamp else message + "\n"
-        try:
-            self.stream.write(line)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed terminal must not take the broker down
+        if self.timestamp:
+            now = time.time()
+            stamp = time.strftime(self.timestamp_format, time.localtime(now)) if self.timestamp_format \
+                else str(int(now))
+            line = f"{stamp}: {message}"
+        else:
+            line = message
+        for stream in self.streams:
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed terminal or a full disk must not take the broker down
+        if self.syslog:
+            import syslog
+            syslog.syslog(_SYSLOG_PRIORITY.get(level, 6), message)
+        if self.topic and len(self.topic_lines) < 10_000:  # bounded if the loop falls behind
+            self.topic_lines.append((level, line))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def null_log(level: int, message: str) -> None:

@@ -7,8 +7,8 @@ One turn of the loop reads like a list (Mosquitto's main loop is the model):
   broker.end_turn(now)          ->  one SQLite transaction for what this turn must make durable
   flush                         ->  one send per connection with output; EVENT_WRITE only on backlog
   close                         ->  sockets of connections the core ended, after a last flush
-`shutdown()` may be called from another thread or a signal handler: it sets a flag and writes one byte
-to a wake-up socket, nothing more.
+`shutdown()` and `request_reload()` may be called from another thread or a signal handler: they set a
+flag and write one byte to a wake-up socket, nothing more; the loop does the work between turns.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import os
 import selectors
 import socket
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
 from . import log as L
@@ -49,38 +49,50 @@ class _ListenSocket:
         self.count = 0  # open connections, for max_connections
 
 
+def configure_logger(logger: L.Logger, config: Config) -> None:
+    """Apply the configuration's logging options to a Logger (-v means every log type, as Mosquitto)."""
+    types = L.ALL if config.verbose else L.type_bits(config.log_type)
+    logger.configure(types, config.log_dest, config.log_file, config.log_timestamp, config.log_timestamp_format)
+
+
 class Server:
     """Binds the configured listeners on construction (so bind errors surface before anything runs)
-    and serves them in `serve_forever()` until `shutdown()`."""
+    and serves them in `serve_forever()` until `shutdown()`.
 
-    def __init__(self, config: Config, log: Optional[L.LogFunc] = None, default_port: int = DEFAULT_PORT) -> None:
+    `reloader`, when given, is called by the loop after `request_reload()` (SIGHUP): it returns the new
+    Config or raises (ConfigError, OSError), in which case the running configuration is kept."""
+
+    def __init__(self, config: Config, log: Optional[L.LogFunc] = None, default_port: int = DEFAULT_PORT,
+                 reloader: Optional[Callable[[], Config]] = None,
+                 after_bind: Optional[Callable[[], None]] = None) -> None:
+        """`after_bind` runs once the listeners are bound and before the database is opened: the place
+        to daemonize and drop privileges (binding may need root; an SQLite connection must not cross a
+        fork, and its files should belong to the user that runs the broker)."""
         self.config = config
         self.log: L.LogFunc = log if log is not None else L.null_log
-        if config.persistence:
-            path = config.database_path()
-            store: NullStore = SqliteStore(path, config.durability, config.autosave_interval,
-                                           config.autosave_on_changes, self.log)
-            self.log(L.NOTICE, f"Persistence: {path} (durability {config.durability}).")
-        else:
-            store = NullStore()
-        self.store = store
-        try:
-            self.broker = Broker(config, time.monotonic(), log, store, _resident_memory)
-        except BaseException:
-            store.close()
-            raise
-        self._sel = selectors.DefaultSelector()
+        self.reloader = reloader
+        self._reload = False
         self._listening: List[_ListenSocket] = []
         self._conn_listener: Dict[Connection, _ListenSocket] = {}
         self._writing: Dict[Connection, None] = {}
         self._stop = False
         self._closed = False
+        self.store: NullStore = NullStore()
+        self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         try:
             self._bind_all(default_port)
+            if after_bind is not None:
+                after_bind()
+            if config.persistence:
+                path = config.database_path()
+                self.store = SqliteStore(path, config.durability, config.autosave_interval,
+                                         config.autosave_on_changes, self.log)
+                self.log(L.NOTICE, f"Persistence: {path} (durability {config.durability}).")
+            self.broker = Broker(config, time.monotonic(), log, self.store, _resident_memory)
         except BaseException:
             self.close()
             raise
@@ -95,6 +107,9 @@ class Server:
     def _bind_all(self, default_port: int) -> None:
         if self.config.listeners:
             for listener in self.config.listeners:
+                if listener.unix_socket is not None:
+                    self._bind_unix(listener)
+                    continue
                 for family, addr in _addresses(listener.address, listener.port):
                     self._bind(listener, family, addr)
             return
@@ -126,6 +141,27 @@ class Server:
         self._sel.register(sock, selectors.EVENT_READ, ls)
         self.log(L.NOTICE, f"Opening {'ipv6' if family == socket.AF_INET6 else 'ipv4'} listen socket on port {port}.")
         return port
+
+    def _bind_unix(self, listener: Listener) -> None:
+        path = listener.unix_socket
+        assert path is not None
+        if os.path.exists(path):
+            import stat
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            os.unlink(path)  # a stale socket from a previous run (Mosquitto does the same)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        ls = _ListenSocket(sock, listener, 0, socket.AF_UNIX)
+        self._listening.append(ls)
+        self._sel.register(sock, selectors.EVENT_READ, ls)
+        self.log(L.NOTICE, f"Opening unix listen socket on path {path}.")
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -159,6 +195,12 @@ class Server:
                             pass
                     else:
                         self._accept(data, now)
+                if self._reload:
+                    self._do_reload()
+                log_lines = getattr(self.log, "topic_lines", None)
+                if log_lines:
+                    broker.publish_log_lines(log_lines[:])
+                    log_lines.clear()
                 next_timer = broker.tick(now)
                 broker.end_turn(now)
                 if broker.dirty:
@@ -172,6 +214,31 @@ class Server:
             self._finish_closing()
         finally:
             self.close()
+
+    def request_reload(self) -> None:
+        """Ask the loop to reload its configuration (SIGHUP); safe from signal handlers."""
+        self._reload = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def _do_reload(self) -> None:
+        self._reload = False
+        if self.reloader is None:
+            return
+        try:
+            config = self.reloader()
+            if isinstance(self.log, L.Logger):
+                configure_logger(self.log, config)
+        except Exception as exc:  # a bad file must not stop a running broker: keep the old config
+            self.log(L.ERR, f"Error: reloading the configuration failed, keeping the running one: {exc}")
+            return
+        if config.listeners != self.config.listeners:
+            self.log(L.WARNING, "Warning: listener changes take effect after a restart.")
+        self.config = config
+        self.broker.reconfigure(config)
+        self.log(L.NOTICE, "Reloaded configuration.")
 
     def shutdown(self) -> None:
         """Ask the loop to stop; safe from other threads and signal handlers."""
@@ -194,6 +261,11 @@ class Server:
         self._conn_listener.clear()
         for ls in self._listening:
             ls.sock.close()
+            if ls.family == socket.AF_UNIX and ls.listener.unix_socket:
+                try:
+                    os.unlink(ls.listener.unix_socket)
+                except OSError:
+                    pass
         self._wake_r.close()
         self._wake_w.close()
         self._sel.close()
@@ -212,25 +284,27 @@ class Server:
                 # EMFILE and friends: log, keep serving; the pending connection waits in the backlog.
                 self.log(L.ERR, f"Error accepting a connection on port {ls.port}: {exc.strerror}.")
                 return
-            peer = f"{addr[0]}:{addr[1]}"
+            peer = f"{addr[0]}:{addr[1]}" if ls.family != socket.AF_UNIX else "unix socket"
             if 0 <= limit <= ls.count:
                 self.log(L.NOTICE, f"Client connection from {peer} denied: max_connections exceeded.")
                 sock.close()
                 continue
             sock.setblocking(False)
-            try:
-                # We batch writes ourselves (one send per connection per turn); Nagle would only add
-                # latency to the small packets that remain.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+            if ls.family != socket.AF_UNIX and self.config.set_tcp_nodelay:
+                try:
+                    # We batch writes ourselves (one send per connection per turn); Nagle would only
+                    # add latency to the small packets that remain.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
             self.broker.stats.sockets += 1
             conn = self.broker.connection_made(peer, ls.port, now)
             conn.handle = sock
             ls.count += 1
             self._conn_listener[conn] = ls
             self._sel.register(sock, selectors.EVENT_READ, conn)
-            self.log(L.NOTICE, f"New connection from {peer} on port {ls.port}.")
+            if self.config.connection_messages:
+                self.log(L.NOTICE, f"New connection from {peer} on port {ls.port}.")
 
     def _read(self, conn: Connection, now: float) -> None:
         try:

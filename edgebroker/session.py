@@ -58,7 +58,7 @@ class Message:
 
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
-                 "awaiting_rel", "_next_pid", "conn", "drop_logged")
+                 "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since")
 
     def __init__(self, client_id: str, clean: bool) -> None:
         self.client_id = client_id
@@ -75,6 +75,8 @@ class Session:
         self._next_pid = 0
         self.conn: Optional[object] = None
         self.drop_logged = False
+        #: monotonic time the client went away (persistent sessions), for persistent_client_expiration
+        self.offline_since = 0.0
 
     def next_packet_id(self) -> int:
         """A packet id not in use by an inflight message [MQTT-2.3.1-2]; callers bound the inflight

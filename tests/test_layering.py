@@ -32,6 +32,8 @@ LAYERS: Dict[str, int] = {
     "log": 0,
     "codec": 1,
     "config": 1,
+    # Reads TOML and mosquitto.conf files into config's schema: above config, below everything that runs.
+    "configfile": 2,
     "topics": 2,
     "session": 2,
     "sysstats": 2,

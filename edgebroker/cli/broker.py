@@ -1,11 +1,18 @@
 """`edgebroker`: start the broker, with mosquitto(8)'s everyday flags.
 
-Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when the broker cannot start (port in use,
-bad value), 2 for bad command-line usage.
+Exit codes: 0 after a clean stop (SIGINT/SIGTERM) or a valid `--check-config`, 1 when the broker cannot
+start (bad configuration, port in use, bad value), 2 for bad command-line usage.
+
+`-c FILE` reads a TOML or mosquitto.conf file (edgebroker.configfile); every error in it is reported as
+`Error: FILE:LINE: option: message` before anything binds. SIGHUP re-reads it (a bad file is logged
+and the running configuration kept). `-d` forks into the background and `user` drops root, both after
+the listeners are bound and before the database is opened.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import signal
 import sys
 from typing import List, Optional
@@ -13,8 +20,9 @@ from typing import List, Optional
 from .. import __version__
 from .. import log as L
 from ..config import DEFAULT_PORT, Config
+from ..configfile import LoadedConfig, load_config
 from ..errors import ConfigError
-from ..server import Server
+from ..server import Server, configure_logger
 from ..store import StoreError
 
 
@@ -24,8 +32,17 @@ def _parser() -> argparse.ArgumentParser:
         description="An MQTT 3.1/3.1.1 broker for edge gateways. With no options it listens on "
                     "127.0.0.1 and ::1, port 1883, and allows anonymous clients, as Mosquitto 2.0 does "
                     "without a configuration file.")
-    p.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, metavar="PORT",
-                   help="port of the default loopback listener (default 1883; 0 picks a free port)")
+    p.add_argument("-c", "--config-file", metavar="FILE",
+                   help="read the configuration from FILE: TOML (edgebroker.toml), or mosquitto.conf syntax "
+                        "(*.conf), which is translated")
+    p.add_argument("-t", "--check-config", action="store_true",
+                   help="check the file given with -c and exit, starting nothing: prints FILE: OK and exits 0, "
+                        "or prints the error and exits 1")
+    p.add_argument("-p", "--port", type=int, default=None, metavar="PORT",
+                   help="port of the default loopback listener (default 1883; 0 picks a free port); ignored "
+                        "when the configuration file defines listeners, as in Mosquitto 2.0")
+    p.add_argument("-d", "--daemon", action="store_true",
+                   help="run in the background (after the listeners are bound, so errors still reach you)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="verbose logging: every log type, every packet (like mosquitto -v)")
     p.add_argument("--version", action="version", version=f"edgebroker version {__version__}")
@@ -33,20 +50,80 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    log = L.Logger(L.ALL if args.verbose else L.DEFAULT_TYPES)
-    log(L.NOTICE, f"edgebroker version {__version__} starting")
-    log(L.NOTICE, "Using default config.")
-    log(L.NOTICE, "Starting in local only mode. Connections will only be possible from clients running "
-                  "on this machine.")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.check_config and not args.config_file:
+        parser.error("--check-config needs -c FILE")
+    loaded: Optional[LoadedConfig] = None
+    if args.config_file:
+        try:
+            loaded = load_config(args.config_file)
+            _check_user(loaded)
+        except ConfigError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        if args.check_config:
+            for warning in loaded.warnings:
+                print(f"Warning: {warning}", file=sys.stderr)
+            print(f"{args.config_file}: OK")
+            return 0
+        config = loaded.config
+    else:
+        config = Config()
+    if args.verbose:
+        config = dataclasses.replace(config, verbose=True)
+    log = L.Logger()
     try:
-        config = Config(verbose=args.verbose)
-        server = Server(config, log=log, default_port=args.port)
+        configure_logger(log, config)
+    except OSError as exc:
+        print(f"Error: cannot open log file {config.log_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    log(L.NOTICE, f"edgebroker version {__version__} starting")
+    if loaded is None:
+        log(L.NOTICE, "Using default config.")
+    else:
+        log(L.NOTICE, f"Config loaded from {args.config_file}.")
+        for warning in loaded.warnings:
+            log(L.WARNING, f"Warning: {warning}")
+    if not config.listeners:
+        log(L.NOTICE, "Starting in local only mode. Connections will only be possible from clients running "
+                      "on this machine.")
+    elif args.port is not None:
+        log(L.WARNING, f"Warning: -p {args.port} ignored: {args.config_file} defines listeners (Mosquitto 2.0 "
+                       "ignores -p then too).")
+    port = args.port if args.port is not None else DEFAULT_PORT
+
+    def reload() -> Config:
+        if not args.config_file:
+            return config
+        new = load_config(args.config_file)
+        for warning in new.warnings:
+            log(L.WARNING, f"Warning: {warning}")
+        return dataclasses.replace(new.config, verbose=True) if args.verbose else new.config
+
+    def after_bind() -> None:
+        if args.daemon:
+            _daemonize()
+        if config.pid_file:
+            with open(config.pid_file, "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
+        if _switches_user(config):
+            _drop_privileges(config)
+            log(L.NOTICE, f"Running as user {config.user}.")
+
+    try:
+        server = Server(config, log=log, default_port=port, reloader=reload, after_bind=after_bind)
     except (ConfigError, StoreError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        log.close()
         return 1
     except OSError as exc:
-        print(f"Error: cannot listen on port {args.port}: {exc.strerror or exc}", file=sys.stderr)
+        if exc.filename and exc.filename == config.pid_file:
+            print(f"Error: cannot write pid file {config.pid_file}: {exc.strerror or exc}", file=sys.stderr)
+        else:
+            where = f"port {port}" if not config.listeners else "a configured listener"
+            print(f"Error: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        log.close()
         return 1
 
     def stop(signum: int, frame: object) -> None:
@@ -54,11 +131,64 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: server.request_reload())
     try:
         server.serve_forever()
     finally:
+        if config.pid_file:
+            try:
+                os.unlink(config.pid_file)
+            except OSError:
+                pass
         log(L.NOTICE, f"edgebroker version {__version__} terminating")
+        log.close()
     return 0
+
+
+def _switches_user(config: Config) -> bool:
+    """Mosquitto switches to `user` only when started as root."""
+    return (config.user is not None and config.user != "root" and hasattr(os, "geteuid")
+            and os.geteuid() == 0)
+
+
+def _check_user(loaded: LoadedConfig) -> None:
+    if _switches_user(loaded.config):
+        import pwd
+        try:
+            pwd.getpwnam(loaded.config.user)  # type: ignore[arg-type]
+        except KeyError:
+            raise loaded.error("user", f"no such user {loaded.config.user!r}") from None
+
+
+def _daemonize() -> None:
+    """Mosquitto's -d: detach from the terminal (double fork, new session, stdio to /dev/null)."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _drop_privileges(config: Config) -> None:
+    """Switch from root to `user` (Mosquitto's option), giving it the data directory first."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(config.user)  # type: ignore[arg-type]
+    except KeyError:
+        raise ConfigError(f"no such user {config.user!r}", option="user") from None
+    if config.persistence:
+        directory = os.path.dirname(config.database_path())
+        os.makedirs(directory, exist_ok=True)
+        if os.stat(directory).st_uid == 0:
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+    os.initgroups(entry.pw_name, entry.pw_gid)
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
 
 
 if __name__ == "__main__":

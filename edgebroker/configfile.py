@@ -1,0 +1,828 @@
+"""Configuration files into the typed `Config`: TOML (native) and mosquitto.conf (translated).
+
+Theory of operation: `load_config(path)` reads one file and the files its `include_dir` names, feeding
+every option, with the file and line it came from, into one `_Builder`. Both syntaxes share the
+option table below (Mosquitto's names), so an option means the same in either. At the end the builder
+constructs `Listener`s and the `Config`, whose `__post_init__` holds every range check; a ConfigError it
+raises names only the option, and the builder adds the file and line where that option was set.
+
+The syntax is chosen by extension (`.conf` mosquitto, `.toml` TOML), else by content: TOML first, and a
+file TOML cannot parse whose lines all look like `option value` is read as mosquitto.conf.
+
+Defaults: a TOML file starts from edgebroker's defaults (`Config()`); a mosquitto.conf starts from
+Mosquitto's where they differ in behaviour a migrating user relies on (`MOSQUITTO_DEFAULTS`:
+persistence false), so the file means what it meant to Mosquitto.
+
+Nothing is silently ignored: an unknown option, a bad or out-of-range value, an option in the wrong
+place, duplicate listeners, and any Mosquitto feature not built yet (TLS, authentication, bridges...)
+are ConfigErrors naming file, line and option. Options that are accepted but have no effect (obsolete
+ones such as retry_interval) come back as warnings in `LoadedConfig.warnings`.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.9/3.10 only
+    import tomli as tomllib
+
+from .config import DEFAULT_PORT, DURABILITY_LEVELS, LOG_TYPES, Config, Listener, listener_clash
+from .errors import ConfigError
+
+__all__ = ["load_config", "LoadedConfig", "ConfigWarning", "Origin", "parse_duration", "MOSQUITTO_DEFAULTS"]
+
+#: Where a mosquitto.conf means something other than edgebroker's default. Only options whose default
+#: changes what the broker keeps or does: Mosquitto does not persist unless told to.
+MOSQUITTO_DEFAULTS: Dict[str, Any] = {"persistence": False}
+_DEFAULTS = Config()
+
+
+class Origin(NamedTuple):
+    """Where an option was set: file, line (None when unknown) and the option as the file spells it."""
+    file: str
+    line: Optional[int]
+    option: str
+
+
+@dataclass(frozen=True)
+class ConfigWarning:
+    """An accepted option that does not do what the file may expect; str() reads like a ConfigError."""
+    message: str
+    file: str
+    line: Optional[int] = None
+    option: Optional[str] = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
+        return where + (f"{self.option}: " if self.option else "") + self.message
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """What `load_config` returns: the Config, the warnings, and where each option came from."""
+    config: Config
+    #: In file order; the CLI logs them at start-up and --check-config prints them.
+    warnings: Tuple[ConfigWarning, ...]
+    #: Keys: Config field names ("max_connections" excepted: see listeners), "listener[i]" for
+    #: config.listeners[i] and "listener[i].FIELD" for its fields, "log_dest:DEST" / "log_type:TYPE" for
+    #: one item of those lists. Only options a file set are present.
+    origins: Dict[str, Origin]
+    #: "toml" or "mosquitto".
+    syntax: str
+    #: Every file read, the main one first, then included ones in reading order.
+    files: Tuple[str, ...]
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """A ConfigError located where `key` was set (see origins)."""
+        origin = self.origins.get(key)
+        if origin is None:
+            return ConfigError(message, self.files[0], None, key.split(":")[0])
+        return ConfigError(message, origin.file, origin.line, origin.option)
+
+
+# ---- the option table ---------------------------------------------------------------------------
+
+# Kinds of value. Mosquitto's syntax has one whitespace-free token for numbers and booleans, and the rest
+# of the line for strings (paths may contain spaces); TOML has typed values.
+_INT, _FLOAT, _BOOL, _STR, _DURATION, _ENUM = "int", "float", "bool", "str", "duration", "enum"
+
+#: Config fields a file may set directly, by kind.
+_SCALARS: Dict[str, str] = {
+    "max_inflight_messages": _INT, "max_queued_messages": _INT, "max_queued_bytes": _INT,
+    "max_packet_size": _INT, "message_size_limit": _INT, "max_keepalive": _INT,
+    "sys_interval": _FLOAT, "connect_timeout": _FLOAT, "autosave_interval": _FLOAT,
+    "queue_qos0_messages": _BOOL, "set_tcp_nodelay": _BOOL, "allow_zero_length_clientid": _BOOL,
+    "retain_available": _BOOL, "upgrade_outgoing_qos": _BOOL, "connection_messages": _BOOL,
+    "log_timestamp": _BOOL, "persistence": _BOOL, "autosave_on_changes": _BOOL,
+    "auto_id_prefix": _STR, "clientid_prefixes": _STR, "pid_file": _STR, "user": _STR,
+    "log_timestamp_format": _STR, "persistence_file": _STR, "persistence_location": _STR,
+    "persistent_client_expiration": _DURATION, "durability": _ENUM,
+}
+_ENUMS: Dict[str, Tuple[str, ...]] = {"durability": DURABILITY_LEVELS}
+#: Mosquitto's other spellings.
+_ALIASES = {"retained_persistence": "persistence", "maximum_qos": "max_qos"}
+#: Mosquitto clamps these silently (a negative value means 0: no limit); a mosquitto.conf keeps that meaning.
+_CLAMP_NEGATIVE_TO_0 = frozenset({"max_inflight_messages", "max_queued_messages", "max_queued_bytes"})
+
+#: Accepted and ignored, with a warning (Mosquitto 2.0 dropped them).
+_OBSOLETE = {
+    "retry_interval": "obsolete since Mosquitto 2.0 and ignored: unacknowledged QoS 1/2 messages are "
+                      "resent when the client reconnects, as MQTT 3.1.1 requires",
+    "store_clean_interval": "obsolete since Mosquitto 2.0 and ignored: nothing needs cleaning periodically",
+}
+
+_TLS = ("cafile", "capath", "certfile", "keyfile", "require_certificate", "use_identity_as_username",
+        "use_subject_as_username", "psk_hint", "ciphers", "ciphers_tls1.3", "crlfile", "dhparamfile",
+        "tls_version", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform")
+_AUTH = ("password_file", "acl_file", "psk_file", "auth_plugin", "plugin", "auth_plugin_deny_special_chars",
+         "use_username_as_clientid")
+_BRIDGE = ("connection", "address", "addresses", "topic", "clientid", "remote_clientid", "local_clientid",
+           "cleansession", "local_cleansession", "notifications", "notifications_local_only",
+           "notification_topic", "keepalive_interval", "start_type", "restart_timeout", "idle_timeout",
+           "threshold", "round_robin", "try_private", "username", "remote_username", "password",
+           "remote_password", "local_username", "local_password")
+_OTHER_NOT_YET = {
+    "mount_point": "listener mount points", "bind_interface": "binding to an interface by name",
+    "socket_domain": "restricting a listener to IPv4 or IPv6", "http_dir": "websockets",
+    "websockets_log_level": "websockets", "websockets_headers_size": "websockets",
+    "max_topic_alias": "MQTT 5", "log_facility": "choosing the syslog facility",
+    "allow_duplicate_messages": "this deprecated Mosquitto option",
+    "memory_limit": "a memory limit", "max_inflight_bytes": "an inflight byte limit",
+    "check_retain_source": "retained-message source checks", "max_qos": "a maximum QoS",
+    "protocol": "protocols other than mqtt", "per_listener_settings": "per-listener security settings",
+    "allow_anonymous": "refusing anonymous clients",
+}
+#: Known-unsupported options whose value says "what edgebroker already does": accepted.
+_ACCEPTED_VALUES: Dict[str, Any] = {
+    "allow_anonymous": True, "per_listener_settings": False, "protocol": "mqtt", "max_qos": 2,
+    "memory_limit": 0, "max_inflight_bytes": 0, "check_retain_source": False,
+    "use_username_as_clientid": False,
+}
+
+
+def _not_yet(option: str) -> Optional[str]:
+    """The 'not supported yet' message for a Mosquitto option edgebroker does not implement, else None."""
+    if option in _TLS:
+        what = "TLS is planned"
+    elif option in _AUTH or option.startswith(("auth_opt_", "plugin_opt_")):
+        what = "authentication is planned"
+    elif option in _BRIDGE or option.startswith("bridge_"):
+        what = "bridges are planned"
+    elif option in _OTHER_NOT_YET:
+        reason = _OTHER_NOT_YET[option]
+        if option == "allow_anonymous":
+            return ("allow_anonymous false is not supported yet (authentication is planned; until then "
+                    "every client connects anonymously, so say allow_anonymous true)")
+        accepted = _ACCEPTED_VALUES.get(option)
+        hint = f"; only {_fmt(accepted)}, the behaviour edgebroker has, is accepted" if accepted is not None else ""
+        return f"{option} is not supported yet ({reason}){hint}"
+    else:
+        return None
+    return f"{option} is not supported yet ({what})"
+
+
+def _fmt(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+_LISTENER_FIELDS = ("port", "address", "max_connections", "unix_socket")
+_KNOWN_GLOBAL = sorted(set(_SCALARS) | {"log_dest", "log_type", "log_file", "include_dir", "listener"}
+                       | set(_OBSOLETE) | {"port", "bind_address", "max_connections"})
+
+
+def parse_duration(text: str) -> int:
+    """Mosquitto's duration syntax, in seconds: a whole number and one of h d w m y (hour, day, week,
+    month = 30 days, year = 365 days), e.g. `2d`. ValueError otherwise, and for 0."""
+    m = re.fullmatch(r"(\d+)([hdwmy])", text)
+    if not m:
+        raise ValueError(text)
+    seconds = int(m.group(1)) * {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(text)
+    return seconds
+
+
+# ---- the builder both syntaxes feed ---------------------------------------------------------------
+
+class _ListenerDraft:
+    """A listener being read: its Listener fields and where each was set."""
+    __slots__ = ("fields", "origin", "field_origins")
+
+    def __init__(self, origin: Optional[Origin]) -> None:
+        self.fields: Dict[str, Any] = {}
+        self.origin = origin  # the `listener` line or [[listener]] header
+        self.field_origins: Dict[str, Origin] = {}
+
+
+class _Builder:
+    def __init__(self, syntax: str, main_file: str) -> None:
+        self.syntax = syntax
+        self.main_file = main_file
+        self.values: Dict[str, Any] = {}
+        self.origins: Dict[str, Origin] = {}
+        self.warnings: List[ConfigWarning] = []
+        self.files: List[str] = []
+        self.listeners: List[_ListenerDraft] = []
+        #: mosquitto.conf's default listener (`port`, `bind_address`, a max_connections before any
+        #: `listener`): created only when one of those appears, as Mosquitto does.
+        self.default_listener: Optional[_ListenerDraft] = None
+        self.log_dest: Optional[List[str]] = None  # None until the first log_dest replaces the default
+        self.log_type: Optional[List[str]] = None
+        self.allow_anonymous_seen = False
+
+    def set(self, name: str, value: Any, origin: Origin) -> None:
+        self.values[name] = value
+        self.origins[name] = origin
+
+    def warn(self, origin: Origin, message: str) -> None:
+        self.warnings.append(ConfigWarning(message, origin.file, origin.line, origin.option))
+
+    def add_log_dest(self, dest: str, origin: Origin) -> None:
+        """Mosquitto's rule: the first log_dest replaces the default, later ones add, `none` clears."""
+        if self.log_dest is None or dest == "none":
+            self.log_dest = []
+        if dest != "none" and dest not in self.log_dest:
+            self.log_dest.append(dest)
+        self.origins["log_dest"] = origin
+        self.origins[f"log_dest:{dest}"] = origin
+
+    def add_log_type(self, kind: str, origin: Origin) -> None:
+        """As log_dest: the first replaces the default, `none` clears, `all` is every type."""
+        if self.log_type is None or kind in ("none", "all"):
+            self.log_type = []
+        kinds = LOG_TYPES if kind == "all" else () if kind == "none" else (kind,)
+        for k in kinds:
+            if k not in self.log_type:
+                self.log_type.append(k)
+        self.origins["log_type"] = origin
+        self.origins[f"log_type:{kind}"] = origin
+
+    def build(self) -> LoadedConfig:
+        drafts = self.listeners
+        default = self.default_listener
+        if default is not None:
+            fo = default.field_origins
+            default.origin = fo.get("port") or fo.get("address") or fo["max_connections"]
+            if "port" not in fo and "address" not in fo:
+                self.warn(fo["max_connections"], "configures Mosquitto's default listener, which therefore "
+                          "listens on port 1883 on all addresses (Mosquitto 2.0 does the same); to limit the "
+                          "connections of a `listener`, put max_connections after its line")
+            drafts = [default] + drafts
+        listeners: List[Listener] = []
+        origins = dict(self.origins)
+        for i, draft in enumerate(drafts):
+            assert draft.origin is not None
+            origins[f"listener[{i}]"] = draft.origin
+            for name, origin in draft.field_origins.items():
+                origins[f"listener[{i}].{name}"] = origin
+            try:
+                listeners.append(Listener(**draft.fields))
+            except ConfigError as exc:
+                raise _relocate(exc, draft.field_origins.get(exc.option or "", draft.origin)) from None
+        clash = listener_clash(listeners)
+        if clash is not None:
+            later, earlier = clash
+            where, origin = drafts[earlier].origin, drafts[later].origin
+            assert where is not None and origin is not None
+            raise _error(origin, f"{listeners[later].describe()} duplicates the {listeners[earlier].describe()} "
+                                 f"at {where.file}:{where.line}")
+        values = dict(MOSQUITTO_DEFAULTS) if self.syntax == "mosquitto" else {}
+        values.update(self.values)
+        if self.log_dest is not None:
+            values["log_dest"] = tuple(self.log_dest)
+            if self.syntax == "mosquitto" and "file" not in self.log_dest:
+                values.pop("log_file", None)  # `log_dest file X` then `log_dest none`: no file
+        if self.log_type is not None:
+            values["log_type"] = tuple(self.log_type)
+        try:
+            config = Config(listeners=listeners, **values)
+        except ConfigError as exc:
+            origin = origins.get(exc.option or "")
+            if origin is None:
+                raise ConfigError(_bare(exc), self.main_file, None, exc.option) from None
+            raise _relocate(exc, origin) from None
+        self._late_warnings(config, origins)
+        return LoadedConfig(config, tuple(self.warnings), origins, self.syntax, tuple(self.files))
+
+    def _late_warnings(self, config: Config, origins: Dict[str, Origin]) -> None:
+        if config.durability != "periodic":
+            for name in ("autosave_interval", "autosave_on_changes"):
+                if name in origins and getattr(config, name) != getattr(_DEFAULTS, name):
+                    self.warn(origins[name], f"has no effect with durability {config.durability} (every loop "
+                                             "turn is committed); it applies to durability periodic")
+        if self.syntax == "mosquitto" and config.listeners and not self.allow_anonymous_seen:
+            self.warnings.append(ConfigWarning(
+                "not set: Mosquitto 2.0 refuses clients without a password when a listener is configured; "
+                "edgebroker has no authentication yet and accepts every client (add `allow_anonymous true` "
+                "to say so)", self.main_file, None, "allow_anonymous"))
+
+
+def _bare(exc: ConfigError) -> str:
+    """The message of a ConfigError without its `option: ` prefix (Config raises without file/line)."""
+    text = str(exc)
+    prefix = f"{exc.option}: " if exc.option else ""
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+def _relocate(exc: ConfigError, origin: Origin) -> ConfigError:
+    return ConfigError(_bare(exc), origin.file, origin.line, origin.option)
+
+
+def _error(origin: Origin, message: str) -> ConfigError:
+    return ConfigError(message, origin.file, origin.line, origin.option)
+
+
+def _unknown(origin: Origin, known: List[str]) -> ConfigError:
+    close = difflib.get_close_matches(origin.option, known, n=1, cutoff=0.7)
+    return _error(origin, "unknown option" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
+# ---- reading files --------------------------------------------------------------------------------
+
+def load_config(path: str) -> LoadedConfig:
+    """Read a TOML or mosquitto.conf file (and its include_dir files) into a Config.
+
+    Returns a LoadedConfig: `.config`, `.warnings` (accepted options without effect, each naming file,
+    line and option) and `.origins` (where each option was set, for later checks such as the CLI's).
+    Raises ConfigError naming file, line and option for anything it cannot take as written.
+    """
+    text = _read_text(path)
+    syntax = _detect_syntax(path, text)
+    builder = _Builder(syntax, path)
+    if syntax == "toml":
+        _read_toml(path, text, builder, main=True)
+    else:
+        _read_mosquitto(path, text, builder, main=True)
+    return builder.build()
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"not valid UTF-8 (byte 0x{data[exc.start]:02x})", path, line) from None
+
+
+def _detect_syntax(path: str, text: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".conf":
+        return "mosquitto"
+    if ext == ".toml":
+        return "toml"
+    try:
+        tomllib.loads(text)
+        return "toml"
+    except tomllib.TOMLDecodeError as exc:
+        if _looks_like_mosquitto(text):
+            return "mosquitto"
+        raise _toml_error(path, exc, text) from None
+
+
+_MOSQUITTO_LINE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(?:\s+(?!=)\S.*)?")
+
+
+def _looks_like_mosquitto(text: str) -> bool:
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    return bool(lines) and all(_MOSQUITTO_LINE.fullmatch(ln) for ln in lines)
+
+
+def _include_files(directory: str, suffix: str, origin: Origin, builder: _Builder) -> List[str]:
+    """The `*suffix` files of an include_dir, sorted as Mosquitto sorts them (by code point: capitals
+    first). A relative directory is relative to the including file's directory."""
+    full = os.path.join(os.path.dirname(os.path.abspath(origin.file)), directory)  # absolute wins
+    try:
+        names = sorted(os.listdir(full))
+    except OSError as exc:
+        raise _error(origin, f"cannot read directory {directory}: {exc.strerror or exc}") from None
+    files = [os.path.join(full, name) for name in names if name.endswith(suffix)]
+    files = [f for f in files if os.path.isfile(f)]
+    main = os.path.abspath(builder.main_file)
+    for f in files:
+        if os.path.abspath(f) == main or _same_file(f, main):
+            raise _error(origin, f"{directory} contains the main configuration file {builder.main_file}; "
+                                 "it would be read twice (Mosquitto forbids this too)")
+    return files
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# ---- mosquitto.conf -------------------------------------------------------------------------------
+
+def _read_mosquitto(path: str, text: str, builder: _Builder, main: bool) -> None:
+    """Mosquitto's line syntax: `option value`, `#` comments. Leading whitespace is ignored (Mosquitto 1.x
+    tolerated indented lines, 2.0 rejects an indented `#`; configs copied from web pages often have it)."""
+    builder.files.append(path)
+    current: Optional[_ListenerDraft] = None  # the block the last `listener` line of this file opened
+    for number, raw in enumerate(text.split("\n"), 1):  # not splitlines(): \f or \x1c do not end a line
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"(\S+)\s*(.*)$", line)
+        assert m is not None
+        option, rest = m.group(1), m.group(2).strip()
+        origin = Origin(path, number, option)
+        if rest.startswith("=") or option.startswith("["):
+            raise _error(origin, "this is TOML syntax, but the file is read as mosquitto.conf (`option value` "
+                                 "lines); name a TOML file *.toml")
+        name = _ALIASES.get(option, option)
+        if name == "include_dir":
+            if not main:
+                raise _error(origin, "only allowed in the main configuration file, as in Mosquitto")
+            for included in _include_files(_m_string(origin, rest, builder), ".conf", origin, builder):
+                _read_mosquitto(included, _read_text(included), builder, main=False)
+        elif name == "listener":
+            current = _m_listener(origin, rest, builder)
+        elif name in ("port", "bind_address"):
+            _m_default_listener(name, origin, rest, builder)
+        elif name == "max_connections":
+            raw_value = _m_int(origin, rest)
+            value = raw_value if raw_value > 0 else -1  # Mosquitto: negative and 0 both mean unlimited
+            if current is not None:
+                current.fields["max_connections"] = value
+                current.field_origins["max_connections"] = origin
+            elif raw_value >= 0 or builder.default_listener is not None:
+                # Before any `listener` line it configures the default listener, and (unless -1) creates
+                # it: Mosquitto 2.0 then listens on port 1883, all addresses.
+                draft = _default_listener(builder)
+                draft.fields["max_connections"] = value
+                draft.field_origins["max_connections"] = origin
+        elif name == "log_dest":
+            _m_log_dest(origin, rest, builder)
+        elif name == "log_type":
+            kind = _m_token(origin, rest)
+            if kind not in LOG_TYPES + ("all", "none"):
+                if kind in ("websockets", "internal"):
+                    raise _error(origin, f"log_type {kind} is not supported yet (edgebroker logs no such messages)")
+                raise _error(origin, f"expected one of {', '.join(LOG_TYPES)}, all, none; got {kind!r}")
+            builder.add_log_type(kind, origin)
+        elif name in _OBSOLETE:
+            builder.warn(origin, _OBSOLETE[name])
+        elif name in _SCALARS:
+            value = _m_scalar(name, origin, rest, builder)
+            if name in _CLAMP_NEGATIVE_TO_0 and value < 0:
+                value = 0
+            if name == "autosave_interval" and value <= 0:
+                raise _error(origin, "0 (save only at exit) is not supported: use durability periodic with "
+                                     "an interval, or the default durability crash, which saves every change")
+            if name == "persistence_file" and os.path.basename(value) == "mosquitto.db":
+                builder.warn(origin, "edgebroker keeps an SQLite database and cannot read Mosquitto's file: "
+                                     "with Mosquitto's file name it refuses to start if that file exists; "
+                                     "choose another name (default edgebroker.db)")
+            builder.set(name, value, origin)
+        else:
+            _m_unsupported(name, origin, rest, builder)
+
+
+def _m_unsupported(name: str, origin: Origin, rest: str, builder: _Builder) -> None:
+    message = _not_yet(name)
+    if message is None:
+        raise _unknown(origin, _KNOWN_GLOBAL + list(_OTHER_NOT_YET) + list(_TLS) + list(_AUTH) + list(_BRIDGE))
+    if name in _ACCEPTED_VALUES:
+        accepted = _ACCEPTED_VALUES[name]
+        if isinstance(accepted, bool):
+            value: Any = _m_bool(origin, rest)
+        elif isinstance(accepted, int):
+            value = _m_int(origin, rest)
+        else:
+            value = _m_token(origin, rest)
+        if name == "allow_anonymous":
+            builder.allow_anonymous_seen = True
+        if value == accepted:
+            builder.origins[name] = origin
+            return
+    raise _error(origin, message)
+
+
+def _m_token(origin: Origin, rest: str) -> str:
+    """The one whitespace-free value of a line. A `# comment` after it is allowed (Mosquitto reads one
+    token and ignores the rest); any other extra text is an error (Mosquitto would ignore it silently)."""
+    if not rest:
+        raise _error(origin, "missing value")
+    parts = rest.split(None, 1)
+    if len(parts) > 1 and not parts[1].startswith("#"):
+        raise _error(origin, f"expected one value, got {rest!r}")
+    return parts[0]
+
+
+def _m_string(origin: Origin, rest: str, builder: _Builder) -> str:
+    """The rest of the line, as Mosquitto takes strings (paths may contain spaces)."""
+    if not rest:
+        raise _error(origin, "missing value")
+    if " #" in rest or "\t#" in rest:
+        builder.warn(origin, f"the value is {rest!r}: for this option Mosquitto and edgebroker take the "
+                             "whole rest of the line, so a trailing comment is part of it")
+    return rest
+
+
+def _m_int(origin: Origin, rest: str) -> int:
+    token = _m_token(origin, rest)
+    if not re.fullmatch(r"[+-]?\d+", token):
+        raise _error(origin, f"expected a whole number, got {token!r}")
+    return int(token)
+
+
+def _m_bool(origin: Origin, rest: str) -> bool:
+    token = _m_token(origin, rest)
+    if token not in ("true", "false"):
+        raise _error(origin, f"expected true or false, got {token!r}")
+    return token == "true"
+
+
+def _m_scalar(name: str, origin: Origin, rest: str, builder: _Builder) -> Any:
+    kind = _SCALARS[name]
+    if kind == _INT:
+        return _m_int(origin, rest)
+    if kind == _FLOAT:
+        token = _m_token(origin, rest)
+        if not re.fullmatch(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", token):
+            raise _error(origin, f"expected a number of seconds, got {token!r}")
+        return float(token)
+    if kind == _BOOL:
+        return _m_bool(origin, rest)
+    if kind == _DURATION:
+        token = _m_token(origin, rest)
+        try:
+            return float(parse_duration(token))
+        except ValueError:
+            raise _error(origin, "expected a duration: a whole number and one of h d w m y (hour, day, week, "
+                                 f"month, year), e.g. 2d; got {token!r}") from None
+    if kind == _ENUM:
+        token = _m_token(origin, rest)
+        if token not in _ENUMS[name]:
+            raise _error(origin, f"expected one of {', '.join(_ENUMS[name])}, got {token!r}")
+        return token
+    return _m_string(origin, rest, builder)
+
+
+def _m_listener(origin: Origin, rest: str, builder: _Builder) -> _ListenerDraft:
+    """`listener PORT [ADDRESS]`; `listener 0 PATH` is a Unix socket (Mosquitto 2.0). A `#` token ends
+    the line, as in Mosquitto."""
+    parts = rest.split()
+    for i, part in enumerate(parts):
+        if part.startswith("#"):
+            del parts[i:]
+            break
+    if not parts:
+        raise _error(origin, "missing value: listener PORT [ADDRESS]")
+    if len(parts) > 2:
+        raise _error(origin, f"unexpected {' '.join(parts[2:])!r}: listener PORT [ADDRESS]")
+    if not re.fullmatch(r"\d+", parts[0]):
+        raise _error(origin, f"expected a port number, got {parts[0]!r}")
+    port = int(parts[0])
+    if port > 65535:
+        raise _error(origin, f"port {port} out of range 1-65535")
+    draft = _ListenerDraft(origin)
+    if port == 0:
+        if len(parts) < 2:
+            raise _error(origin, "a listener with port 0 must give a Unix socket path (Mosquitto's rule)")
+        draft.fields.update(port=0, unix_socket=parts[1])
+    else:
+        draft.fields.update(port=port, address=parts[1] if len(parts) > 1 else None)
+    builder.listeners.append(draft)
+    return draft
+
+
+def _default_listener(builder: _Builder) -> _ListenerDraft:
+    if builder.default_listener is None:
+        builder.default_listener = _ListenerDraft(None)
+        builder.default_listener.fields["port"] = DEFAULT_PORT
+    return builder.default_listener
+
+
+def _m_default_listener(name: str, origin: Origin, rest: str, builder: _Builder) -> None:
+    """`port` and `bind_address`: Mosquitto's default listener (deprecated in 2.0, still read)."""
+    draft = _default_listener(builder)
+    if name == "port":
+        port = _m_int(origin, rest)
+        if not 1 <= port <= 65535:
+            raise _error(origin, f"port {port} out of range 1-65535")
+        if "port" in draft.field_origins:
+            builder.warn(origin, "given more than once; the last one is used")
+        draft.fields["port"] = port
+        draft.field_origins["port"] = origin
+    else:
+        draft.fields["address"] = _m_token(origin, rest)
+        draft.field_origins["address"] = origin
+    builder.warn(origin, "deprecated since Mosquitto 2.0; `listener PORT [ADDRESS]` says the same")
+
+
+def _m_log_dest(origin: Origin, rest: str, builder: _Builder) -> None:
+    if not rest:
+        raise _error(origin, "missing value")
+    parts = rest.split(None, 1)
+    dest = parts[0]
+    if dest == "file":
+        if len(parts) < 2:
+            raise _error(origin, "missing file name: log_dest file PATH")
+        if "log_file" in builder.values:
+            where = builder.origins["log_file"]
+            raise _error(origin, f"a second log file; the first is at {where.file}:{where.line} (one is allowed, "
+                                 "as in Mosquitto)")
+        builder.set("log_file", _m_string(origin, parts[1], builder), origin)
+    elif dest in ("stdout", "stderr", "syslog", "topic", "none"):
+        _m_token(origin, rest)  # nothing but a comment after it
+    elif dest == "dlt":
+        raise _error(origin, "log_dest dlt is not supported (no DLT daemon on a gateway)")
+    else:
+        raise _error(origin, f"expected one of stdout, stderr, syslog, topic, file PATH, none; got {dest!r}")
+    builder.add_log_dest(dest, origin)
+
+
+# ---- TOML ---------------------------------------------------------------------------------------
+
+def _toml_error(path: str, exc: Exception, text: str) -> ConfigError:
+    """tomllib/tomli put the position in the message: `(at line N, column M)` or `(at end of document)`."""
+    message = str(exc)
+    m = re.search(r"\s*\(at line (\d+), column \d+\)", message)
+    line: Optional[int] = None
+    if m:
+        line = int(m.group(1))
+    elif "(at end of document)" in message:
+        m = re.search(r"\s*\(at end of document\)", message)
+        line = max(1, len(text.splitlines()))
+    if m:
+        message = message[:m.start()] + message[m.end():]
+    return ConfigError(f"not valid TOML: {message}", path, line)
+
+
+class _TomlLines:
+    """Finds the line of a key by a plain text search (tomllib does not report positions): top-level
+    keys live before the first table header, a table's keys between its header and the next."""
+
+    _HEADER = re.compile(r"\s*\[")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.split("\n")
+
+    @staticmethod
+    def _key_re(key: str) -> "re.Pattern[str]":
+        k = re.escape(key)
+        return re.compile(rf"\s*(?:{k}|\"{k}\"|'{k}')\s*[=.]")
+
+    def top(self, key: str) -> Optional[int]:
+        """The line of a top-level `key = ...`, else of a `[key]` or `[[key]]` header."""
+        pattern = self._key_re(key)
+        for number, line in enumerate(self.lines, 1):
+            if self._HEADER.match(line):
+                break
+            if pattern.match(line):
+                return number
+        header = re.compile(rf"\s*\[\[?\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*[].]")
+        for number, line in enumerate(self.lines, 1):
+            if header.match(line):
+                return number
+        return None
+
+    def header(self, table: str, index: int) -> Optional[int]:
+        pattern = re.compile(rf"\s*\[\[\s*{re.escape(table)}\s*\]\]")
+        seen = -1
+        for number, line in enumerate(self.lines, 1):
+            if pattern.match(line):
+                seen += 1
+                if seen == index:
+                    return number
+        return None
+
+    def in_table(self, table: str, index: int, key: str) -> Optional[int]:
+        start = self.header(table, index)
+        if start is None:
+            return None
+        pattern = self._key_re(key)
+        for number in range(start + 1, len(self.lines) + 1):
+            line = self.lines[number - 1]
+            if self._HEADER.match(line):
+                return None
+            if pattern.match(line):
+                return number
+        return None
+
+
+def _read_toml(path: str, text: str, builder: _Builder, main: bool) -> None:
+    builder.files.append(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _toml_error(path, exc, text) from None
+    lines = _TomlLines(text)
+    includes: List[Tuple[str, Origin]] = []
+    for key, value in data.items():
+        origin = Origin(path, lines.top(key), key)
+        name = _ALIASES.get(key, key)
+        if name == "listener":
+            _t_listeners(path, value, origin, lines, builder)
+        elif name == "include_dir":
+            if not main:
+                raise _error(origin, "only allowed in the main configuration file, as in Mosquitto")
+            for directory in _t_strings(origin, value):
+                includes.append((directory, origin))
+        elif name in ("port", "bind_address", "address", "max_connections", "unix_socket"):
+            raise _error(origin, "belongs in a [[listener]] table (TOML has no default listener)")
+        elif name == "log_dest":
+            builder.log_dest = None  # in TOML an array is the whole value: it replaces an earlier file's
+            for dest in _t_strings(origin, value):
+                if dest in ("stdout", "stderr", "syslog", "topic", "file", "none"):
+                    builder.add_log_dest(dest, origin)
+                else:
+                    raise _error(origin, f"expected stdout, stderr, syslog, topic, file or none; got {dest!r} "
+                                         "(the file name goes in log_file)")
+        elif name == "log_type":
+            builder.log_type = None
+            for kind in _t_strings(origin, value):
+                if kind not in LOG_TYPES + ("all", "none"):
+                    raise _error(origin, f"expected {', '.join(LOG_TYPES)}, all or none; got {kind!r}")
+                builder.add_log_type(kind, origin)
+        elif name == "log_file":
+            builder.set("log_file", _t_value("log_file", _STR, origin, value), origin)
+        elif name in _OBSOLETE:
+            builder.warn(origin, _OBSOLETE[name])
+        elif name in _SCALARS:
+            builder.set(name, _t_value(name, _SCALARS[name], origin, value), origin)
+        else:
+            _t_unsupported(name, origin, value, builder)
+    # A TOML file's keys have no order to honour across tables: included files are read after the whole
+    # main file, so they override it (Mosquitto's advice, include_dir last, gives the same effect).
+    for directory, origin in includes:
+        for included in _include_files(directory, ".toml", origin, builder):
+            _read_toml(included, _read_text(included), builder, main=False)
+
+
+def _t_listeners(path: str, value: Any, origin: Origin, lines: _TomlLines, builder: _Builder) -> None:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise _error(origin, "must be [[listener]] tables (an array of tables)")
+    for index, table in enumerate(value):
+        header = lines.header("listener", index)
+        draft = _ListenerDraft(Origin(path, header if header is not None else origin.line, "listener"))
+        for key, item in table.items():
+            line = lines.in_table("listener", index, key)
+            key_origin = Origin(path, line if line is not None else draft.origin.line, key)
+            if key in _LISTENER_FIELDS:
+                kind = _STR if key in ("address", "unix_socket") else _INT
+                draft.fields[key] = _t_value(key, kind, key_origin, item)
+                draft.field_origins[key] = key_origin
+            elif _not_yet(key) is not None:
+                _t_unsupported(key, key_origin, item, builder)
+            elif key in _SCALARS or key in _KNOWN_GLOBAL:
+                raise _error(key_origin, "is a global option: put it before the first table, not in [[listener]]")
+            else:
+                raise _unknown(key_origin, list(_LISTENER_FIELDS))
+        if "unix_socket" in draft.fields:
+            draft.fields.setdefault("port", 0)
+        builder.listeners.append(draft)
+
+
+def _t_unsupported(name: str, origin: Origin, value: Any, builder: _Builder) -> None:
+    message = _not_yet(name)
+    if message is None:
+        raise _unknown(origin, _KNOWN_GLOBAL)
+    if name == "allow_anonymous":
+        builder.allow_anonymous_seen = True
+    accepted = _ACCEPTED_VALUES.get(name, None)
+    if accepted is not None and type(value) is type(accepted) and value == accepted:
+        builder.origins[name] = origin
+        return
+    raise _error(origin, message)
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+               dict: "a table"}
+
+
+def _t_describe(value: Any) -> str:
+    return f"{value!r} ({_TYPE_NAMES.get(type(value), type(value).__name__)})"
+
+
+def _t_value(name: str, kind: str, origin: Origin, value: Any) -> Any:
+    if kind == _INT:
+        if type(value) is not int:
+            raise _error(origin, f"expected an integer, got {_t_describe(value)}")
+        return value
+    if kind == _FLOAT:
+        if type(value) not in (int, float):
+            raise _error(origin, f"expected a number of seconds, got {_t_describe(value)}")
+        return float(value)
+    if kind == _BOOL:
+        if type(value) is not bool:
+            raise _error(origin, f"expected true or false, got {_t_describe(value)}")
+        return value
+    if kind == _DURATION:
+        if type(value) in (int, float):
+            return float(value)
+        if type(value) is str:
+            try:
+                return float(parse_duration(value))
+            except ValueError:
+                pass
+        raise _error(origin, "expected seconds or a duration such as \"2d\" (h d w m y: hour, day, week, "
+                             f"month, year), got {_t_describe(value)}")
+    if type(value) is not str:
+        raise _error(origin, f"expected a string, got {_t_describe(value)}")
+    if kind == _ENUM and value not in _ENUMS[name]:
+        raise _error(origin, f"expected one of {', '.join(_ENUMS[name])}, got {value!r}")
+    return value
+
+
+def _t_strings(origin: Origin, value: Any) -> List[str]:
+    """A string or an array of strings."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(type(v) is str for v in items):
+        raise _error(origin, f"expected a string or an array of strings, got {_t_describe(value)}")
+    return list(items)
+

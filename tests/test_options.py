@@ -1,0 +1,222 @@
+"""Broker options with Mosquitto's semantics, end to end over real sockets (and one in memory with a
+fake clock): message_size_limit, clientid_prefixes, persistent_client_expiration, a Unix socket
+listener, log_dest topic, connection_messages, and a reload that keeps the old config on error."""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+
+import mqttwire as w
+import pytest
+
+from edgebroker import log as L
+from edgebroker.broker import Broker
+from edgebroker.config import Config, Listener
+from edgebroker.errors import ConfigError
+from edgebroker.server import Server, configure_logger
+from util import wait_for
+
+
+def _subscribed(port: int, topic: str, qos: int = 0) -> w.RawClient:
+    c = w.RawClient("127.0.0.1", port)
+    c.send(w.connect("watch-" + topic.replace("/", "_").replace("#", "all").replace("$", "")))
+    assert c.read_packet(5)[0] == 0x20
+    c.send(w.subscribe(1, [(topic, qos)]))
+    assert c.read_packet(5)[0] == 0x90
+    return c
+
+
+def test_message_size_limit_acknowledges_and_drops_larger_payloads(make_broker):
+    broker = make_broker(message_size_limit=10)
+    sub = _subscribed(broker.port, "big/#")
+    pub = w.RawClient("127.0.0.1", broker.port)
+    pub.send(w.connect("pub"))
+    pub.read_packet(5)
+    pub.send(w.publish("big/a", b"x" * 11, qos=1, packet_id=3))
+    assert pub.read_packet(5) == (0x40, b"\x00\x03")  # the flow completes (Mosquitto)
+    pub.send(w.publish("big/a", b"y" * 10, qos=0))
+    assert sub.read_packet(5) == (0x30, b"\x00\x05big/a" + b"y" * 10)  # only the one within the limit
+    assert broker.server.broker.stats.publish_dropped == 1
+
+
+def test_clientid_prefixes_refuses_other_ids_with_identifier_rejected(make_broker):
+    broker = make_broker(clientid_prefixes="sensor-")
+    ok = w.RawClient("127.0.0.1", broker.port)
+    ok.send(w.connect("sensor-17"))
+    assert ok.read_packet(5) == (0x20, b"\x00\x00")
+    bad = w.RawClient("127.0.0.1", broker.port)
+    bad.send(w.connect("laptop"))
+    assert bad.read_packet(5) == (0x20, b"\x00\x02")
+    bad.expect_closed(5)
+
+
+def test_persistent_client_expiration_discards_offline_sessions():
+    """In memory with a fake clock: an offline persistent session older than the expiration is
+    discarded and counted; one reconnected in time is kept."""
+    b = Broker(Config(persistence=False, persistent_client_expiration=3600.0), now=0.0)
+    for cid in ("old", "back"):
+        c = b.connection_made("127.0.0.1:1", 1883, 0.0)
+        b.data_received(c, w.connect(cid, clean=False) + w.subscribe(1, [("t", 1)]) + w.disconnect(), 0.0)
+    c = b.connection_made("127.0.0.1:2", 1883, 3000.0)
+    b.data_received(c, w.connect("back", clean=False), 3000.0)
+    b.tick(3601.0)
+    assert "old" not in b.sessions and "back" in b.sessions
+    assert b.stats.clients_expired == 1
+    assert b.tree.count == 1  # the expired session's subscription is gone
+
+
+def test_persistent_client_expiration_counts_time_offline_before_a_restart(tmp_path):
+    config = Config(persistence=True, persistence_location=str(tmp_path), persistent_client_expiration=60.0)
+    from edgebroker.store import SqliteStore
+    store = SqliteStore(config.database_path())
+    b = Broker(config, now=0.0, store=store)
+    c = b.connection_made("127.0.0.1:1", 1883, 0.0)
+    b.data_received(c, w.connect("dev", clean=False) + w.disconnect(), 0.0)
+    b.end_turn(0.0)
+    store._conn.execute("UPDATE sessions SET disconnected_at = disconnected_at - 3600")  # offline an hour
+    store.close()
+    store = SqliteStore(config.database_path())
+    b = Broker(config, now=10.0, store=store)
+    assert "dev" in b.sessions
+    b.tick(11.0)
+    assert "dev" not in b.sessions
+    store.close()
+
+
+def test_unix_socket_listener_serves_mqtt(tmp_path):
+    path = str(tmp_path / "edgebroker.sock")
+    server = Server(Config(persistence=False, listeners=[Listener(port=0, unix_socket=path)]))
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(w.connect("over-unix") + w.subscribe(1, [("u", 0)]) + w.publish("u", b"hi"))
+        data = b""
+        want = w.connack(False, 0) + w.suback(1, [0]) + w.publish("u", b"hi")
+        while len(data) < len(want):
+            chunk = s.recv(4096)
+            assert chunk
+            data += chunk
+        assert data == want
+        s.close()
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert not os.path.exists(path)  # removed at exit
+
+
+def test_log_dest_topic_publishes_log_lines_to_sys_broker_log(make_broker):
+    logger = L.Logger(stream=io.StringIO())
+    config = Config(persistence=False, listeners=[Listener(0, "127.0.0.1")], log_dest=("topic",))
+    configure_logger(logger, config)
+    server = Server(config, log=logger)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        watch = _subscribed(server.ports[0], "$SYS/broker/log/#")
+        probe = w.RawClient("127.0.0.1", server.ports[0])
+        probe.send(w.connect("noisy-client"))
+        probe.read_packet(5)
+
+        def notice_about_probe():
+            first, body = watch.read_packet(5)
+            return b"$SYS/broker/log/N" in body and b"noisy-client" in body
+        wait_for(notice_about_probe, timeout=10, what="a notice on $SYS/broker/log/N")
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_connection_messages_false_silences_connect_lines():
+    out = io.StringIO()
+    logger = L.Logger(stream=out)
+    b = Broker(Config(persistence=False, connection_messages=False), now=0.0, log=logger)
+    c = b.connection_made("127.0.0.1:1", 1883, 0.0)
+    b.data_received(c, w.connect("quiet") + w.disconnect(), 0.0)
+    assert "quiet" not in out.getvalue()
+    b2 = Broker(Config(persistence=False), now=0.0, log=logger)
+    c = b2.connection_made("127.0.0.1:1", 1883, 0.0)
+    b2.data_received(c, w.connect("loud") + w.disconnect(), 0.0)
+    assert "New client connected from 127.0.0.1:1 as loud" in out.getvalue()
+
+
+def test_reload_applies_new_limits_and_keeps_the_old_config_when_the_new_one_is_bad(capsys):
+    """The reloaded config's logging applies too (log_dest stderr by default), so read stderr."""
+    configs = [Config(persistence=False, listeners=[Listener(0, "127.0.0.1")], max_queued_messages=7)]
+    logger = L.Logger()
+    err = []
+
+    def logged() -> str:
+        err.append(capsys.readouterr().err)
+        return "".join(err)
+
+    def reloader() -> Config:
+        if isinstance(configs[-1], Exception):
+            raise configs[-1]
+        return configs[-1]
+    server = Server(configs[0], log=logger, reloader=reloader)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        configs.append(Config(persistence=False, listeners=[Listener(0, "127.0.0.1")], max_queued_messages=3))
+        server.request_reload()
+        wait_for(lambda: server.broker.config.max_queued_messages == 3, what="reloaded limit")
+        configs.append(ConfigError("bad value", file="edgebroker.toml", line=4, option="max_queued_messages"))
+        server.request_reload()
+        wait_for(lambda: "keeping the running one" in logged(), what="reload error logged")
+        assert server.broker.config.max_queued_messages == 3
+        assert "edgebroker.toml:4: max_queued_messages: bad value" in logged()
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("bad", [{"durability": "fast"}, {"autosave_interval": 0}])
+def test_persistence_option_validators_fire(bad):
+    with pytest.raises(ConfigError) as info:
+        Config(**bad)
+    assert next(iter(bad)) in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="dropping privileges needs root")
+def test_user_option_drops_root_after_binding_and_gives_the_data_dir_to_that_user():
+    """`user nobody` as root: the broker binds, then runs as nobody, and its database belongs to
+    nobody. (The child imports sqlite-utils first: this venv lives under /root, closed to nobody.)"""
+    import pwd
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    work = tempfile.mkdtemp(prefix="edgebroker-user-", dir="/tmp")
+    os.chmod(work, 0o755)
+    conf = os.path.join(work, "edgebroker.toml")
+    with open(conf, "w") as f:
+        f.write(f'user = "nobody"\npersistence_location = "{work}/data"\n'
+                f'[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
+    code = ("import sys, sqlite_utils, sqlite_utils.db; from edgebroker.cli import broker; "
+            f"sys.exit(broker.main(['-c', {conf!r}, '-v']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=work)
+    try:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "Persistence:" in line or "Error" in line:
+                break
+        assert any("Running as user nobody" in line for line in lines), lines
+        status = open(f"/proc/{proc.pid}/status").read()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:3] == [str(nobody.pw_uid)] * 2, uid_line
+        db = os.path.join(work, "data", "edgebroker.db")
+        wait_for(lambda: os.path.exists(db), what="database created")
+        assert os.stat(db).st_uid == nobody.pw_uid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
