@@ -220,3 +220,102 @@ def test_user_option_drops_root_after_binding_and_gives_the_data_dir_to_that_use
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _cli_env(tmp_path) -> dict:
+    env = dict(os.environ)
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return env
+
+
+def _wait_for_line(lines, proc, needle: str, timeout: float = 10.0) -> str:
+    import queue as q
+    deadline = __import__("time").monotonic() + timeout
+    while True:
+        remaining = deadline - __import__("time").monotonic()
+        assert remaining > 0, f"no line with {needle!r}"
+        line = lines.get(timeout=remaining)
+        assert line is not None, f"process ended before a line with {needle!r} (exit {proc.poll()})"
+        if needle in line:
+            return line
+
+
+def test_sighup_reloads_the_file_and_a_bad_file_keeps_the_running_config(tmp_path):
+    import queue as q
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    conf = tmp_path / "edgebroker.toml"
+    conf.write_text('persistence = false\n[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "edgebroker", "-c", str(conf)], env=_cli_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: "q.Queue" = q.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.put(line)
+        lines.put(None)
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        port = int(re.search(r"port (\d+)\.", _wait_for_line(lines, proc, "listen socket")).group(1))
+        _wait_for_line(lines, proc, "running")
+        c = w.RawClient("127.0.0.1", port)
+        c.send(w.connect("before-reload"))
+        c.read_packet(5)
+        _wait_for_line(lines, proc, "as before-reload")
+
+        conf.write_text('persistence = false\nconnection_messages = false\n'
+                        '[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
+        proc.send_signal(signal.SIGHUP)
+        _wait_for_line(lines, proc, "Reloaded configuration.")
+        conf.write_text('persistence = false\nmax_inflight_messages = -3\n')
+        proc.send_signal(signal.SIGHUP)
+        error = _wait_for_line(lines, proc, "keeping the running one")
+        assert "max_inflight_messages" in error and str(conf) in error
+        # The reloaded connection_messages = false is still in force, and the broker still serves.
+        c2 = w.RawClient("127.0.0.1", port)
+        c2.send(w.connect("after-reload") + w.pingreq())
+        assert c2.read_packet(5)[0] == 0x20 and c2.read_packet(5)[0] == 0xD0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        rest = []
+        while True:
+            line = lines.get(timeout=10)
+            if line is None:
+                break
+            rest.append(line)
+        assert not any("after-reload" in line for line in rest), rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_daemon_flag_detaches_writes_the_pid_file_and_serves(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "edgebroker.pid"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    conf = tmp_path / "edgebroker.toml"
+    conf.write_text(f'persistence = false\npid_file = "{pid_file}"\n[[listener]]\nport = {port}\n'
+                    f'address = "127.0.0.1"\n')
+    started = subprocess.run([sys.executable, "-m", "edgebroker", "-c", str(conf), "-d"],
+                             env=_cli_env(tmp_path), capture_output=True, timeout=30)
+    assert started.returncode == 0, started.stderr  # the foreground process exits once detached
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="pid file"))
+    try:
+        assert pid != os.getpid()
+        c = w.RawClient("127.0.0.1", port)
+        c.send(w.connect("to-daemon") + w.pingreq())
+        assert c.read_packet(5)[0] == 0x20 and c.read_packet(5)[0] == 0xD0
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_file.exists(), what="pid file removed at exit")
