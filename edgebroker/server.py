@@ -12,6 +12,7 @@ flag and write one byte to a wake-up socket, nothing more; the loop does the wor
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import selectors
 import socket
@@ -417,6 +418,14 @@ def _addresses(address: Optional[str], port: int) -> List[Tuple[int, Tuple]]:
         if socket.has_ipv6:
             pairs.append((socket.AF_INET6, ("::", port, 0, 0)))
         return pairs
+    try:
+        literal = ipaddress.ip_address(address)  # a literal address needs no resolver
+    except ValueError:
+        pass
+    else:
+        if literal.version == 4:
+            return [(socket.AF_INET, (address, port))]
+        return [(socket.AF_INET6, (address, port, 0, 0))]
     infos = socket.getaddrinfo(address, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     seen = []
     for family, _, _, _, sockaddr in infos:
