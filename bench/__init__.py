@@ -1,0 +1,1 @@
+"""edgebroker beside Mosquitto: load generator, scenarios and report. Run `python -m bench --help`."""
