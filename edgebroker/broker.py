@@ -11,6 +11,13 @@ ends goes through `_close`, and the whole core runs in memory in tests with a fa
 Packet handling is dict-dispatched per connection state: a packet type a state does not list is a
 protocol violation and closes the connection.
 
+Flow control: a publisher must not outrun an online subscriber that is acknowledging, or the
+subscriber's bounded queue would overflow and drop messages the publisher was told were accepted.
+When a session's queue passes the high-water mark while a connection publishes to it, that connection
+is paused: its remaining packets wait in `conn.stash`, and the loop stops reading its socket (TCP
+then slows the publisher) until the queue drains below the low-water mark. A subscriber that stops
+acknowledging for FLOW_STALL seconds throttles no one: its queue drops (counted), as Mosquitto's does.
+
 Persistence: every change that must survive a restart (retained messages; for persistent sessions
 their existence, subscriptions, messages queued or in flight to them, inbound QoS 2 ids awaiting
 PUBREL) is reported to `self.store` as it happens; the loop calls `end_turn(now)` before it flushes,
@@ -47,6 +54,13 @@ PRE_CONNECT_MAX_BYTES = 512 * 1024
 OUT_BUFFER_LIMIT = 8 * 1024 * 1024
 #: How often connect deadlines and keepalives are checked, in seconds.
 CHECK_INTERVAL = 0.5
+#: Flow control marks, in messages queued for an online session (capped at half of max_queued_messages):
+#: high enough that a normal burst never pauses a publisher, low enough that a 64 KiB read of small
+#: messages behind it stays far from the queue bound.
+FLOW_HIGH_WATER = 200
+FLOW_LOW_WATER = 50
+#: Seconds without an acknowledgement after which a subscriber counts as stalled.
+FLOW_STALL = 2.0
 
 _PINGRESP = b"\xd0\x00"
 _PROTOCOLS = {("MQTT", 4): "p2", ("MQIsdp", 3): "p1"}
@@ -57,7 +71,7 @@ class Connection:
 
     __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
                  "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
-                 "_dirty", "close_reason")
+                 "_dirty", "close_reason", "paused_by", "stash", "stash_error")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -77,6 +91,10 @@ class Connection:
         self.handle: object = None
         self._dirty = dirty
         self.close_reason = ""
+        #: flow control: sessions whose full queues pause this publisher; packets read but not yet handled
+        self.paused_by: set = set()
+        self.stash: List[object] = []
+        self.stash_error: Optional[MalformedPacket] = None
 
     def write(self, data: bytes) -> None:
         if not self.out:
@@ -99,6 +117,10 @@ class Broker:
         self.connections: Dict[Connection, None] = {}
         self.dirty: List[Connection] = []
         self.closing: List[Connection] = []
+        #: connections paused or resumed this turn: the loop updates their read interest
+        self.flow_changed: List[Connection] = []
+        self._source: Optional[Connection] = None  # the connection whose PUBLISH is being routed
+        self._now = now
         self.stats = Stats()
         self.load = LoadAverages(self.stats, now)
         #: returns the process's resident memory in bytes for $SYS (the loop provides it: it is I/O)
@@ -106,6 +128,7 @@ class Broker:
         self._heap_max = 0
         self.started = now
         self._max_inflight = config.max_inflight_messages or 65535
+        self._set_flow_marks(config)
         self._next_check = now + CHECK_INTERVAL
         self._next_sys = now if config.sys_interval > 0 else float("inf")
         self._sys_last: Dict[str, str] = {}
@@ -122,11 +145,19 @@ class Broker:
         listeners and persistence settings are not changed by a reload (as Mosquitto)."""
         self.config = config
         self._max_inflight = config.max_inflight_messages or 65535
+        self._set_flow_marks(config)
         self.debug = bool(getattr(self.log, "enabled", lambda level: False)(L.DEBUG))
         if config.sys_interval > 0 and self._next_sys == float("inf"):
             self._next_sys = self._next_check
         elif config.sys_interval <= 0:
             self._next_sys = float("inf")
+
+    def _set_flow_marks(self, config: Config) -> None:
+        high = FLOW_HIGH_WATER
+        if config.max_queued_messages:
+            high = max(1, min(high, config.max_queued_messages // 2))
+        self._flow_high = high
+        self._flow_low = min(FLOW_LOW_WATER, high // 4)
 
     def _restore(self, state: Loaded, now: float) -> None:
         """Rebuild retained messages and persistent sessions (all offline) from the store."""
@@ -181,13 +212,22 @@ class Broker:
             packets = conn.parser.feed(data)
         except MalformedPacket as exc:
             error, packets = exc, exc.packets  # the valid packets before it are still handled
+        self.stats.messages_received += len(packets)
+        conn.stash_error = error
         self._handle(conn, packets, now)
-        if error is not None:
-            self._close(conn, now, f"malformed packet: {error}")  # [MQTT-4.8.0-1]
+
+    def resume(self, conn: Connection, now: float) -> None:
+        """The loop calls this for a connection no longer paused: handle the packets it stashed."""
+        if conn.closed or conn.paused_by or not (conn.stash or conn.stash_error):
+            return
+        packets, conn.stash = conn.stash, []
+        self._handle(conn, packets, now)
 
     def _handle(self, conn: Connection, packets: List[object], now: float) -> None:
-        self.stats.messages_received += len(packets)
-        for packet in packets:
+        for i, packet in enumerate(packets):
+            if conn.paused_by:
+                conn.stash = packets[i:]  # flow control: the rest waits until the subscriber catches up
+                return
             handler = (self._handlers if conn.connected else self._handlers_new).get(type(packet))
             if handler is None:
                 if isinstance(packet, Connect):
@@ -201,6 +241,10 @@ class Broker:
             handler(conn, packet, now)
             if conn.closed:
                 return
+        error = conn.stash_error
+        if error is not None and not conn.paused_by:
+            conn.stash_error = None
+            self._close(conn, now, f"malformed packet: {error}")  # [MQTT-4.8.0-1]
 
     def connection_lost(self, conn: Connection, now: float, reason: str = "closed its connection") -> None:
         self._close(conn, now, reason)
@@ -230,6 +274,10 @@ class Broker:
         conn.close_reason = reason
         self.closing.append(conn)
         self.connections.pop(conn, None)
+        for session in conn.paused_by:
+            session.blocking.discard(conn)
+        conn.paused_by.clear()
+        conn.stash = []
         if not conn.connected:
             if reason != "closed its connection" and self.config.connection_messages:
                 self.log(L.NOTICE, f"Client {conn.client_id} from {conn.peer} disconnected: {reason}.")
@@ -252,6 +300,8 @@ class Broker:
         session = conn.session
         if session is not None and session.conn is conn:
             session.conn = None
+            if session.blocking:
+                self._release(session)  # an offline session throttles no one: its queue is bounded
             if session.clean:
                 self._discard_session(session)
             else:
@@ -265,6 +315,8 @@ class Broker:
         self._route(Message(will.topic, will.payload, will.qos))
 
     def _discard_session(self, session: Session) -> None:
+        if session.blocking:
+            self._release(session)
         for topic_filter in session.subscriptions:
             self.tree.unsubscribe(topic_filter, session)
         session.subscriptions.clear()
@@ -281,6 +333,12 @@ class Broker:
                 self.log(L.NOTICE, f"Expiring client {session.client_id} due to timeout.")
                 self.stats.clients_expired += 1
                 self._discard_session(session)
+        for session in {s for conn in self.connections for s in conn.paused_by}:
+            if now - session.last_progress > FLOW_STALL:
+                self.log(L.NOTICE, f"Client {session.client_id} stopped acknowledging; publishers to it are "
+                                   f"no longer held back and its queue will drop past its bound.")
+                session.stalled = True
+                self._release(session)
         connect_timeout = self.config.connect_timeout
         for conn in list(self.connections):
             if not conn.connected:
@@ -401,6 +459,8 @@ class Broker:
             awaiting.add(p.packet_id)
             if not conn.session.clean:  # type: ignore[union-attr]
                 self.store.inbound_add(conn.client_id, p.packet_id)
+        self._source = conn
+        self._now = now
         limit = self.config.message_size_limit
         if limit and len(p.payload) > limit:
             # Mosquitto's message_size_limit: acknowledged (the protocol flow completes) but dropped.
@@ -415,6 +475,7 @@ class Broker:
             self._route(Message(p.topic, p.payload, qos))
         else:
             self._route(Message(p.topic, p.payload, qos))
+        self._source = None
         if qos == 1:
             self._send_ack(conn, 0x40, p.packet_id, "PUBACK")  # [MQTT-4.3.2-2]
         elif qos == 2:
@@ -504,6 +565,15 @@ class Broker:
                                     None, INFLIGHT_SENT)
         session.queue.append((msg, qos, seq))
         session.queued_bytes += len(msg.payload)
+        source = self._source
+        if (source is not None and len(session.queue) >= self._flow_high and session.conn is not None
+                and source is not session.conn and not session.stalled and session not in source.paused_by):
+            if not session.blocking:
+                session.last_progress = self._now  # the stall clock starts when it first holds someone back
+            if not source.paused_by:
+                self.flow_changed.append(source)
+            source.paused_by.add(session)
+            session.blocking.add(source)
 
     def _drop(self, session: Session, why: str) -> None:
         self.stats.publish_dropped += 1
@@ -531,12 +601,24 @@ class Broker:
                     store.delivery_update(seq, pid, INFLIGHT_SENT)
         if not queue:
             session.drop_logged = False
+        if session.blocking and len(queue) <= self._flow_low:
+            self._release(session)
+
+    def _release(self, session: Session) -> None:
+        """Resume the publishers this session was holding back."""
+        for conn in session.blocking:
+            conn.paused_by.discard(session)
+            if not conn.paused_by:
+                self.flow_changed.append(conn)
+        session.blocking.clear()
 
     def _on_puback(self, conn: Connection, p: Puback, now: float) -> None:
         session = conn.session
         entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
         if entry is not None and entry[1] == 1:
             del session.inflight[p.packet_id]  # type: ignore[union-attr]
+            session.last_progress = now  # type: ignore[union-attr]
+            session.stalled = False  # type: ignore[union-attr]
             if entry[3]:
                 self.store.delivery_remove(entry[3])
             if session.queue:  # type: ignore[union-attr]
@@ -570,6 +652,8 @@ class Broker:
         entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
         if entry is not None and entry[2] == INFLIGHT_RELEASED:
             del session.inflight[p.packet_id]  # type: ignore[union-attr]
+            session.last_progress = now  # type: ignore[union-attr]
+            session.stalled = False  # type: ignore[union-attr]
             if entry[3]:
                 self.store.delivery_remove(entry[3])
             if session.queue:  # type: ignore[union-attr]

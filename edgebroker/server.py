@@ -3,6 +3,7 @@
 One turn of the loop reads like a list (Mosquitto's main loop is the model):
   select(timeout = next timer)  ->  now = monotonic(), read once
   accept new connections; recv up to 64 KiB from each readable socket and hand it to the core
+  flow control                  ->  stop reading publishers the core paused, resume the others
   broker.tick(now)              ->  connect deadlines, keepalive, $SYS
   broker.end_turn(now)          ->  one SQLite transaction for what this turn must make durable
   flush                         ->  one send per connection with output; EVENT_WRITE only on backlog
@@ -36,7 +37,6 @@ ACCEPT_BATCH = 64
 CLOSE_DRAIN_BYTES = 256 * 1024
 
 _WAKE = object()
-_READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE  # novm (a bit mask, not a type union)
 
 
 class _ListenSocket:
@@ -203,6 +203,8 @@ class Server:
                     broker.publish_log_lines(log_lines[:])
                     log_lines.clear()
                 next_timer = broker.tick(now)
+                if broker.flow_changed:
+                    self._apply_flow(now)
                 broker.end_turn(now)
                 if broker.dirty:
                     self._flush_dirty(now)
@@ -340,14 +342,45 @@ class Server:
             conn.out_size = 0
             if conn in self._writing:
                 del self._writing[conn]
-                self._sel.modify(conn.handle, selectors.EVENT_READ, conn)  # type: ignore[arg-type]
+                self._interest(conn)
         else:
             rest = data[sent:]
             out[:] = [rest]
             conn.out_size = len(rest)
             if conn not in self._writing and not conn.closed:
                 self._writing[conn] = None
-                self._sel.modify(conn.handle, _READ_WRITE, conn)  # type: ignore[arg-type]
+                self._interest(conn)
+
+    def _interest(self, conn: Connection) -> None:
+        """Register the events a connection needs now: READ unless flow control paused it, WRITE while
+        it has a backlog; none at all means it leaves the selector until one comes back."""
+        events = (0 if conn.paused_by else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if conn in self._writing else 0)
+        sock = conn.handle
+        try:
+            registered = self._sel.get_key(sock).events  # type: ignore[arg-type]
+        except KeyError:
+            registered = 0
+        if events == registered:
+            return
+        if not events:
+            self._sel.unregister(sock)  # type: ignore[arg-type]
+        elif not registered:
+            self._sel.register(sock, events, conn)  # type: ignore[arg-type]
+        else:
+            self._sel.modify(sock, events, conn)  # type: ignore[arg-type]
+
+    def _apply_flow(self, now: float) -> None:
+        changed = self.broker.flow_changed
+        while changed:
+            batch = list(dict.fromkeys(changed))
+            changed.clear()
+            for conn in batch:
+                if conn.closed:
+                    continue
+                self._interest(conn)
+                if not conn.paused_by:
+                    self.broker.resume(conn, now)  # may pause it (or others) again: loop until settled
 
     def _flush_dirty(self, now: float) -> None:
         dirty = self.broker.dirty
@@ -381,7 +414,7 @@ class Server:
             try:
                 self._sel.unregister(sock)
             except (KeyError, ValueError):
-                pass
+                pass  # flow control may have left it unregistered
             _drain_and_close(sock)  # type: ignore[arg-type]
 
 

@@ -58,7 +58,8 @@ class Message:
 
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
-                 "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since")
+                 "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since", "blocking",
+                 "last_progress", "stalled")
 
     def __init__(self, client_id: str, clean: bool) -> None:
         self.client_id = client_id
@@ -77,6 +78,12 @@ class Session:
         self.drop_logged = False
         #: monotonic time the client went away (persistent sessions), for persistent_client_expiration
         self.offline_since = 0.0
+        #: flow control: publishing connections paused because this session's queue is over the
+        #: high-water mark; when its client last acknowledged; stalled = stopped acknowledging, so it
+        #: throttles no one and its bounded queue drops instead
+        self.blocking: Set[object] = set()
+        self.last_progress = 0.0
+        self.stalled = False
 
     def next_packet_id(self) -> int:
         """A packet id not in use by an inflight message [MQTT-2.3.1-2]; callers bound the inflight

@@ -1,0 +1,113 @@
+"""Flow control: a publisher cannot outrun an online subscriber that acknowledges, so QoS 1/2 messages
+the broker accepted are not dropped by the subscriber's bounded queue; a subscriber that stops
+acknowledging holds no one back (its queue drops, counted, as Mosquitto's does)."""
+from __future__ import annotations
+
+import socket
+import threading
+
+import mqttwire as w
+
+from edgebroker.broker import FLOW_STALL, Broker
+from edgebroker.codec import Parser
+from edgebroker.config import Config
+from edgebroker.packets import Publish
+
+
+def test_fast_qos1_publisher_and_acking_subscriber_lose_nothing_with_a_small_queue(make_broker):
+    """5,000 QoS 1 messages written as fast as TCP takes them (no publisher window at all) to a
+    subscriber that acknowledges what it reads; max_queued_messages 100 would overflow without flow
+    control. Every message arrives, in order, and nothing is counted as dropped."""
+    broker = make_broker(max_queued_messages=100)
+    count = 5000
+    sub = socket.create_connection(("127.0.0.1", broker.port), timeout=20)
+    sub.sendall(w.connect("flow-sub") + w.subscribe(1, [("flow/#", 1)]))
+    parser = Parser()
+    got = []
+    while len(got) < 2:  # CONNACK, SUBACK
+        got += parser.feed(sub.recv(65536))
+    pub = socket.create_connection(("127.0.0.1", broker.port), timeout=20)
+    pub.sendall(w.connect("flow-pub"))
+    burst = b"".join(w.publish("flow/t", b"%06d" % i, qos=1, packet_id=(i % 65000) + 1) for i in range(count))
+    sender = threading.Thread(target=pub.sendall, args=(burst,))
+    sender.start()
+
+    def drain_pub() -> None:  # read the publisher's PUBACKs so its socket never blocks on them
+        try:
+            while pub.recv(65536):
+                pass
+        except OSError:
+            pass
+    threading.Thread(target=drain_pub, daemon=True).start()
+
+    payloads = []
+    while len(payloads) < count:
+        data = sub.recv(65536)
+        assert data, f"subscriber closed after {len(payloads)} messages"
+        acks = []
+        for packet in parser.feed(data):
+            if isinstance(packet, Publish):
+                payloads.append(packet.payload)
+                acks.append(w.puback(packet.packet_id))
+        sub.sendall(b"".join(acks))
+    sender.join(20)
+    assert payloads == [b"%06d" % i for i in range(count)]
+    assert broker.server.broker.stats.publish_dropped == 0
+    sub.close()
+    pub.close()
+
+
+def _connect(b: Broker, client_id: str, now: float, extra: bytes = b""):
+    conn = b.connection_made("127.0.0.1:1", 1883, now)
+    b.data_received(conn, w.connect(client_id) + extra, now)
+    conn.out.clear()
+    conn.out_size = 0
+    return conn
+
+
+def test_stalled_subscriber_stops_holding_the_publisher_back():
+    b = Broker(Config(persistence=False, max_queued_messages=40), now=0.0)
+    stuck = _connect(b, "stuck", 0.0, w.subscribe(1, [("t", 1)]))
+    other = _connect(b, "other", 0.0, w.subscribe(1, [("t", 0)]))
+    pub = _connect(b, "pub", 0.0)
+    burst = b"".join(w.publish("t", b"%d" % i, qos=1, packet_id=i + 1) for i in range(100))
+    b.data_received(pub, burst, 1.0)
+    # 20 in flight + 20 queued (the high-water mark, half of 40): the publisher is paused mid-read.
+    assert pub.paused_by and pub.stash
+    assert b.flow_changed == [pub]
+    b.tick(1.0 + FLOW_STALL / 2)
+    assert pub.paused_by  # still waiting: the subscriber might just be slow
+    b.tick(1.0 + FLOW_STALL + 1.0)
+    assert not pub.paused_by  # stalled: released
+    b.resume(pub, 4.0)
+    assert not pub.stash
+    assert b.stats.publish_dropped > 0  # past the stall, its bounded queue drops (counted)
+    # The QoS 0 subscriber got every message; the stuck one got its window and a bounded queue.
+    delivered = [p for p in Parser().feed(b"".join(other.out)) if isinstance(p, Publish)]
+    assert [p.payload for p in delivered] == [b"%d" % i for i in range(100)]
+    assert len(stuck.session.inflight) == 20 and len(stuck.session.queue) == 40
+
+
+def test_paused_publisher_resumes_with_its_stashed_packets_in_order():
+    b = Broker(Config(persistence=False, max_queued_messages=40, max_inflight_messages=5), now=0.0)
+    sub = _connect(b, "sub", 0.0, w.subscribe(1, [("t", 1)]))
+    pub = _connect(b, "pub", 0.0)
+    b.data_received(pub, b"".join(w.publish("t", b"%d" % i, qos=1, packet_id=i + 1) for i in range(60)), 0.0)
+    assert pub.paused_by
+    received = []
+    parser = Parser()
+    for step in range(200):
+        out = b"".join(sub.out)
+        sub.out.clear()
+        sub.out_size = 0
+        for p in parser.feed(out):
+            if isinstance(p, Publish):
+                received.append(p.payload)
+                b.data_received(sub, w.puback(p.packet_id), step * 0.01)
+        for conn in list(dict.fromkeys(b.flow_changed)):
+            b.flow_changed.clear()
+            b.resume(conn, step * 0.01)
+        if len(received) == 60:
+            break
+    assert received == [b"%d" % i for i in range(60)]
+    assert b.stats.publish_dropped == 0
