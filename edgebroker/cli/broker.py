@@ -15,15 +15,17 @@ import dataclasses
 import os
 import signal
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .. import __version__
 from .. import log as L
 from ..config import DEFAULT_PORT, Config
-from ..configfile import LoadedConfig, load_config
 from ..errors import ConfigError
 from ..server import Server, configure_logger
 from ..store import StoreError
+
+if TYPE_CHECKING:
+    from ..configfile import LoadedConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--check-config needs -c FILE")
     loaded: Optional[LoadedConfig] = None
     if args.config_file:
+        from ..configfile import load_config  # only with -c: the default start stays small
         try:
             loaded = load_config(args.config_file)
             _check_user(loaded)
@@ -96,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     def reload() -> Config:
         if not args.config_file:
             return config
+        from ..configfile import load_config
         new = load_config(args.config_file)
         for warning in new.warnings:
             log(L.WARNING, f"Warning: {warning}")
