@@ -758,6 +758,9 @@ class Broker:
             self._heap_max = max(self._heap_max, rss)
             values["$SYS/broker/heap/maximum"] = str(self._heap_max)
         values.update(self.load.update(now))
+        # Ours, not Mosquitto's: failed persistence commits (disk full, I/O errors) and commits made.
+        values["$SYS/broker/store/errors"] = str(getattr(self.store, "errors", 0))
+        values["$SYS/broker/store/commits"] = str(getattr(self.store, "commits", 0))
         last = self._sys_last
         for topic, value in values.items():
             if last.get(topic) != value:

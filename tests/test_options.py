@@ -319,3 +319,48 @@ def test_daemon_flag_detaches_writes_the_pid_file_and_serves(tmp_path):
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pid_file.exists(), what="pid file removed at exit")
+
+
+def test_store_errors_are_counted_in_sys(tmp_path):
+    """A full disk (SQLite's max_page_count reached) shows in $SYS/broker/store/errors, and the broker
+    keeps serving."""
+    server = Server(Config(listeners=[Listener(0, "127.0.0.1")], persistence_location=str(tmp_path),
+                           sys_interval=0.1))
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        pages = server.store._conn.execute("PRAGMA page_count").fetchone()[0]
+        server.store._conn.execute(f"PRAGMA max_page_count = {pages}")
+        watch = _subscribed(server.ports[0], "$SYS/broker/store/errors")
+        pub = w.RawClient("127.0.0.1", server.ports[0])
+        pub.send(w.connect("filler"))
+        pub.read_packet(5)
+        pub.send(w.publish("keep/a", b"z" * 20000, qos=1, retain=True, packet_id=1))
+        assert pub.read_packet(5) == (0x40, b"\x00\x01")  # still served
+
+        def errors_reported() -> bool:
+            first, body = watch.read_packet(5)
+            topic = b"$SYS/broker/store/errors"
+            prefix = len(topic).to_bytes(2, "big") + topic
+            return body.startswith(prefix) and body[len(prefix):] not in (b"", b"0")
+        wait_for(errors_reported, what="store errors in $SYS")
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_listener_max_connections_refuses_the_extra_connection(make_broker):
+    broker = make_broker(listeners=[Listener(0, "127.0.0.1", max_connections=2)])
+    clients = []
+    for i in range(2):
+        c = w.RawClient("127.0.0.1", broker.port)
+        c.send(w.connect(f"c{i}"))
+        assert c.read_packet(5)[0] == 0x20
+        clients.append(c)
+    extra = w.RawClient("127.0.0.1", broker.port)
+    extra.expect_closed(5)
+    clients[0].close()
+    wait_for(lambda: broker.server.broker.stats.clients_connected == 1, what="one client left")
+    again = w.RawClient("127.0.0.1", broker.port)
+    again.send(w.connect("again"))
+    assert again.read_packet(5)[0] == 0x20
