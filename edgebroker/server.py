@@ -130,16 +130,10 @@ class Server:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(addr)
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
         except OSError:
             sock.close()
             raise
-        port = sock.getsockname()[1]
-        ls = _ListenSocket(sock, listener, port, family)
-        self._listening.append(ls)
-        self._sel.register(sock, selectors.EVENT_READ, ls)
+        port = self._listen(sock, addr, listener, family)
         self.log(L.NOTICE, f"Opening {'ipv6' if family == socket.AF_INET6 else 'ipv4'} listen socket on port {port}.")
         return port
 
@@ -151,18 +145,23 @@ class Server:
             if not stat.S_ISSOCK(os.stat(path).st_mode):
                 raise OSError(f"{path} exists and is not a socket")
             os.unlink(path)  # a stale socket from a previous run (Mosquitto does the same)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, listener, socket.AF_UNIX)
+        self.log(L.NOTICE, f"Opening unix listen socket on path {path}.")
+
+    def _listen(self, sock: socket.socket, addr: object, listener: Listener, family: int) -> int:
+        """Bind, listen, register; returns the bound port (0 for a Unix socket)."""
         try:
-            sock.bind(path)
+            sock.bind(addr)
             sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
         except OSError:
             sock.close()
             raise
-        ls = _ListenSocket(sock, listener, 0, socket.AF_UNIX)
+        port = sock.getsockname()[1] if family != socket.AF_UNIX else 0
+        ls = _ListenSocket(sock, listener, port, family)
         self._listening.append(ls)
         self._sel.register(sock, selectors.EVENT_READ, ls)
-        self.log(L.NOTICE, f"Opening unix listen socket on path {path}.")
+        return port
 
     # ---- the loop ---------------------------------------------------------------------------
 

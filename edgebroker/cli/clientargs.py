@@ -134,6 +134,16 @@ def _raw(text: str) -> bytes:
     return os.fsencode(text)
 
 
+def _filter_arg(topic_filter: str, flag: str, what: str) -> str:
+    """A -T or -U topic filter, refused with mosquitto_sub's messages."""
+    if not _utf8_ok(topic_filter):
+        raise UsageError(f"Error: Malformed UTF-8 in {flag} argument.\n\n")
+    if not valid_topic_filter(topic_filter):
+        raise UsageError(f"Error: Invalid {what} topic '{topic_filter}', are all '+' and '#' "
+                         "wildcards correct?\n")
+    return topic_filter
+
+
 def _utf8_ok(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -340,22 +350,10 @@ def parse(argv: List[str], tool: str, tool_name: str) -> Options:
             _add_topic(o, value("topic"), tool, "-t")
             i += 1
         elif arg in ("-T", "--filter-out"):
-            topic_filter = value("topic filter")
-            if not _utf8_ok(topic_filter):
-                raise UsageError("Error: Malformed UTF-8 in -T argument.\n\n")
-            if not valid_topic_filter(topic_filter):
-                raise UsageError(f"Error: Invalid filter topic '{topic_filter}', are all '+' and '#' "
-                                 "wildcards correct?\n")
-            o.filter_outs.append(topic_filter)
+            o.filter_outs.append(_filter_arg(value("topic filter"), "-T", "filter"))
             i += 1
         elif arg in ("-U", "--unsubscribe"):
-            topic_filter = value("unsubscribe topic")
-            if not _utf8_ok(topic_filter):
-                raise UsageError("Error: Malformed UTF-8 in -U argument.\n\n")
-            if not valid_topic_filter(topic_filter):
-                raise UsageError(f"Error: Invalid unsubscribe topic '{topic_filter}', are all '+' and '#' "
-                                 "wildcards correct?\n")
-            o.unsub_topics.append(topic_filter)
+            o.unsub_topics.append(_filter_arg(value("unsubscribe topic"), "-U", "unsubscribe"))
             i += 1
         elif arg in ("-u", "--username"):
             o.username = value("username")
