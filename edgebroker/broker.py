@@ -206,6 +206,7 @@ class Broker:
         if conn.closed:
             return
         conn.last_rx = now
+        self._now = now
         self.stats.bytes_received += len(data)
         error = None
         try:
@@ -218,7 +219,10 @@ class Broker:
 
     def resume(self, conn: Connection, now: float) -> None:
         """The loop calls this for a connection no longer paused: handle the packets it stashed."""
-        if conn.closed or conn.paused_by or not (conn.stash or conn.stash_error):
+        if conn.closed or conn.paused_by:
+            return
+        conn.last_rx = now
+        if not (conn.stash or conn.stash_error):
             return
         packets, conn.stash = conn.stash, []
         self._handle(conn, packets, now)
@@ -251,6 +255,7 @@ class Broker:
 
     def tick(self, now: float) -> float:
         """Run the timers that are due; return when the next one is."""
+        self._now = now
         if now >= self._next_check:
             self._next_check = now + CHECK_INTERVAL
             self._check_timeouts(now)
@@ -344,8 +349,10 @@ class Broker:
             if not conn.connected:
                 if now - conn.accepted_at > connect_timeout:
                     self._close(conn, now, "no CONNECT in time")
-            elif conn.keepalive and now - conn.last_rx > conn.keepalive * 1.5:
-                self._close(conn, now, "exceeded timeout")  # [MQTT-3.1.2-24]
+            elif conn.keepalive and now - conn.last_rx > conn.keepalive * 1.5 and not conn.paused_by:
+                # [MQTT-3.1.2-24]; a connection paused by flow control is not being read, so its
+                # PINGREQs cannot count: it is exempt while paused and its clock restarts on resume.
+                self._close(conn, now, "exceeded timeout")
 
     # ---- CONNECT --------------------------------------------------------------------------------
 
@@ -460,7 +467,6 @@ class Broker:
             if not conn.session.clean:  # type: ignore[union-attr]
                 self.store.inbound_add(conn.client_id, p.packet_id)
         self._source = conn
-        self._now = now
         limit = self.config.message_size_limit
         if limit and len(p.payload) > limit:
             # Mosquitto's message_size_limit: acknowledged (the protocol flow completes) but dropped.
@@ -609,6 +615,7 @@ class Broker:
         for conn in session.blocking:
             conn.paused_by.discard(session)
             if not conn.paused_by:
+                conn.last_rx = self._now  # its keepalive clock restarts: it was not being read
                 self.flow_changed.append(conn)
         session.blocking.clear()
 

@@ -111,3 +111,23 @@ def test_paused_publisher_resumes_with_its_stashed_packets_in_order():
             break
     assert received == [b"%d" % i for i in range(60)]
     assert b.stats.publish_dropped == 0
+
+
+def test_a_paused_publisher_is_not_timed_out_by_keepalive():
+    """While flow control stops reading a publisher, its PINGREQs cannot arrive; keepalive must not
+    close it for that [MQTT-3.1.2-24], and its clock restarts when it is resumed."""
+    b = Broker(Config(persistence=False, max_queued_messages=40), now=0.0)
+    _connect(b, "slow", 0.0, w.subscribe(1, [("t", 1)]))
+    pub = b.connection_made("127.0.0.1:1", 1883, 0.0)
+    b.data_received(pub, w.connect("pub", keepalive=1) + b"".join(
+        w.publish("t", b"x", qos=1, packet_id=i + 1) for i in range(100)), 0.0)
+    assert pub.paused_by
+    b.tick(1.9)  # past 1.5 x keepalive, but paused (and the subscriber is not yet stalled)
+    assert not pub.closed
+    b.tick(3.5)  # the subscriber stalled: the publisher is released and resumed
+    b.resume(pub, 3.5)
+    assert not pub.closed and not pub.paused_by
+    b.tick(4.9)  # 1.4 s after resuming: within 1.5 x keepalive of the restarted clock
+    assert not pub.closed
+    b.tick(5.6)
+    assert pub.closed  # and then keepalive applies as usual
