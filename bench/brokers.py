@@ -2,6 +2,13 @@
 
 Every broker runs on 127.0.0.1 on a port found by binding port 0, with its log in a temporary
 directory, and is registered in `STARTED` so that the runner's `finally` can kill whatever is left.
+
+Disk measurements (S9): the kernel's per-process I/O counters (/proc/PID/io) cover the whole life of a
+process, threads and reaped children included, and stay readable while the process is a zombie. So
+`stop()` sends SIGTERM, waits for the zombie state without reaping (no poll()/wait(), which would
+reap), reads /proc/PID/io, and only then reaps: the counters then include the broker's final save or
+checkpoint at shutdown. The temporary directories are put on a disk-backed file system
+(`data_root()`), never tmpfs, where write_bytes would stay 0.
 """
 from __future__ import annotations
 
@@ -13,15 +20,142 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import wire
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+#: Whether the broker writes to its client sockets with write(2) (counted in /proc/PID/io wchar) rather
+#: than send(2) (not counted): Mosquitto's net__write() calls write(); edgebroker calls socket.send().
+SOCKET_WRITES_IN_WCHAR = {"mosquitto": True, "edgebroker": False}
+
 #: Every broker process started and not yet reaped, for the last-resort cleanup.
 STARTED: Dict[int, subprocess.Popen] = {}
+
+
+#: File systems whose writes never reach a block device: /proc/PID/io write_bytes stays 0 there.
+MEMORY_FS = ("tmpfs", "ramfs", "devtmpfs", "hugetlbfs")
+_data_root: Optional[str] = None
+
+
+def mount_of(path: str) -> Tuple[str, str, str]:
+    """(mount point, file system type, source) of the mount holding path, from /proc/self/mountinfo."""
+    path = os.path.realpath(path)
+    best = ("/", "?", "?")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                mnt = left.split()[4].replace("\\040", " ")
+                fstype, source = (right.split() + ["?", "?"])[:2]
+                inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best[0]):
+                    best = (mnt, fstype, source)
+    except OSError:
+        pass
+    return best
+
+
+def data_root() -> str:
+    """Where the brokers' temporary directories go: the system temporary directory unless it is a
+    memory file system, else /var/tmp, else the repository's .bench-tmp (created)."""
+    global _data_root
+    if _data_root is None:
+        for cand in (tempfile.gettempdir(), "/var/tmp", os.path.join(ROOT, ".bench-tmp")):
+            try:
+                os.makedirs(cand, exist_ok=True)
+            except OSError:
+                continue
+            if mount_of(cand)[1] not in MEMORY_FS and os.access(cand, os.W_OK):
+                _data_root = cand
+                break
+        else:
+            _data_root = tempfile.gettempdir()
+    return _data_root
+
+
+def device_sectors_written(path: str) -> Optional[int]:
+    """Sectors (512 B) written so far to the block device holding path (whole device, every process,
+    file system journal included), from /proc/diskstats; None when it cannot be found."""
+    st = os.stat(path)
+    major, minor = os.major(st.st_dev), os.minor(st.st_dev)
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                v = line.split()
+                if int(v[0]) == major and int(v[1]) == minor:
+                    return int(v[9])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def read_io(pid: int) -> Dict[str, int]:
+    """/proc/PID/io as a dict (empty when unreadable)."""
+    out: Dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                out[k.strip()] = int(v)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def proc_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, Z, ...), "" when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def tree_bytes(path: str) -> int:
+    """Sum of the sizes of the files under path (0 when it does not exist)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _conf_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _mosquitto_owned_dir(parent: str, path: str) -> None:
+    """Create Mosquitto's persistence directory. Started as root, Mosquitto switches to its `user`
+    (default "mosquitto", else "nobody") before it saves, as it does in service: the directory must then
+    be that user's, and the temporary directory above it (mkdtemp: 0700) traversable."""
+    os.makedirs(path, exist_ok=True)
+    if os.geteuid() != 0:
+        return
+    import pwd
+    for name in ("mosquitto", "nobody"):
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        os.chmod(parent, 0o711)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+        return
 
 
 def free_port() -> int:
@@ -85,18 +219,39 @@ def edgebroker_extra_args() -> List[str]:
 class Broker:
     """One running broker process. `kind` is "edgebroker" or "mosquitto"."""
 
-    def __init__(self, kind: str, max_queued_messages: Optional[int] = None, seed: bool = True) -> None:
+    def __init__(self, kind: str, max_queued_messages: Optional[int] = None, seed: bool = True,
+                 options: Optional[Dict[str, Any]] = None, disk: bool = False) -> None:
         """max_queued_messages None: the benchmark's default setup (edgebroker through its CLI with its
-        defaults; Mosquitto with max_queued_messages 100000). A number: both brokers queue that many."""
+        defaults; Mosquitto with max_queued_messages 100000). A number: both brokers queue that many.
+        options: more configuration options (edgebroker: TOML keys; Mosquitto: conf lines, replacing
+        the defaults below), where "{data}" in a string value stands for the broker's data directory.
+        disk: measure the disk writes of the broker's whole life (`final` after stop())."""
         self.kind = kind
         self.max_queued = max_queued_messages
         self.seed = seed
+        self.options = dict(options or {})
+        self.disk = disk
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix=f"bench-{kind}-")
+        self.dir = tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=data_root())
+        #: The persistence directory: edgebroker's default (XDG_DATA_HOME/edgebroker), Mosquitto's
+        #: persistence_location when the options set one.
+        self.data_dir = os.path.join(self.dir, kind)
         self.log_path = os.path.join(self.dir, "broker.log")
         self.proc: Optional[subprocess.Popen] = None
         self.note = ""
         self._cpu0 = 0.0
+        #: Filled by stop(): /proc/PID/io at the zombie state, shutdown seconds, data bytes at the end,
+        #: device sectors written over the broker's life (disk=True only).
+        self.final: Dict[str, Any] = {}
+        self._sectors0: Optional[int] = None
+
+    def _opt(self, v: Any) -> Any:
+        return v.replace("{data}", self.data_dir) if isinstance(v, str) else v
+
+    def persists(self) -> bool:
+        """Whether this broker is configured to write a persistence file."""
+        default = self.kind == "edgebroker"
+        return bool(self.options.get("persistence", default))
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -106,20 +261,32 @@ class Broker:
             if exe is None:
                 raise RuntimeError("mosquitto not found: apt-get install -y mosquitto")
             conf = os.path.join(self.dir, "mosquitto.conf")
+            opts = {k: self._opt(v) for k, v in self.options.items()}
+            if "persistence_location" in opts:
+                _mosquitto_owned_dir(self.dir, opts["persistence_location"])
             with open(conf, "w") as f:
-                f.write(mosquitto_config(self.port, self.max_queued or 100_000))
+                f.write(mosquitto_config(self.port, self.max_queued or 100_000, opts))
+            if opts:
+                self.note = ", ".join(f"{k} {_conf_value(v)}" for k, v in self.options.items())
             return [exe, "-c", conf]
         if self.kind == "edgebroker":
             base = [repo_python(), "-m", "edgebroker", "-p", str(self.port)] + edgebroker_extra_args()
-            if self.max_queued is None:
+            if self.max_queued is None and not self.options:
                 return base
             if edgebroker_has_config_file():
                 conf = os.path.join(self.dir, "edgebroker.toml")
+                lines = ["# generated by bench/: every other option at its default"]
+                if self.max_queued is not None:
+                    lines.append(f"max_queued_messages = {self.max_queued}")
+                lines += [f"{k} = {_toml_value(self._opt(v))}" for k, v in self.options.items()]
                 with open(conf, "w") as f:
-                    f.write(f"# generated by bench/: every other option at its default\n"
-                            f"max_queued_messages = {self.max_queued}\n")
-                self.note = f"-c with max_queued_messages = {self.max_queued}"
+                    f.write("\n".join(lines) + "\n")
+                shown = ([f"max_queued_messages = {self.max_queued}"] if self.max_queued is not None else []) + \
+                        [f"{k} = {_toml_value(v)}" for k, v in self.options.items()]
+                self.note = "-c with " + ", ".join(shown)
                 return base + ["-c", conf]
+            if self.options:
+                raise RuntimeError("this edgebroker CLI has no --config-file: cannot set " + ", ".join(self.options))
             # An older CLI without configuration files: start the same Server through the library API
             # with the one setting the scenario needs (bench/edge_launch.py mirrors the CLI).
             self.note = f"started via bench/edge_launch.py (max_queued_messages {self.max_queued})"
@@ -138,10 +305,15 @@ class Broker:
             # measures a broker starting on an existing database, as it does in service, not the
             # one-off migration (which imports sqlite-utils and costs ~20 MiB of RSS for the process).
             env["XDG_DATA_HOME"] = self.dir
-            if self.seed:
+            if self.seed and self.persists():
                 seed = edgebroker_seed_dir()
                 if seed is not None:
-                    shutil.copytree(seed, os.path.join(self.dir, "edgebroker"))
+                    shutil.copytree(seed, self.data_dir)
+        if self.disk:
+            # Flush everything dirty first (the seed copy above included), so that the device counter
+            # below starts from a clean page cache; stop() syncs again before reading it.
+            os.sync()
+            self._sectors0 = device_sectors_written(self.dir)
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -165,15 +337,22 @@ class Broker:
         raise RuntimeError(f"{self.kind} not answering on port {self.port} after {timeout:.0f} s ({last_err}):\n"
                            f"{self.log_tail()}")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (a clean shutdown: Mosquitto's final save, SQLite's final commit and checkpoint), then
+        wait. With disk=True, fill `final` first: /proc/PID/io read in the zombie state, before reaping."""
         proc = self.proc
         if proc is None:
             return
         try:
+            if self.disk:
+                try:
+                    self._stop_measured(proc, timeout)
+                except Exception as exc:  # measuring must never leave a broker running
+                    self.final["io_note"] = f"measurement failed: {type(exc).__name__}: {exc}"
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
@@ -181,6 +360,47 @@ class Broker:
             STARTED.pop(proc.pid, None)
             self.proc = None
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_measured(self, proc: subprocess.Popen, timeout: float) -> None:
+        pid = proc.pid
+        if proc.returncode is not None or proc_state(pid) in ("", "Z", "X"):
+            self.final["io_note"] = "the broker had exited before the end of the scenario"
+            self.final["io"] = read_io(pid)
+            return
+        self.final["data_bytes_before_stop"] = tree_bytes(self.data_dir)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        state = ""
+        # Not proc.poll(): it would reap the process, and /proc/PID/io with it.
+        while time.monotonic() - t0 < timeout:
+            state = proc_state(pid)
+            if state in ("Z", "X", ""):
+                break
+            time.sleep(0.005)
+        if state != "Z":
+            self.final["io_note"] = (f"no zombie state within {timeout:.0f} s of SIGTERM (state {state!r}): "
+                                     f"counters read before reaping anyway")
+        self.final["shutdown_s"] = time.monotonic() - t0
+        self.final["io"] = read_io(pid)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        self.final["exit_code"] = proc.returncode
+        self.final["data_bytes_end"] = tree_bytes(self.data_dir)
+        self.final["data_files_end"] = {os.path.relpath(os.path.join(d, n), self.data_dir):
+                                        os.path.getsize(os.path.join(d, n))
+                                        for d, _s, fs in os.walk(self.data_dir) for n in fs}
+        self.final["log_bytes"] = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        # A broker that could not save (Mosquitto's "Error saving in-memory database", SQLite errors)
+        # must not pass for one that writes little.
+        self.final["log_errors"] = self.log_lines("error", "warning", limit=5)
+        if self._sectors0 is not None:
+            os.sync()  # write back what the broker left dirty, so the device counter includes it
+            s1 = device_sectors_written(self.dir)
+            if s1 is not None:
+                self.final["device_bytes"] = (s1 - self._sectors0) * 512
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -247,17 +467,18 @@ class Broker:
         return self.cpu_seconds() - self._cpu0
 
 
-def mosquitto_config(port: int, max_queued: int) -> str:
-    return "\n".join([
-        "# generated by bench/: loopback only; queues large enough that no scenario drops messages",
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "persistence false",
-        f"max_queued_messages {max_queued}",
-        "max_queued_bytes 0",
-        "max_inflight_messages 20",
-        "",
-    ])
+def mosquitto_config(port: int, max_queued: int, options: Optional[Dict[str, Any]] = None) -> str:
+    """options replace the defaults here (e.g. persistence true) or add lines (persistence_location)."""
+    conf: Dict[str, Any] = {
+        "allow_anonymous": True,
+        "persistence": False,
+        "max_queued_messages": max_queued,
+        "max_queued_bytes": 0,
+        "max_inflight_messages": 20,
+    }
+    conf.update(options or {})
+    return "\n".join(["# generated by bench/: loopback only; queues large enough that no scenario drops messages",
+                      f"listener {port} 127.0.0.1"] + [f"{k} {_conf_value(v)}" for k, v in conf.items()] + [""])
 
 
 def probe(port: int, timeout: float = 2.0) -> None:

@@ -13,6 +13,7 @@ to docs/benchmarks.md with a PNG chart of the ratios.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -94,7 +95,14 @@ def machine() -> Dict[str, str]:
         "python (edgebroker)": broker_py,
         "edgebroker": f"{eb_version} (commit {commit})",
         "mosquitto": brokers.mosquitto_version(),
+        "brokers' data directories": _data_fs(),
     }
+
+
+def _data_fs() -> str:
+    root = brokers.data_root()
+    mnt, fstype, source = brokers.mount_of(root)
+    return f"{root} on {fstype} ({source}, mounted on {mnt})"
 
 
 def _cpu_busy() -> tuple:
@@ -127,8 +135,11 @@ def _os_name() -> str:
 
 def run_one(kind: str, sc: Scenario, sz: Sizes, timeout: float, rnd: int) -> Dict[str, Any]:
     rec: Dict[str, Any] = {"round": rnd, "scenario": sc.id, "broker": kind}
-    b = brokers.Broker(kind, sc.max_queued)
-    o: Outcome
+    if sc.labels:
+        rec["config"] = sc.labels.get(kind, "")
+    disk = sc.disk_messages is not None
+    b = brokers.Broker(kind, sc.max_queued, options=sc.options.get(kind), disk=disk)
+    o = Outcome(status="ERROR", detail="not run")
     try:
         b.start()
         b.mark_cpu()
@@ -147,10 +158,67 @@ def run_one(kind: str, sc: Scenario, sz: Sizes, timeout: float, rnd: int) -> Dic
         o = Outcome(status="ERROR", detail=f"{type(exc).__name__}: {exc}"[:600])
     finally:
         rec["note"] = b.note
-        b.stop()
+        try:
+            b.stop()
+        finally:
+            if disk:
+                rec["disk"] = dict(b.final)
     rec.update(status=o.status, metrics=o.metrics, detail=o.detail, notes=o.notes, gen_cpu=o.gen_cpu,
                wall=o.wall, raw=o.raw)
+    if disk:
+        errs = (rec.get("disk") or {}).get("log_errors")
+        if errs and rec["status"] == "OK":
+            rec["status"] = "ERROR"
+            rec["detail"] = "broker log: " + " | ".join(errs)
+        _disk_metrics(rec, sc.disk_messages(sz), kind)  # type: ignore[misc]
     return rec
+
+
+def _disk_metrics(rec: Dict[str, Any], messages: int, kind: str) -> None:
+    """Per 1,000 messages, over the broker's whole life (start to clean exit): disk writes =
+    write_bytes - cancelled_write_bytes of /proc/PID/io (bytes the process dirtied in the page cache of a
+    block-device file system, counted once per dirtying, so written back sooner or later unless the file
+    is deleted first: those are cancelled); write() bytes = wchar (every byte passed to write()-like calls:
+    files, the log, and sockets too)."""
+    d = rec.get("disk") or {}
+    io = d.get("io") or {}
+    if not io:
+        rec["notes"].append("no /proc/PID/io figures" + (f" ({d['io_note']})" if d.get("io_note") else ""))
+        return
+    per = 1000.0 / messages
+    net = io.get("write_bytes", 0) - io.get("cancelled_write_bytes", 0)
+    wchar = io.get("wchar", 0)
+    sock = rec.get("raw", {}).get("rx_bytes", 0)
+    # wchar counts write()/writev() on any file descriptor. Mosquitto writes to its client sockets with
+    # write(2), so its wchar holds every byte it sent to the clients: subtract what the clients received
+    # (TCP_INFO). edgebroker sends with send(2), which wchar does not count.
+    files = wchar - sock if brokers.SOCKET_WRITES_IN_WCHAR.get(kind) else wchar
+    d.update(messages=messages, socket_bytes=sock, file_write_bytes=files,
+             disk_kib_per_1000=net / 1024 * per, wchar_kib_per_1000=files / 1024 * per,
+             syscw_per_1000=io.get("syscw", 0) * per)
+    if "device_bytes" in d:
+        d["device_kib_per_1000"] = d["device_bytes"] / 1024 * per
+    if rec["status"] == "OK":
+        rec["metrics"]["disk_kib"] = d["disk_kib_per_1000"]
+    rec["notes"].append(
+        f"/proc/PID/io: write_bytes {io.get('write_bytes', 0):,}, cancelled {io.get('cancelled_write_bytes', 0):,}, "
+        f"wchar {wchar:,} (clients received {sock:,}), syscw {io.get('syscw', 0):,}; data {d.get('data_bytes_before_stop', 0):,} B "
+        f"before SIGTERM, {d.get('data_bytes_end', 0):,} B after exit; shutdown {d.get('shutdown_s', 0):.2f} s"
+        + (f"; {d['io_note']}" if d.get("io_note") else ""))
+
+
+def _shared(records: List[Dict[str, Any]], rnd: int, sc: Scenario) -> Optional[Dict[str, Any]]:
+    """Mosquitto's record of this round for the scenario sc.mq_same_as (same configuration), reused."""
+    if not sc.mq_same_as:
+        return None
+    for r in records:
+        if r["round"] == rnd and r["scenario"] == sc.mq_same_as and r["broker"] == "mosquitto":
+            rec = copy.deepcopy(r)
+            rec["scenario"] = sc.id
+            rec["shared_from"] = sc.mq_same_as
+            rec["notes"] = [f"the same Mosquitto run as {sc.mq_same_as} (same configuration)"]
+            return rec
+    return None
 
 
 def _brief(rec: Dict[str, Any], sc: Scenario) -> str:
@@ -161,6 +229,11 @@ def _brief(rec: Dict[str, Any], sc: Scenario) -> str:
     s = ", ".join(parts) if parts else ""
     extra = f" [{rec['detail']}]" if rec["detail"] else ""
     res = f"RSS {rec.get('hwm_kib', 0) / 1024:.1f} MiB, CPU {rec.get('broker_cpu', 0):.2f} s, gen CPU {rec['gen_cpu']:.2f} s"
+    d = rec.get("disk") or {}
+    if "disk_kib_per_1000" in d:
+        res += (f"; per 1,000 msgs: disk {d['disk_kib_per_1000']:,.1f} KiB, write() {d['wchar_kib_per_1000']:,.1f} KiB"
+                + (f", device {d['device_kib_per_1000']:,.1f} KiB" if "device_kib_per_1000" in d else "")
+                + f"; data {d.get('data_bytes_end', 0) / 1024:,.0f} KiB at exit")
     return f"{rec['status']} {s} ({res}){extra}"
 
 
@@ -180,7 +253,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     all_scen = scenarios(sz)
     wanted = {s.strip().upper() for s in args.scenarios.split(",")} if args.scenarios else None
-    scen = [s for s in all_scen if wanted is None or s.id.upper() in wanted]
+    scen = [s for s in all_scen if wanted is None or s.id.upper() in wanted or (s.family and s.family.upper() in wanted)]
     kinds = [k.strip() for k in args.brokers.split(",") if k.strip()]
     for k in kinds:
         if k not in report.KINDS:
@@ -222,9 +295,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if sc.run is None:
                     continue
                 for kind in order:
-                    rec = run_one(kind, sc, sz, args.timeout, rnd)
+                    rec = (_shared(records, rnd, sc) if kind == "mosquitto" else None) or \
+                        run_one(kind, sc, sz, args.timeout, rnd)
                     records.append(rec)
-                    say(f"  {sc.id:<4} {kind:<10} {_brief(rec, sc)}")
+                    say(f"  {sc.id:<4} {kind:<10} {_brief(rec, sc)}" +
+                        (f" (= {rec['shared_from']})" if rec.get("shared_from") else ""))
     except KeyboardInterrupt:
         say("interrupted: reporting what ran")
     finally:
@@ -239,6 +314,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     table = report.results_table(records, scen)
     print(table)
+    if any(s.family == "S9" for s in scen):
+        for phase in ("online", "queued"):
+            print()
+            print(f"S9 {phase}:")
+            print(report.s9_table(records, scen, phase))
+        print()
+        print(report.s9_summary(records, scen, sz.payload))
     print()
     print("Failures and losses:")
     print(report.failures(records))
@@ -312,10 +394,9 @@ goes first each round. Cells are medians over the rounds. How each scenario work
 
 {report.failures(records)}
 
-Known behaviours behind some of these (Mosquitto 2.0.11 losing QoS 2 messages above its inflight window
-in S3; edgebroker's max_queued_messages 1000 overflowing under a fast QoS 1/2 publisher in S2/S3) are
-described in `bench/README.md`, "Known behaviours the scenarios expose".
-
+Known behaviours behind failures seen here (Mosquitto 2.0.11 losing QoS 2 messages above its inflight
+window in S3, for one) are described in `bench/README.md`, "Known behaviours the scenarios expose".
+{s9_section(sz, records, scen)}
 ## Generator ceiling (calibration)
 
 The same generator code against a sink that answers CONNECT/SUBSCRIBE and otherwise discards (or
@@ -335,6 +416,10 @@ limited by the generator.
   `persistence false`, `max_inflight_messages 20`, `max_queued_bytes 0`, and `max_queued_messages 100000`
   ({sz.s8_max_queued:,} for S8). Everything else at its default (so Nagle stays on: `set_tcp_nodelay false`).
 - Both log at their default levels to a file.
+- S9 adds persistence settings per row: edgebroker `-c FILE` with `persistence_location` (the seeded data
+  directory), `durability` (and `autosave_interval`), or `persistence = false`; Mosquitto
+  `persistence true`, `persistence_location DIR/` (and `autosave_interval 1` in S9q-as1). Mosquitto, started
+  as root here, switches to its `mosquitto` user as in service, so its data directory is made that user's.
 
 ## Every run
 
@@ -349,6 +434,87 @@ included): near 100% the two competed for the cores and the broker's number is p
                             "(no chart: matplotlib is not installed; `pip install -r bench/requirements.txt`)\n")
     with open(DOC, "w") as f:
         f.write(text)
+
+
+def s9_section(sz: Sizes, records: List[Dict[str, Any]], scen: List[Scenario]) -> str:
+    if not any(s.family == "S9" for s in scen):
+        return ""
+    return f"""
+## S9: the cost of persistence
+
+The same loads with the brokers' persistence configured per row: **S9-\\*** is S2 through a persistent
+session (a clean-session-0 subscriber at QoS 1, online, acknowledging everything; a QoS 1 publisher with
+{sz.window} unacknowledged at most; {sz.s9_count:,} messages of {sz.payload} B); **S9q-\\*** is S8 ({sz.s9_queue_count:,}
+QoS 1 messages queued for the same session while it is offline, kept {sz.s9_hold_s:g} s, then drained on
+reconnect). In the results table above each edgebroker durability level is paired with Mosquitto's
+`persistence true` at its default `autosave_interval 1800` (one Mosquitto run per round serves the
+three pairs), S9q-as1 pairs both brokers saving every second (edgebroker `durability periodic`,
+`autosave_interval 1`; Mosquitto `autosave_interval 1`), and S9-off / S9q-off both with persistence off.
+Every row is its own fresh broker process, measured from its start to its exit after SIGTERM (so
+Mosquitto's save at shutdown and SQLite's last commit and checkpoint count). Medians over the rounds.
+
+### Online stream ({sz.s9_count:,} messages)
+
+{report.s9_table(records, scen, "online")}
+
+### Queued for an offline session, then drained ({sz.s9_queue_count:,} messages)
+
+{report.s9_table(records, scen, "queued")}
+
+### What the figures say
+
+{report.s9_summary(records, scen, sz.payload)}
+
+How each level gets there:
+
+- edgebroker `crash` and `sync` make every acknowledged message durable before its PUBACK: each loop turn
+  that changed durable state is one SQLite transaction, and a commit appends every page the turn touched
+  (the deliveries table and its index, whole 4 KiB pages however small the message) to the WAL; every
+  1,000 WAL pages SQLite copies them back into the database file (checkpoint). A message to an online
+  persistent subscriber is written when it is queued and deleted when it is acknowledged. The bytes
+  therefore follow the number of commits (loop turns), not the message size. `sync` adds an fsync per
+  commit: on this machine's virtual disk an fsync is cheap (the host caches it); on a Raspberry Pi's SD
+  card it takes milliseconds, so the throughput cost of `sync` measured here is a lower bound.
+- edgebroker `periodic` keeps one transaction open and commits it every autosave_interval; with the
+  default 1800 s nothing is committed during these runs, and what the row shows is the final commit and
+  checkpoint at shutdown (plus pages SQLite writes to the WAL early if the open transaction outgrows its
+  1 MiB page cache; the "data before SIGTERM" column shows whether a WAL existed then). Its throughput
+  cost is therefore not I/O but the CPU of running every turn's statements inside the open transaction
+  (compare "broker CPU s" with persistence false); `crash` adds the commits, `sync` their fsyncs. It
+  also keeps every statement since the last save in memory, to replay them if a commit fails, so its
+  peak RSS (results table) grows with the messages since the last save, until 100,000 pending statements
+  force a commit whatever autosave_interval says (`MAX_PENDING_OPS // 2` in `edgebroker/store.py`).
+- Mosquitto writes `mosquitto.db` only every autosave_interval and at shutdown, whole: with the default
+  1800 s its figure is one save at exit of what is then in memory (here almost nothing: the queue has been
+  drained) plus its log. That is its durability model: a crash or a power cut loses everything since the
+  last save (up to 30 minutes of messages it had acknowledged), which `crash` and `sync` do not. With
+  `autosave_interval 1` it rewrites the whole database every second the queue is in memory, so its
+  bytes grow with time x queue size rather than with the number of messages.
+
+### How the disk figures are measured, and what they miss
+
+- **disk writes** = `write_bytes - cancelled_write_bytes` of `/proc/PID/io`, read after SIGTERM while the
+  broker is a zombie (its counters are final and still readable until it is reaped; threads and reaped
+  children included), divided by the messages of the run x 1,000. The kernel counts a page when the
+  process dirties it in the page cache of a disk-backed file system: it reaches the disk at writeback,
+  unless the file is deleted first (then it is "cancelled"). A page dirtied again before writeback counts
+  once, so repeated rewrites of the same WAL pages count less without fsync (`crash`) than with it
+  (`sync`, where each fsync cleans the pages). The data directories were on a disk-backed file system
+  (see "Machine"; tmpfs would give 0).
+- **file write()** = `wchar`: every byte passed to write()-family calls, whether or not it reaches a disk.
+  wchar also counts socket writes made with write(), which is how Mosquitto sends to its clients, so the
+  bytes its clients received (TCP_INFO `tcpi_bytes_received`, summed over every client socket of the run)
+  are subtracted; edgebroker sends with send(), which wchar does not count.
+- **device** = sectors written to the whole block device (`/proc/diskstats`) between a `sync` before the
+  broker starts and a `sync` after it exits: it adds what the process counters cannot see, the file
+  system's journal and metadata written by the kernel (ext4's jbd2, e.g. one journal commit per fsync),
+  but it is the whole machine's: any other process writing meanwhile is in it too.
+- **write calls** = `syscw`, write()-family system calls (Mosquitto's include one per packet to a socket).
+- Every figure includes the broker's start-up, the clients' sessions and the log (a few hundred bytes per
+  connection): the `persistence false` rows show that floor. None of them sees what an SD card's
+  controller does with a small write (erase-block write amplification), which multiplies small
+  scattered writes more than large sequential ones.
+"""
 
 
 if __name__ == "__main__":

@@ -48,10 +48,17 @@ class Sizes:
     s7_topics: int = 10_000
     s8_count: int = 10_000
     s8_max_queued: int = 20_000
+    #: S9: QoS 1 messages through a persistent session with the subscriber online (the S2 shape) ...
+    s9_count: int = 20_000
+    #: ... and queued for it while it is offline, then drained (the S8 shape), after staying queued this
+    #: many seconds (so that autosave_interval 1 saves the queue a few times; the S9q-as1 pair).
+    s9_queue_count: int = 10_000
+    s9_hold_s: float = 3.0
 
 
 FULL = Sizes()
-QUICK = replace(FULL, s1_per_pub=10_000, s2_count=20_000, s3_count=10_000, s4_count=2_000, s5_seconds=3.0)
+QUICK = replace(FULL, s1_per_pub=10_000, s2_count=20_000, s3_count=10_000, s4_count=2_000, s5_seconds=3.0,
+                s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0)
 
 
 @dataclass
@@ -81,6 +88,17 @@ class Scenario:
     run: Optional[Callable[..., Outcome]]
     #: None: the benchmark's default broker setup; a number: both brokers queue that many messages.
     max_queued: Optional[int] = None
+    #: `--scenarios FAMILY` selects every scenario of a family (S9: all of S9-* and S9q-*).
+    family: str = ""
+    #: More configuration per broker kind ("{data}" = the broker's data directory), and how to name it.
+    options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    labels: Dict[str, str] = field(default_factory=dict)
+    #: Measure the disk writes of the broker's life (/proc/PID/io), per 1,000 of disk_messages(sizes).
+    disk_messages: Optional[Callable[["Sizes"], int]] = None
+    #: Mosquitto runs the same configuration as this scenario: reuse its run of the same round.
+    mq_same_as: Optional[str] = None
+    #: S9 phase: "online" or "queued".
+    phase: str = ""
 
 
 class Pool:
@@ -181,7 +199,7 @@ def _judge_counts(o: Outcome, received: int, expected: int, qos: int, dups: int 
 
 def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n_pubs: int, per_pub: int,
                 n_subs: int, sub_procs: int, topic_of: Callable[[int], str], sub_filter: str,
-                window: int = 0) -> Outcome:
+                window: int = 0, clean: bool = True) -> Outcome:
     start_t = time.monotonic()
     hard = start_t + timeout
     soft = hard - _soft(timeout)
@@ -198,7 +216,7 @@ def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n
             wid = f"sub{k}"
             sub_ids.append(wid)
             pool.spawn(wid, workers.sub_worker, target.port, cids, sub_filter, qos, n_pubs, per_pub,
-                       pubs_done, soft)
+                       pubs_done, soft, 2.0, False, clean)
         if not pool.wait("ready", sub_ids, hard):
             return _timeout_outcome(pool, "subscribers to connect")
         if pool.errors():
@@ -234,7 +252,8 @@ def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n
         lasts = [r["last_t"] for r in subs if r.get("last_t")]
         stale = sum(r.get("stale_retained", 0) for r in subs)
         o.raw.update(sent=sent, sub_cpu=sum(r.get("cpu", 0.0) for r in subs),
-                     pub_cpu=sum(r.get("cpu", 0.0) for r in pubs))
+                     pub_cpu=sum(r.get("cpu", 0.0) for r in pubs),
+                     rx_bytes=sum(r.get("rx_bytes", 0) for r in subs + pubs))
         if qos:
             o.raw["acked"] = sum(r.get("acked", 0) for r in pubs)
             bogus = sum(r.get("bogus_acks", 0) for r in pubs)
@@ -401,11 +420,15 @@ def run_s7(target: Any, sz: Sizes, timeout: float) -> Outcome:
 
 
 def run_s8(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return _queued(target, sz, timeout, sz.s8_count)
+
+
+def _queued(target: Any, sz: Sizes, timeout: float, count: int, hold_s: float = 0.0) -> Outcome:
     t0 = time.monotonic()
     pool = Pool()
     try:
-        pool.spawn("queue", workers.queue_worker, target.port, sz.s8_count, sz.payload, sz.window,
-                   t0 + timeout - _soft(timeout))
+        pool.spawn("queue", workers.queue_worker, target.port, count, sz.payload, sz.window,
+                   t0 + timeout - _soft(timeout), hold_s)
         if not pool.wait("result", ["queue"], t0 + timeout):
             return _timeout_outcome(pool, "the offline-queue run")
         r = pool.got("result", "queue") or {}
@@ -413,17 +436,77 @@ def run_s8(target: Any, sz: Sizes, timeout: float) -> Outcome:
         o.raw.update(r)
         if r.get("error"):
             return Outcome(status="ERROR", detail=r["error"] + f" (received {r.get('received', '?')})", wall=o.wall)
-        _judge_counts(o, r.get("received", 0), sz.s8_count, 1, r.get("dups", 0), r.get("reorders", 0),
+        _judge_counts(o, r.get("received", 0), count, 1, r.get("dups", 0), r.get("reorders", 0),
                       r.get("stopped", ""))
         if not r.get("session_present"):
             o.status = "FAIL"
             o.detail = ("CONNACK session present 0 on reconnect; " + o.detail).strip("; ")
-        o.notes.append(f"publishing {sz.s8_count:,} QoS 1 took {r.get('publish_s', 0) * 1e3:,.0f} ms")
+        o.notes.append(f"publishing {count:,} QoS 1 took {r.get('publish_s', 0) * 1e3:,.0f} ms")
+        if r.get("publish_s"):
+            o.raw["publish_rate"] = count / r["publish_s"]
         if o.status == "OK":
             o.metrics["ms"] = r["drain_s"] * 1e3
         return o
     finally:
         pool.close()
+
+
+# ---- S9 persistence cost ------------------------------------------------------------------------------
+# The same loads as S2 (subscriber online) and S8 (subscriber offline, then drained), through a persistent
+# session (clean session 0), with the brokers' persistence configured per scenario. The disk figures
+# are not measured here but by the runner around the broker's whole life (bench/brokers.py: /proc/PID/io
+# read after SIGTERM, in the zombie state), and added to the metrics by run.py.
+
+def run_s9_online(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return _throughput(target, sz, timeout, tag="s9", qos=1, n_pubs=1, per_pub=sz.s9_count, n_subs=1,
+                       sub_procs=1, topic_of=lambda k: "bench/s9", sub_filter="bench/s9", window=sz.window,
+                       clean=False)
+
+
+def run_s9_queued(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return _queued(target, sz, timeout, sz.s9_queue_count, sz.s9_hold_s)
+
+
+#: (id suffix, edgebroker options, its label, Mosquitto options, its label). "as1" (both saving every
+#: second) only for the queued phase: the online phase ends in well under a second, before any autosave.
+S9_CONFIGS = (
+    ("sync", {"durability": "sync"}, "durability sync",
+     {"persistence": True, "persistence_location": "{data}/"}, "persistence true, autosave_interval 1800 (default)"),
+    ("crash", {"durability": "crash"}, "durability crash (default)",
+     {"persistence": True, "persistence_location": "{data}/"}, "persistence true, autosave_interval 1800 (default)"),
+    ("periodic", {"durability": "periodic"}, "durability periodic, autosave_interval 1800 (default)",
+     {"persistence": True, "persistence_location": "{data}/"}, "persistence true, autosave_interval 1800 (default)"),
+    ("as1", {"durability": "periodic", "autosave_interval": 1}, "durability periodic, autosave_interval 1",
+     {"persistence": True, "persistence_location": "{data}/", "autosave_interval": 1},
+     "persistence true, autosave_interval 1"),
+    ("off", {"persistence": False}, "persistence false",
+     {"persistence": False}, "persistence false (default)"),
+)
+
+
+def s9_scenarios(sz: Sizes) -> List[Scenario]:
+    out = []
+    disk = (Metric("disk_kib", "disk writes, KiB / 1,000 msgs", "lower", "{:,.1f}"),)
+    for phase, prefix, run, n, metric, what in (
+            ("online", "S9", run_s9_online, lambda z: z.s9_count, Metric("rate", "msg/s", "higher"),
+             f"S2 through a persistent session: {sz.s9_count:,} QoS 1 msgs, subscriber online"),
+            ("queued", "S9q", run_s9_queued, lambda z: z.s9_queue_count,
+             Metric("ms", "CONNECT to last message, ms", "lower", "{:,.1f}"),
+             f"S8: {sz.s9_queue_count:,} QoS 1 msgs queued for an offline persistent session, kept "
+             f"{sz.s9_hold_s:g} s, then drained")):
+        for suffix, eb_opts, eb_label, mq_opts, mq_label in S9_CONFIGS:
+            if suffix == "as1" and phase == "online":
+                continue
+            eb = dict(eb_opts)
+            if eb.get("persistence", True):
+                eb["persistence_location"] = "{data}"
+            out.append(Scenario(
+                f"{prefix}-{suffix}", f"{what}; edgebroker {eb_label} vs Mosquitto {mq_label}",
+                (metric,) + disk, run, max_queued=sz.s8_max_queued if phase == "queued" else None,
+                family="S9", options={"edgebroker": eb, "mosquitto": dict(mq_opts)},
+                labels={"edgebroker": eb_label, "mosquitto": mq_label}, disk_messages=n,
+                mq_same_as=f"{prefix}-sync" if suffix in ("crash", "periodic") else None, phase=phase))
+    return out
 
 
 # ---- the list ---------------------------------------------------------------------------------------
@@ -458,12 +541,7 @@ def scenarios(sz: Sizes) -> List[Scenario]:
                  (Metric("ms", "SUBSCRIBE to last retained, ms", "lower", ms),), run_s7),
         Scenario("S8", f"{sz.s8_count:,} QoS 1 queued for an offline persistent session, drained on reconnect",
                  (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8, max_queued=sz.s8_max_queued),
-        # S9 (persistence): a clear place for it. Planned: QoS 1 throughput with persistence on in both
-        # brokers (Mosquitto: persistence true + autosave), and kill -9 + restart delivering every
-        # acknowledged message. Add run_s9 above and set run=run_s9.
-        Scenario("S9", "persistence (kill -9 and restart; QoS 1 with persistence on): not yet written",
-                 (Metric("ms", "-", "lower"),), None),
-    ]
+    ] + s9_scenarios(sz)
 
 
 # ---- calibration: the generator against a sink that does nothing ----------------------------------

@@ -92,6 +92,17 @@ def wait_closed(s: socket.socket, deadline: float) -> bool:
             return True
 
 
+def rx_bytes(s: socket.socket) -> int:
+    """Bytes this TCP socket has received so far (tcpi_bytes_received of TCP_INFO, Linux 4.1+), i.e. what
+    the broker sent on this connection: S9 subtracts it from Mosquitto's wchar, which counts its socket
+    write()s. 0 when unavailable."""
+    try:
+        info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        return struct.unpack_from("<Q", info, 128)[0] if len(info) >= 136 else 0
+    except (OSError, struct.error):
+        return 0
+
+
 def _put(q: Any, kind: str, wid: Any, data: Dict[str, Any]) -> None:
     q.put((kind, wid, data))
 
@@ -208,16 +219,18 @@ def consume(st: SubState, data: bytes, now: float, count_retained: bool = False)
 
 def sub_worker(wid: Any, q: Any, port: int, client_ids: List[str], topic_filter: Any, qos: int, n_pubs: int,
                per_pub: int, pubs_done: Any, deadline: float, idle_grace: float = 2.0,
-               count_retained: bool = False) -> None:
+               count_retained: bool = False, clean: bool = True) -> None:
     """Subscribers (one socket per client id) counting every message. topic_filter is one filter for
     all sockets, or a list with one per socket. Ends when every socket has all n_pubs*per_pub
-    messages, at the deadline, or idle_grace seconds after the publishers are done with no traffic."""
+    messages, at the deadline, or idle_grace seconds after the publishers are done with no traffic.
+    clean=False: persistent sessions (clean session 0), so that a persisting broker stores what is in
+    flight to them (S9)."""
     states: List[SubState] = []
     out: Dict[str, Any] = {"sockets": len(client_ids)}
     sel = selectors.DefaultSelector()
     try:
         for k, cid in enumerate(client_ids):
-            s, left, _ = connect_client(port, cid)
+            s, left, _ = connect_client(port, cid, clean)
             f = topic_filter[k] if isinstance(topic_filter, list) else topic_filter
             left = subscribe_blocking(s, [(f, qos)], left)
             st = SubState(s, n_pubs, per_pub)
@@ -273,6 +286,7 @@ def sub_worker(wid: Any, q: Any, port: int, client_ids: List[str], topic_filter:
         _fail(q, wid, out)
         return
     finally:
+        out["rx_bytes"] = sum(rx_bytes(st.sock) for st in states)
         for st in states:
             try:
                 st.sock.close()
@@ -420,6 +434,7 @@ def pub_worker(wid: Any, q: Any, port: int, client_id: str, pub_id: int, topic: 
         return
     finally:
         if s is not None:
+            out["rx_bytes"] = rx_bytes(s)
             s.close()
     _put(q, "result", wid, out)
 
@@ -755,7 +770,11 @@ def retained_worker(wid: Any, q: Any, port: int, n: int, size: int, deadline: fl
 
 # ---- S8: queued messages for an offline persistent session --------------------------------------
 
-def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, deadline: float) -> None:
+def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, deadline: float,
+                 hold_s: float = 0.0) -> None:
+    """S8 (and S9q): a persistent session subscribes and goes offline, n QoS 1 messages are queued for it,
+    they stay queued hold_s more seconds (S9q: long enough for a 1 s autosave to happen), then it
+    reconnects and drains them, acknowledging each."""
     out: Dict[str, Any] = {"expected": n}
     cid = "bench-queue-sub"
     socks: List[socket.socket] = []
@@ -780,6 +799,8 @@ def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, de
         pub.settimeout(None)
         pub.sendall(wire.DISCONNECT_BYTES)
         wait_closed(pub, deadline)
+        if hold_s > 0:
+            time.sleep(max(0.0, min(hold_s, deadline - time.monotonic() - 1.0)))
         t1 = perf()
         sub, left, present = connect_client(port, cid, clean=False)
         socks.append(sub)
@@ -818,6 +839,7 @@ def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, de
         _fail(q, wid, out)
         return
     finally:
+        out["rx_bytes"] = sum(rx_bytes(s) for s in socks)
         for s in socks:
             s.close()
     _put(q, "result", wid, out)
