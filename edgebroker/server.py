@@ -5,7 +5,8 @@ One turn of the loop reads like a list (Mosquitto's main loop is the model):
   accept new connections; recv up to 64 KiB from each readable socket and hand it to the core
   flow control                  ->  stop reading publishers the core paused, resume the others
   broker.tick(now)              ->  connect deadlines, keepalive, $SYS
-  broker.end_turn(now)          ->  one SQLite transaction for what this turn must make durable
+  broker.end_turn(now)          ->  one SQLite transaction for what this turn must make durable; while
+                                    more input is already waiting it is handled first (up to 5 ms)
   flush                         ->  one send per connection with output; EVENT_WRITE only on backlog
   close                         ->  sockets of connections the core ended, after a last flush
 `shutdown()` and `request_reload()` may be called from another thread or a signal handler: they set a
@@ -168,6 +169,7 @@ class Server:
     def serve_forever(self) -> None:
         sel = self._sel
         broker = self.broker
+        store = self.store
         monotonic = time.monotonic
         conn_class = Connection
         read_event = selectors.EVENT_READ
@@ -204,6 +206,13 @@ class Server:
                 next_timer = broker.tick(now)
                 if broker.flow_changed:
                     self._apply_flow(now)
+                if events and store.hold_until(now) > now:
+                    # Group commit: this turn's output waits on changes not yet committed, and more
+                    # input may already be waiting. Look again without blocking: if there is more,
+                    # handle it in the same commit (up to the window); if not, commit and flush now,
+                    # so a client waiting for our answer never waits on the window.
+                    next_timer = now
+                    continue
                 broker.end_turn(now)
                 if broker.dirty:
                     self._flush_dirty(now)

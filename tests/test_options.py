@@ -364,3 +364,43 @@ def test_listener_max_connections_refuses_the_extra_connection(make_broker):
     again = w.RawClient("127.0.0.1", broker.port)
     again.send(w.connect("again"))
     assert again.read_packet(5)[0] == 0x20
+
+
+def test_new_database_has_small_pages_and_migration_3_drops_the_delivery_index(tmp_path):
+    import sqlite3
+
+    import sqlite_utils
+
+    from edgebroker.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+
+    def indexes(path: str):
+        c = sqlite3.connect(path)
+        try:
+            return [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                            "AND tbl_name = 'deliveries' AND sql IS NOT NULL")]
+        finally:
+            c.close()
+
+    fresh = str(tmp_path / "fresh.db")
+    SqliteStore(fresh).close()
+    c = sqlite3.connect(fresh)
+    assert c.execute("PRAGMA page_size").fetchone()[0] == 1024
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    c.close()
+    assert indexes(fresh) == []
+
+    old = str(tmp_path / "v2.db")
+    db = sqlite_utils.Database(old)
+    for migration in MIGRATIONS[:2]:
+        migration(db)
+    db.execute("PRAGMA user_version = 2")
+    db["deliveries"].insert({"seq": 7, "client_id": "dev", "topic": "t", "payload": b"x", "qos": 1,
+                             "retain": 0, "packet_id": None, "state": 0})
+    db["sessions"].insert({"client_id": "dev", "disconnected_at": None})
+    db.conn.commit()
+    db.close()
+    assert indexes(old) == ["idx_deliveries_client_id_seq"]
+    store = SqliteStore(old)
+    assert store.load().deliveries[0][0] == 7
+    store.close()
+    assert indexes(old) == []
