@@ -468,8 +468,10 @@ Mosquitto's save at shutdown and SQLite's last commit and checkpoint count). Med
 How each level gets there:
 
 - edgebroker `crash` and `sync` make every acknowledged message durable before its PUBACK: each loop turn
-  that changed durable state is one SQLite transaction, and a commit appends every page the turn touched
-  (the deliveries table and its index, whole 4 KiB pages however small the message) to the WAL; every
+  that changed durable state is one SQLite transaction (when more input is already waiting, the loop
+  handles it first, for up to 5 ms, and commits once for both), and a commit appends every page the turn
+  touched to the WAL (whole pages however small the message: 1 KiB pages in new databases, and the
+  deliveries table has no secondary index since schema 3); every
   1,000 WAL pages SQLite copies them back into the database file (checkpoint). A message to an online
   persistent subscriber is written when it is queued and deleted when it is acknowledged. The bytes
   therefore follow the number of commits (loop turns), not the message size. `sync` adds an fsync per
@@ -482,8 +484,8 @@ How each level gets there:
   cost is therefore not I/O but the CPU of running every turn's statements inside the open transaction
   (compare "broker CPU s" with persistence false); `crash` adds the commits, `sync` their fsyncs. It
   also keeps every statement since the last save in memory, to replay them if a commit fails, so its
-  peak RSS (results table) grows with the messages since the last save, until 100,000 pending statements
-  force a commit whatever autosave_interval says (`MAX_PENDING_OPS // 2` in `edgebroker/store.py`).
+  peak RSS (results table) grows with the messages since the last save, until 20,000 pending statements
+  force a commit whatever autosave_interval says (`PERIODIC_MAX_OPS` in `edgebroker/store.py`).
 - Mosquitto writes `mosquitto.db` only every autosave_interval and at shutdown, whole: with the default
   1800 s its figure is one save at exit of what is then in memory (here almost nothing: the queue has been
   drained) plus its log. That is its durability model: a crash or a power cut loses everything since the
