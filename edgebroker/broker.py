@@ -106,11 +106,10 @@ class Connection:
 class Broker:
     def __init__(self, config: Config, now: float, log: Optional[Callable[[int, str], None]] = None,
                  store: Optional[NullStore] = None, memory_probe: Optional[Callable[[], int]] = None) -> None:
-        self.config = config
         self.store = store if store is not None else NullStore()
         self._seq = 0  # last delivery row key handed out
         self.log = log if log is not None else L.null_log
-        self.debug = bool(getattr(log, "enabled", lambda level: False)(L.DEBUG))
+        self._apply(config)
         self.tree = TopicTree()
         self.sessions: Dict[str, Session] = {}
         self.retained: Dict[str, Message] = {}
@@ -127,8 +126,6 @@ class Broker:
         self.memory_probe = memory_probe
         self._heap_max = 0
         self.started = now
-        self._max_inflight = config.max_inflight_messages or 65535
-        self._set_flow_marks(config)
         self._next_check = now + CHECK_INTERVAL
         self._next_sys = now if config.sys_interval > 0 else float("inf")
         self._sys_last: Dict[str, str] = {}
@@ -143,16 +140,17 @@ class Broker:
     def reconfigure(self, config: Config) -> None:
         """Swap in a reloaded configuration (SIGHUP): limits and policies apply from the next packet;
         listeners and persistence settings are not changed by a reload (as Mosquitto)."""
-        self.config = config
-        self._max_inflight = config.max_inflight_messages or 65535
-        self._set_flow_marks(config)
-        self.debug = bool(getattr(self.log, "enabled", lambda level: False)(L.DEBUG))
+        self._apply(config)
         if config.sys_interval > 0 and self._next_sys == float("inf"):
             self._next_sys = self._next_check
         elif config.sys_interval <= 0:
             self._next_sys = float("inf")
 
-    def _set_flow_marks(self, config: Config) -> None:
+    def _apply(self, config: Config) -> None:
+        """What the core derives from its configuration (and its logger's types), at start and reload."""
+        self.config = config
+        self._max_inflight = config.max_inflight_messages or 65535
+        self.debug = bool(getattr(self.log, "enabled", lambda level: False)(L.DEBUG))
         high = FLOW_HIGH_WATER
         if config.max_queued_messages:
             high = max(1, min(high, config.max_queued_messages // 2))
@@ -473,13 +471,12 @@ class Broker:
             self.stats.publish_dropped += 1
             self.log(L.NOTICE, f"Dropped too large PUBLISH from {conn.client_id} (d{int(p.dup)}, q{qos}, "
                                f"r{int(p.retain)}, m{p.packet_id}, '{p.topic}', ... ({len(p.payload)} bytes))")
-        elif p.retain:
-            if not self.config.retain_available:
-                self._close(conn, now, "retained message sent but retain_available is false")
-                return
-            self._set_retained(p.topic, p.payload, qos)
-            self._route(Message(p.topic, p.payload, qos))
         else:
+            if p.retain:
+                if not self.config.retain_available:
+                    self._close(conn, now, "retained message sent but retain_available is false")
+                    return
+                self._set_retained(p.topic, p.payload, qos)
             self._route(Message(p.topic, p.payload, qos))
         self._source = None
         if qos == 1:
@@ -766,8 +763,8 @@ class Broker:
             values["$SYS/broker/heap/maximum"] = str(self._heap_max)
         values.update(self.load.update(now))
         # Ours, not Mosquitto's: failed persistence commits (disk full, I/O errors) and commits made.
-        values["$SYS/broker/store/errors"] = str(getattr(self.store, "errors", 0))
-        values["$SYS/broker/store/commits"] = str(getattr(self.store, "commits", 0))
+        values["$SYS/broker/store/errors"] = str(self.store.errors)
+        values["$SYS/broker/store/commits"] = str(self.store.commits)
         last = self._sys_last
         for topic, value in values.items():
             if last.get(topic) != value:

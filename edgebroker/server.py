@@ -170,6 +170,8 @@ class Server:
         sel = self._sel
         broker = self.broker
         store = self.store
+        # log_dest topic: the logger's list is cleared in place, never replaced, so look it up once.
+        log_lines = self.log.topic_lines if isinstance(self.log, L.Logger) else None
         monotonic = time.monotonic
         conn_class = Connection
         read_event = selectors.EVENT_READ
@@ -199,7 +201,6 @@ class Server:
                         self._accept(data, now)
                 if self._reload:
                     self._do_reload()
-                log_lines = getattr(self.log, "topic_lines", None)
                 if log_lines:
                     broker.publish_log_lines(log_lines[:])
                     log_lines.clear()

@@ -112,6 +112,8 @@ class NullStore:
     """persistence false: nothing is written, nothing survives a restart."""
 
     path = None
+    errors = 0   # failed commits, for $SYS
+    commits = 0
 
     def load(self) -> Loaded:
         return Loaded([], [], [], [], [])

@@ -152,6 +152,14 @@ def _utf8_ok(text: str) -> bool:
     return "\x00" not in text
 
 
+def _spec_step(fmt: str, i: int) -> int:
+    """One character further into a -F format specifier, which must not end there (mosquitto_sub's check)."""
+    i += 1
+    if i == len(fmt) - 1:
+        raise UsageError("Error: Incomplete format specifier.\n")
+    return i
+
+
 def check_format(fmt: str) -> None:
     """Mosquitto's check_format(): refuse an -F string with an unknown or incomplete sequence."""
     n = len(fmt)
@@ -162,21 +170,13 @@ def check_format(fmt: str) -> None:
             if i == n - 1:
                 raise UsageError("Error: Incomplete format specifier.\n")
             if fmt[i + 1] in "0-":
-                i += 1
-                if i == n - 1:
-                    raise UsageError("Error: Incomplete format specifier.\n")
+                i = _spec_step(fmt, i)
             while fmt[i + 1] in "0123456789":
-                i += 1
-                if i == n - 1:
-                    raise UsageError("Error: Incomplete format specifier.\n")
+                i = _spec_step(fmt, i)
             if fmt[i + 1] == ".":
-                i += 1
-                if i == n - 1:
-                    raise UsageError("Error: Incomplete format specifier.\n")
+                i = _spec_step(fmt, i)
                 while fmt[i + 1] in "0123456789":
-                    i += 1
-                    if i == n - 1:
-                        raise UsageError("Error: Incomplete format specifier.\n")
+                    i = _spec_step(fmt, i)
             spec = fmt[i + 1]
             if spec == "J":
                 raise UsageError("Error: The %J format specifier is not supported yet (use %j).\n")
