@@ -38,7 +38,7 @@ from .packets import (
     Connect, ConnackCode, Disconnect, Pingreq, Puback, Pubcomp, Publish, Pubrec, Pubrel,
     Subscribe, Unsubscribe, Will,
 )
-from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, Message, Session
+from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, QUEUED, Message, Session
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
 from .topics import TopicTree, filter_matches
@@ -170,17 +170,23 @@ class Broker:
             if session is not None:
                 session.subscriptions[topic_filter] = qos
                 self.tree.subscribe(topic_filter, session, qos)
+        # Sessions whose client was connected when the broker stopped without saying so (a crash).
+        crashed = {client_id for client_id, offline_for in state.sessions if offline_for is None}
         for seq, client_id, topic, payload, qos, retain, packet_id, st in state.deliveries:
             session = self.sessions.get(client_id)
             self._seq = max(self._seq, seq)
             if session is None:
                 continue
             msg = Message(topic, payload, qos, bool(retain))
-            if packet_id is None:
-                session.queue.append((msg, qos, seq))
+            if packet_id is None or st == QUEUED:
+                session.queue.append((msg, qos, seq, packet_id or 0))
                 session.queued_bytes += len(payload)
+                if client_id in crashed:
+                    session.dup_prefix += 1  # perhaps sent before the crash: its row says nothing
             else:
                 session.inflight[packet_id] = [msg, qos, st, seq]
+            if packet_id:
+                session._next_pid = packet_id  # the last one handed out: new ids follow it
         for client_id, packet_id in state.inbound_qos2:
             session = self.sessions.get(client_id)
             if session is not None:
@@ -189,9 +195,10 @@ class Broker:
             self.log(L.NOTICE, f"Restored {len(state.retained)} retained messages and {len(state.sessions)} "
                                f"persistent sessions ({len(state.deliveries)} queued or in-flight messages).")
 
-    def end_turn(self, now: float) -> None:
-        """Called by the loop once per turn, before the flush: make this turn's changes durable."""
-        self.store.commit(now)
+    def end_turn(self, now: float, idle: bool = False) -> None:
+        """Called by the loop once per turn, before the flush: make this turn's changes durable (those
+        that can wait, when due; idle: the loop had nothing to do)."""
+        self.store.commit(now, idle=idle)
 
     # ---- events from the loop -------------------------------------------------------------------
 
@@ -309,7 +316,12 @@ class Broker:
                 self._discard_session(session)
             else:
                 session.offline_since = now
-                self.store.session_offline(session.client_id)
+                store = self.store
+                store.session_offline(session.client_id)
+                for pid, entry in session.inflight.items():
+                    if entry[2] == INFLIGHT_SENT and entry[3]:
+                        # Sent from the queue, where its row says queued: a restart resends it with DUP.
+                        store.delivery_update(entry[3], pid, INFLIGHT_SENT, deferred=True)
 
     def _publish_will(self, will: Will) -> None:
         """A will is published like a PUBLISH from its client [MQTT-3.1.2-8], retain included."""
@@ -530,24 +542,23 @@ class Broker:
         conn = session.conn
         if conn is not None and not session.queue and len(session.inflight) < self._max_inflight:
             seq = 0
+            pid = session.next_packet_id()
             if not session.clean:
                 seq = self._seq = self._seq + 1
-            pid = self._send_inflight(session, conn, msg, qos, seq)
-            if seq:
                 self.store.delivery_add(seq, session.client_id, msg.topic, msg.payload, qos, msg.retain,
                                         pid, INFLIGHT_SENT)
+            self._send_inflight(session, conn, msg, qos, seq, pid)
         else:
             self._enqueue(session, msg, qos)
 
-    def _send_inflight(self, session: Session, conn: Connection, msg: Message, qos: int, seq: int) -> int:
-        pid = session.next_packet_id()
+    def _send_inflight(self, session: Session, conn: Connection, msg: Message, qos: int, seq: int, pid: int,
+                       dup: bool = False) -> None:
         session.inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
-        conn.write(msg.wire(qos, pid))
+        conn.write(msg.wire(qos, pid, dup))
         self.stats.publish_sent += 1
         self.stats.messages_sent += 1
         if self.debug:
-            self._log_sent(conn, msg, qos, pid, False)
-        return pid
+            self._log_sent(conn, msg, qos, pid, dup)
 
     def _log_sent(self, conn: Connection, msg: Message, qos: int, pid: int, dup: bool) -> None:
         self.log(L.DEBUG, f"Sending PUBLISH to {conn.client_id} (d{int(dup)}, q{qos}, r{int(msg.retain)}, "
@@ -561,12 +572,14 @@ class Broker:
         if cfg.max_queued_bytes and session.queued_bytes + len(msg.payload) > cfg.max_queued_bytes:
             self._drop(session, f"max_queued_bytes {cfg.max_queued_bytes} reached")
             return
-        seq = 0
+        seq = pid = 0
         if not session.clean:
             seq = self._seq = self._seq + 1
+            if qos:
+                pid = session.next_packet_id()
             self.store.delivery_add(seq, session.client_id, msg.topic, msg.payload, qos, msg.retain,
-                                    None, INFLIGHT_SENT)
-        session.queue.append((msg, qos, seq))
+                                    pid or None, QUEUED)
+        session.queue.append((msg, qos, seq, pid))
         session.queued_bytes += len(msg.payload)
         source = self._source
         if (source is not None and len(session.queue) >= self._flow_high and session.conn is not None
@@ -585,12 +598,14 @@ class Broker:
             self.log(L.NOTICE, f"Outgoing messages are being dropped for client {session.client_id} ({why}).")
 
     def _pump(self, session: Session, conn: Connection) -> None:
-        """Move queued messages into the inflight window while it has room."""
+        """Move queued messages into the inflight window while it has room. A message that got its
+        packet id when queued is sent without writing to the store."""
         queue = session.queue
+        inflight = session.inflight
         max_inflight = self._max_inflight
         store = self.store
-        while queue and len(session.inflight) < max_inflight:
-            msg, qos, seq = queue.popleft()
+        while queue and len(inflight) < max_inflight:
+            msg, qos, seq, pid = queue.popleft()
             session.queued_bytes -= len(msg.payload)
             if qos == 0:
                 conn.write(msg.q0())
@@ -598,10 +613,17 @@ class Broker:
                 self.stats.messages_sent += 1
                 if seq:
                     store.delivery_remove(seq)
-            else:
-                pid = self._send_inflight(session, conn, msg, qos, seq)
+                continue
+            if not pid or pid in inflight:
+                # None yet, or in use again after the ids wrapped around (a queue over 65,535 messages).
+                pid = session.next_packet_id()
                 if seq:
-                    store.delivery_update(seq, pid, INFLIGHT_SENT)
+                    store.delivery_update(seq, pid, QUEUED)  # durable before the PUBLISH with it leaves
+            dup = False
+            if session.dup_prefix:
+                session.dup_prefix -= 1
+                dup = True
+            self._send_inflight(session, conn, msg, qos, seq, pid, dup)
         if not queue:
             session.drop_logged = False
         if session.blocking and len(queue) <= self._flow_low:

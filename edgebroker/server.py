@@ -6,7 +6,9 @@ One turn of the loop reads like a list (Mosquitto's main loop is the model):
   flow control                  ->  stop reading publishers the core paused, resume the others
   broker.tick(now)              ->  connect deadlines, keepalive, $SYS
   broker.end_turn(now)          ->  one SQLite transaction for what this turn must make durable; while
-                                    more input is already waiting it is handled first (up to 5 ms)
+                                    more input is already waiting it is handled first (up to 5 ms);
+                                    changes nothing waits on (acknowledged deliveries) are committed
+                                    with the next one that is waited on, or once the loop is idle
   flush                         ->  one send per connection with output; EVENT_WRITE only on backlog
   close                         ->  sockets of connections the core ended, after a last flush
 `shutdown()` and `request_reload()` may be called from another thread or a signal handler: they set a
@@ -214,7 +216,10 @@ class Server:
                     # so a client waiting for our answer never waits on the window.
                     next_timer = now
                     continue
-                broker.end_turn(now)
+                broker.end_turn(now, not events)
+                wake = store.wake_at(now)  # deferred changes: commit them once the loop is idle
+                if wake < next_timer:
+                    next_timer = wake
                 if broker.dirty:
                     self._flush_dirty(now)
                 if broker.closing:

@@ -13,11 +13,13 @@ from typing import Deque, Dict, List, Optional, Set, Tuple
 
 from .codec import encode_remaining_length
 
-__all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED"]
+__all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED"]
 
-#: Inflight states: PUBLISH sent and awaiting PUBACK/PUBREC; PUBREL sent and awaiting PUBCOMP.
+#: Inflight states: PUBLISH sent and awaiting PUBACK/PUBREC; PUBREL sent and awaiting PUBCOMP. QUEUED is
+#: the store's state of a delivery not known to be sent (the store's row is not updated when it is).
 INFLIGHT_SENT = 0
 INFLIGHT_RELEASED = 1
+QUEUED = 2
 
 
 class Message:
@@ -59,7 +61,7 @@ class Message:
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
                  "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since", "blocking",
-                 "last_progress", "stalled")
+                 "last_progress", "stalled", "dup_prefix")
 
     def __init__(self, client_id: str, clean: bool) -> None:
         self.client_id = client_id
@@ -68,8 +70,13 @@ class Session:
         #: packet id -> [message, qos, state, seq]; dict order is send order, used for resends
         #: [MQTT-4.6.0-1]. seq is the delivery's row in the store (0: not stored, clean session).
         self.inflight: Dict[int, List] = {}
-        #: (message, qos, seq) waiting for the client or for room in the inflight window.
-        self.queue: Deque[Tuple[Message, int, int]] = deque()
+        #: (message, qos, seq, packet id) waiting for the client or for room in the inflight window. A
+        #: persistent session's message gets its packet id when queued, stored with it, so that sending
+        #: it changes nothing on disk; 0 = none yet (clean session, or a row of an older database).
+        self.queue: Deque[Tuple[Message, int, int, int]] = deque()
+        #: how many messages at the head of the queue go out with DUP set: restored after a crash while
+        #: the client was connected, they may have been sent before it [MQTT-3.3.1-1]
+        self.dup_prefix = 0
         self.queued_bytes = 0
         #: inbound QoS 2 packet ids whose PUBREC went out and whose PUBREL has not come [MQTT-4.3.3-2].
         self.awaiting_rel: Set[int] = set()

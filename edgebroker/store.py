@@ -46,6 +46,15 @@ PERIODIC_MAX_OPS = 20_000
 #: (acknowledgements included) with the commit. Nothing waits when no input is pending; under a
 #: continuous load it turns about one WAL page per message into one per commit of many messages.
 COMMIT_WINDOW = 0.005
+#: Deferred changes ("crash" and "sync"): forgetting a delivery the client acknowledged, or noting when
+#: a session went offline, gates no acknowledgement of ours, so no commit happens for them alone while
+#: the loop is busy. They ride with the next commit that something waits on, or are committed once the
+#: loop has been idle this long, or once the oldest is this old, or once this many are buffered. A crash
+#: in between only means a QoS 1 message acknowledged by its subscriber is sent again after the restart
+#: (with DUP set), which QoS 1 allows; a QoS 2 delivery is then finished with PUBREL, never resent.
+DEFER_IDLE = 0.02
+DEFER_MAX_AGE = 1.0
+DEFER_MAX_OPS = 20_000
 
 
 class StoreError(EdgebrokerError):
@@ -57,7 +66,8 @@ class Loaded(NamedTuple):
     #: (client_id, seconds offline or None when the broker stopped while it was connected)
     sessions: List[Tuple[str, Optional[float]]]
     subscriptions: List[Tuple[str, str, int]]
-    #: (seq, client_id, topic, payload, qos, retain, packet_id or None, state) in seq order
+    #: (seq, client_id, topic, payload, qos, retain, packet_id or None, state) in seq order; state is
+    #: one of session.INFLIGHT_SENT, INFLIGHT_RELEASED, QUEUED
     deliveries: List[Tuple[int, str, str, bytes, int, int, Optional[int], int]]
     inbound_qos2: List[Tuple[str, int]]
 
@@ -87,9 +97,16 @@ def _migrate_3(db) -> None:  # type: ignore[no-untyped-def]
     db.execute("DROP INDEX IF EXISTS idx_deliveries_client_id_seq")
 
 
+def _migrate_4(db) -> None:  # type: ignore[no-untyped-def]
+    # No change of tables: from version 4 a queued delivery may carry its packet id (assigned when it is
+    # queued, so sending it writes nothing) with state 2 (queued). An older edgebroker would take such a
+    # row for a PUBREL in flight, so the version goes up and an older one refuses the file.
+    pass
+
+
 #: MIGRATIONS[i] brings a database from schema version i to i + 1. Each is idempotent, so a migration
 #: interrupted by a crash simply runs again.
-MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2, _migrate_3]
+MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _INS_RETAINED = "INSERT OR REPLACE INTO retained (topic, payload, qos) VALUES (?, ?, ?)"
@@ -143,7 +160,7 @@ class NullStore:
                      packet_id: Optional[int], state: int) -> None:
         pass
 
-    def delivery_update(self, seq: int, packet_id: Optional[int], state: int) -> None:
+    def delivery_update(self, seq: int, packet_id: Optional[int], state: int, deferred: bool = False) -> None:
         pass
 
     def delivery_remove(self, seq: int) -> None:
@@ -158,7 +175,10 @@ class NullStore:
     def hold_until(self, now: float) -> float:
         return now
 
-    def commit(self, now: float, force: bool = False) -> None:
+    def wake_at(self, now: float) -> float:
+        return float("inf")
+
+    def commit(self, now: float, force: bool = False, idle: bool = False) -> None:
         pass
 
     def close(self) -> None:
@@ -174,6 +194,10 @@ class SqliteStore(NullStore):
         self.autosave_interval = autosave_interval
         self.autosave_on_changes = autosave_on_changes
         self._ops: List[Tuple[str, tuple]] = []
+        #: something waits on the buffered changes (an acknowledgement of ours); False when all of them
+        #: can be deferred; since when deferred changes wait (None: none do)
+        self._urgent = False
+        self._deferred_since: Optional[float] = None
         self._in_tx = False
         self._applied = 0  # how many of _ops already ran inside the open transaction
         self._last_commit = time.monotonic()
@@ -296,60 +320,89 @@ class SqliteStore(NullStore):
     # ---- changes (buffered until commit) --------------------------------------------------------
 
     def retained_set(self, topic: str, payload: bytes, qos: int) -> None:
+        self._urgent = True
         self._ops.append((_INS_RETAINED, (topic, payload, qos)))
 
     def retained_clear(self, topic: str) -> None:
+        self._urgent = True
         self._ops.append((_DEL_RETAINED, (topic,)))
 
     def session_online(self, client_id: str) -> None:
+        self._urgent = True
         self._ops.append((_SESSION_ONLINE, (client_id,)))
 
     def session_offline(self, client_id: str) -> None:
         self._ops.append((_SESSION_OFFLINE, (time.time(), client_id)))
 
     def session_remove(self, client_id: str) -> None:
+        self._urgent = True
         for sql in _DEL_SESSION:
             self._ops.append((sql, (client_id,)))
 
     def subscription_add(self, client_id: str, topic_filter: str, qos: int) -> None:
+        self._urgent = True
         self._ops.append((_INS_SUB, (client_id, topic_filter, qos)))
 
     def subscription_remove(self, client_id: str, topic_filter: str) -> None:
+        self._urgent = True
         self._ops.append((_DEL_SUB, (client_id, topic_filter)))
 
     def delivery_add(self, seq: int, client_id: str, topic: str, payload: bytes, qos: int, retain: bool,
                      packet_id: Optional[int], state: int) -> None:
+        self._urgent = True
         self._ops.append((_INS_DELIVERY, (seq, client_id, topic, payload, qos, int(retain), packet_id, state)))
 
-    def delivery_update(self, seq: int, packet_id: Optional[int], state: int) -> None:
+    def delivery_update(self, seq: int, packet_id: Optional[int], state: int, deferred: bool = False) -> None:
+        """deferred: nothing we send depends on it (e.g. noting that a queued message was sent); a new
+        packet id or a PUBREL state must be durable before the packet that carries it leaves."""
+        if not deferred:
+            self._urgent = True
         self._ops.append((_UPD_DELIVERY, (packet_id, state, seq)))
 
     def delivery_remove(self, seq: int) -> None:
         self._ops.append((_DEL_DELIVERY, (seq,)))
 
     def inbound_add(self, client_id: str, packet_id: int) -> None:
+        self._urgent = True
         self._ops.append((_INS_INBOUND, (client_id, packet_id)))
 
     def inbound_remove(self, client_id: str, packet_id: int) -> None:
+        self._urgent = True
         self._ops.append((_DEL_INBOUND, (client_id, packet_id)))
 
     # ---- the once-per-turn commit ---------------------------------------------------------------
 
     def hold_until(self, now: float) -> float:
         """When the loop should commit (and flush what depends on it): now, or later within the group
-        commit window. "periodic" never holds the loop (its acknowledgements do not wait for a save)."""
-        if self.periodic or len(self._ops) == self._applied:
+        commit window. "periodic" never holds the loop (its acknowledgements do not wait for a save),
+        and neither do deferred changes alone."""
+        if self.periodic or not self._urgent:
             return now
         return max(now, self._last_commit + COMMIT_WINDOW)
 
-    def commit(self, now: float, force: bool = False) -> None:
-        """Write this turn's changes; commit them unless durability is periodic and no save is due.
+    def wake_at(self, now: float) -> float:
+        """When the loop must come back to commit deferred changes even if nothing happens."""
+        since = self._deferred_since
+        if since is None or self.periodic:
+            return float("inf")
+        return min(now + DEFER_IDLE, since + DEFER_MAX_AGE)
+
+    def commit(self, now: float, force: bool = False, idle: bool = False) -> None:
+        """Write this turn's changes; commit them unless durability is periodic and no save is due, or
+        they can all be deferred (see DEFER_IDLE) and none is due. idle: the loop had nothing to do.
         Changes stay in `_ops` until their COMMIT succeeds, so a failed one (disk full) is retried."""
         ops = self._ops
         if len(ops) == self._applied and not self._in_tx:
             return  # nothing new, nothing waiting for a periodic save
         if self._failing and now < self._retry_at and not force:
             return
+        if not (self._urgent or self.periodic or force or idle):
+            since = self._deferred_since
+            if since is None:
+                self._deferred_since = now
+                return
+            if now - since < DEFER_MAX_AGE and len(ops) < DEFER_MAX_OPS:
+                return
         conn = self._conn
         try:
             if not self._in_tx:
@@ -376,6 +429,8 @@ class SqliteStore(NullStore):
             self._in_tx = False
             ops.clear()
             self._applied = 0
+            self._urgent = False
+            self._deferred_since = None
             self._last_commit = now
             self.commits += 1
             if self._failing:

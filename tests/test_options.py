@@ -385,7 +385,7 @@ def test_new_database_has_small_pages_and_migration_3_drops_the_delivery_index(t
     SqliteStore(fresh).close()
     c = sqlite3.connect(fresh)
     assert c.execute("PRAGMA page_size").fetchone()[0] == 1024
-    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     c.close()
     assert indexes(fresh) == []
 

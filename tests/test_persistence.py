@@ -115,6 +115,11 @@ class BrokerProcess:
         self.p.send_signal(signal.SIGKILL)
         self.p.wait(TIMEOUT)
 
+    def stop(self) -> None:
+        """SIGTERM: the broker's own shutdown runs (sessions noted offline, last commit)."""
+        self.p.send_signal(signal.SIGTERM)
+        assert self.p.wait(TIMEOUT) == 0, self.log()
+
     def close(self) -> None:
         if self.p.poll() is None:
             self.p.kill()
@@ -519,16 +524,125 @@ def test_unacknowledged_inflight_resent_with_dup_after_kill9_MQTT_4_4_0_1(broker
     assert got_after == expected, ("resent after restart:\n" + "\n".join(w.hexs(p) for p in got_after)
                                    + "\nexpected:\n" + "\n".join(w.hexs(p) for p in expected))
 
-    # Acknowledge everything; the PINGRESP leaves after the commit of the turn that handled the acks.
+    # Acknowledge everything. Forgetting acknowledged deliveries gates nothing the broker sends, so it
+    # is committed once the loop is idle: wait for the file to show it, then kill.
     sub2.send(w.puback(pids[0]) + w.puback(pids[1]) + w.pubrec(pids[2]))
     assert sub2.read_raw_packet() == w.pubrel(pids[2])
     sub2.send(w.pubcomp(pids[2]) + w.pubcomp(pids[3]))
     assert read_until_pingresp(sub2) == []
+    path = data / DB_NAME
+    wait_for(lambda: db_query(path, "SELECT count(*) FROM deliveries") == [(0,)], TIMEOUT,
+             what="the acknowledged deliveries forgotten on disk once the broker is idle")
     b2.kill9()
     sub2.close()
     b3 = broker_process(data)
     sub3 = raw(b3.port, "rs", clean=False, present=True)
     assert read_until_pingresp(sub3) == [], "acknowledged messages resent after a second kill -9"
+
+
+@pytest.mark.parametrize("stop", ["kill9", "clean"])
+def test_queued_messages_sent_then_broker_stops_are_resent_with_dup_and_same_ids_MQTT_4_4_0_1(
+        stop, broker_process, raw, tmp_path):
+    """Messages queued for an offline persistent session get their packet ids when queued, so sending
+    them writes nothing to the database. The subscriber comes back, receives them and acknowledges none;
+    then the broker is killed (its rows still say queued, the client was connected: they may have been
+    sent) or stopped cleanly (the client's disconnect noted them as sent). Either way, after the restart
+    they are re-delivered with DUP set and their original packet ids [MQTT-4.4.0-1] [MQTT-3.3.1-1]."""
+    data = tmp_path / "data"
+    b = broker_process(data)
+    offline_subscriber(raw, b.port, "qs", [("q/#", 2)])
+    pub = raw(b.port, "qp")
+    sent = [("q/1", b"one", 1), ("q/2", b"two", 2), ("q/3", b"three", 1)]
+    for i, (topic, payload, qos) in enumerate(sent, start=1):
+        publish_acked(pub, topic, payload, qos, packet_id=i)
+    path = data / DB_NAME
+    rows = db_query(path, "SELECT topic, packet_id, state FROM deliveries ORDER BY seq")
+    assert [(t, st) for t, _, st in rows] == [(t, 2) for t, _, _ in sent], rows  # 2: queued
+    sub = raw(b.port, "qs", clean=False, present=True)
+    first = [parse_publish(sub.read_raw_packet()) for _ in sent]
+    assert [(p.topic, p.payload, p.qos, p.dup) for p in first] == [(t, m, q, False) for t, m, q in sent]
+    assert [p.packet_id for p in first] == [pid for _, pid, _ in rows], "sent with the ids stored when queued"
+    assert read_until_pingresp(sub) == []
+    assert db_query(path, "SELECT topic, packet_id, state FROM deliveries ORDER BY seq") == rows, \
+        "sending a queued message changed its row"
+    if stop == "kill9":
+        b.kill9()
+        sub.close()
+    else:
+        disconnect(sub)
+        b.stop()
+
+    b2 = broker_process(data)
+    sub2 = raw(b2.port, "qs", clean=False, present=True)
+    again = read_until_pingresp(sub2)
+    expected = [w.publish(t, m, qos=q, dup=True, packet_id=p.packet_id) for (t, m, q), p in zip(sent, first)]
+    assert again == expected, "\n".join(w.hexs(x) for x in again)
+
+
+def test_packet_id_reused_while_in_flight_is_replaced_durably_MQTT_2_3_1_2(tmp_path):
+    """After the 16-bit ids wrap (a queue of more than 65,535 messages) a queued message's stored id can
+    belong to a message still in flight when its turn comes. It then gets a free id [MQTT-2.3.1-2], and
+    the new id is committed before the PUBLISH carrying it leaves: a QoS 2 message resent after a crash
+    under another id would be delivered twice."""
+    cfg = config(tmp_path)
+    store = SqliteStore(cfg.database_path())
+    store.session_online("wrap")
+    store.subscription_add("wrap", "w/#", 2)
+    store.delivery_add(1, "wrap", "w/a", b"in flight", 2, False, 5, 0)   # sent, awaiting PUBREC
+    store.delivery_add(2, "wrap", "w/b", b"queued", 2, False, 5, 2)      # queued with the same id
+    store.commit(0.0)
+    store.close()
+    from edgebroker.broker import Broker
+    store = SqliteStore(cfg.database_path())
+    b = Broker(cfg, now=0.0, store=store)
+    c = b.connection_made("127.0.0.1:1", 1883, 0.0)
+    b.data_received(c, w.connect("wrap", clean=False), 0.0)
+    b.end_turn(0.0)
+    out = b"".join(c.out)
+    assert out.startswith(w.connack(1, 0)), w.hexs(out)
+    rest = out[len(w.connack(1, 0)):]
+    first = w.publish("w/a", b"in flight", qos=2, dup=True, packet_id=5)
+    assert rest.startswith(first), w.hexs(rest)
+    second = parse_publish(rest[len(first):])
+    assert (second.topic, second.qos, second.dup) == ("w/b", 2, True), second
+    assert second.packet_id not in (None, 5)
+    assert db_query(Path(cfg.database_path()), "SELECT seq, packet_id FROM deliveries ORDER BY seq") == \
+        [(1, 5), (2, second.packet_id)], "the new id was not committed with the turn that sent it"
+    store.close()
+
+
+def test_forgetting_acknowledged_deliveries_waits_for_an_idle_loop(tmp_path):
+    """Acknowledged deliveries are deleted from the database without a commit of their own while the
+    loop is busy (nothing we send waits on it); they are committed with the next change something waits
+    on, once the loop is idle, or after at most DEFER_MAX_AGE."""
+    from edgebroker.broker import Broker
+    from edgebroker.store import DEFER_MAX_AGE
+    cfg = config(tmp_path)
+    store = SqliteStore(cfg.database_path())
+    path = Path(cfg.database_path())
+    b = Broker(cfg, now=0.0, store=store)
+    sub = b.connection_made("127.0.0.1:1", 1883, 0.0)
+    b.data_received(sub, w.connect("d", clean=False) + w.subscribe(1, [("d/#", 1)]), 0.0)
+    pub = b.connection_made("127.0.0.1:2", 1883, 0.0)
+    b.data_received(pub, w.connect("dp") + b"".join(w.publish(f"d/{i}", b"x", qos=1, packet_id=i)
+                                                      for i in range(1, 4)), 0.0)
+    b.end_turn(0.0)
+    assert db_query(path, "SELECT count(*) FROM deliveries") == [(3,)]
+    commits = store.commits
+    b.data_received(sub, w.puback(1) + w.puback(2), 0.1)
+    b.end_turn(0.1)
+    assert store.commits == commits and db_query(path, "SELECT count(*) FROM deliveries") == [(3,)]
+    assert store.wake_at(0.1) <= 0.1 + DEFER_MAX_AGE
+    b.end_turn(0.2, idle=True)
+    assert store.commits == commits + 1 and db_query(path, "SELECT count(*) FROM deliveries") == [(1,)]
+    b.data_received(sub, w.puback(3), 1.0)
+    b.end_turn(1.0)
+    b.end_turn(1.0 + DEFER_MAX_AGE / 2)
+    assert db_query(path, "SELECT count(*) FROM deliveries") == [(1,)], "committed before it was due"
+    b.end_turn(1.0 + DEFER_MAX_AGE)
+    assert db_query(path, "SELECT count(*) FROM deliveries") == [(0,)], "not committed once due"
+    assert store.wake_at(2.5) == float("inf")
+    store.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
