@@ -233,11 +233,19 @@ class Broker:
         self._handle(conn, packets, now)
 
     def _handle(self, conn: Connection, packets: List[object], now: float) -> None:
+        # PUBACK/PUBCOMP handlers return True when they freed room in the inflight window of a session
+        # with queued messages: the window is refilled once after a run of them, not once per ack, and
+        # before any other packet is handled (so a PINGRESP still follows what the acks let out).
+        refill = False
         for i, packet in enumerate(packets):
             if conn.paused_by:
                 conn.stash = packets[i:]  # flow control: the rest waits until the subscriber catches up
-                return
-            handler = (self._handlers if conn.connected else self._handlers_new).get(type(packet))
+                break
+            cls = packet.__class__
+            if refill and cls is not Puback and cls is not Pubcomp:
+                refill = False
+                self._refill(conn)
+            handler = (self._handlers if conn.connected else self._handlers_new).get(cls)
             if handler is None:
                 if isinstance(packet, Connect):
                     reason = "second CONNECT [MQTT-3.1.0-2]"
@@ -247,9 +255,12 @@ class Broker:
                     reason = f"unexpected {type(packet).__name__.upper()} from a client"
                 self._close(conn, now, f"protocol error: {reason}")
                 return
-            handler(conn, packet, now)
+            if handler(conn, packet, now):
+                refill = True
             if conn.closed:
                 return
+        if refill:
+            self._refill(conn)
         error = conn.stash_error
         if error is not None and not conn.paused_by:
             conn.stash_error = None
@@ -597,22 +608,31 @@ class Broker:
             session.drop_logged = True
             self.log(L.NOTICE, f"Outgoing messages are being dropped for client {session.client_id} ({why}).")
 
+    def _refill(self, conn: Connection) -> None:
+        session = conn.session
+        if session is not None and session.queue and session.conn is conn:
+            self._pump(session, conn)
+
     def _pump(self, session: Session, conn: Connection) -> None:
         """Move queued messages into the inflight window while it has room. A message that got its
         packet id when queued is sent without writing to the store."""
         queue = session.queue
         inflight = session.inflight
-        max_inflight = self._max_inflight
+        room = self._max_inflight - len(inflight)
         store = self.store
-        while queue and len(inflight) < max_inflight:
+        debug = self.debug
+        sent = 0
+        write = conn.write
+        while queue and room > 0:
             msg, qos, seq, pid = queue.popleft()
             session.queued_bytes -= len(msg.payload)
+            sent += 1
             if qos == 0:
-                conn.write(msg.q0())
-                self.stats.publish_sent += 1
-                self.stats.messages_sent += 1
+                write(msg.q0())
                 if seq:
                     store.delivery_remove(seq)
+                if debug:
+                    self._log_sent(conn, msg, 0, 0, False)
                 continue
             if not pid or pid in inflight:
                 # None yet, or in use again after the ids wrapped around (a queue over 65,535 messages).
@@ -623,7 +643,14 @@ class Broker:
             if session.dup_prefix:
                 session.dup_prefix -= 1
                 dup = True
-            self._send_inflight(session, conn, msg, qos, seq, pid, dup)
+            inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
+            write(msg.wire(qos, pid, dup))
+            room -= 1
+            if debug:
+                self._log_sent(conn, msg, qos, pid, dup)
+        stats = self.stats
+        stats.publish_sent += sent
+        stats.messages_sent += sent
         if not queue:
             session.drop_logged = False
         if session.blocking and len(queue) <= self._flow_low:
@@ -638,19 +665,21 @@ class Broker:
                 self.flow_changed.append(conn)
         session.blocking.clear()
 
-    def _on_puback(self, conn: Connection, p: Puback, now: float) -> None:
-        session = conn.session
-        entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
-        if entry is not None and entry[1] == 1:
-            del session.inflight[p.packet_id]  # type: ignore[union-attr]
-            session.last_progress = now  # type: ignore[union-attr]
-            session.stalled = False  # type: ignore[union-attr]
-            if entry[3]:
-                self.store.delivery_remove(entry[3])
-            if session.queue:  # type: ignore[union-attr]
-                self._pump(session, conn)  # type: ignore[arg-type]
+    def _on_puback(self, conn: Connection, p: Puback, now: float) -> bool:
+        """Returns True when the window has room again and messages wait (see _handle)."""
+        session: Session = conn.session  # type: ignore[assignment]
+        inflight = session.inflight
+        entry = inflight.get(p.packet_id)
         if self.debug:
             self.log(L.DEBUG, f"Received PUBACK from {conn.client_id} (Mid: {p.packet_id}, RC:0)")
+        if entry is not None and entry[1] == 1:
+            del inflight[p.packet_id]
+            session.last_progress = now
+            session.stalled = False
+            if entry[3]:
+                self.store.delivery_remove(entry[3])
+            return bool(session.queue)
+        return False
 
     def _on_pubrec(self, conn: Connection, p: Pubrec, now: float) -> None:
         session = conn.session
@@ -673,19 +702,20 @@ class Broker:
             self.log(L.DEBUG, f"Received PUBREL from {conn.client_id} (Mid: {p.packet_id})")
         self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]
 
-    def _on_pubcomp(self, conn: Connection, p: Pubcomp, now: float) -> None:
-        session = conn.session
-        entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
-        if entry is not None and entry[2] == INFLIGHT_RELEASED:
-            del session.inflight[p.packet_id]  # type: ignore[union-attr]
-            session.last_progress = now  # type: ignore[union-attr]
-            session.stalled = False  # type: ignore[union-attr]
-            if entry[3]:
-                self.store.delivery_remove(entry[3])
-            if session.queue:  # type: ignore[union-attr]
-                self._pump(session, conn)  # type: ignore[arg-type]
+    def _on_pubcomp(self, conn: Connection, p: Pubcomp, now: float) -> bool:
+        """Returns True when the window has room again and messages wait (see _handle)."""
+        session: Session = conn.session  # type: ignore[assignment]
+        entry = session.inflight.get(p.packet_id)
         if self.debug:
             self.log(L.DEBUG, f"Received PUBCOMP from {conn.client_id} (Mid: {p.packet_id}, RC:0)")
+        if entry is not None and entry[2] == INFLIGHT_RELEASED:
+            del session.inflight[p.packet_id]
+            session.last_progress = now
+            session.stalled = False
+            if entry[3]:
+                self.store.delivery_remove(entry[3])
+            return bool(session.queue)
+        return False
 
     # ---- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------------------------------
 

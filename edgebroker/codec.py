@@ -31,6 +31,9 @@ _U16 = struct.Struct("!H")
 # Fixed-header flags each packet type must carry [MQTT-2.2.2-1] [MQTT-2.2.2-2]. PUBLISH (3) is absent:
 # its flags carry DUP, QoS and RETAIN and are checked by its decoder.
 _REQUIRED_FLAGS = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 13: 0, 14: 0}
+# The acknowledgements a QoS 1/2 flow sends, by their only valid first byte: two of them per message
+# delivered, so the parser decodes them without the general path when they are well formed.
+_ACK_FIRST_BYTES = {0x40: Puback, 0x50: Pubrec, 0x62: Pubrel, 0x70: Pubcomp}
 
 
 def valid_topic_name(topic: str) -> bool:
@@ -293,9 +296,15 @@ class Parser:
         pos = 0
         n = len(view)
         decoders = _DECODERS
+        acks = _ACK_FIRST_BYTES if self.max_packet_size >= 4 else {}
         try:
             while pos < n:
                 first = view[pos]
+                ack = acks.get(first)
+                if ack is not None and pos + 4 <= n and view[pos + 1] == 2 and (view[pos + 2] or view[pos + 3]):
+                    out.append(ack((view[pos + 2] << 8) | view[pos + 3]))
+                    pos += 4
+                    continue
                 ptype = first >> 4
                 flags = first & 0x0F
                 decoder = decoders.get(ptype)

@@ -22,6 +22,10 @@ INFLIGHT_RELEASED = 1
 QUEUED = 2
 
 
+#: PUBLISH first bytes by their flags (DUP, QoS, RETAIN), shared instead of built per message
+_FIRST = [bytes((0x30 | flags,)) for flags in range(16)]
+
+
 class Message:
     """One application message as it is routed: topic, payload, QoS it was published with, and the
     retain flag it carries on the wire (set only for retained messages sent on subscribe)."""
@@ -54,8 +58,8 @@ class Message:
             raw = self.topic.encode("utf-8")
             body_len = 4 + len(raw) + len(self.payload)
             head = self._head = encode_remaining_length(body_len) + len(raw).to_bytes(2, "big") + raw
-        first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)
-        return b"".join((bytes((first,)), head, packet_id.to_bytes(2, "big"), self.payload))
+        first = _FIRST[(qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)]
+        return b"".join((first, head, packet_id.to_bytes(2, "big"), self.payload))
 
 
 class Session:
