@@ -459,6 +459,23 @@ def test_max_inflight_messages_window_and_queue_order():
     assert len({p.packet_id for p in received[:2]}) == 2
 
 
+def test_acks_in_one_read_refill_the_window_before_a_later_pingreq_is_answered_MQTT_4_6_0_2():
+    """Several PUBACK/PUBCOMP in one read refill the inflight window once, after the run of them, yet
+    before the packet that follows: the messages they let out precede the PINGRESP, in queue order
+    [MQTT-4.6.0-2] [MQTT-3.12.4-1]."""
+    core = Core(max_inflight_messages=3)
+    sub = core.connect("sub")
+    sub.subscribe(1, ("r", 1))
+    pub = core.connect("pub")
+    for i in range(8):
+        publish_qos1(pub, "r", b"m%d" % i, packet_id=i + 1)
+    first = sub.publishes()
+    assert [p.payload for p in first] == [b"m0", b"m1", b"m2"]
+    sub.send(b"".join(w.puback(p.packet_id) for p in first[:2]) + w.pingreq() + w.puback(first[2].packet_id))
+    got = sub.take()
+    assert [getattr(p, "payload", p) for p in got] == [b"m3", b"m4", Pingresp(), b"m5"], got
+
+
 def test_max_inflight_messages_qos2_slot_held_until_pubcomp():
     core = Core(max_inflight_messages=1)
     sub = core.connect("sub")
