@@ -3,10 +3,12 @@
 Theory of operation: the core calls the small methods below as state changes (retained set or
 cleared, persistent session created, subscription added, message queued for / sent to / acknowledged
 by a persistent session, inbound QoS 2 id recorded or released). Each call only appends a statement
-to a list. `commit(now)` runs the list in order, consecutive identical statements batched with
-executemany, inside one transaction, and commits it: once per loop turn for durability "crash" and
-"sync", which the loop calls before it flushes the turn's acknowledgements (group commit), or every
-autosave_interval for "periodic". Clean sessions and QoS 0 traffic never reach this module.
+to a list (a delivery acknowledged before its INSERT ran cancels that INSERT instead). `commit(now)`
+runs the list in order, consecutive identical statements batched with executemany, inside one
+transaction, and commits it: for durability "crash" and "sync" in the loop turn whose acknowledgements
+wait on it, before the loop flushes them (group commit), later for changes nothing waits on (see
+DEFER_IDLE); every autosave_interval for "periodic". Clean sessions and QoS 0 traffic never reach this
+module.
 
 Durability levels: "sync" = WAL + synchronous=FULL (each commit fsynced: survives power loss);
 "crash" = WAL + synchronous=NORMAL (survives kill -9 and crashes; after a power loss the database is
@@ -25,7 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from . import log as L
 from .errors import EdgebrokerError
@@ -37,9 +39,9 @@ __all__ = ["SqliteStore", "NullStore", "StoreError", "Loaded", "SCHEMA_VERSION",
 MAX_PENDING_OPS = 200_000
 #: Seconds between retries of a failed commit.
 RETRY_INTERVAL = 1.0
-#: With durability "periodic", statements kept (for a retry) in an open transaction before it is
-#: committed early: bounds the memory a busy broker holds between saves (~20,000 statements is a few
-#: MiB and still thousands of messages per commit).
+#: With durability "periodic", statements buffered before a save happens early: bounds the memory a
+#: busy broker holds between saves (~20,000 statements is a few MiB and still thousands of messages
+#: per commit).
 PERIODIC_MAX_OPS = 20_000
 #: Group commit window for "crash" and "sync": while more input is already waiting, the loop handles
 #: it before committing, for up to this long after the previous commit, holding the turn's output
@@ -193,13 +195,14 @@ class SqliteStore(NullStore):
         self.periodic = durability == "periodic"
         self.autosave_interval = autosave_interval
         self.autosave_on_changes = autosave_on_changes
-        self._ops: List[Tuple[str, tuple]] = []
+        self._ops: List[Optional[Tuple[str, tuple]]] = []
         #: something waits on the buffered changes (an acknowledgement of ours); False when all of them
         #: can be deferred; since when deferred changes wait (None: none do)
         self._urgent = False
         self._deferred_since: Optional[float] = None
-        self._in_tx = False
-        self._applied = 0  # how many of _ops already ran inside the open transaction
+        #: delivery seq -> index in _ops of its INSERT, not yet committed: a delivery acknowledged before
+        #: its row is written cancels the INSERT instead of adding a DELETE (the entry becomes None)
+        self._inserts: Dict[int, int] = {}
         self._last_commit = time.monotonic()
         self._retry_at = 0.0
         self.errors = 0        # failed commits, for $SYS
@@ -350,6 +353,7 @@ class SqliteStore(NullStore):
     def delivery_add(self, seq: int, client_id: str, topic: str, payload: bytes, qos: int, retain: bool,
                      packet_id: Optional[int], state: int) -> None:
         self._urgent = True
+        self._inserts[seq] = len(self._ops)
         self._ops.append((_INS_DELIVERY, (seq, client_id, topic, payload, qos, int(retain), packet_id, state)))
 
     def delivery_update(self, seq: int, packet_id: Optional[int], state: int, deferred: bool = False) -> None:
@@ -360,6 +364,10 @@ class SqliteStore(NullStore):
         self._ops.append((_UPD_DELIVERY, (packet_id, state, seq)))
 
     def delivery_remove(self, seq: int) -> None:
+        i = self._inserts.pop(seq, None)
+        if i is not None:
+            self._ops[i] = None  # never written: nothing to delete (an UPDATE of it then matches no row)
+            return
         self._ops.append((_DEL_DELIVERY, (seq,)))
 
     def inbound_add(self, client_id: str, packet_id: int) -> None:
@@ -388,15 +396,26 @@ class SqliteStore(NullStore):
         return min(now + DEFER_IDLE, since + DEFER_MAX_AGE)
 
     def commit(self, now: float, force: bool = False, idle: bool = False) -> None:
-        """Write this turn's changes; commit them unless durability is periodic and no save is due, or
-        they can all be deferred (see DEFER_IDLE) and none is due. idle: the loop had nothing to do.
-        Changes stay in `_ops` until their COMMIT succeeds, so a failed one (disk full) is retried."""
+        """Write the buffered changes in one transaction, when due: at once if something waits on them
+        ("crash", "sync"), when deferred ones are due (see DEFER_IDLE; idle: the loop had nothing to
+        do), when a save is due ("periodic"), or always with force. Until then nothing touches the
+        file, so a change undone in between (a delivery acknowledged before its row was written) costs
+        no write at all. Changes stay in `_ops` until their COMMIT succeeds, so a failed one (disk full)
+        is retried."""
         ops = self._ops
-        if len(ops) == self._applied and not self._in_tx:
-            return  # nothing new, nothing waiting for a periodic save
+        if not ops:
+            return
         if self._failing and now < self._retry_at and not force:
             return
-        if not (self._urgent or self.periodic or force or idle):
+        if force:
+            pass
+        elif self.periodic:
+            if len(ops) < PERIODIC_MAX_OPS:
+                due = (len(ops) >= self.autosave_interval if self.autosave_on_changes
+                       else now - self._last_commit >= self.autosave_interval)
+                if not due:
+                    return
+        elif not (self._urgent or idle):
             since = self._deferred_since
             if since is None:
                 self._deferred_since = now
@@ -405,39 +424,35 @@ class SqliteStore(NullStore):
                 return
         conn = self._conn
         try:
-            if not self._in_tx:
-                conn.execute("BEGIN")
-                self._in_tx = True
-            i, n = self._applied, len(ops)
+            conn.execute("BEGIN")
+            i, n = 0, len(ops)
             while i < n:
-                sql = ops[i][0]
+                op = ops[i]
+                if op is None:
+                    i += 1
+                    continue
+                sql = op[0]
                 j = i + 1
-                while j < n and ops[j][0] is sql:
+                while j < n and ops[j] is not None and ops[j][0] is sql:  # type: ignore[index]
                     j += 1
                 if j - i == 1:
-                    conn.execute(sql, ops[i][1])
+                    conn.execute(sql, op[1])
                 else:
-                    conn.executemany(sql, [op[1] for op in ops[i:j]])
+                    conn.executemany(sql, [o[1] for o in ops[i:j]])  # type: ignore[index]
                 i = j
-            self._applied = n
-            if self.periodic and not force and n < PERIODIC_MAX_OPS:
-                due = (n >= self.autosave_interval if self.autosave_on_changes
-                       else now - self._last_commit >= self.autosave_interval)
-                if not due:
-                    return
             conn.execute("COMMIT")
-            self._in_tx = False
-            ops.clear()
-            self._applied = 0
-            self._urgent = False
-            self._deferred_since = None
-            self._last_commit = now
-            self.commits += 1
-            if self._failing:
-                self._failing = False
-                self.log(L.NOTICE, f"Persistence database {self.path} is writable again.")
         except sqlite3.Error as exc:
             self._on_error(exc, now)
+            return
+        ops.clear()
+        self._inserts.clear()
+        self._urgent = False
+        self._deferred_since = None
+        self._last_commit = now
+        self.commits += 1
+        if self._failing:
+            self._failing = False
+            self.log(L.NOTICE, f"Persistence database {self.path} is writable again.")
 
     def _on_error(self, exc: sqlite3.Error, now: float) -> None:
         """Disk full or I/O error: roll back, keep the changes for a retry, keep serving."""
@@ -447,8 +462,6 @@ class SqliteStore(NullStore):
                 self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        self._in_tx = False
-        self._applied = 0  # the rollback undid them: all pending changes run again on retry
         self._retry_at = now + RETRY_INTERVAL
         if not self._failing:
             self._failing = True
@@ -459,6 +472,7 @@ class SqliteStore(NullStore):
             self.log(L.ERR, f"Error: {len(self._ops)} unsaved changes to {self.path} dropped "
                             f"(limit {MAX_PENDING_OPS}).")
             self._ops.clear()
+            self._inserts.clear()
 
     def close(self) -> None:
         if self._conn is None:

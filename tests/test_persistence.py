@@ -645,6 +645,35 @@ def test_forgetting_acknowledged_deliveries_waits_for_an_idle_loop(tmp_path):
     store.close()
 
 
+def test_delivery_acknowledged_before_its_row_is_written_costs_no_write(tmp_path):
+    """With durability periodic nothing is written between saves; a message delivered to a persistent
+    session and acknowledged before the save cancels its own INSERT, so the save changes no row for
+    it (SQLite's total_changes counts every row a statement inserted, updated or deleted)."""
+    from edgebroker.broker import Broker
+    cfg = config(tmp_path, durability="periodic", autosave_interval=3600.0)
+    store = SqliteStore(cfg.database_path(), cfg.durability, cfg.autosave_interval)
+    b = Broker(cfg, now=0.0, store=store)
+    sub = b.connection_made("127.0.0.1:1", 1883, 0.0)
+    b.data_received(sub, w.connect("p", clean=False) + w.subscribe(1, [("p/#", 1)]), 0.0)
+    pub = b.connection_made("127.0.0.1:2", 1883, 0.0)
+    b.data_received(pub, w.connect("pp"), 0.0)
+    store.commit(0.0, force=True)
+    before = store._conn.total_changes
+    sub.out.clear()
+    b.data_received(pub, b"".join(w.publish(f"p/{i}", b"x", qos=1, packet_id=i) for i in range(1, 4)), 1.0)
+    b.end_turn(1.0)
+    sent = [parse_publish(p) for p in w.split_packets(b"".join(sub.out))]
+    assert [p.topic for p in sent] == ["p/1", "p/2", "p/3"]
+    b.data_received(sub, b"".join(w.puback(p.packet_id) for p in sent), 2.0)  # type: ignore[arg-type]
+    store.commit(2.0, force=True)
+    assert store._conn.total_changes == before, "rows written for deliveries acknowledged before the save"
+    b.data_received(pub, w.publish("p/4", b"kept", qos=1, packet_id=4), 3.0)
+    store.commit(3.0, force=True)
+    assert store._conn.total_changes == before + 1
+    assert db_query(Path(cfg.database_path()), "SELECT topic FROM deliveries") == [("p/4",)]
+    store.close()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3: a clean restart keeps retained messages and persistent sessions, nothing else
 # ---------------------------------------------------------------------------------------------------------
