@@ -20,7 +20,6 @@ ones such as retry_interval) come back as warnings in `LoadedConfig.warnings`.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
@@ -319,6 +318,8 @@ def _error(origin: Origin, message: str) -> ConfigError:
 
 
 def _unknown(origin: Origin, known: List[str]) -> ConfigError:
+    import difflib  # only for an unknown option: not worth its memory for the broker's whole life
+
     close = difflib.get_close_matches(origin.option, known, n=1, cutoff=0.7)
     return _error(origin, "unknown option" + (f" (did you mean {close[0]}?)" if close else ""))
 

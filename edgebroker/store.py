@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
@@ -283,6 +282,8 @@ class SqliteStore(NullStore):
         if "sqlite_utils" in sys.modules:  # already paid for (tools, tests): no need for a child
             migrate(self.path)
         else:
+            import subprocess  # here, not at the top: only a migration needs it
+
             done = subprocess.run([sys.executable, "-m", "edgebroker.store", "migrate", self.path],
                                   capture_output=True, text=True)
             if done.returncode != 0:

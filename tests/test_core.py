@@ -1097,3 +1097,15 @@ def test_property_topic_tree_match_agrees_with_filter_matches(subs, topics, drop
             assert tree.unsubscribe(subscribed.pop(i)[0], i)
     check()
     assert tree.count == len(subscribed)
+
+
+def test_MQTT_3_1_3_6_assigned_client_id_is_the_prefix_and_a_random_uuid():
+    """An empty client id with clean session 1 gets auto_id_prefix + a random version 4 UUID in
+    upper-case hex, as Mosquitto assigns it [MQTT-3.1.3-6]; two of them differ."""
+    import re
+
+    core = Core(auto_id_prefix="gw-")
+    ids = [core.connect("").conn.client_id for _ in range(2)]
+    for cid in ids:
+        assert re.fullmatch(r"gw-[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}", cid), cid
+    assert ids[0] != ids[1]
