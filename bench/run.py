@@ -473,19 +473,23 @@ How each level gets there:
   touched to the WAL (whole pages however small the message: 1 KiB pages in new databases, and the
   deliveries table has no secondary index since schema 3); every
   1,000 WAL pages SQLite copies them back into the database file (checkpoint). A message to an online
-  persistent subscriber is written when it is queued and deleted when it is acknowledged. The bytes
-  therefore follow the number of commits (loop turns), not the message size. `sync` adds an fsync per
+  persistent subscriber is written when it is queued and deleted when it is acknowledged; the deletion
+  gates nothing, so it rides with the next commit that something waits on, or is committed once the
+  loop has been idle for 20 ms (at most 1 s later). A message queued for an offline session is stored
+  with its packet id, so sending it writes nothing: draining the queue (S9q) commits only the deletions,
+  at the end. The bytes therefore follow the number of commits (loop turns), not the message size.
+  `sync` adds an fsync per
   commit: on this machine's virtual disk an fsync is cheap (the host caches it); on a Raspberry Pi's SD
   card it takes milliseconds, so the throughput cost of `sync` measured here is a lower bound.
-- edgebroker `periodic` keeps one transaction open and commits it every autosave_interval; with the
-  default 1800 s nothing is committed during these runs, and what the row shows is the final commit and
-  checkpoint at shutdown (plus pages SQLite writes to the WAL early if the open transaction outgrows its
-  1 MiB page cache; the "data before SIGTERM" column shows whether a WAL existed then). Its throughput
-  cost is therefore not I/O but the CPU of running every turn's statements inside the open transaction
-  (compare "broker CPU s" with persistence false); `crash` adds the commits, `sync` their fsyncs. It
-  also keeps every statement since the last save in memory, to replay them if a commit fails, so its
-  peak RSS (results table) grows with the messages since the last save, until 20,000 pending statements
-  force a commit whatever autosave_interval says (`PERIODIC_MAX_OPS` in `edgebroker/store.py`).
+- edgebroker `periodic` buffers the statements in memory and runs them at each save (every
+  autosave_interval), in one transaction; with the default 1800 s nothing is written during these runs
+  but what 20,000 pending statements force early, and the row shows that plus the final commit and
+  checkpoint at shutdown. A delivery acknowledged before the save cancels its own INSERT, so a message
+  its subscriber acknowledged in time is never written at all. Its throughput cost is the CPU of
+  appending statements (compare "broker CPU s" with persistence false); `crash` adds the commits,
+  `sync` their fsyncs. The buffered statements are also what a failed commit replays, so its peak RSS
+  (results table) grows with the changes since the last save, up to those 20,000
+  (`PERIODIC_MAX_OPS` in `edgebroker/store.py`).
 - Mosquitto writes `mosquitto.db` only every autosave_interval and at shutdown, whole: with the default
   1800 s its figure is one save at exit of what is then in memory (here almost nothing: the queue has been
   drained) plus its log. That is its durability model: a crash or a power cut loses everything since the
