@@ -558,18 +558,14 @@ class Broker:
                 seq = self._seq = self._seq + 1
                 self.store.delivery_add(seq, session.client_id, msg.topic, msg.payload, qos, msg.retain,
                                         pid, INFLIGHT_SENT)
-            self._send_inflight(session, conn, msg, qos, seq, pid)
+            session.inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
+            conn.write(msg.wire(qos, pid))
+            self.stats.publish_sent += 1
+            self.stats.messages_sent += 1
+            if self.debug:
+                self._log_sent(conn, msg, qos, pid, False)
         else:
             self._enqueue(session, msg, qos)
-
-    def _send_inflight(self, session: Session, conn: Connection, msg: Message, qos: int, seq: int, pid: int,
-                       dup: bool = False) -> None:
-        session.inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
-        conn.write(msg.wire(qos, pid, dup))
-        self.stats.publish_sent += 1
-        self.stats.messages_sent += 1
-        if self.debug:
-            self._log_sent(conn, msg, qos, pid, dup)
 
     def _log_sent(self, conn: Connection, msg: Message, qos: int, pid: int, dup: bool) -> None:
         self.log(L.DEBUG, f"Sending PUBLISH to {conn.client_id} (d{int(dup)}, q{qos}, r{int(msg.retain)}, "
