@@ -96,6 +96,13 @@ class Connection:
         self.stash: List[object] = []
         self.stash_error: Optional[MalformedPacket] = None
 
+    def buffer(self) -> List[bytes]:
+        """The output buffer, for a caller that appends many packets itself (and adds to out_size);
+        the connection is listed for the flush."""
+        if not self.out:
+            self._dirty.append(self)
+        return self.out
+
     def write(self, data: bytes) -> None:
         if not self.out:
             self._dirty.append(self)
@@ -213,6 +220,12 @@ class Broker:
         conn.last_rx = now
         self._now = now
         self.stats.bytes_received += len(data)
+        if data and data[0] == 0x40 and conn.connected and not (conn.paused_by or conn.stash or self.debug):
+            ids = conn.parser.ack_run(data, 0x40)
+            if ids is not None:
+                self.stats.messages_received += len(ids)
+                self._on_puback_run(conn, ids, now)
+                return
         error = None
         try:
             packets = conn.parser.feed(data)
@@ -619,6 +632,8 @@ class Broker:
         debug = self.debug
         sent = 0
         write = conn.write
+        out = conn.buffer() if queue and room > 0 else conn.out
+        size = 0
         while queue and room > 0:
             msg, qos, seq, pid = queue.popleft()
             session.queued_bytes -= len(msg.payload)
@@ -640,10 +655,13 @@ class Broker:
                 session.dup_prefix -= 1
                 dup = True
             inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
-            write(msg.wire(qos, pid, dup))
+            parts = msg.parts(qos, pid, dup)
+            out += parts
+            size += 3 + len(parts[1]) + len(parts[3])
             room -= 1
             if debug:
                 self._log_sent(conn, msg, qos, pid, dup)
+        conn.out_size += size
         stats = self.stats
         stats.publish_sent += sent
         stats.messages_sent += sent
@@ -676,6 +694,25 @@ class Broker:
                 self.store.delivery_remove(entry[3])
             return bool(session.queue)
         return False
+
+    def _on_puback_run(self, conn: Connection, ids: Tuple[int, ...], now: float) -> None:
+        """A read of PUBACKs only: what _on_puback does for each, then one refill."""
+        session: Session = conn.session  # type: ignore[assignment]
+        inflight = session.inflight
+        get = inflight.get
+        remove = self.store.delivery_remove
+        done = False
+        for pid in ids:
+            entry = get(pid)
+            if entry is not None and entry[1] == 1:
+                del inflight[pid]
+                done = True
+                if entry[3]:
+                    remove(entry[3])
+        if done:
+            session.last_progress = now
+            session.stalled = False
+            self._refill(conn)
 
     def _on_pubrec(self, conn: Connection, p: Pubrec, now: float) -> None:
         session = conn.session

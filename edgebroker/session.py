@@ -53,13 +53,18 @@ class Message:
 
     def wire(self, qos: int, packet_id: int, dup: bool = False) -> bytes:
         """The PUBLISH for a QoS 1/2 delivery: shared remaining-length + topic, per-client packet id."""
+        return b"".join(self.parts(qos, packet_id, dup))
+
+    def parts(self, qos: int, packet_id: int, dup: bool = False) -> Tuple[bytes, bytes, bytes, bytes]:
+        """wire() unjoined, for a caller that joins many packets at once: first byte, the shared
+        remaining length + topic, the packet id, the shared payload."""
         head = self._head
         if head is None:
             raw = self.topic.encode("utf-8")
             body_len = 4 + len(raw) + len(self.payload)
             head = self._head = encode_remaining_length(body_len) + len(raw).to_bytes(2, "big") + raw
-        first = _FIRST[(qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)]
-        return b"".join((first, head, packet_id.to_bytes(2, "big"), self.payload))
+        return (_FIRST[(qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)], head,
+                packet_id.to_bytes(2, "big"), self.payload)
 
 
 class Session:

@@ -608,3 +608,59 @@ def test_property_valid_packet_after_mutated_one_or_error(data, pkt):
     sync in a way that makes the codec raise anything but MalformedPacket."""
     pkts, _ = feed_chunks([data + wire_of(pkt)])
     assert_stable(pkts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parser.ack_run: a read of acknowledgements only, decoded without packet objects
+# ---------------------------------------------------------------------------------------------------------
+
+def test_ack_run_returns_the_packet_ids_in_order():
+    data = w.puback(1) + w.puback(65535) + w.puback(1) + w.puback(258)
+    assert Parser().ack_run(data, 0x40) == (1, 65535, 1, 258)
+    assert Parser().ack_run(w.pubcomp(7) + w.pubcomp(8), 0x70) == (7, 8)
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    w.puback(1) + w.pubrec(2),                  # another packet type in the run
+    w.puback(1) + w.puback(2)[:3],              # a trailing partial packet
+    w.puback(1) + b"\x40\x02\x00\x00",          # packet id 0 [MQTT-2.3.1-1]
+    b"\x40\x03\x00\x01",                        # wrong remaining length
+    b"\x41\x02\x00\x01",                        # reserved flags set [MQTT-2.2.2-2]
+    w.pingreq() + w.pingreq(),                  # four bytes, not acknowledgements
+], ids=["empty", "mixed", "partial", "id-0", "length", "flags", "pingreqs"])
+def test_ack_run_declines_anything_else_and_feed_then_decides(data):
+    parser = Parser()
+    assert parser.ack_run(data, 0x40) is None
+    assert parser.buffered == 0, "a declined read must leave the parser as it was"
+
+
+def test_ack_run_declines_while_a_partial_packet_is_buffered():
+    """The parser holds the first bytes of a packet: the next read completes it, so it cannot be taken
+    as whole acknowledgements (the stream would lose sync)."""
+    parser = Parser()
+    assert parser.feed(w.puback(9)[:2]) == []
+    assert parser.ack_run(w.puback(1), 0x40) is None
+    assert typed(parser.feed(w.puback(9)[2:] + w.puback(1))) == typed([p.Puback(9), p.Puback(1)])
+
+
+def test_ack_run_declines_when_max_packet_size_is_below_four():
+    assert Parser(max_packet_size=3).ack_run(w.puback(1), 0x40) is None
+
+
+@FAST
+@given(st.binary(min_size=4, max_size=64).filter(lambda b: len(b) % 4 == 0)
+       | st.lists(st.integers(0, 65535), min_size=1, max_size=40).map(
+           lambda ids: b"".join(b"\x40\x02" + i.to_bytes(2, "big") for i in ids)))
+def test_property_ack_run_agrees_with_feed(data):
+    """Whatever ack_run accepts, feed decodes to exactly those PUBACKs; what feed rejects or decodes
+    as anything else, ack_run declines."""
+    ids = Parser().ack_run(data, 0x40)
+    try:
+        fed = Parser().feed(data)
+    except MalformedPacket:
+        fed = None
+    if ids is not None:
+        assert fed is not None and typed(fed) == typed([p.Puback(i) for i in ids])
+    else:
+        assert fed is None or not all(isinstance(x, p.Puback) for x in fed) or len(fed) * 4 != len(data)

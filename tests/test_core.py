@@ -476,6 +476,47 @@ def test_acks_in_one_read_refill_the_window_before_a_later_pingreq_is_answered_M
     assert [getattr(p, "payload", p) for p in got] == [b"m3", b"m4", Pingresp(), b"m5"], got
 
 
+def _window_of_four() -> Tuple[Core, Client, List[Publish]]:
+    """A subscriber with a window of 4: one QoS 2 and three QoS 1 messages in flight, six queued."""
+    core = Core(max_inflight_messages=4)
+    sub = core.connect("sub")
+    sub.subscribe(1, ("r/#", 2))
+    pub = core.connect("pub")
+    pub.send(w.publish("r/2", b"two", qos=2, packet_id=1))
+    assert pub.take() == [Pubrec(1)]
+    for i in range(9):
+        publish_qos1(pub, "r/1", b"m%d" % i, packet_id=i + 2)
+    return core, sub, sub.publishes()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=10))
+def test_property_a_read_of_pubacks_acts_as_the_same_acks_arriving_byte_by_byte(picks):
+    """A read holding only PUBACKs takes a shorter path than the general parser (Parser.ack_run); the
+    result must not depend on it: PUBACKs for messages in flight free their slots and the window is
+    refilled in queue order; a PUBACK for the QoS 2 message, for an unknown id or a second one for
+    the same id changes nothing [MQTT-4.3.2] [MQTT-4.3.3] [MQTT-4.6.0-2]. The reference feeds the same
+    bytes one at a time, which the short path never accepts."""
+    results = []
+    for split in (False, True):
+        core, sub, sent = _window_of_four()
+        assert [p.qos for p in sent] == [2, 1, 1, 1]
+        ids = [p.packet_id for p in sent] + [999, 0xFFFF]  # the last two were never sent
+        data = b"".join(w.puback(ids[i]) for i in picks)
+        for chunk in ([data[i:i + 1] for i in range(len(data))] if split else [data]):
+            sub.send(chunk)
+        session = sub.conn.session
+        out = b"".join(sub.conn.out)
+        assert sub.conn.out_size == len(out)
+        got = [(p.payload, p.packet_id, p.qos, p.dup) for p in sub.publishes()]
+        results.append((got, [(k, v[2]) for k, v in session.inflight.items()], len(session.queue)))
+        assert not sub.closed
+    assert results[0] == results[1]
+    freed = {i for i in picks if 1 <= i <= 3}
+    assert len(results[0][0]) == len(freed)
+    assert results[0][1][0] == (sent[0].packet_id, 0), "the QoS 2 message must stay in flight"
+
+
 def test_max_inflight_messages_qos2_slot_held_until_pubcomp():
     core = Core(max_inflight_messages=1)
     sub = core.connect("sub")
