@@ -38,6 +38,7 @@ from edgebroker.cli import sub as eb_sub
 from edgebroker.cli.msgformat import render, render_format
 from edgebroker.client import Client, ConnectFailed, Message, Subscribed
 from edgebroker.codec import Parser
+from edgebroker.config import Listener
 
 try:
     from util import wait_for
@@ -560,6 +561,25 @@ def test_python_m_edgebroker_pub_and_sub(broker, prefix):
     assert (r.returncode, r.stdout, r.stderr) == (0, f"{prefix}/x via -m\n".encode(), b"")
     r = run([sys.executable, "-m", "edgebroker", "--help"])
     assert r.returncode == 0 and b"broker" in r.stdout
+
+
+@needs_clients
+def test_unix_socket_pub_and_sub_like_mosquittos_tools(make_broker, prefix, tmp_path):
+    """--unix PATH: edgebroker-pub and edgebroker-sub reach a broker's unix socket listener, and print
+    what mosquitto_pub/mosquitto_sub print through the same socket. The subscribers take the two
+    retained messages published beforehand (-C 2), so no wait on the subscription is needed."""
+    path = str(tmp_path / "mqtt.sock")
+    make_broker(listeners=[Listener(port=0, address="127.0.0.1"), Listener(port=0, unix_socket=path)])
+    for name, pub in (("eb", EB_PUB), ("m", M_PUB)):
+        r = run([*pub, "--unix", path, "-t", f"{prefix}/unix/{name}", "-r", "-q", "1", "-m", f"from {name}"])
+        assert (r.returncode, r.stdout, r.stderr) == (0, b"", b""), name
+    outs = []
+    for sub in (EB_SUB, M_SUB):
+        r = run([*sub, "--unix", path, "-t", f"{prefix}/unix/+", "-C", "2", "-v", "-q", "1"])
+        assert (r.returncode, r.stderr) == (0, b""), sub
+        outs.append(r.stdout)
+    assert outs[0] == outs[1]
+    assert sorted(outs[0].splitlines()) == [f"{prefix}/unix/{n} from {n}".encode() for n in ("eb", "m")]
 
 
 def _subscribe(t: Target, topic: str, qos: int = 1) -> Client:
