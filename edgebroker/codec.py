@@ -19,7 +19,7 @@ from .packets import (
     Suback, Subscribe, Unsuback, Unsubscribe, Will,
 )
 
-__all__ = ["Parser", "encode", "encode_remaining_length", "valid_topic_name", "valid_topic_filter",
+__all__ = ["Parser", "encode", "encode_remaining_length", "publish_head", "valid_topic_name", "valid_topic_filter",
            "encode_publish", "MAX_PACKET_SIZE"]
 
 #: Largest packet the protocol can express: 1 byte header + 4 bytes of remaining length + 268,435,455.
@@ -388,6 +388,20 @@ def encode_remaining_length(length: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+_HEAD_1 = struct.Struct(">BH").pack   # remaining length < 128, topic length
+_HEAD_2 = struct.Struct(">BBH").pack  # remaining length < 16,384 in two bytes, topic length
+
+
+def publish_head(body_len: int, raw_topic: bytes) -> bytes:
+    """The bytes of a PUBLISH between its first byte and its packet id (or payload): remaining length
+    `body_len`, then the topic as a UTF-8 string. One pack for the sizes sensors send."""
+    if body_len < 128:
+        return _HEAD_1(body_len, len(raw_topic)) + raw_topic
+    if body_len < 16384:
+        return _HEAD_2((body_len & 0x7F) | 0x80, body_len >> 7, len(raw_topic)) + raw_topic
+    return encode_remaining_length(body_len) + _U16.pack(len(raw_topic)) + raw_topic
 
 
 def _string(text: str) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Deque, Dict, List, Optional, Set, Tuple
 
-from .codec import encode_remaining_length
+from .codec import publish_head
 
 __all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED"]
 
@@ -45,10 +45,8 @@ class Message:
         data = self._q0
         if data is None:
             raw = self.topic.encode("utf-8")
-            body_len = 2 + len(raw) + len(self.payload)
-            data = self._q0 = b"".join((
-                bytes((0x31 if self.retain else 0x30,)), encode_remaining_length(body_len),
-                len(raw).to_bytes(2, "big"), raw, self.payload))
+            data = self._q0 = b"".join((_FIRST[1 if self.retain else 0],
+                                        publish_head(2 + len(raw) + len(self.payload), raw), self.payload))
         return data
 
     def wire(self, qos: int, packet_id: int, dup: bool = False) -> bytes:
@@ -61,8 +59,7 @@ class Message:
         head = self._head
         if head is None:
             raw = self.topic.encode("utf-8")
-            body_len = 4 + len(raw) + len(self.payload)
-            head = self._head = encode_remaining_length(body_len) + len(raw).to_bytes(2, "big") + raw
+            head = self._head = publish_head(4 + len(raw) + len(self.payload), raw)
         return (_FIRST[(qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)], head,
                 packet_id.to_bytes(2, "big"), self.payload)
 
