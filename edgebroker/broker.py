@@ -220,11 +220,12 @@ class Broker:
         conn.last_rx = now
         self._now = now
         self.stats.bytes_received += len(data)
-        if data and data[0] == 0x40 and conn.connected and not (conn.paused_by or conn.stash or self.debug):
+        if data and data[0] == 0x40 and conn.connected and not (conn.paused_by or conn.stash):
             ids = conn.parser.ack_run(data, 0x40)
-            if ids is not None:
+            if ids is not None:  # a read of PUBACKs only: no packet objects, one refill
                 self.stats.messages_received += len(ids)
-                self._on_puback_run(conn, ids, now)
+                if self._acked(conn, ids, now):
+                    self._refill(conn)
                 return
         error = None
         try:
@@ -681,28 +682,20 @@ class Broker:
 
     def _on_puback(self, conn: Connection, p: Puback, now: float) -> bool:
         """Returns True when the window has room again and messages wait (see _handle)."""
-        session: Session = conn.session  # type: ignore[assignment]
-        inflight = session.inflight
-        entry = inflight.get(p.packet_id)
-        if self.debug:
-            self.log(L.DEBUG, f"Received PUBACK from {conn.client_id} (Mid: {p.packet_id}, RC:0)")
-        if entry is not None and entry[1] == 1:
-            del inflight[p.packet_id]
-            session.last_progress = now
-            session.stalled = False
-            if entry[3]:
-                self.store.delivery_remove(entry[3])
-            return bool(session.queue)
-        return False
+        return self._acked(conn, (p.packet_id,), now)
 
-    def _on_puback_run(self, conn: Connection, ids: Tuple[int, ...], now: float) -> None:
-        """A read of PUBACKs only: what _on_puback does for each, then one refill."""
+    def _acked(self, conn: Connection, ids: Tuple[int, ...], now: float) -> bool:
+        """PUBACKs for `ids` (one packet, or a read of nothing else): each frees the slot of a QoS 1
+        message in flight. True when one did and messages wait: the caller refills the window once."""
         session: Session = conn.session  # type: ignore[assignment]
         inflight = session.inflight
         get = inflight.get
         remove = self.store.delivery_remove
+        debug = self.debug
         done = False
         for pid in ids:
+            if debug:
+                self.log(L.DEBUG, f"Received PUBACK from {conn.client_id} (Mid: {pid}, RC:0)")
             entry = get(pid)
             if entry is not None and entry[1] == 1:
                 del inflight[pid]
@@ -712,7 +705,8 @@ class Broker:
         if done:
             session.last_progress = now
             session.stalled = False
-            self._refill(conn)
+            return bool(session.queue)
+        return False
 
     def _on_pubrec(self, conn: Connection, p: Pubrec, now: float) -> None:
         session = conn.session
