@@ -517,6 +517,24 @@ def test_property_a_read_of_pubacks_acts_as_the_same_acks_arriving_byte_by_byte(
     assert results[0][1][0] == (sent[0].packet_id, 0), "the QoS 2 message must stay in flight"
 
 
+def test_verbose_log_has_a_line_per_puback_also_when_a_read_holds_only_pubacks():
+    """Under -v (log type debug) each PUBACK gets Mosquitto's "Received PUBACK" line, whether it came
+    alone, with other packets, or in a read of PUBACKs only."""
+    core = Core(max_inflight_messages=5)
+    core.broker.debug = True  # what a logger with debug enabled sets
+    sub = core.connect("sub")
+    sub.subscribe(1, ("v", 1))
+    pub = core.connect("pub")
+    for i in range(4):
+        publish_qos1(pub, "v", b"m%d" % i, packet_id=i + 1)
+    ids = [p.packet_id for p in sub.publishes()]
+    sub.send(w.puback(ids[0]) + w.puback(ids[1]))  # PUBACKs only
+    sub.send(w.puback(ids[2]) + w.pingreq())       # the general path
+    sub.send(w.puback(ids[3]))
+    assert core.logged("Received PUBACK from sub") == [
+        f"Received PUBACK from sub (Mid: {i}, RC:0)" for i in ids]
+
+
 def test_max_inflight_messages_qos2_slot_held_until_pubcomp():
     core = Core(max_inflight_messages=1)
     sub = core.connect("sub")
