@@ -96,7 +96,22 @@ def machine() -> Dict[str, str]:
         "edgebroker": f"{eb_version} (commit {commit})",
         "mosquitto": brokers.mosquitto_version(),
         "brokers' data directories": _data_fs(),
+        "cpu idle driver": _cpuidle(),
     }
+
+
+def _cpuidle() -> str:
+    """The idle driver, and its halt-polling window under a hypervisor: how dear it is to wake an idle CPU
+    (S8, S8-apart)."""
+    def read(path: str) -> str:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver") or "unknown"
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return f"{driver}, guest_halt_poll_ns {poll}" if poll else driver
 
 
 def _data_fs() -> str:

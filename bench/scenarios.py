@@ -8,6 +8,7 @@ timeout so that a slow or stuck broker still yields counts (received vs expected
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import time
 from dataclasses import dataclass, field, replace
@@ -423,12 +424,31 @@ def run_s8(target: Any, sz: Sizes, timeout: float) -> Outcome:
     return _queued(target, sz, timeout, sz.s8_count)
 
 
-def _queued(target: Any, sz: Sizes, timeout: float, count: int, hold_s: float = 0.0) -> Outcome:
+def run_s8_apart(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    """S8 with the broker on one CPU and the generator on another: every hand-over wakes the other CPU."""
+    return _queued(target, sz, timeout, sz.s8_count, cpus=(0, 1))
+
+
+def run_s8_shared(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    """S8 with the broker and the generator on the same CPU: a hand-over is a context switch."""
+    return _queued(target, sz, timeout, sz.s8_count, cpus=(0, 0))
+
+
+def _queued(target: Any, sz: Sizes, timeout: float, count: int, hold_s: float = 0.0,
+            cpus: Optional[Tuple[int, int]] = None) -> Outcome:
+    """cpus: (broker's CPU, generator's CPU), indexes into the CPUs this process may use, for the whole
+    run; None leaves placement to the scheduler."""
+    if cpus is not None:
+        allowed = sorted(os.sched_getaffinity(0))
+        if max(cpus) >= len(allowed):
+            return Outcome(status="SKIP", detail=f"needs {max(cpus) + 1} CPUs")
+        cpus = (allowed[cpus[0]], allowed[cpus[1]])
+        target.pin(cpus[0])
     t0 = time.monotonic()
     pool = Pool()
     try:
         pool.spawn("queue", workers.queue_worker, target.port, count, sz.payload, sz.window,
-                   t0 + timeout - _soft(timeout), hold_s)
+                   t0 + timeout - _soft(timeout), hold_s, None if cpus is None else cpus[1])
         if not pool.wait("result", ["queue"], t0 + timeout):
             return _timeout_outcome(pool, "the offline-queue run")
         r = pool.got("result", "queue") or {}
@@ -540,7 +560,14 @@ def scenarios(sz: Sizes) -> List[Scenario]:
         Scenario("S7", f"{sz.s7_topics:,} retained messages to a new bench/retained/# subscriber",
                  (Metric("ms", "SUBSCRIBE to last retained, ms", "lower", ms),), run_s7),
         Scenario("S8", f"{sz.s8_count:,} QoS 1 queued for an offline persistent session, drained on reconnect",
-                 (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8, max_queued=sz.s8_max_queued),
+                 (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8, max_queued=sz.s8_max_queued,
+                 family="S8"),
+        Scenario("S8-apart", "S8 with the broker pinned to one CPU and the generator to another",
+                 (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8_apart,
+                 max_queued=sz.s8_max_queued, family="S8"),
+        Scenario("S8-shared", "S8 with the broker and the generator pinned to the same CPU",
+                 (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8_shared,
+                 max_queued=sz.s8_max_queued, family="S8"),
     ] + s9_scenarios(sz)
 
 

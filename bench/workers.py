@@ -12,6 +12,7 @@ set-up (connecting, pre-encoding).
 """
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import struct
@@ -771,10 +772,12 @@ def retained_worker(wid: Any, q: Any, port: int, n: int, size: int, deadline: fl
 # ---- S8: queued messages for an offline persistent session --------------------------------------
 
 def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, deadline: float,
-                 hold_s: float = 0.0) -> None:
+                 hold_s: float = 0.0, cpu: Optional[int] = None) -> None:
     """S8 (and S9q): a persistent session subscribes and goes offline, n QoS 1 messages are queued for it,
     they stay queued hold_s more seconds (S9q: long enough for a 1 s autosave to happen), then it
-    reconnects and drains them, acknowledging each."""
+    reconnects and drains them, acknowledging each. cpu: run on that CPU only (S8-apart, S8-shared)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     out: Dict[str, Any] = {"expected": n}
     cid = "bench-queue-sub"
     socks: List[socket.socket] = []
