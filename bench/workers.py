@@ -960,7 +960,7 @@ def sink_worker(wid: Any, q: Any, stream_qos: int, stream_count: int, size: int,
                     for w in waiting:
                         if w in conns:
                             conns[w]["pos"] = 0
-                            sel.modify(w, selectors.EVENT_READ | selectors.EVENT_WRITE, w)
+                            sel.modify(w, selectors.EVENT_READ | selectors.EVENT_WRITE, w)  # novm: int flags, not a union type
                     waiting.clear()
     finally:
         for c in conns:

@@ -6,7 +6,7 @@
 #      mosquitto_sub, mosquitto_pub or mosquitto is missing, and makes sure the package did not
 #      leave a mosquitto service running on port 1883;
 #   2. creates the virtualenv .venv (if missing) and installs edgebroker with its test extras;
-#   3. checks that edgebroker/ and firmware_bridge/ still run on Python 3.9 (vermin);
+#   3. checks that edgebroker/, firmware_bridge/ and bench/ still run on Python 3.9 (vermin);
 #   4. runs pytest with the given arguments and exits with pytest's exit code.
 set -eu
 
@@ -109,7 +109,7 @@ fi
 #   --violations --no-tips  print only the offending files and lines
 # A directory without .py files makes vermin fail ("no files"), so only those with some are passed.
 vermin_targets=""
-for d in edgebroker firmware_bridge; do
+for d in edgebroker firmware_bridge bench; do
     if [ -d "$d" ] && [ -n "$(find "$d" -name '*.py' | head -n 1)" ]; then
         vermin_targets="$vermin_targets $d"
     fi
