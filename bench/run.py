@@ -111,7 +111,10 @@ def _cpuidle() -> str:
             return ""
     driver = read("/sys/devices/system/cpu/cpuidle/current_driver") or "unknown"
     poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
-    return f"{driver}, guest_halt_poll_ns {poll}" if poll else driver
+    if not poll:
+        return driver
+    note = " (an idle vCPU halts at once, so waking it is dear: see S8 in bench/README.md)" if poll == "0" else ""
+    return f"{driver}, guest_halt_poll_ns {poll}{note}"
 
 
 def _data_fs() -> str:
