@@ -190,6 +190,10 @@ def chart(records: List[Dict[str, Any]], scen: List[Scenario], path: str, subtit
 
 # ---- S9: the cost of persistence ---------------------------------------------------------------------
 
+#: The S9 phases, in report order: S9-* (online stream), S9q-* (queued, drained), S9t-* (a trickle).
+S9_PHASES = ("online", "queued", "trickle")
+
+
 def _s9_groups(records: List[Dict[str, Any]], scen: List[Scenario], phase: str) -> List[Tuple[str, str, List[Dict[str, Any]]]]:
     """(broker, configuration label, that configuration's own runs) per S9 configuration of a phase, in
     scenario order, each configuration once (Mosquitto's runs shared by several pairs count once)."""
@@ -218,7 +222,7 @@ def _ok_med(values: List[Optional[float]]) -> Optional[float]:
 
 
 def s9_rows(records: List[Dict[str, Any]], scen: List[Scenario], phase: str) -> List[Dict[str, Any]]:
-    """Medians per S9 configuration of a phase ("online" or "queued")."""
+    """Medians per S9 configuration of a phase ("online", "queued" or "trickle")."""
     rows = []
     groups = _s9_groups(records, scen, phase)
     for kind, label, runs in groups:
@@ -249,7 +253,7 @@ def s9_table(records: List[Dict[str, Any]], scen: List[Scenario], phase: str) ->
     if not rows:
         return "(not run)"
     pct = "{:.0%}"
-    if phase == "online":
+    if phase != "queued":
         head = ("| Broker | Configuration | msg/s | vs its persistence off | disk writes KiB / 1,000 msgs "
                 "| file write() KiB / 1,000 | device KiB / 1,000 | write calls / 1,000 | data before SIGTERM KiB "
                 "| data after exit KiB | shutdown ms | broker CPU s |")
@@ -267,7 +271,7 @@ def s9_table(records: List[Dict[str, Any]], scen: List[Scenario], phase: str) ->
             _f(r["syscw_per_1000"], "{:,.0f}"), kib(r["data_bytes_before_stop"]), kib(r["data_bytes_end"]),
             _f(None if r["shutdown_s"] is None else r["shutdown_s"] * 1e3, "{:,.0f}"), _f(r["cpu"], "{:.2f}"),
         ]
-        if phase == "online":
+        if phase != "queued":
             cells_ = [_f(r["rate"], "{:,.0f}"), _f(r["rate_vs_off"], pct)] + common
         else:
             cells_ = [_f(r["queue_rate"], "{:,.0f}"), _f(r["queue_vs_off"], pct), _f(r["ms"], "{:,.1f}"),
@@ -290,10 +294,10 @@ def _x(a: Optional[float], b: Optional[float]) -> str:
     return f"{r:,.0f}x" if r >= 10 else f"{r:,.1f}x"
 
 
-def s9_summary(records: List[Dict[str, Any]], scen: List[Scenario], payload: int) -> str:
-    """The S9 medians in sentences (generated, so that they always match the tables)."""
+def s9_summary(records: List[Dict[str, Any]], scen: List[Scenario], payload: int, rate: float = 0.0) -> str:
+    """The S9 medians in sentences (generated, so that they always match the tables); rate: S9t's pace."""
     out: List[str] = []
-    for phase in ("online", "queued"):
+    for phase in S9_PHASES:
         rows = s9_rows(records, scen, phase)
         if not rows:
             continue
@@ -312,6 +316,11 @@ def s9_summary(records: List[Dict[str, Any]], scen: List[Scenario], payload: int
                         f"({pct(mq['on']['rate_vs_off'])} of its rate with persistence off)") if mq["on"] else ""
             out.append(f"- **Online persistent-session QoS 1 stream (S9-\\*)**. Throughput, edgebroker: {speed}. "
                        f"{mq_speed}.")
+        elif phase == "trickle":
+            out.append(f"- **A trickle through a persistent session (S9t-\\*)**: one QoS 1 message at a time at "
+                       f"{rate:g} msg/s, each acknowledged before the next, so each is a loop turn and, at `crash` "
+                       f"and `sync`, a commit of its own; the disk figures include the broker's start and exit, "
+                       f"which the persistence-off rows show.")
         else:
             speed = "; ".join(f"{k} {_f(eb[k]['queue_rate'], '{:,.0f}')} msg/s queued "
                               f"({pct(eb[k]['queue_vs_off'])} of persistence off), drained in "

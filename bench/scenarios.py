@@ -55,11 +55,15 @@ class Sizes:
     #: many seconds (so that autosave_interval 1 saves the queue a few times; the S9q-as1 pair).
     s9_queue_count: int = 10_000
     s9_hold_s: float = 3.0
+    #: ... and as a trickle, a sensor's pace: one QoS 1 message at a time at this rate, each acknowledged
+    #: before the next, so every message is a loop turn (and a commit) of its own: the SD card's case.
+    s9t_count: int = 200
+    s9t_rate: float = 40.0
 
 
 FULL = Sizes()
 QUICK = replace(FULL, s1_per_pub=10_000, s2_count=20_000, s3_count=10_000, s4_count=2_000, s5_seconds=3.0,
-                s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0)
+                s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0, s9t_count=80)
 
 
 @dataclass
@@ -98,7 +102,7 @@ class Scenario:
     disk_messages: Optional[Callable[["Sizes"], int]] = None
     #: Mosquitto runs the same configuration as this scenario: reuse its run of the same round.
     mq_same_as: Optional[str] = None
-    #: S9 phase: "online" or "queued".
+    #: S9 phase: "online", "queued" or "trickle".
     phase: str = ""
 
 
@@ -200,7 +204,7 @@ def _judge_counts(o: Outcome, received: int, expected: int, qos: int, dups: int 
 
 def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n_pubs: int, per_pub: int,
                 n_subs: int, sub_procs: int, topic_of: Callable[[int], str], sub_filter: str,
-                window: int = 0, clean: bool = True) -> Outcome:
+                window: int = 0, clean: bool = True, rate: float = 0.0) -> Outcome:
     start_t = time.monotonic()
     hard = start_t + timeout
     soft = hard - _soft(timeout)
@@ -227,7 +231,7 @@ def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n
             wid = f"pub{k}"
             pub_ids.append(wid)
             pool.spawn(wid, workers.pub_worker, target.port, f"bench-{tag}-pub{k}", k, topic_of(k), per_pub, qos,
-                       sz.payload, window, start, soft)
+                       sz.payload, window, start, soft, False, None, rate)
         if not pool.wait("ready", pub_ids, hard):
             return _timeout_outcome(pool, "publishers to connect")
         if pool.errors():
@@ -487,8 +491,15 @@ def run_s9_queued(target: Any, sz: Sizes, timeout: float) -> Outcome:
     return _queued(target, sz, timeout, sz.s9_queue_count, sz.s9_hold_s)
 
 
+def run_s9_trickle(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return _throughput(target, sz, timeout, tag="s9t", qos=1, n_pubs=1, per_pub=sz.s9t_count, n_subs=1,
+                       sub_procs=1, topic_of=lambda k: "bench/s9t", sub_filter="bench/s9t", window=1,
+                       clean=False, rate=sz.s9t_rate)
+
+
 #: (id suffix, edgebroker options, its label, Mosquitto options, its label). "as1" (both saving every
-#: second) only for the queued phase: the online phase ends in well under a second, before any autosave.
+#: second) only for the queued phase: the online phase ends in well under a second, before any autosave
+#: (and in the trickle edgebroker's periodic saves are Mosquitto's, which the other rows show).
 S9_CONFIGS = (
     ("sync", {"durability": "sync"}, "durability sync",
      {"persistence": True, "persistence_location": "{data}/"}, "persistence true, autosave_interval 1800 (default)"),
@@ -513,16 +524,19 @@ def s9_scenarios(sz: Sizes) -> List[Scenario]:
             ("queued", "S9q", run_s9_queued, lambda z: z.s9_queue_count,
              Metric("ms", "CONNECT to last message, ms", "lower", "{:,.1f}"),
              f"S8: {sz.s9_queue_count:,} QoS 1 msgs queued for an offline persistent session, kept "
-             f"{sz.s9_hold_s:g} s, then drained")):
+             f"{sz.s9_hold_s:g} s, then drained"),
+            ("trickle", "S9t", run_s9_trickle, lambda z: z.s9t_count, Metric("rate", "msg/s", "higher"),
+             f"a trickle through a persistent session: {sz.s9t_count:,} QoS 1 msgs at {sz.s9t_rate:g} msg/s, "
+             f"one at a time, subscriber online")):
         for suffix, eb_opts, eb_label, mq_opts, mq_label in S9_CONFIGS:
-            if suffix == "as1" and phase == "online":
+            if suffix == "as1" and phase != "queued":
                 continue
             eb = dict(eb_opts)
             if eb.get("persistence", True):
                 eb["persistence_location"] = "{data}"
             out.append(Scenario(
                 f"{prefix}-{suffix}", f"{what}; edgebroker {eb_label} vs Mosquitto {mq_label}",
-                (metric,) + disk, run, max_queued=sz.s8_max_queued if phase == "queued" else None,
+                disk + (metric,) if phase == "trickle" else (metric,) + disk, run, max_queued=sz.s8_max_queued if phase == "queued" else None,
                 family="S9", options={"edgebroker": eb, "mosquitto": dict(mq_opts)},
                 labels={"edgebroker": eb_label, "mosquitto": mq_label}, disk_messages=n,
                 mq_same_as=f"{prefix}-sync" if suffix in ("crash", "periodic") else None, phase=phase))

@@ -344,12 +344,13 @@ def send_burst(s: socket.socket, blob: bytes, deadline: float, chunk: int = 2621
 
 
 def run_window(s: socket.socket, packets: List[bytes], qos: int, window: int, deadline: float,
-               leftover: bytes = b"") -> Dict[str, Any]:
+               leftover: bytes = b"", first_id: int = 0) -> Dict[str, Any]:
     """Publish QoS 1/2 with at most `window` messages unacknowledged (PUBACK, or PUBCOMP for QoS 2);
-    answers PUBREC with PUBREL. Returns sent/acked counts and protocol oddities."""
+    answers PUBREC with PUBREL. Returns sent/acked counts and protocol oddities. first_id: the message
+    number (for its packet id, wire.packet_id_for) of packets[0]."""
     count = len(packets)
     outstanding = bytearray(65536)
-    pid_for = wire.packet_id_for
+    pid_for = (lambda k: wire.packet_id_for(first_id + k)) if first_id else wire.packet_id_for
     nxt = min(window, count)
     for k in range(nxt):
         outstanding[pid_for(k)] = 1
@@ -406,9 +407,30 @@ def run_window(s: socket.socket, packets: List[bytes], qos: int, window: int, de
     return {"sent": nxt, "acked": acked, "bogus_acks": bogus}
 
 
+def run_paced(s: socket.socket, packets: List[bytes], qos: int, rate: float, deadline: float,
+               leftover: bytes = b"") -> Dict[str, Any]:
+    """Publish QoS 1/2 at `rate` messages per second, one at a time: each waits for its acknowledgement
+    (the window of run_window with one slot), then for its time slot, as a sensor does."""
+    sent = acked = bogus = 0
+    t0 = time.monotonic()
+    for k, packet in enumerate(packets):
+        res = run_window(s, [packet], qos, 1, deadline, leftover, first_id=k)
+        leftover = b""
+        sent += res["sent"]
+        acked += res["acked"]
+        bogus += res["bogus_acks"]
+        if res["acked"] < 1:
+            break
+        pause = t0 + (k + 1) / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)  # pacing the load, not waiting for a result
+    return {"sent": sent, "acked": acked, "bogus_acks": bogus}
+
+
 def pub_worker(wid: Any, q: Any, port: int, client_id: str, pub_id: int, topic: str, count: int, qos: int,
                size: int, window: int, start_evt: Any, deadline: float, retain: bool = False,
-               topics: Optional[List[str]] = None) -> None:
+               topics: Optional[List[str]] = None, rate: float = 0.0) -> None:
+    """rate > 0 (QoS 1/2): one message at a time at that pace (S9t) instead of a window."""
     out: Dict[str, Any] = {"count": count}
     s = None
     try:
@@ -424,6 +446,8 @@ def pub_worker(wid: Any, q: Any, port: int, client_id: str, pub_id: int, topic: 
         if qos == 0:
             sent = send_burst(s, blob, deadline)
             out["sent"] = _messages_in(packets, sent)
+        elif rate > 0:
+            out.update(run_paced(s, packets, qos, rate, deadline, left))
         else:
             out.update(run_window(s, packets, qos, window, deadline, left))
         t1 = perf()
