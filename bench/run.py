@@ -333,12 +333,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = report.results_table(records, scen)
     print(table)
     if any(s.family == "S9" for s in scen):
-        for phase in ("online", "queued"):
+        for phase in report.S9_PHASES:
             print()
             print(f"S9 {phase}:")
             print(report.s9_table(records, scen, phase))
         print()
-        print(report.s9_summary(records, scen, sz.payload))
+        print(report.s9_summary(records, scen, sz.payload, sz.s9t_rate))
     print()
     print("Failures and losses:")
     print(report.failures(records))
@@ -464,10 +464,11 @@ The same loads with the brokers' persistence configured per row: **S9-\\*** is S
 session (a clean-session-0 subscriber at QoS 1, online, acknowledging everything; a QoS 1 publisher with
 {sz.window} unacknowledged at most; {sz.s9_count:,} messages of {sz.payload} B); **S9q-\\*** is S8 ({sz.s9_queue_count:,}
 QoS 1 messages queued for the same session while it is offline, kept {sz.s9_hold_s:g} s, then drained on
-reconnect). In the results table above each edgebroker durability level is paired with Mosquitto's
+reconnect); **S9t-\\*** is a sensor's trickle through the same online session ({sz.s9t_count:,} QoS 1 messages at
+{sz.s9t_rate:g} msg/s, one at a time: the publisher waits for each PUBACK, then for its time slot). In the results table above each edgebroker durability level is paired with Mosquitto's
 `persistence true` at its default `autosave_interval 1800` (one Mosquitto run per round serves the
 three pairs), S9q-as1 pairs both brokers saving every second (edgebroker `durability periodic`,
-`autosave_interval 1`; Mosquitto `autosave_interval 1`), and S9-off / S9q-off both with persistence off.
+`autosave_interval 1`; Mosquitto `autosave_interval 1`), and S9-off / S9q-off / S9t-off both with persistence off.
 Every row is its own fresh broker process, measured from its start to its exit after SIGTERM (so
 Mosquitto's save at shutdown and SQLite's last commit and checkpoint count). Medians over the rounds.
 
@@ -479,9 +480,13 @@ Mosquitto's save at shutdown and SQLite's last commit and checkpoint count). Med
 
 {report.s9_table(records, scen, "queued")}
 
+### A trickle: {sz.s9t_count:,} messages at {sz.s9t_rate:g} msg/s, one at a time
+
+{report.s9_table(records, scen, "trickle")}
+
 ### What the figures say
 
-{report.s9_summary(records, scen, sz.payload)}
+{report.s9_summary(records, scen, sz.payload, sz.s9t_rate)}
 
 How each level gets there:
 
@@ -492,8 +497,9 @@ How each level gets there:
   deliveries table has no secondary index since schema 3); every
   1,000 WAL pages SQLite copies them back into the database file (checkpoint). A message to an online
   persistent subscriber is written when it is queued and deleted when it is acknowledged; the deletion
-  gates nothing, so it rides with the next commit that something waits on, or is committed once the
-  loop has been idle for 20 ms (at most 1 s later). A message queued for an offline session is stored
+  gates nothing, so it rides with the next commit that something waits on, or is committed at most 1 s
+  later (not as soon as the loop goes quiet: in a trickle, S9t, it rides with the next message's commit,
+  one WAL page per message instead of two). A message queued for an offline session is stored
   with its packet id, so sending it writes nothing: draining the queue (S9q) commits only the deletions,
   at the end. The bytes therefore follow the number of commits (loop turns), not the message size.
   `sync` adds an fsync per

@@ -202,10 +202,10 @@ class Broker:
             self.log(L.NOTICE, f"Restored {len(state.retained)} retained messages and {len(state.sessions)} "
                                f"persistent sessions ({len(state.deliveries)} queued or in-flight messages).")
 
-    def end_turn(self, now: float, idle: bool = False) -> None:
+    def end_turn(self, now: float) -> None:
         """Called by the loop once per turn, before the flush: make this turn's changes durable (those
-        that can wait, when due; idle: the loop had nothing to do)."""
-        self.store.commit(now, idle=idle)
+        that can wait, when due)."""
+        self.store.commit(now)
 
     # ---- events from the loop -------------------------------------------------------------------
 

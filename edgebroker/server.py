@@ -8,7 +8,7 @@ One turn of the loop reads like a list (Mosquitto's main loop is the model):
   broker.end_turn(now)          ->  one SQLite transaction for what this turn must make durable; while
                                     more input is already waiting it is handled first (up to 5 ms);
                                     changes nothing waits on (acknowledged deliveries) are committed
-                                    with the next one that is waited on, or once the loop is idle
+                                    with the next one that is waited on, or within a second
   flush                         ->  one send per connection with output; EVENT_WRITE only on backlog
   close                         ->  sockets of connections the core ended, after a last flush
 `shutdown()` and `request_reload()` may be called from another thread or a signal handler: they set a
@@ -216,8 +216,8 @@ class Server:
                     # so a client waiting for our answer never waits on the window.
                     next_timer = now
                     continue
-                broker.end_turn(now, not events)
-                wake = store.wake_at(now)  # deferred changes: commit them once the loop is idle
+                broker.end_turn(now)
+                wake = store.wake_at(now)  # deferred changes: commit them at the latest when due
                 if wake < next_timer:
                     next_timer = wake
                 if broker.dirty:

@@ -7,7 +7,7 @@ to a list (a delivery acknowledged before its INSERT ran cancels that INSERT ins
 runs the list in order, consecutive identical statements batched with executemany, inside one
 transaction, and commits it: for durability "crash" and "sync" in the loop turn whose acknowledgements
 wait on it, before the loop flushes them (group commit), later for changes nothing waits on (see
-DEFER_IDLE); every autosave_interval for "periodic". Clean sessions and QoS 0 traffic never reach this
+DEFER_MAX_AGE); every autosave_interval for "periodic". Clean sessions and QoS 0 traffic never reach this
 module.
 
 Durability levels: "sync" = WAL + synchronous=FULL (each commit fsynced: survives power loss);
@@ -48,12 +48,14 @@ PERIODIC_MAX_OPS = 20_000
 #: continuous load it turns about one WAL page per message into one per commit of many messages.
 COMMIT_WINDOW = 0.005
 #: Deferred changes ("crash" and "sync"): forgetting a delivery the client acknowledged, or noting when
-#: a session went offline, gates no acknowledgement of ours, so no commit happens for them alone while
-#: the loop is busy. They ride with the next commit that something waits on, or are committed once the
-#: loop has been idle this long, or once the oldest is this old, or once this many are buffered. A crash
-#: in between only means a QoS 1 message acknowledged by its subscriber is sent again after the restart
-#: (with DUP set), which QoS 1 allows; a QoS 2 delivery is then finished with PUBREL, never resent.
-DEFER_IDLE = 0.02
+#: a session went offline, gates no acknowledgement of ours, so no commit happens for them alone. They
+#: ride with the next commit that something waits on, or are committed once the oldest is this old, or
+#: once this many are buffered. Not when the loop goes quiet: a gateway's traffic is a trickle with a
+#: quiet loop between messages, and a commit of its own for each acknowledgement doubled the WAL pages
+#: written per message (about 2 KiB instead of 1 at 5 to 40 msg/s: docs/persistence.md, bench S9t),
+#: the writes an SD card wears out on. A crash in between only means a QoS 1 message acknowledged by
+#: its subscriber in the last second is sent again after the restart (with DUP set), which QoS 1
+#: allows; a QoS 2 delivery is then finished with PUBREL, never resent.
 DEFER_MAX_AGE = 1.0
 DEFER_MAX_OPS = 20_000
 
@@ -179,7 +181,7 @@ class NullStore:
     def wake_at(self, now: float) -> float:
         return float("inf")
 
-    def commit(self, now: float, force: bool = False, idle: bool = False) -> None:
+    def commit(self, now: float, force: bool = False) -> None:
         pass
 
     def close(self) -> None:
@@ -394,12 +396,12 @@ class SqliteStore(NullStore):
         since = self._deferred_since
         if since is None or self.periodic:
             return float("inf")
-        return min(now + DEFER_IDLE, since + DEFER_MAX_AGE)
+        return since + DEFER_MAX_AGE
 
-    def commit(self, now: float, force: bool = False, idle: bool = False) -> None:
+    def commit(self, now: float, force: bool = False) -> None:
         """Write the buffered changes in one transaction, when due: at once if something waits on them
-        ("crash", "sync"), when deferred ones are due (see DEFER_IDLE; idle: the loop had nothing to
-        do), when a save is due ("periodic"), or always with force. Until then nothing touches the
+        ("crash", "sync"), when deferred ones are due (see DEFER_MAX_AGE), when a save is due
+        ("periodic"), or always with force. Until then nothing touches the
         file, so a change undone in between (a delivery acknowledged before its row was written) costs
         no write at all. Changes stay in `_ops` until their COMMIT succeeds, so a failed one (disk full)
         is retried."""
@@ -416,7 +418,7 @@ class SqliteStore(NullStore):
                        else now - self._last_commit >= self.autosave_interval)
                 if not due:
                     return
-        elif not (self._urgent or idle):
+        elif not self._urgent:
             since = self._deferred_since
             if since is None:
                 self._deferred_since = now
