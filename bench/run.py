@@ -493,7 +493,7 @@ How each level gets there:
 - edgebroker `crash` and `sync` make every acknowledged message durable before its PUBACK: each loop turn
   that changed durable state is one SQLite transaction (when more input is already waiting, the loop
   handles it first, for up to 5 ms, and commits once for both), and a commit appends every page the turn
-  touched to the WAL (whole pages however small the message: 1 KiB pages in new databases, and the
+  touched to the WAL (whole pages however small the message: 512-byte pages in new databases, and the
   deliveries table has no secondary index since schema 3); every
   1,000 WAL pages SQLite copies them back into the database file (checkpoint). A message to an online
   persistent subscriber is written when it is queued and deleted when it is acknowledged; the deletion
