@@ -60,8 +60,9 @@ DEFER_MAX_OPS = 20_000
 #: Page size of new databases: SQLite's smallest. A commit appends every page it changed to the WAL, and
 #: a sensor's trickle is one commit per message changing one leaf page, so the page is what a message
 #: costs the SD card: measured (bench S9t and a trickle into an offline queue) 0.5 KiB per message
-#: against 1.0 with 1 KiB pages. Fast bursts of queued messages pay for it: more pages per row stored,
-#: about 18 % more bytes than with 1 KiB pages (bench S9q). Existing databases keep their page size.
+#: against 1.0 with 1 KiB pages. Fast bursts of queued messages pay for it: about 18 % more bytes than
+#: with 1 KiB pages (bench S9q), in twice the write calls (one per WAL page), a few percent of their
+#: throughput. Existing databases keep their page size.
 PAGE_SIZE = 512
 
 
