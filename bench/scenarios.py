@@ -534,9 +534,11 @@ def s9_scenarios(sz: Sizes) -> List[Scenario]:
             eb = dict(eb_opts)
             if eb.get("persistence", True):
                 eb["persistence_location"] = "{data}"
+            # A trickle is paced: its rate says only that the pace was kept, its disk writes come first.
+            metrics = disk + (metric,) if phase == "trickle" else (metric,) + disk
             out.append(Scenario(
                 f"{prefix}-{suffix}", f"{what}; edgebroker {eb_label} vs Mosquitto {mq_label}",
-                disk + (metric,) if phase == "trickle" else (metric,) + disk, run, max_queued=sz.s8_max_queued if phase == "queued" else None,
+                metrics, run, max_queued=sz.s8_max_queued if phase == "queued" else None,
                 family="S9", options={"edgebroker": eb, "mosquitto": dict(mq_opts)},
                 labels={"edgebroker": eb_label, "mosquitto": mq_label}, disk_messages=n,
                 mq_same_as=f"{prefix}-sync" if suffix in ("crash", "periodic") else None, phase=phase))

@@ -7,8 +7,8 @@ to a list (a delivery acknowledged before its INSERT ran cancels that INSERT ins
 runs the list in order, consecutive identical statements batched with executemany, inside one
 transaction, and commits it: for durability "crash" and "sync" in the loop turn whose acknowledgements
 wait on it, before the loop flushes them (group commit), later for changes nothing waits on (see
-DEFER_MAX_AGE); every autosave_interval for "periodic". Clean sessions and QoS 0 traffic never reach this
-module.
+DEFER_MAX_AGE); every autosave_interval for "periodic". Clean sessions and QoS 0 traffic never reach
+this module.
 
 Durability levels: "sync" = WAL + synchronous=FULL (each commit fsynced: survives power loss);
 "crash" = WAL + synchronous=NORMAL (survives kill -9 and crashes; after a power loss the database is
@@ -52,9 +52,10 @@ COMMIT_WINDOW = 0.005
 #: ride with the next commit that something waits on, or are committed once the oldest is this old, or
 #: once this many are buffered. Not when the loop goes quiet: a gateway's traffic is a trickle with a
 #: quiet loop between messages, and a commit of its own for each acknowledgement doubled the WAL pages
-#: written per message (docs/persistence.md, bench S9t), the writes an SD card wears out on. A crash in between only means a QoS 1 message acknowledged by
-#: its subscriber in the last second is sent again after the restart (with DUP set), which QoS 1
-#: allows; a QoS 2 delivery is then finished with PUBREL, never resent.
+#: written per message (docs/persistence.md, bench S9t), the writes an SD card wears out on. A crash in
+#: between only means a QoS 1 message acknowledged by its subscriber in the last second is sent again
+#: after the restart (with DUP set), which QoS 1 allows; a QoS 2 delivery is then finished with PUBREL,
+#: never resent.
 DEFER_MAX_AGE = 1.0
 DEFER_MAX_OPS = 20_000
 #: Page size of new databases: SQLite's smallest. A commit appends every page it changed to the WAL, and
@@ -406,10 +407,9 @@ class SqliteStore(NullStore):
     def commit(self, now: float, force: bool = False) -> None:
         """Write the buffered changes in one transaction, when due: at once if something waits on them
         ("crash", "sync"), when deferred ones are due (see DEFER_MAX_AGE), when a save is due
-        ("periodic"), or always with force. Until then nothing touches the
-        file, so a change undone in between (a delivery acknowledged before its row was written) costs
-        no write at all. Changes stay in `_ops` until their COMMIT succeeds, so a failed one (disk full)
-        is retried."""
+        ("periodic"), or always with force. Until then nothing touches the file, so a change undone in
+        between (a delivery acknowledged before its row was written) costs no write at all. Changes
+        stay in `_ops` until their COMMIT succeeds, so a failed one (disk full) is retried."""
         ops = self._ops
         if not ops:
             return
