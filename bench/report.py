@@ -294,7 +294,7 @@ def _x(a: Optional[float], b: Optional[float]) -> str:
     return f"{r:,.0f}x" if r >= 10 else f"{r:,.1f}x"
 
 
-def s9_summary(records: List[Dict[str, Any]], scen: List[Scenario], payload: int, rate: float = 0.0) -> str:
+def s9_summary(records: List[Dict[str, Any]], scen: List[Scenario], payload: int, rate: float) -> str:
     """The S9 medians in sentences (generated, so that they always match the tables); rate: S9t's pace."""
     out: List[str] = []
     for phase in S9_PHASES:

@@ -464,8 +464,9 @@ The same loads with the brokers' persistence configured per row: **S9-\\*** is S
 session (a clean-session-0 subscriber at QoS 1, online, acknowledging everything; a QoS 1 publisher with
 {sz.window} unacknowledged at most; {sz.s9_count:,} messages of {sz.payload} B); **S9q-\\*** is S8 ({sz.s9_queue_count:,}
 QoS 1 messages queued for the same session while it is offline, kept {sz.s9_hold_s:g} s, then drained on
-reconnect); **S9t-\\*** is a sensor's trickle through the same online session ({sz.s9t_count:,} QoS 1 messages at
-{sz.s9t_rate:g} msg/s, one at a time: the publisher waits for each PUBACK, then for its time slot). In the results table above each edgebroker durability level is paired with Mosquitto's
+reconnect); **S9t-\\*** is a sensor's trickle through the same online session ({sz.s9t_count:,} QoS 1
+messages at {sz.s9t_rate:g} msg/s, one at a time: the publisher waits for each PUBACK, then for its time
+slot). In the results table above each edgebroker durability level is paired with Mosquitto's
 `persistence true` at its default `autosave_interval 1800` (one Mosquitto run per round serves the
 three pairs), S9q-as1 pairs both brokers saving every second (edgebroker `durability periodic`,
 `autosave_interval 1`; Mosquitto `autosave_interval 1`), and S9-off / S9q-off / S9t-off both with persistence off.
