@@ -438,10 +438,19 @@ def run_s8_shared(target: Any, sz: Sizes, timeout: float) -> Outcome:
     return _queued(target, sz, timeout, sz.s8_count, cpus=(0, 0))
 
 
+def run_s8_paho(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    """S8 drained by a real client, paho-mqtt, the way an application would: see workers._drain_paho."""
+    try:
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        return Outcome(status="SKIP", detail="needs paho-mqtt (pip install -r bench/requirements.txt)")
+    return _queued(target, sz, timeout, sz.s8_count, client="paho")
+
+
 def _queued(target: Any, sz: Sizes, timeout: float, count: int, hold_s: float = 0.0,
-            cpus: Optional[Tuple[int, int]] = None) -> Outcome:
+            cpus: Optional[Tuple[int, int]] = None, client: str = "raw") -> Outcome:
     """cpus: (broker's CPU, generator's CPU), indexes into the CPUs this process may use, for the whole
-    run; None leaves placement to the scheduler."""
+    run; None leaves placement to the scheduler. client: who drains the queue (workers.queue_worker)."""
     if cpus is not None:
         allowed = sorted(os.sched_getaffinity(0))
         if max(cpus) >= len(allowed):
@@ -452,7 +461,8 @@ def _queued(target: Any, sz: Sizes, timeout: float, count: int, hold_s: float = 
     pool = Pool()
     try:
         pool.spawn("queue", workers.queue_worker, target.port, count, sz.payload, sz.window,
-                   t0 + timeout - _soft(timeout), hold_s, None if cpus is None else cpus[1])
+                   t0 + timeout - _soft(timeout), hold_s, None if cpus is None else cpus[1],
+                   target.proc.pid, client)
         if not pool.wait("result", ["queue"], t0 + timeout):
             return _timeout_outcome(pool, "the offline-queue run")
         r = pool.got("result", "queue") or {}
@@ -466,6 +476,9 @@ def _queued(target: Any, sz: Sizes, timeout: float, count: int, hold_s: float = 
             o.status = "FAIL"
             o.detail = ("CONNACK session present 0 on reconnect; " + o.detail).strip("; ")
         o.notes.append(f"publishing {count:,} QoS 1 took {r.get('publish_s', 0) * 1e3:,.0f} ms")
+        o.notes.append(f"sleeps during the drain (voluntary context switches): broker "
+                       f"{r.get('broker_sleeps', 0):,}, {'paho' if client == 'paho' else 'generator'} "
+                       f"{r.get('gen_sleeps', 0):,}")
         if r.get("publish_s"):
             o.raw["publish_rate"] = count / r["publish_s"]
         if o.status == "OK":
@@ -583,6 +596,10 @@ def scenarios(sz: Sizes) -> List[Scenario]:
                  max_queued=sz.s8_max_queued, family="S8"),
         Scenario("S8-shared", "S8 with the broker and the generator pinned to the same CPU",
                  (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8_shared,
+                 max_queued=sz.s8_max_queued, family="S8"),
+        Scenario("S8-paho", "S8 drained by paho-mqtt 2.x (network thread, acknowledging each message as "
+                            "its callback returns) instead of the generator",
+                 (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8_paho,
                  max_queued=sz.s8_max_queued, family="S8"),
     ] + s9_scenarios(sz)
 

@@ -13,9 +13,11 @@ set-up (connecting, pre-encoding).
 from __future__ import annotations
 
 import os
+import resource
 import selectors
 import socket
 import struct
+import threading
 import time
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
@@ -313,6 +315,28 @@ def _summarise(states: List[SubState], out: Dict[str, Any]) -> None:
 
 
 # ---- publisher side --------------------------------------------------------------------------
+
+def receive_all(st: SubState, sock: socket.socket, n: int, deadline: float, out: Dict[str, Any],
+                count_retained: bool = False, ack: bool = True) -> None:
+    """Read and count until n distinct messages came (or the deadline: out["stopped"]); with ack,
+    answer each read with one write of its acknowledgements."""
+    while st.unique < n:
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            out["stopped"] = "deadline"
+            return
+        sock.settimeout(min(left_s, 1.0))
+        try:
+            data = sock.recv(RECV)
+        except socket.timeout:
+            continue
+        if not data:
+            raise wire.ProtocolError(f"broker closed the subscriber after {st.unique} messages")
+        acks = consume(st, data, perf(), count_retained)
+        if acks and ack:
+            sock.settimeout(None)
+            sock.sendall(b"".join(acks))
+
 
 def encode_messages(pub_id: int, topic: str, count: int, qos: int, size: int, retain: bool = False,
                     topics: Optional[List[str]] = None) -> List[bytes]:
@@ -762,19 +786,7 @@ def retained_worker(wid: Any, q: Any, port: int, n: int, size: int, deadline: fl
         sub.sendall(wire.subscribe(1, [("bench/retained/#", 0)]))
         if left:
             consume(st, left, perf(), True)
-        while st.unique < n:
-            left_s = deadline - time.monotonic()
-            if left_s <= 0:
-                out["stopped"] = "deadline"
-                break
-            sub.settimeout(min(left_s, 1.0))
-            try:
-                data = sub.recv(RECV)
-            except socket.timeout:
-                continue
-            if not data:
-                raise wire.ProtocolError("broker closed the subscriber")
-            consume(st, data, perf(), True)
+        receive_all(st, sub, n, deadline, out, count_retained=True, ack=False)
         out.update(received=st.unique, dups=st.dups, with_retain_flag=st.retained,
                    subscribe_to_all_s=(st.last_t - t1) if st.unique else 0.0, cpu=cpu_now() - c0)
         # Untimed clean-up: clear the retained messages (a persistent broker would keep them).
@@ -796,10 +808,14 @@ def retained_worker(wid: Any, q: Any, port: int, n: int, size: int, deadline: fl
 # ---- S8: queued messages for an offline persistent session --------------------------------------
 
 def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, deadline: float,
-                 hold_s: float = 0.0, cpu: Optional[int] = None) -> None:
+                 hold_s: float = 0.0, cpu: Optional[int] = None, broker_pid: int = 0,
+                 client: str = "raw") -> None:
     """S8 (and S9q): a persistent session subscribes and goes offline, n QoS 1 messages are queued for it,
     they stay queued hold_s more seconds (S9q: long enough for a 1 s autosave to happen), then it
-    reconnects and drains them, acknowledging each. cpu: run on that CPU only (S8-apart, S8-shared)."""
+    reconnects and drains them, acknowledging each. cpu: run on that CPU only (S8-apart, S8-shared).
+    client "raw": the drain is this process's socket loop (one PUBACK write per read); "paho": paho-mqtt
+    drains it (S8-paho). The voluntary context switches (sleeps) of the broker (broker_pid) and of this
+    process during the drain are reported as broker_sleeps and gen_sleeps."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     out: Dict[str, Any] = {"expected": n}
@@ -828,37 +844,14 @@ def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, de
         wait_closed(pub, deadline)
         if hold_s > 0:
             time.sleep(max(0.0, min(hold_s, deadline - time.monotonic() - 1.0)))
-        t1 = perf()
-        sub, left, present = connect_client(port, cid, clean=False)
-        socks.append(sub)
-        out["session_present"] = present
-        st = SubState(sub, 1, n)
-        if left:
-            acks = consume(st, left, perf())
-            if acks:
-                sub.sendall(b"".join(acks))
-        while st.unique < n:
-            left_s = deadline - time.monotonic()
-            if left_s <= 0:
-                out["stopped"] = "deadline"
-                break
-            sub.settimeout(min(left_s, 1.0))
-            try:
-                data = sub.recv(RECV)
-            except socket.timeout:
-                continue
-            if not data:
-                raise wire.ProtocolError(f"broker closed the subscriber after {st.unique} messages")
-            acks = consume(st, data, perf())
-            if acks:
-                sub.settimeout(None)
-                sub.sendall(b"".join(acks))
-        out.update(received=st.unique, dups=st.dups, reorders=st.reorders,
-                   drain_s=(st.last_t - t1) if st.unique else 0.0, cpu=cpu_now() - c0)
+        sleeps0 = (voluntary_switches(broker_pid), own_voluntary_switches())
+        if client == "paho":
+            out.update(_drain_paho(port, cid, n, deadline))
+        else:
+            out.update(_drain_raw(port, cid, n, deadline, socks))
+        out.update(cpu=cpu_now() - c0, broker_sleeps=voluntary_switches(broker_pid) - sleeps0[0],
+                   gen_sleeps=own_voluntary_switches() - sleeps0[1])
         # Untimed clean-up: end the persistent session.
-        sub.settimeout(None)
-        sub.sendall(wire.DISCONNECT_BYTES)
-        wait_closed(sub, deadline + 5)
         s, _, _ = connect_client(port, cid, clean=True)
         socks.append(s)
         s.sendall(wire.DISCONNECT_BYTES)
@@ -870,6 +863,103 @@ def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, de
         for s in socks:
             s.close()
     _put(q, "result", wid, out)
+
+
+def voluntary_switches(pid: int) -> int:
+    """Voluntary context switches so far of every thread of process pid (each is a sleep: the thread
+    waited for something); 0 for pid 0 or a process that is gone."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task") if pid else []
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            pass  # the thread ended meanwhile
+    return total
+
+
+def own_voluntary_switches() -> int:
+    """This process's voluntary context switches, all threads (paho's network thread included)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
+def _drain_raw(port: int, cid: str, n: int, deadline: float, socks: List[socket.socket]) -> Dict[str, Any]:
+    """S8's drain: reconnect the persistent session and acknowledge what each read brings in one write.
+    Timed from just before the TCP connect to the n-th distinct message. Leaves the session disconnected."""
+    t1 = perf()
+    sub, left, present = connect_client(port, cid, clean=False)
+    socks.append(sub)
+    st = SubState(sub, 1, n)
+    out: Dict[str, Any] = {"session_present": present}
+    if left:
+        acks = consume(st, left, perf())
+        if acks:
+            sub.sendall(b"".join(acks))
+    receive_all(st, sub, n, deadline, out)
+    out.update(received=st.unique, dups=st.dups, reorders=st.reorders,
+               drain_s=(st.last_t - t1) if st.unique else 0.0)
+    sub.settimeout(None)
+    sub.sendall(wire.DISCONNECT_BYTES)
+    wait_closed(sub, deadline + 5)
+    return out
+
+
+def _drain_paho(port: int, cid: str, n: int, deadline: float) -> Dict[str, Any]:
+    """S8-paho's drain: paho-mqtt (2.x) reconnects the persistent session with its network thread
+    (loop_start) and acknowledges each message as its on_message returns, as an application would.
+    Timed from just before connect() to the n-th distinct message."""
+    import paho.mqtt.client as mqtt  # bench-only: see bench/requirements.txt
+
+    seen = bytearray(n)
+    st: Dict[str, Any] = {"received": 0, "dups": 0, "reorders": 0, "last": -1, "last_t": 0.0,
+                          "session_present": 0, "refused": ""}
+    done = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        st["session_present"] = int(flags.session_present)
+        if reason.is_failure:
+            st["refused"] = str(reason)
+            done.set()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        _pub, seq = _HEAD.unpack_from(msg.payload)
+        if seen[seq]:
+            st["dups"] += 1
+        else:
+            seen[seq] = 1
+            st["received"] += 1
+            if st["received"] == n:
+                st["last_t"] = perf()
+                done.set()
+        if seq < st["last"]:
+            st["reorders"] += 1
+        st["last"] = seq
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+    c.on_connect = on_connect
+    c.on_message = on_message
+    t1 = perf()
+    c.connect("127.0.0.1", port, keepalive=60)
+    c.loop_start()
+    try:
+        finished = done.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    out: Dict[str, Any] = {k: st[k] for k in ("received", "dups", "reorders", "session_present")}
+    out["drain_s"] = st["last_t"] - t1 if st["last_t"] else 0.0
+    if st["refused"]:
+        out["error"] = f"paho's CONNECT was refused: {st['refused']}"
+    elif not finished:
+        out["stopped"] = "deadline"
+    return out
 
 
 # ---- calibration: a trivial sink instead of a broker ---------------------------------------------
