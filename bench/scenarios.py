@@ -438,13 +438,20 @@ def run_s8_shared(target: Any, sz: Sizes, timeout: float) -> Outcome:
     return _queued(target, sz, timeout, sz.s8_count, cpus=(0, 0))
 
 
-def run_s8_paho(target: Any, sz: Sizes, timeout: float) -> Outcome:
+def run_s8_paho(target: Any, sz: Sizes, timeout: float,
+                cpus: Optional[Tuple[int, int]] = None) -> Outcome:
     """S8 drained by a real client, paho-mqtt, the way an application would: see workers._drain_paho."""
     try:
         import paho.mqtt.client  # noqa: F401
     except ImportError:
         return Outcome(status="SKIP", detail="needs paho-mqtt (pip install -r bench/requirements.txt)")
-    return _queued(target, sz, timeout, sz.s8_count, client="paho")
+    return _queued(target, sz, timeout, sz.s8_count, cpus=cpus, client="paho")
+
+
+def run_s8_paho_shared(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    """S8-paho with the broker and paho on the same CPU: a single-core board (Pi Zero) draining to a
+    client that runs on it too."""
+    return run_s8_paho(target, sz, timeout, cpus=(0, 0))
 
 
 def _queued(target: Any, sz: Sizes, timeout: float, count: int, hold_s: float = 0.0,
@@ -600,6 +607,9 @@ def scenarios(sz: Sizes) -> List[Scenario]:
         Scenario("S8-paho", "S8 drained by paho-mqtt 2.x (network thread, acknowledging each message as "
                             "its callback returns) instead of the generator",
                  (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8_paho,
+                 max_queued=sz.s8_max_queued, family="S8"),
+        Scenario("S8-paho-shared", "S8-paho with the broker and paho pinned to the same CPU",
+                 (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8_paho_shared,
                  max_queued=sz.s8_max_queued, family="S8"),
     ] + s9_scenarios(sz)
 
