@@ -20,6 +20,8 @@ __all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS
 
 DEFAULT_PORT = 1883
 DURABILITY_LEVELS = ("sync", "crash", "periodic")
+#: Values of scheduling_policy.
+SCHEDULING_POLICIES = ("auto", "other", "batch")
 #: Where log lines can go (Mosquitto's log_dest values; "none" is the empty tuple).
 LOG_DESTS = ("stdout", "stderr", "syslog", "topic", "file")
 #: Mosquitto's log_type names we log under ("all" and "none" are spelled out by the file reader).
@@ -179,6 +181,15 @@ class Config:
     #: With durability "periodic": save after autosave_interval *changes* instead of seconds (Mosquitto).
     autosave_on_changes: bool = False
 
+    # ---- process --------------------------------------------------------------------------------
+    #: The loop's CPU scheduling policy (Linux): "batch" (SCHED_BATCH: a wake-up of the broker does not
+    #: preempt the task running on its CPU, so on one CPU a client finishes its turn and the broker then
+    #: handles all it sent at once, instead of a context switch per packet), "other" (the normal
+    #: policy), or "auto": batch when the broker may run on one CPU only (a Pi Zero), other otherwise,
+    #: and nothing changed when the service manager already set a policy. Measured in bench/README.md
+    #: ("One CPU"). edgebroker's own option; read at start.
+    scheduling_policy: str = "auto"
+
     def __post_init__(self) -> None:
         for name in ("max_queued_messages", "max_queued_bytes"):
             if getattr(self, name) < 0:
@@ -225,6 +236,9 @@ class Config:
                               option="durability")
         if self.autosave_interval <= 0:
             raise ConfigError("must be more than 0", option="autosave_interval")
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ConfigError(f"must be one of {', '.join(SCHEDULING_POLICIES)}, got {self.scheduling_policy!r}",
+                              option="scheduling_policy")
         clash = listener_clash(self.listeners)
         if clash is not None:
             later, earlier = self.listeners[clash[0]], self.listeners[clash[1]]

@@ -31,7 +31,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.9/3.10 only
     import tomli as tomllib
 
-from .config import DEFAULT_PORT, DURABILITY_LEVELS, LOG_TYPES, Config, Listener, listener_clash
+from .config import (
+    DEFAULT_PORT, DURABILITY_LEVELS, LOG_TYPES, SCHEDULING_POLICIES, Config, Listener, listener_clash,
+)
 from .errors import ConfigError
 
 __all__ = ["load_config", "LoadedConfig", "ConfigWarning", "Origin", "parse_duration", "MOSQUITTO_DEFAULTS"]
@@ -101,9 +103,9 @@ _SCALARS: Dict[str, str] = {
     "log_timestamp": _BOOL, "persistence": _BOOL, "autosave_on_changes": _BOOL,
     "auto_id_prefix": _STR, "clientid_prefixes": _STR, "pid_file": _STR, "user": _STR,
     "log_timestamp_format": _STR, "persistence_file": _STR, "persistence_location": _STR,
-    "persistent_client_expiration": _DURATION, "durability": _ENUM,
+    "persistent_client_expiration": _DURATION, "durability": _ENUM, "scheduling_policy": _ENUM,
 }
-_ENUMS: Dict[str, Tuple[str, ...]] = {"durability": DURABILITY_LEVELS}
+_ENUMS: Dict[str, Tuple[str, ...]] = {"durability": DURABILITY_LEVELS, "scheduling_policy": SCHEDULING_POLICIES}
 #: Mosquitto's other spellings.
 _ALIASES = {"retained_persistence": "persistence", "maximum_qos": "max_qos"}
 #: Mosquitto clamps these silently (a negative value means 0: no limit); a mosquitto.conf keeps that meaning.

@@ -404,3 +404,82 @@ def test_new_database_has_small_pages_and_migration_3_drops_the_delivery_index(t
     assert store.load().deliveries[0][0] == 7
     store.close()
     assert indexes(old) == []
+
+
+# ---- scheduling_policy: the loop thread's CPU scheduling policy ------------------------------------------
+
+def _serve_in_thread(config: Config, before=None):
+    """Run a Server's loop in a thread that first runs `before()` (e.g. pin itself to one CPU); return
+    (server, thread, log lines)."""
+    lines = []
+    server = Server(config, log=lambda level, msg: lines.append(msg))
+
+    def run() -> None:
+        if before is not None:
+            before()
+        server.serve_forever()
+    thread = threading.Thread(target=run, name="edgebroker-sched", daemon=True)
+    thread.start()
+    return server, thread, lines
+
+
+def _policy_of(server: Server, thread: threading.Thread) -> int:
+    """The loop thread's policy once the loop runs (a PINGREQ answered proves it does)."""
+    with w.RawClient("127.0.0.1", server.ports[0]) as c:
+        c.connect("sched")
+        c.ping()
+    return os.sched_getscheduler(thread.native_id)
+
+
+def _stop(server: Server, thread: threading.Thread) -> None:
+    server.shutdown()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("policy, expected", [("batch", "SCHED_BATCH"), ("other", "SCHED_OTHER")])
+def test_scheduling_policy_sets_the_loop_threads_policy(policy, expected):
+    config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False,
+                    scheduling_policy=policy)
+    start = os.SCHED_BATCH if policy == "other" else os.SCHED_OTHER  # so that the option changes it
+    server, thread, lines = _serve_in_thread(config, before=lambda: os.sched_setscheduler(0, start, os.sched_param(0)))
+    try:
+        assert _policy_of(server, thread) == getattr(os, expected)
+        assert any(expected in line for line in lines), lines
+    finally:
+        _stop(server, thread)
+
+
+def test_scheduling_policy_auto_is_batch_on_one_cpu_only():
+    config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
+    assert config.scheduling_policy == "auto"
+    one_cpu = min(os.sched_getaffinity(0))
+    server, thread, lines = _serve_in_thread(config, before=lambda: os.sched_setaffinity(0, {one_cpu}))
+    try:
+        assert _policy_of(server, thread) == os.SCHED_BATCH
+    finally:
+        _stop(server, thread)
+    config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
+    server, thread, lines = _serve_in_thread(config)
+    try:
+        several = len(os.sched_getaffinity(0)) > 1
+        assert _policy_of(server, thread) == (os.SCHED_OTHER if several else os.SCHED_BATCH)
+        assert not several or not any("SCHED_" in line for line in lines), lines
+    finally:
+        _stop(server, thread)
+
+
+def test_scheduling_policy_auto_keeps_a_policy_set_before_start():
+    """A service manager's choice (systemd CPUSchedulingPolicy=) stands, even on one CPU."""
+    config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
+    one_cpu = min(os.sched_getaffinity(0))
+
+    def idle_on_one_cpu() -> None:
+        os.sched_setaffinity(0, {one_cpu})
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    server, thread, lines = _serve_in_thread(config, before=idle_on_one_cpu)
+    try:
+        assert _policy_of(server, thread) == os.SCHED_IDLE
+        assert not any("SCHED_" in line for line in lines), lines
+    finally:
+        _stop(server, thread)
