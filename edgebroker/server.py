@@ -179,9 +179,7 @@ class Server:
         read_event = selectors.EVENT_READ
         write_event = selectors.EVENT_WRITE
         self.log(L.NOTICE, f"edgebroker version {__version__} running")
-        note = set_scheduling_policy(self.config.scheduling_policy)
-        if note:
-            self.log(L.NOTICE, note)
+        set_scheduling_policy(self.config.scheduling_policy, self.log)
         try:
             next_timer = broker.tick(monotonic())
             while not self._stop:
@@ -435,27 +433,29 @@ class Server:
             _drain_and_close(sock)  # type: ignore[arg-type]
 
 
-def set_scheduling_policy(policy: str) -> str:
-    """Give the calling thread (the loop's) the CPU scheduling policy of Config.scheduling_policy;
-    return a line for the log when that changed something or failed, "" otherwise."""
+def set_scheduling_policy(policy: str, log: L.LogFunc) -> None:
+    """Give the calling thread (the loop's) the CPU scheduling policy of Config.scheduling_policy, and
+    log it when that changes anything."""
     if not hasattr(os, "sched_setscheduler"):
-        return ""  # not Linux: the platform's default
+        return  # not Linux: the platform's default
     current = os.sched_getscheduler(0)
     if policy == "auto":
         if current != os.SCHED_OTHER or len(os.sched_getaffinity(0)) != 1:
-            return ""  # several CPUs, or a policy the service manager chose
+            return  # several CPUs, or a policy the service manager chose
         policy = "batch"
     target = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
     if current == target:
-        return ""
+        return
     try:
         os.sched_setscheduler(0, target, os.sched_param(0))
     except OSError as exc:
-        return f"Warning: cannot set scheduling_policy {policy}: {exc.strerror or exc}."
+        log(L.WARNING, f"Warning: cannot set scheduling_policy {policy}: {exc.strerror or exc}.")
+        return
     if policy == "batch":
-        return ("Scheduling policy SCHED_BATCH: clients on this CPU are not preempted when a packet wakes "
-                "the broker.")
-    return "Scheduling policy SCHED_OTHER."
+        log(L.NOTICE, "Scheduling policy SCHED_BATCH: clients on this CPU are not preempted when a packet "
+                      "wakes the broker.")
+    else:
+        log(L.NOTICE, "Scheduling policy SCHED_OTHER.")
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -442,7 +442,8 @@ def test_scheduling_policy_sets_the_loop_threads_policy(policy, expected):
     config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False,
                     scheduling_policy=policy)
     start = os.SCHED_BATCH if policy == "other" else os.SCHED_OTHER  # so that the option changes it
-    server, thread, lines = _serve_in_thread(config, before=lambda: os.sched_setscheduler(0, start, os.sched_param(0)))
+    server, thread, lines = _serve_in_thread(
+        config, before=lambda: os.sched_setscheduler(0, start, os.sched_param(0)))
     try:
         assert _policy_of(server, thread) == getattr(os, expected)
         assert any(expected in line for line in lines), lines
