@@ -220,6 +220,28 @@ def consume(st: SubState, data: bytes, now: float, count_retained: bool = False)
     return acks
 
 
+def receive_all(st: SubState, sock: socket.socket, n: int, deadline: float, out: Dict[str, Any],
+                count_retained: bool = False, ack: bool = True) -> None:
+    """Read and count until n distinct messages came (or the deadline: out["stopped"]); with ack,
+    answer each read with one write of its acknowledgements."""
+    while st.unique < n:
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            out["stopped"] = "deadline"
+            return
+        sock.settimeout(min(left_s, 1.0))
+        try:
+            data = sock.recv(RECV)
+        except socket.timeout:
+            continue
+        if not data:
+            raise wire.ProtocolError(f"broker closed the subscriber after {st.unique} messages")
+        acks = consume(st, data, perf(), count_retained)
+        if acks and ack:
+            sock.settimeout(None)
+            sock.sendall(b"".join(acks))
+
+
 def sub_worker(wid: Any, q: Any, port: int, client_ids: List[str], topic_filter: Any, qos: int, n_pubs: int,
                per_pub: int, pubs_done: Any, deadline: float, idle_grace: float = 2.0,
                count_retained: bool = False, clean: bool = True) -> None:
@@ -315,28 +337,6 @@ def _summarise(states: List[SubState], out: Dict[str, Any]) -> None:
 
 
 # ---- publisher side --------------------------------------------------------------------------
-
-def receive_all(st: SubState, sock: socket.socket, n: int, deadline: float, out: Dict[str, Any],
-                count_retained: bool = False, ack: bool = True) -> None:
-    """Read and count until n distinct messages came (or the deadline: out["stopped"]); with ack,
-    answer each read with one write of its acknowledgements."""
-    while st.unique < n:
-        left_s = deadline - time.monotonic()
-        if left_s <= 0:
-            out["stopped"] = "deadline"
-            return
-        sock.settimeout(min(left_s, 1.0))
-        try:
-            data = sock.recv(RECV)
-        except socket.timeout:
-            continue
-        if not data:
-            raise wire.ProtocolError(f"broker closed the subscriber after {st.unique} messages")
-        acks = consume(st, data, perf(), count_retained)
-        if acks and ack:
-            sock.settimeout(None)
-            sock.sendall(b"".join(acks))
-
 
 def encode_messages(pub_id: int, topic: str, count: int, qos: int, size: int, retain: bool = False,
                     topics: Optional[List[str]] = None) -> List[bytes]:
@@ -815,7 +815,7 @@ def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, de
     reconnects and drains them, acknowledging each. cpu: run on that CPU only (S8-apart, S8-shared).
     client "raw": the drain is this process's socket loop (one PUBACK write per read); "paho": paho-mqtt
     drains it (S8-paho). The voluntary context switches (sleeps) of the broker (broker_pid) and of this
-    process during the drain are reported as broker_sleeps and gen_sleeps."""
+    process during the drain (its DISCONNECT included) are reported as broker_sleeps and gen_sleeps."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     out: Dict[str, Any] = {"expected": n}
