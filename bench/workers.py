@@ -122,7 +122,7 @@ class SubState:
     payload; `seen` marks them so duplicates and losses are exact."""
 
     __slots__ = ("sock", "pending", "seen", "unique", "dups", "reorders", "last_seq", "retained",
-                 "first_t", "last_t", "expected", "acks_sent", "lat", "other")
+                 "first_t", "last_t", "expected", "acks_sent", "lat", "other", "most_unacked")
 
     def __init__(self, sock: socket.socket, n_pubs: int, per_pub: int) -> None:
         self.sock = sock
@@ -139,6 +139,10 @@ class SubState:
         self.acks_sent = 0
         self.lat: Optional[List[int]] = None
         self.other = 0
+        #: With ack (receive_all): the most acknowledgements one read brought. Each read is answered
+        #: before the next, so that many messages were unacknowledged at once: a lower bound on the
+        #: broker's messages in flight, which a broker keeping max_inflight_messages W holds to W.
+        self.most_unacked = 0
 
 
 def consume(st: SubState, data: bytes, now: float, count_retained: bool = False) -> List[bytes]:
@@ -238,6 +242,8 @@ def receive_all(st: SubState, sock: socket.socket, n: int, deadline: float, out:
             raise wire.ProtocolError(f"broker closed the subscriber after {st.unique} messages")
         acks = consume(st, data, perf(), count_retained)
         if acks and ack:
+            if len(acks) > st.most_unacked:
+                st.most_unacked = len(acks)
             sock.settimeout(None)
             sock.sendall(b"".join(acks))
 
@@ -901,9 +907,10 @@ def _drain_raw(port: int, cid: str, n: int, deadline: float, socks: List[socket.
     if left:
         acks = consume(st, left, perf())
         if acks:
+            st.most_unacked = len(acks)
             sub.sendall(b"".join(acks))
     receive_all(st, sub, n, deadline, out)
-    out.update(received=st.unique, dups=st.dups, reorders=st.reorders,
+    out.update(received=st.unique, dups=st.dups, reorders=st.reorders, most_unacked=st.most_unacked,
                drain_s=(st.last_t - t1) if st.unique else 0.0)
     sub.settimeout(None)
     sub.sendall(wire.DISCONNECT_BYTES)
