@@ -52,6 +52,12 @@ PRE_CONNECT_MAX_BYTES = 512 * 1024
 #: counted): a subscriber that stops reading must not make the broker grow without bound. QoS 1/2 are
 #: bounded by the inflight window and the queue instead.
 OUT_BUFFER_LIMIT = 8 * 1024 * 1024
+#: Output bytes a refill of the inflight window stops at: the rest of the room is filled after the loop
+#: has handed what is buffered to the socket (`output_drained`, then the next turn's `end_turn`). With a
+#: large window (max_inflight_messages 0) a queue of thousands is then sent in slices: its first bytes
+#: leave at once instead of after all of it is encoded, other clients are served between slices, and
+#: what waits stays in the queue rather than as encoded bytes in memory.
+REFILL_BYTES = 64 * 1024
 #: How often connect deadlines and keepalives are checked, in seconds.
 CHECK_INTERVAL = 0.5
 #: Flow control marks, in messages queued for an online session (capped at half of max_queued_messages):
@@ -71,7 +77,7 @@ class Connection:
 
     __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
                  "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
-                 "_dirty", "close_reason", "paused_by", "stash", "stash_error")
+                 "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -95,6 +101,8 @@ class Connection:
         self.paused_by: set = set()
         self.stash: List[object] = []
         self.stash_error: Optional[MalformedPacket] = None
+        #: a refill stopped at REFILL_BYTES: the loop calls `Broker.output_drained` once out is sent
+        self.refill_held = False
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);
@@ -125,6 +133,9 @@ class Broker:
         self.closing: List[Connection] = []
         #: connections paused or resumed this turn: the loop updates their read interest
         self.flow_changed: List[Connection] = []
+        #: connections whose held refill may go on (`output_drained`): the loop does not block while
+        #: this is not empty, and the next `end_turn` refills them
+        self.drained: List[Connection] = []
         self._source: Optional[Connection] = None  # the connection whose PUBLISH is being routed
         self._now = now
         self.stats = Stats()
@@ -203,9 +214,20 @@ class Broker:
                                f"persistent sessions ({len(state.deliveries)} queued or in-flight messages).")
 
     def end_turn(self, now: float) -> None:
-        """Called by the loop once per turn, before the flush: make this turn's changes durable (those
-        that can wait, when due)."""
+        """Called by the loop once per turn, before the flush: go on with the refills that waited for
+        the last flush, then make this turn's changes durable (those that can wait, when due)."""
+        if self.drained:
+            drained = self.drained[:]
+            self.drained.clear()
+            for conn in drained:
+                if not conn.closed:
+                    self._refill(conn)
         self.store.commit(now)
+
+    def output_drained(self, conn: Connection) -> None:
+        """The loop calls this when it has sent all of the output of a connection with `refill_held`."""
+        conn.refill_held = False
+        self.drained.append(conn)
 
     # ---- events from the loop -------------------------------------------------------------------
 
@@ -632,15 +654,20 @@ class Broker:
         store = self.store
         debug = self.debug
         sent = 0
-        write = conn.write
         out = conn.buffer() if queue and room > 0 else conn.out
         size = 0
+        budget = REFILL_BYTES - conn.out_size
         while queue and room > 0:
+            if size >= budget:
+                conn.refill_held = True
+                break
             msg, qos, seq, pid = queue.popleft()
             session.queued_bytes -= len(msg.payload)
             sent += 1
             if qos == 0:
-                write(msg.q0())
+                q0 = msg.q0()
+                out.append(q0)
+                size += len(q0)
                 if seq:
                     store.delivery_remove(seq)
                 if debug:

@@ -223,6 +223,8 @@ class Server:
                     next_timer = wake
                 if broker.dirty:
                     self._flush_dirty(now)
+                    if broker.drained:
+                        next_timer = now  # a held refill goes on in the next turn: do not block
                 if broker.closing:
                     self._finish_closing()
             now = monotonic()
@@ -355,6 +357,8 @@ class Server:
         if sent == len(data):
             out.clear()
             conn.out_size = 0
+            if conn.refill_held:
+                self.broker.output_drained(conn)
             if conn in self._writing:
                 del self._writing[conn]
                 self._interest(conn)

@@ -8,7 +8,7 @@ import threading
 
 import mqttwire as w
 
-from edgebroker.broker import FLOW_STALL, Broker
+from edgebroker.broker import FLOW_STALL, REFILL_BYTES, Broker
 from edgebroker.codec import Parser
 from edgebroker.config import Config
 from edgebroker.packets import Publish
@@ -131,3 +131,75 @@ def test_a_paused_publisher_is_not_timed_out_by_keepalive():
     assert not pub.closed
     b.tick(5.6)
     assert pub.closed  # and then keepalive applies as usual
+
+
+def test_a_large_window_is_refilled_in_slices_one_per_flush():
+    """max_inflight_messages 0 (no limit) and 3,000 queued messages: a reconnect does not encode them
+    all at once. Each refill stops at REFILL_BYTES of output and goes on only after the loop reports
+    that output sent (output_drained) and ends a turn; every message leaves once, in order, and one
+    published meanwhile comes after the queue, not in the middle of it."""
+    b = Broker(Config(persistence=False, max_inflight_messages=0, max_queued_messages=10000), now=0.0)
+    sub = b.connection_made("127.0.0.1:1", 1883, 0.0)
+    b.data_received(sub, w.connect("sub", clean=False) + w.subscribe(1, [("t", 1)]), 0.0)
+    b.connection_lost(sub, 0.0)
+    pub = _connect(b, "pub", 0.0)
+    count = 3000
+    b.data_received(pub, b"".join(w.publish("t", b"%099d" % i, qos=1, packet_id=i + 1) for i in range(count)), 0.0)
+    one = len(w.publish("t", b"%099d" % 0, qos=1, packet_id=1))
+
+    sub = b.connection_made("127.0.0.1:2", 1883, 1.0)
+    b.data_received(sub, w.connect("sub", clean=False), 1.0)
+    parser = Parser()
+    received = []
+    slices = 0
+    while True:
+        assert sub.out_size <= REFILL_BYTES + one
+        received += [p.payload for p in parser.feed(b"".join(sub.out)) if isinstance(p, Publish)]
+        sub.out.clear()
+        sub.out_size = 0
+        if not sub.refill_held:
+            break
+        slices += 1
+        b.end_turn(1.0)
+        assert not sub.out, "a held refill went on before its output was sent"
+        if slices == 2:
+            b.data_received(pub, w.publish("t", b"late", qos=1, packet_id=count + 1), 1.0)
+        b.output_drained(sub)  # what the loop calls once the socket took all of it
+        b.end_turn(1.0)
+    assert received == [b"%099d" % i for i in range(count)] + [b"late"]
+    assert slices >= count * one // REFILL_BYTES
+    assert len(sub.session.inflight) == count + 1 and not sub.session.queue
+
+
+def test_an_unlimited_window_drains_a_large_queue_to_a_client_that_never_acknowledges(make_broker):
+    """End to end: with max_inflight_messages 0 the whole queue (5,000 messages, several refill
+    slices) reaches a reconnecting client that sends nothing after its CONNECT, so the loop carries
+    each held refill on by itself, not on the client's next packet."""
+    broker = make_broker(max_inflight_messages=0, max_queued_messages=10000)
+    count = 5000
+    sub = w.RawClient("127.0.0.1", broker.port, timeout=20)
+    sub.connect("drain-sub", clean=False)
+    sub.send(w.subscribe(1, [("drain/#", 1)]))
+    sub.read_raw_packet()
+    sub.send(w.disconnect())
+    sub.sock.close()
+    pub = w.RawClient("127.0.0.1", broker.port, timeout=20)
+    pub.connect("drain-pub")
+    pub.send(b"".join(w.publish("drain/t", b"%060d" % i, qos=1, packet_id=i + 1) for i in range(count)))
+    acks = b""
+    while len(acks) < 4 * count:
+        data = pub.sock.recv(65536)
+        assert data, "publisher closed"
+        acks += data
+    pub.sock.close()
+
+    sub = socket.create_connection(("127.0.0.1", broker.port), timeout=20)
+    sub.sendall(w.connect("drain-sub", clean=False))
+    parser = Parser()
+    payloads = []
+    while len(payloads) < count:
+        data = sub.recv(65536)
+        assert data, f"closed after {len(payloads)} messages"
+        payloads += [p.payload for p in parser.feed(data) if isinstance(p, Publish)]
+    assert payloads == [b"%060d" % i for i in range(count)]
+    sub.close()
