@@ -3,10 +3,11 @@
 Theory of operation: the core never touches a socket or reads the clock. The loop calls
 `connection_made`, `data_received(conn, bytes, now)`, `connection_lost(conn, now, reason)` and
 `tick(now)`; the core parses, decides, and appends encoded packets to `conn.out`, listing the
-connection in `broker.dirty` the first time it has output in a turn. When it decides a connection must
-end it marks it closed (will, session cleanup and logging happen here, once) and lists it in
-`broker.closing`; the loop flushes what is buffered and closes the socket. So every way a connection
-ends goes through `_close`, and the whole core runs in memory in tests with a fake clock.
+connection in `broker.dirty` the first time it has output in a turn. A window refill that stopped at
+REFILL_BYTES goes on after the loop has sent that output and calls `output_drained(conn)`. When it
+decides a connection must end it marks it closed (will, session cleanup and logging happen here, once)
+and lists it in `broker.closing`; the loop flushes what is buffered and closes the socket. So every way
+a connection ends goes through `_close`, and the whole core runs in memory in tests with a fake clock.
 
 Packet handling is dict-dispatched per connection state: a packet type a state does not list is a
 protocol violation and closes the connection.
