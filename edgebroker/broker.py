@@ -3,8 +3,8 @@
 Theory of operation: the core never touches a socket or reads the clock. The loop calls
 `connection_made`, `data_received(conn, bytes, now)`, `connection_lost(conn, now, reason)` and
 `tick(now)`; the core parses, decides, and appends encoded packets to `conn.out`, listing the
-connection in `broker.dirty` the first time it has output in a turn. A window refill that stopped at
-REFILL_BYTES goes on after the loop has sent that output and calls `output_drained(conn)`. When it
+connection in `broker.dirty` the first time it has output in a turn. A window refill or resend that
+stopped at REFILL_BYTES goes on after the loop has sent that output and calls `output_drained(conn)`. When it
 decides a connection must end it marks it closed (will, session cleanup and logging happen here, once)
 and lists it in `broker.closing`; the loop flushes what is buffered and closes the socket. So every way
 a connection ends goes through `_close`, and the whole core runs in memory in tests with a fake clock.
@@ -53,11 +53,11 @@ PRE_CONNECT_MAX_BYTES = 512 * 1024
 #: counted): a subscriber that stops reading must not make the broker grow without bound. QoS 1/2 are
 #: bounded by the inflight window and the queue instead.
 OUT_BUFFER_LIMIT = 8 * 1024 * 1024
-#: Output bytes a refill of the inflight window stops at: the rest of the room is filled after the loop
-#: has handed what is buffered to the socket (`output_drained`, then the next turn's `end_turn`). With a
-#: large window (max_inflight_messages 0) a queue of thousands is then sent in slices: its first bytes
-#: leave at once instead of after all of it is encoded, other clients are served between slices, and
-#: what waits stays in the queue rather than as encoded bytes in memory.
+#: Output bytes a refill of the inflight window (or the resend on reconnect) stops at: it goes on after
+#: the loop has handed what is buffered to the socket (`output_drained`, then the next turn's
+#: `end_turn`). With a large window (max_inflight_messages 0) a queue of thousands is then sent in
+#: slices: its first bytes leave at once instead of after all of it is encoded, other clients are served
+#: between slices, and what waits stays in the queue rather than as encoded bytes in memory.
 REFILL_BYTES = 64 * 1024
 #: How often connect deadlines and keepalives are checked, in seconds.
 CHECK_INTERVAL = 0.5
@@ -78,7 +78,7 @@ class Connection:
 
     __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
                  "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
-                 "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held")
+                 "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -104,6 +104,8 @@ class Connection:
         self.stash_error: Optional[MalformedPacket] = None
         #: a refill stopped at REFILL_BYTES: the loop calls `Broker.output_drained` once out is sent
         self.refill_held = False
+        #: a resend on reconnect stopped there: (packet ids in resend order, index of the next)
+        self.resend_at: Optional[Tuple[List[int], int]] = None
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);
@@ -495,16 +497,35 @@ class Broker:
         if present:
             self._resend(session, conn)
 
-    def _resend(self, session: Session, conn: Connection) -> None:
+    def _resend(self, session: Session, conn: Connection, pids: Optional[List[int]] = None, i: int = 0) -> None:
         """On reconnect, resend unacknowledged PUBLISH (DUP set) and PUBREL packets in their original
-        order [MQTT-4.4.0-1], then continue with the queue."""
-        for pid, entry in session.inflight.items():
-            if entry[2] == INFLIGHT_SENT:  # entry: [message, qos, state, seq]
-                conn.write(entry[0].wire(entry[1], pid, True))
-                self.stats.publish_sent += 1
+        order [MQTT-4.4.0-1], then continue with the queue. Like a refill it stops at REFILL_BYTES of
+        output; `conn.resend_at` keeps its place (the ids in order, the next index) until it goes on."""
+        inflight = session.inflight
+        if pids is None:
+            pids = list(inflight)
+        stats = self.stats
+        budget = REFILL_BYTES - conn.out_size
+        size = 0
+        while i < len(pids):
+            if size >= budget:
+                conn.resend_at = (pids, i)
+                conn.refill_held = True
+                return
+            pid = pids[i]
+            i += 1
+            entry = inflight.get(pid)  # entry: [message, qos, state, seq]
+            if entry is None:
+                continue  # acknowledged since the resend began
+            if entry[2] == INFLIGHT_SENT:
+                data = entry[0].wire(entry[1], pid, True)
+                stats.publish_sent += 1
             else:
-                conn.write(b"\x62\x02" + pid.to_bytes(2, "big"))
-            self.stats.messages_sent += 1
+                data = b"\x62\x02" + pid.to_bytes(2, "big")
+            conn.write(data)
+            size += len(data)
+            stats.messages_sent += 1
+        conn.resend_at = None
         self._pump(session, conn)
 
     # ---- PUBLISH and its acknowledgements ----------------------------------------------------
@@ -588,7 +609,8 @@ class Broker:
 
     def _deliver(self, session: Session, msg: Message, qos: int) -> None:
         conn = session.conn
-        if conn is not None and not session.queue and len(session.inflight) < self._max_inflight:
+        if (conn is not None and not session.queue and len(session.inflight) < self._max_inflight
+                and conn.resend_at is None):
             seq = 0
             pid = session.next_packet_id()
             if not session.clean:
@@ -643,7 +665,11 @@ class Broker:
 
     def _refill(self, conn: Connection) -> None:
         session = conn.session
-        if session is not None and session.queue and session.conn is conn:
+        if session is None or session.conn is not conn:
+            return
+        if conn.resend_at is not None:
+            self._resend(session, conn, *conn.resend_at)
+        elif session.queue:
             self._pump(session, conn)
 
     def _pump(self, session: Session, conn: Connection) -> None:

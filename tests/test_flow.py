@@ -203,3 +203,54 @@ def test_an_unlimited_window_drains_a_large_queue_to_a_client_that_never_acknowl
         payloads += [p.payload for p in parser.feed(data) if isinstance(p, Publish)]
     assert payloads == [b"%060d" % i for i in range(count)]
     sub.close()
+
+
+def test_a_large_resend_on_reconnect_goes_in_slices_in_order_and_skips_what_was_acknowledged():
+    """[MQTT-4.4.0-1] with 3,000 messages in flight (max_inflight_messages 0): on reconnect the
+    unacknowledged PUBLISH packets are resent with DUP set in their original order, in slices of
+    REFILL_BYTES like a refill. A PUBACK for one not yet resent removes it from the rest; a message
+    published during the resend comes after it."""
+    b = Broker(Config(persistence=False, max_inflight_messages=0, max_queued_messages=10000), now=0.0)
+    sub = b.connection_made("127.0.0.1:1", 1883, 0.0)
+    b.data_received(sub, w.connect("sub", clean=False) + w.subscribe(1, [("t", 1)]), 0.0)
+    pub = _connect(b, "pub", 0.0)
+    count = 3000
+    b.data_received(pub, b"".join(w.publish("t", b"%099d" % i, qos=1, packet_id=i + 1) for i in range(count)), 0.0)
+    one = len(w.publish("t", b"%099d" % 0, qos=1, packet_id=1))
+    first = []
+    parser = Parser()
+    while True:  # the live window: everything goes out, in slices, and nothing is acknowledged
+        first += [p for p in parser.feed(b"".join(sub.out)) if isinstance(p, Publish)]
+        sub.out.clear()
+        sub.out_size = 0
+        if not sub.refill_held:
+            break
+        b.output_drained(sub)
+        b.end_turn(0.0)
+    assert [p.payload for p in first] == [b"%099d" % i for i in range(count)]
+    b.connection_lost(sub, 0.0)
+
+    sub = b.connection_made("127.0.0.1:2", 1883, 1.0)
+    b.data_received(sub, w.connect("sub", clean=False), 1.0)
+    parser = Parser()
+    again = []
+    slices = 0
+    skipped = first[-1].packet_id
+    while True:
+        assert sub.out_size <= REFILL_BYTES + one
+        again += [p for p in parser.feed(b"".join(sub.out)) if isinstance(p, Publish)]
+        sub.out.clear()
+        sub.out_size = 0
+        if not sub.refill_held:
+            break
+        slices += 1
+        if slices == 1:
+            b.data_received(sub, w.puback(skipped), 1.0)  # the client had it from before
+            b.data_received(pub, w.publish("t", b"late", qos=1, packet_id=count + 1), 1.0)
+            assert not sub.out, "a message overtook the resend"
+        b.output_drained(sub)
+        b.end_turn(1.0)
+    assert slices >= count * one // REFILL_BYTES
+    assert [(p.packet_id, p.payload, p.dup) for p in again[:-1]] == \
+        [(p.packet_id, p.payload, True) for p in first if p.packet_id != skipped]
+    assert (again[-1].payload, again[-1].dup) == (b"late", False)
