@@ -566,6 +566,27 @@ def test_persistent_session_queues_qos1_and_qos2_while_offline_MQTT_3_1_2_5_MQTT
     assert again.until("persist/t", b"end") == []
 
 
+def test_an_unlimited_window_delivers_a_large_offline_queue_in_order_to_paho(make_broker, paho):
+    """max_inflight_messages 0: 3,000 messages of 200 B queued offline (about ten REFILL_BYTES slices)
+    reach a reconnecting paho client complete and in order [MQTT-4.6.0-6], and a message published
+    after them comes last."""
+    broker = make_broker(max_inflight_messages=0, max_queued_messages=5000)
+    sub = paho(broker, client_id="big", clean_session=False)
+    sub.subscribe(("big/t", 1))
+    sub.disconnect()
+    pub = paho(broker, client_id="pub")
+    wait_clients(broker, 1)
+    expected = [b"%0200d" % i for i in range(3000)]
+    for payload in expected[:-1]:
+        pub.publish("big/t", payload, qos=1, wait=False)
+    pub.publish("big/t", expected[-1], qos=1)
+    again = paho(broker, client_id="big", clean_session=False, connect=False)
+    assert again.connect() is True
+    assert [m.payload for m in again.get_n(3000)] == expected
+    pub.publish("big/t", b"end", qos=1)
+    assert again.until("big/t", b"end") == []
+
+
 def test_clean_session_discards_state_MQTT_3_1_2_6_MQTT_3_2_2_1(broker, paho):
     """CleanSession 1 discards a stored session [MQTT-3.1.2-6] and gets Session Present 0 [MQTT-3.2.2-1]:
     the old subscription is gone and nothing queued is delivered."""
