@@ -694,6 +694,30 @@ def test_max_inflight_messages_honoured(make_broker, paho, raw):
     assert [p.payload for p in rest] == [b"6", b"7", b"8", b"9"]
 
 
+def test_max_inflight_messages_honoured_while_an_offline_queue_drains(broker, paho, raw):
+    """The default window (20) holds for messages queued while the client was offline, too: 30 queued,
+    20 arrive on reconnect, and each PUBACK lets exactly one more out (Mosquitto 2.0.11 lets 20 more out
+    per PUBACK here: bench/README.md, "S8 and the window")."""
+    c = raw(broker)
+    assert c.connect("drainer", clean=False) == w.connack(False, 0)
+    raw_subscribe(c, 1, [("drain/t", 1)])
+    c.send(w.disconnect())
+    c.close()
+    wait_clients(broker, 0)
+    pub = paho(broker, client_id="pub")
+    for i in range(30):
+        pub.publish("drain/t", b"%d" % i, qos=1)
+    again = raw(broker)
+    assert again.connect("drainer", clean=False) == w.connack(True, 0)
+    first = read_until_pingresp(again)
+    assert [p.payload for p in first] == [b"%d" % i for i in range(20)]
+    for k, p in enumerate(first[:3]):
+        again.send(w.puback(p.packet_id))
+        nxt = parse_publish(*again.read_packet())
+        assert nxt.payload == b"%d" % (20 + k)
+        assert read_until_pingresp(again) == [], "more than one slot freed by one PUBACK"
+
+
 def test_unacknowledged_qos1_resent_with_dup_on_reconnect_MQTT_4_4_0_1(broker, paho, raw):
     """When a client reconnects with CleanSession 0, the server re-sends unacknowledged PUBLISH packets with
     their original packet identifiers [MQTT-4.4.0-1] and the DUP flag set [MQTT-3.3.1-1]."""
