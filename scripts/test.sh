@@ -49,8 +49,9 @@ apt_install() {
     command -v apt-get >/dev/null 2>&1 ||
         die "missing $* and no apt-get here: install them with your package manager"
     say "installing $* with apt-get"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    # Wait for another apt/dpkg (a second test run, unattended upgrades) instead of failing at once.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$@" >/dev/null
 }
 
 # --- 1. mosquitto clients and broker --------------------------------------------------------
