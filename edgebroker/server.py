@@ -27,6 +27,7 @@ from . import __version__
 from . import log as L
 from .broker import Broker, Connection
 from .config import DEFAULT_PORT, Config, Listener
+from .notify import Notifier
 from .store import NullStore, SqliteStore
 
 __all__ = ["Server"]
@@ -68,11 +69,14 @@ class Server:
 
     def __init__(self, config: Config, log: Optional[L.LogFunc] = None, default_port: int = DEFAULT_PORT,
                  reloader: Optional[Callable[[], Config]] = None,
-                 after_bind: Optional[Callable[[], None]] = None) -> None:
+                 after_bind: Optional[Callable[[], None]] = None,
+                 notifier: Optional[Notifier] = None) -> None:
         """`after_bind` runs once the listeners are bound and before the database is opened: the place
         to daemonize and drop privileges (binding may need root; an SQLite connection must not cross a
-        fork, and its files should belong to the user that runs the broker)."""
+        fork, and its files should belong to the user that runs the broker). `notifier` (systemd's
+        $NOTIFY_SOCKET) hears READY/RELOADING/STOPPING, the client count and watchdog pings."""
         self.config = config
+        self.notifier = notifier
         self.log: L.LogFunc = log if log is not None else L.null_log
         self.reloader = reloader
         self._reload = False
@@ -180,8 +184,11 @@ class Server:
         write_event = selectors.EVENT_WRITE
         self.log(L.NOTICE, f"edgebroker version {__version__} running")
         set_scheduling_policy(self.config.scheduling_policy, self.log)
+        notifier = self.notifier
         try:
             next_timer = broker.tick(monotonic())
+            if notifier is not None:
+                notifier.ready(monotonic(), broker.stats.clients_connected)
             while not self._stop:
                 timeout = next_timer - monotonic()
                 events = sel.select(timeout if timeout > 0 else 0)
@@ -208,6 +215,8 @@ class Server:
                     broker.publish_log_lines(log_lines[:])
                     log_lines.clear()
                 next_timer = broker.tick(now)
+                if notifier is not None:
+                    next_timer = min(next_timer, notifier.tick(now, broker.stats.clients_connected))
                 if broker.flow_changed:
                     self._apply_flow(now)
                 if events and store.hold_until(now) > now:
@@ -227,6 +236,8 @@ class Server:
                         next_timer = now  # a held refill goes on in the next turn: do not block
                 if broker.closing:
                     self._finish_closing()
+            if notifier is not None:
+                notifier.stopping()
             now = monotonic()
             broker.shutdown(now)
             broker.end_turn(now)
@@ -247,18 +258,24 @@ class Server:
         self._reload = False
         if self.reloader is None:
             return
+        if self.notifier is not None:
+            self.notifier.reloading()
         try:
             config = self.reloader()
             if isinstance(self.log, L.Logger):
                 configure_logger(self.log, config)
         except Exception as exc:  # a bad file must not stop a running broker: keep the old config
             self.log(L.ERR, f"Error: reloading the configuration failed, keeping the running one: {exc}")
+            if self.notifier is not None:
+                self.notifier.reloaded(str(exc))
             return
         if config.listeners != self.config.listeners:
             self.log(L.WARNING, "Warning: listener changes take effect after a restart.")
         self.config = config
         self.broker.reconfigure(config)
         self.log(L.NOTICE, "Reloaded configuration.")
+        if self.notifier is not None:
+            self.notifier.reloaded()
 
     def shutdown(self) -> None:
         """Ask the loop to stop; safe from other threads and signal handlers."""

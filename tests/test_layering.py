@@ -32,6 +32,8 @@ LAYERS: Dict[str, int] = {
     "log": 0,
     "codec": 1,
     "config": 1,
+    # systemd's notify protocol: a socket and the environment, nothing of ours.
+    "notify": 1,
     # Reads TOML and mosquitto.conf files into config's schema: above config, below everything that runs.
     "configfile": 2,
     "topics": 2,

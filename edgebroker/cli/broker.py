@@ -21,6 +21,7 @@ from .. import __version__
 from .. import log as L
 from ..config import DEFAULT_PORT, Config
 from ..errors import ConfigError
+from ..notify import Notifier
 from ..server import Server, configure_logger
 from ..store import StoreError
 
@@ -115,8 +116,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             _drop_privileges(config)
             log(L.NOTICE, f"Running as user {config.user}.")
 
+    notifier = Notifier.from_environ()  # systemd Type=notify: READY=1 and friends
     try:
-        server = Server(config, log=log, default_port=port, reloader=reload, after_bind=after_bind)
+        server = Server(config, log=log, default_port=port, reloader=reload, after_bind=after_bind,
+                        notifier=notifier)
     except (ConfigError, StoreError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         log.close()
@@ -146,6 +149,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 pass
         log(L.NOTICE, f"edgebroker version {__version__} terminating")
         log.close()
+        if notifier is not None:
+            notifier.close()
     return 0
 
 
