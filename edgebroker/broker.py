@@ -32,13 +32,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
 from . import log as L
-from .codec import MAX_PACKET_SIZE, Parser, encode_remaining_length
+from .codec import MAX_PACKET_SIZE, Parser, encode_remaining_length, valid_topic_filter, valid_topic_name
 from .config import Config
 from .errors import MalformedPacket
 from .packets import (
     Connect, ConnackCode, Disconnect, Pingreq, Puback, Pubcomp, Publish, Pubrec, Pubrel,
     Subscribe, Unsubscribe, Will,
 )
+from .local import LocalClient, OnMessage
 from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, QUEUED, Message, Session
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
@@ -140,6 +141,9 @@ class Broker:
         #: this is not empty, and the next `end_turn` refills them
         self.drained: List[Connection] = []
         self._source: Optional[Connection] = None  # the connection whose PUBLISH is being routed
+        #: in-process clients (edgebroker.local) by client id; their sessions are not in `sessions`
+        self.local_clients: Dict[str, LocalClient] = {}
+        self._local_source: Optional[Session] = None  # the local client whose publish is being routed
         self._now = now
         self.stats = Stats()
         self.load = LoadAverages(self.stats, now)
@@ -546,24 +550,34 @@ class Broker:
             if not conn.session.clean:  # type: ignore[union-attr]
                 self.store.inbound_add(conn.client_id, p.packet_id)
         self._source = conn
-        limit = self.config.message_size_limit
-        if limit and len(p.payload) > limit:
-            # Mosquitto's message_size_limit: acknowledged (the protocol flow completes) but dropped.
-            self.stats.publish_dropped += 1
-            self.log(L.NOTICE, f"Dropped too large PUBLISH from {conn.client_id} (d{int(p.dup)}, q{qos}, "
-                               f"r{int(p.retain)}, m{p.packet_id}, '{p.topic}', ... ({len(p.payload)} bytes))")
-        else:
-            if p.retain:
-                if not self.config.retain_available:
-                    self._close(conn, now, "retained message sent but retain_available is false")
-                    return
-                self._set_retained(p.topic, p.payload, qos)
-            self._route(Message(p.topic, p.payload, qos))
+        accepted = self._incoming(conn.client_id, p.topic, p.payload, qos, p.retain, p.dup, p.packet_id)
         self._source = None
+        if not accepted:
+            self._close(conn, now, "retained message sent but retain_available is false")
+            return
         if qos == 1:
             self._send_ack(conn, 0x40, p.packet_id, "PUBACK")  # [MQTT-4.3.2-2]
         elif qos == 2:
             self._send_ack(conn, 0x50, p.packet_id, "PUBREC")  # [MQTT-4.3.3-2]
+
+    def _incoming(self, client_id: str, topic: str, payload: bytes, qos: int, retain: bool, dup: bool = False,
+                  packet_id: int = 0) -> bool:
+        """A message published by a client, network or local, enters the core: size limit, retained,
+        routing. False when the client broke a rule that ends its connection (retain while
+        retain_available is false), and nothing was routed."""
+        limit = self.config.message_size_limit
+        if limit and len(payload) > limit:
+            # Mosquitto's message_size_limit: acknowledged (the protocol flow completes) but dropped.
+            self.stats.publish_dropped += 1
+            self.log(L.NOTICE, f"Dropped too large PUBLISH from {client_id} (d{int(dup)}, q{qos}, "
+                               f"r{int(retain)}, m{packet_id}, '{topic}', ... ({len(payload)} bytes))")
+            return True
+        if retain:
+            if not self.config.retain_available:
+                return False
+            self._set_retained(topic, payload, qos)
+        self._route(Message(topic, payload, qos))
+        return True
 
     def _send_ack(self, conn: Connection, first: int, packet_id: int, name: str) -> None:
         conn.write(bytes((first, 2)) + packet_id.to_bytes(2, "big"))
@@ -602,6 +616,9 @@ class Broker:
                     stats.messages_sent += 1
                     if self.debug:
                         self._log_sent(conn, msg, 0, 0, False)
+                elif session.sink is not None:
+                    if session is not self._local_source:  # no-local: not back to its publisher
+                        session.sink(msg.topic, msg.payload, 0, msg.retain)
                 elif self.config.queue_qos0_messages:
                     self._enqueue(session, msg, 0)
                 continue
@@ -623,6 +640,9 @@ class Broker:
             self.stats.messages_sent += 1
             if self.debug:
                 self._log_sent(conn, msg, qos, pid, False)
+        elif session.sink is not None:
+            if session is not self._local_source:  # no-local: not back to its publisher
+                session.sink(msg.topic, msg.payload, qos, msg.retain)
         else:
             self._enqueue(session, msg, qos)
 
@@ -827,15 +847,7 @@ class Broker:
     def _send_retained(self, session: Session, conn: Connection, topic_filter: str, sub_qos: int) -> None:
         """Retained messages matching a new subscription, with the retain flag set [MQTT-3.3.1-6]
         [MQTT-3.3.1-8]."""
-        retained = self.retained
-        if not retained:
-            return
-        if "+" in topic_filter or "#" in topic_filter:
-            matches = [m for t, m in retained.items() if filter_matches(topic_filter, t)]
-        else:
-            m = retained.get(topic_filter)
-            matches = [m] if m is not None else []
-        for msg in matches:
+        for msg in self._retained_matching(topic_filter):
             qos = sub_qos if sub_qos < msg.qos else msg.qos
             if qos == 0:
                 conn.write(msg.q0())
@@ -845,6 +857,16 @@ class Broker:
                     self._log_sent(conn, msg, 0, 0, False)
             else:
                 self._deliver(session, msg, qos)
+
+    def _retained_matching(self, topic_filter: str) -> List[Message]:
+        """The retained messages a new subscription to `topic_filter` receives."""
+        retained = self.retained
+        if not retained:
+            return []
+        if "+" in topic_filter or "#" in topic_filter:
+            return [m for t, m in retained.items() if filter_matches(topic_filter, t)]
+        m = retained.get(topic_filter)
+        return [m] if m is not None else []
 
     def _on_unsubscribe(self, conn: Connection, p: Unsubscribe, now: float) -> None:
         session: Session = conn.session  # type: ignore[assignment]
@@ -872,6 +894,65 @@ class Broker:
             self.log(L.DEBUG, f"Received DISCONNECT from {conn.client_id}")
         conn.will = None  # a clean DISCONNECT discards the will [MQTT-3.14.4-3]
         self._close(conn, now, "disconnected")
+
+    # ---- in-process clients (edgebroker.local) --------------------------------------------------
+
+    def attach_local(self, client_id: str, on_message: OnMessage, username: Optional[str] = None) -> LocalClient:
+        """A client without a socket (bridge, serial port, GPIO): see edgebroker.local. Its id is its
+        own namespace: a network client with the same id is a different client."""
+        if client_id in self.local_clients:
+            raise ValueError(f"a local client {client_id!r} is already attached")
+        session = Session(client_id, clean=True)
+        session.sink = on_message
+        client = self.local_clients[client_id] = LocalClient(self, client_id, username, session)
+        return client
+
+    def detach_local(self, client: LocalClient) -> None:
+        """End a local client: its subscriptions go; nothing else was kept for it."""
+        if self.local_clients.get(client.client_id) is not client:
+            return
+        del self.local_clients[client.client_id]
+        session = client.session
+        for topic_filter in session.subscriptions:
+            self.tree.unsubscribe(topic_filter, session)
+        session.subscriptions.clear()
+
+    def local_publish(self, client: LocalClient, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if not valid_topic_name(topic) or qos not in (0, 1, 2):
+            raise ValueError(f"invalid topic {topic!r} or QoS {qos!r} from local client {client.client_id}")
+        stats = self.stats
+        stats.publish_received += 1
+        stats.messages_received += 1
+        if self.debug:
+            self.log(L.DEBUG, f"Received PUBLISH from {client.client_id} (d0, q{qos}, r{int(retain)}, m0, "
+                              f"'{topic}', ... ({len(payload)} bytes))")
+        outer, self._local_source = self._local_source, client.session  # a sink may publish in turn
+        try:
+            if not self._incoming(client.client_id, topic, payload, qos, retain):
+                self.stats.publish_dropped += 1
+                self.log(L.NOTICE, f"Dropped retained PUBLISH from {client.client_id} on '{topic}': "
+                                   f"retain_available is false.")
+        finally:
+            self._local_source = outer
+
+    def local_subscribe(self, client: LocalClient, topic_filter: str, qos: int) -> int:
+        if not valid_topic_filter(topic_filter) or qos not in (0, 1, 2):
+            raise ValueError(f"invalid topic filter {topic_filter!r} or QoS {qos!r} from local client "
+                             f"{client.client_id}")
+        session = client.session
+        self.tree.subscribe(topic_filter, session, qos)
+        session.subscriptions[topic_filter] = qos
+        self.log(L.SUBSCRIBE, f"{client.client_id} {qos} {topic_filter}")
+        sink = session.sink
+        for msg in self._retained_matching(topic_filter):
+            sink(msg.topic, msg.payload, qos if qos < msg.qos else msg.qos, True)  # type: ignore[misc]
+        return qos
+
+    def local_unsubscribe(self, client: LocalClient, topic_filter: str) -> None:
+        session = client.session
+        if session.subscriptions.pop(topic_filter, None) is not None:
+            self.tree.unsubscribe(topic_filter, session)
+        self.log(L.UNSUBSCRIBE, f"{client.client_id} {topic_filter}")
 
     # ---- $SYS ---------------------------------------------------------------------------------
 

@@ -13,6 +13,13 @@ One turn of the loop reads like a list (Mosquitto's main loop is the model):
   close                         ->  sockets of connections the core ended, after a last flush
 `shutdown()` and `request_reload()` may be called from another thread or a signal handler: they set a
 flag and write one byte to a wake-up socket, nothing more; the loop does the work between turns.
+
+Hosted concerns (bridges, serial ports, GPIO) share the loop without a thread of their own in the core:
+their file descriptors enter the same selector (`add_reader`, `add_writer`), their timers are asked
+each turn when they next want to run (`add_timer`), a thread of theirs hands work over with `wake()`
+and a handler the loop runs on its own thread (`add_wake_handler`), and `add_service` registers what
+the server stops at exit and reconfigures on SIGHUP. A callback that raises is logged and the loop
+goes on: one hosted device must not stop the broker.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ import os
 import selectors
 import socket
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import __version__
 from . import log as L
@@ -41,6 +49,20 @@ ACCEPT_BATCH = 64
 CLOSE_DRAIN_BYTES = 256 * 1024
 
 _WAKE = object()
+
+#: What add_reader/add_writer take: an object with fileno(), or a file descriptor.
+FileLike = Union[int, Any]
+#: A hosted callback: called with the loop's monotonic time.
+Callback = Callable[[float], Any]
+
+
+class _Watch:
+    """A hosted file descriptor in the selector: what to call when it is readable or writable."""
+    __slots__ = ("reader", "writer")
+
+    def __init__(self) -> None:
+        self.reader: Optional[Callback] = None
+        self.writer: Optional[Callback] = None
 
 
 class _ListenSocket:
@@ -91,6 +113,10 @@ class Server:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        #: hosted concerns (see the module's docstring)
+        self._timers: List[Callable[[float], float]] = []
+        self._wake_handlers: List[Callback] = []
+        self._services: List[Any] = []
         try:
             self._bind_all(default_port)
             if after_bind is not None:
@@ -186,7 +212,8 @@ class Server:
         set_scheduling_policy(self.config.scheduling_policy, self.log)
         notifier = self.notifier
         try:
-            next_timer = broker.tick(monotonic())
+            now = monotonic()
+            next_timer = self._run_timers(now, broker.tick(now))
             if notifier is not None:
                 notifier.ready(monotonic(), broker.stats.clients_connected)
             while not self._stop:
@@ -207,6 +234,13 @@ class Server:
                             self._wake_r.recv(4096)
                         except OSError:
                             pass
+                        for handler in self._wake_handlers:
+                            self._call(handler, now)
+                    elif data.__class__ is _Watch:
+                        if mask & read_event and data.reader is not None:
+                            self._call(data.reader, now)
+                        if mask & write_event and data.writer is not None:
+                            self._call(data.writer, now)
                     else:
                         self._accept(data, now)
                 if self._reload:
@@ -217,6 +251,8 @@ class Server:
                 next_timer = broker.tick(now)
                 if notifier is not None:
                     next_timer = min(next_timer, notifier.tick(now, broker.stats.clients_connected))
+                if self._timers:
+                    next_timer = self._run_timers(now, next_timer)
                 if broker.flow_changed:
                     self._apply_flow(now)
                 if events and store.hold_until(now) > now:
@@ -238,6 +274,7 @@ class Server:
                     self._finish_closing()
             if notifier is not None:
                 notifier.stopping()
+            self._stop_services()
             now = monotonic()
             broker.shutdown(now)
             broker.end_turn(now)
@@ -273,6 +310,13 @@ class Server:
             self.log(L.WARNING, "Warning: listener changes take effect after a restart.")
         self.config = config
         self.broker.reconfigure(config)
+        for service in self._services:
+            reload = getattr(service, "reload", None)
+            if reload is not None:
+                try:
+                    reload(config)
+                except Exception as exc:  # the service keeps its running settings and says why
+                    self.log(L.ERR, f"Error: reloading {service!r} failed: {exc}")
         self.log(L.NOTICE, "Reloaded configuration.")
         if self.notifier is not None:
             self.notifier.reloaded()
@@ -285,11 +329,113 @@ class Server:
         except OSError:
             pass
 
+    # ---- hosted concerns: bridges, serial ports, GPIO (see the module's docstring) ---------------
+
+    def add_reader(self, fileobj: FileLike, callback: Callback) -> None:
+        """Call `callback(now)` on the loop's thread whenever `fileobj` is readable. Call on the
+        loop's thread (or before serve_forever), like every hook here but `wake`."""
+        self._watch(fileobj, "reader", callback)
+
+    def add_writer(self, fileobj: FileLike, callback: Callback) -> None:
+        """Call `callback(now)` whenever `fileobj` is writable (a connect in progress, a backlog);
+        remove it when there is nothing more to write, or the loop spins."""
+        self._watch(fileobj, "writer", callback)
+
+    def remove_reader(self, fileobj: FileLike) -> None:
+        self._watch(fileobj, "reader", None)
+
+    def remove_writer(self, fileobj: FileLike) -> None:
+        self._watch(fileobj, "writer", None)
+
+    def _watch(self, fileobj: FileLike, which: str, callback: Optional[Callback]) -> None:
+        sel = self._sel
+        try:
+            watch = sel.get_key(fileobj).data
+        except KeyError:
+            if callback is None:
+                return
+            watch = _Watch()
+            setattr(watch, which, callback)
+            sel.register(fileobj, selectors.EVENT_READ if which == "reader" else selectors.EVENT_WRITE, watch)
+            return
+        if watch.__class__ is not _Watch:
+            raise ValueError(f"{fileobj!r} is one of the server's own sockets")
+        setattr(watch, which, callback)
+        events = (selectors.EVENT_READ if watch.reader is not None else 0) | (
+            selectors.EVENT_WRITE if watch.writer is not None else 0)
+        if events:
+            sel.modify(fileobj, events, watch)
+        else:
+            sel.unregister(fileobj)
+
+    def add_timer(self, callback: Callable[[float], float]) -> None:
+        """Call `callback(now)` every loop turn; it returns the monotonic time it next needs a turn
+        (float('inf') for none), and the loop wakes by then."""
+        self._timers.append(callback)
+
+    def remove_timer(self, callback: Callable[[float], float]) -> None:
+        if callback in self._timers:
+            self._timers.remove(callback)
+
+    def wake(self) -> None:
+        """Wake the loop, which then runs every wake handler on its thread. Safe from any thread."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # the loop has stopped, or a wake-up is already pending (the buffer is full)
+
+    def add_wake_handler(self, callback: Callback) -> None:
+        """Run `callback(now)` on the loop's thread after each `wake()` (and other wake-ups: a handler
+        checks its own queue and returns when it is empty)."""
+        self._wake_handlers.append(callback)
+
+    def remove_wake_handler(self, callback: Callback) -> None:
+        if callback in self._wake_handlers:
+            self._wake_handlers.remove(callback)
+
+    def add_service(self, service: Any) -> None:
+        """A hosted concern the server ends: `service.stop()` when the loop stops (before the core
+        closes its connections) or the server is closed, and `service.reload(config)`, when it has
+        one, after a SIGHUP reload (raising keeps the service as it was, logged)."""
+        self._services.append(service)
+
+    def _run_timers(self, now: float, next_timer: float) -> float:
+        for timer in self._timers[:]:
+            try:
+                due = timer(now)
+            except Exception:
+                self._failed(timer)
+                continue
+            if due < next_timer:
+                next_timer = due
+        return next_timer
+
+    def _call(self, callback: Callback, now: float) -> None:
+        try:
+            callback(now)
+        except Exception:
+            self._failed(callback)
+
+    def _failed(self, callback: Any) -> None:
+        lines = traceback.format_exc().rstrip().splitlines()
+        self.log(L.ERR, f"Error in {getattr(callback, '__qualname__', callback)!s}: {lines[-1]}")
+        for line in lines[:-1]:
+            self.log(L.DEBUG, line)
+
+    def _stop_services(self) -> None:
+        services, self._services = self._services, []
+        for service in reversed(services):
+            try:
+                service.stop()
+            except Exception:
+                self._failed(service.stop)
+
     def close(self) -> None:
         """Close every socket. Idempotent; serve_forever calls it on the way out."""
         if self._closed:
             return
         self._closed = True
+        self._stop_services()
         for conn in list(self._conn_listener):
             try:
                 conn.handle.close()  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ for QoS > 0 only the packet identifier differs.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Dict, List, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .codec import publish_head
 
@@ -67,7 +67,7 @@ class Message:
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
                  "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since", "blocking",
-                 "last_progress", "stalled", "dup_prefix")
+                 "last_progress", "stalled", "dup_prefix", "sink")
 
     def __init__(self, client_id: str, clean: bool) -> None:
         self.client_id = client_id
@@ -97,6 +97,8 @@ class Session:
         self.blocking: Set[object] = set()
         self.last_progress = 0.0
         self.stalled = False
+        #: an in-process client's delivery callback (edgebroker.local); None for network clients
+        self.sink: Optional[Callable[[str, bytes, int, bool], None]] = None
 
     def next_packet_id(self) -> int:
         """A packet id not in use by an inflight message [MQTT-2.3.1-2]; callers bound the inflight

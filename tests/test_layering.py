@@ -39,6 +39,8 @@ LAYERS: Dict[str, int] = {
     "topics": 2,
     "session": 2,
     "sysstats": 2,
+    # In-process clients' handle: holds the core by reference, imports nothing of it.
+    "local": 2,
     "store": 2,
     "broker": 3,
     "server": 4,
