@@ -185,6 +185,9 @@ class Broker:
     def _restore(self, state: Loaded, now: float) -> None:
         """Rebuild retained messages and persistent sessions (all offline) from the store."""
         for topic, payload, qos in state.retained:
+            if topic.startswith("$SYS"):
+                self.store.retained_clear(topic)  # saved by a version that let clients publish there
+                continue
             self.retained[topic] = Message(topic, payload, qos, retain=True)
         for client_id, offline_for in state.sessions:
             session = self.sessions[client_id] = Session(client_id, clean=False)
@@ -453,6 +456,13 @@ class Broker:
             self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
                          f"keepalive {p.keepalive} above max_keepalive {cfg.max_keepalive}")
             return
+        if p.will is not None and cfg.message_size_limit and len(p.will.payload) > cfg.message_size_limit:
+            # Mosquitto refuses such a CONNECT with return code 5 (not authorized): a will it would
+            # drop when publishing it must not be accepted.
+            self._refuse(conn, ConnackCode.NOT_AUTHORIZED, now,
+                         f"will payload of {len(p.will.payload)} bytes over message_size_limit "
+                         f"{cfg.message_size_limit}")
+            return
 
         session = self.sessions.get(client_id)
         if session is not None and session.conn is not None:
@@ -494,9 +504,10 @@ class Broker:
                 self.log(L.DEBUG, f"Will message specified ({len(p.will.payload)} bytes) "
                                   f"(r{int(p.will.retain)}, q{p.will.qos}).")
                 self.log(L.DEBUG, f"\t{p.will.topic}")
-            self.log(L.DEBUG, f"Sending CONNACK to {client_id} ({int(present)}, 0)")
-        # Session present: 0 for a clean session [MQTT-3.2.2-1], 1 when one is resumed [MQTT-3.2.2-2].
-        conn.write(_connack(present, 0))
+            self.log(L.DEBUG, f"Sending CONNACK to {client_id} ({int(present and p.protocol_level == 4)}, 0)")
+        # Session present: 0 for a clean session [MQTT-3.2.2-1], 1 when one is resumed [MQTT-3.2.2-2];
+        # MQTT 3.1 has no such flag: that byte is 0 (as Mosquitto sends it).
+        conn.write(_connack(present and p.protocol_level == 4, 0))
         stats.messages_sent += 1
         if present:
             self._resend(session, conn)
@@ -550,7 +561,15 @@ class Broker:
             if not conn.session.clean:  # type: ignore[union-attr]
                 self.store.inbound_add(conn.client_id, p.packet_id)
         self._source = conn
-        accepted = self._incoming(conn.client_id, p.topic, p.payload, qos, p.retain, p.dup, p.packet_id)
+        if p.topic.startswith("$SYS"):
+            # The broker's own tree: a network client's PUBLISH there is acknowledged and discarded,
+            # retained or not, as Mosquitto does (it matches the same prefix, "$SYS" with no slash).
+            # In-process clients (a bridge's connection state) may publish there.
+            accepted = True
+            if self.debug:
+                self.log(L.DEBUG, f"Discarded PUBLISH from {conn.client_id} to '{p.topic}' ($SYS is the broker's).")
+        else:
+            accepted = self._incoming(conn.client_id, p.topic, p.payload, qos, p.retain, p.dup, p.packet_id)
         self._source = None
         if not accepted:
             self._close(conn, now, "retained message sent but retain_available is false")
@@ -771,7 +790,10 @@ class Broker:
             if debug:
                 self.log(L.DEBUG, f"Received PUBACK from {conn.client_id} (Mid: {pid}, RC:0)")
             entry = get(pid)
-            if entry is not None and entry[1] == 1:
+            if entry is not None:
+                if entry[1] != 1:
+                    self._wrong_ack(conn, "PUBACK", pid, "QoS 2 message", now)
+                    return False
                 del inflight[pid]
                 done = True
                 if entry[3]:
@@ -785,12 +807,16 @@ class Broker:
     def _on_pubrec(self, conn: Connection, p: Pubrec, now: float) -> None:
         session = conn.session
         entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
-        if entry is not None and entry[1] == 2 and entry[2] == INFLIGHT_SENT:
-            entry[2] = INFLIGHT_RELEASED
-            if entry[3]:
-                self.store.delivery_update(entry[3], p.packet_id, INFLIGHT_RELEASED)
         if self.debug:
             self.log(L.DEBUG, f"Received PUBREC from {conn.client_id} (Mid: {p.packet_id})")
+        if entry is not None:
+            if entry[1] != 2:
+                self._wrong_ack(conn, "PUBREC", p.packet_id, "QoS 1 message", now)
+                return
+            if entry[2] == INFLIGHT_SENT:
+                entry[2] = INFLIGHT_RELEASED
+                if entry[3]:
+                    self.store.delivery_update(entry[3], p.packet_id, INFLIGHT_RELEASED)
         self._send_ack(conn, 0x62, p.packet_id, "PUBREL")  # [MQTT-4.3.3-3]
 
     def _on_pubrel(self, conn: Connection, p: Pubrel, now: float) -> None:
@@ -809,14 +835,25 @@ class Broker:
         entry = session.inflight.get(p.packet_id)
         if self.debug:
             self.log(L.DEBUG, f"Received PUBCOMP from {conn.client_id} (Mid: {p.packet_id}, RC:0)")
-        if entry is not None and entry[2] == INFLIGHT_RELEASED:
-            del session.inflight[p.packet_id]
-            session.last_progress = now
-            session.stalled = False
-            if entry[3]:
-                self.store.delivery_remove(entry[3])
-            return bool(session.queue)
-        return False
+        if entry is None:
+            return False
+        if entry[1] != 2 or entry[2] != INFLIGHT_RELEASED:
+            self._wrong_ack(conn, "PUBCOMP", p.packet_id,
+                            "QoS 1 message" if entry[1] != 2 else "QoS 2 message whose PUBREC has not come", now)
+            return False
+        del session.inflight[p.packet_id]
+        session.last_progress = now
+        session.stalled = False
+        if entry[3]:
+            self.store.delivery_remove(entry[3])
+        return bool(session.queue)
+
+    def _wrong_ack(self, conn: Connection, name: str, pid: int, what: str, now: float) -> None:
+        """An acknowledgement of the wrong kind for a message in flight: a protocol violation, so the
+        connection closes [MQTT-4.8.0-1], as Mosquitto does. QoS 1 is acknowledged by PUBACK alone
+        [MQTT-4.3.2-1]; QoS 2 by PUBREC, then PUBCOMP for the PUBREL [MQTT-4.3.3-1]. The message stays
+        in flight: a persistent session gets it again on reconnect."""
+        self._close(conn, now, f"protocol error: {name} for packet id {pid}, a {what}")
 
     # ---- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------------------------------
 

@@ -20,13 +20,20 @@ from .packets import (
 )
 
 __all__ = ["Parser", "encode", "encode_remaining_length", "publish_head", "valid_topic_name", "valid_topic_filter",
-           "encode_publish", "MAX_PACKET_SIZE"]
+           "encode_publish", "MAX_PACKET_SIZE", "MAX_TOPIC_LEVELS"]
 
 #: Largest packet the protocol can express: 1 byte header + 4 bytes of remaining length + 268,435,455.
 MAX_REMAINING_LENGTH = 268_435_455
 MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
 
 _U16 = struct.Struct("!H")
+
+#: Levels a topic name or filter may have: 201, i.e. at most 200 `/` separators, Mosquitto 2.0's
+#: TOPIC_HIERARCHY_LIMIT. MQTT sets no limit; Mosquitto closes the connection of a client that sends a
+#: deeper one (SUBSCRIBE, UNSUBSCRIBE, PUBLISH, will topic), and so does this codec (MalformedPacket).
+#: Bounds the work one topic costs the topic tree; a topic shorter than this many characters cannot
+#: break it, so the check costs the hot path one length comparison.
+MAX_TOPIC_LEVELS = 201
 
 # Fixed-header flags each packet type must carry [MQTT-2.2.2-1] [MQTT-2.2.2-2]. PUBLISH (3) is absent:
 # its flags carry DUP, QoS and RETAIN and are checked by its decoder.
@@ -36,15 +43,20 @@ _REQUIRED_FLAGS = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0,
 _ACK_FIRST_BYTES = {0x40: Puback, 0x50: Pubrec, 0x62: Pubrel, 0x70: Pubcomp}
 
 
+def _too_deep(topic: str) -> bool:
+    return len(topic) >= MAX_TOPIC_LEVELS and topic.count("/") >= MAX_TOPIC_LEVELS
+
+
 def valid_topic_name(topic: str) -> bool:
-    """A topic name: at least one character [MQTT-4.7.3-1], no wildcards [MQTT-3.3.2-2]."""
-    return bool(topic) and "+" not in topic and "#" not in topic
+    """A topic name: at least one character [MQTT-4.7.3-1], no wildcards [MQTT-3.3.2-2]; at most
+    MAX_TOPIC_LEVELS levels (ours, as Mosquitto)."""
+    return bool(topic) and "+" not in topic and "#" not in topic and not _too_deep(topic)
 
 
 def valid_topic_filter(topic_filter: str) -> bool:
     """A topic filter: non-empty [MQTT-4.7.3-1]; `#` alone as the last level [MQTT-4.7.1-2];
-    `+` alone in its level [MQTT-4.7.1-3]."""
-    if not topic_filter:
+    `+` alone in its level [MQTT-4.7.1-3]; at most MAX_TOPIC_LEVELS levels (ours, as Mosquitto)."""
+    if not topic_filter or _too_deep(topic_filter):
         return False
     if "+" not in topic_filter and "#" not in topic_filter:
         return True
@@ -143,6 +155,8 @@ def _decode_connect(flags: int, body: bytes) -> Connect:
     will = None
     if will_flag:
         will_topic = r.string()
+        if _too_deep(will_topic):
+            raise MalformedPacket(f"will topic of more than {MAX_TOPIC_LEVELS} levels")
         if not valid_topic_name(will_topic):
             raise MalformedPacket("will topic is not a valid topic name", "[MQTT-3.1.2-9]")
         will = Will(will_topic, r.binary(), will_qos, will_retain)
@@ -182,6 +196,8 @@ def _decode_publish_at(flags: int, data: bytes, start: int, end: int) -> Publish
         raise MalformedPacket("PUBLISH topic name empty or with wildcards", "[MQTT-3.3.2-2] [MQTT-4.7.3-1]")
     if "\x00" in topic:
         raise MalformedPacket("string contains U+0000", "[MQTT-1.5.3-2]")
+    if len(topic) >= MAX_TOPIC_LEVELS and _too_deep(topic):
+        raise MalformedPacket(f"topic name of more than {MAX_TOPIC_LEVELS} levels")
     if qos:
         if topic_end + 2 > end:
             raise MalformedPacket("packet shorter than its fields")
@@ -213,6 +229,8 @@ def _decode_subscribe(flags: int, body: bytes) -> Subscribe:
     topics = []
     while r.pos < r.end:
         topic_filter = r.string()
+        if _too_deep(topic_filter):
+            raise MalformedPacket(f"topic filter of more than {MAX_TOPIC_LEVELS} levels")
         if not valid_topic_filter(topic_filter):
             raise MalformedPacket(f"invalid topic filter {topic_filter!r}", "[MQTT-4.7.1-2]")
         qos = r.u8()
@@ -239,6 +257,8 @@ def _decode_unsubscribe(flags: int, body: bytes) -> Unsubscribe:
     topics = []
     while r.pos < r.end:
         topic_filter = r.string()
+        if _too_deep(topic_filter):
+            raise MalformedPacket(f"topic filter of more than {MAX_TOPIC_LEVELS} levels")
         if not valid_topic_filter(topic_filter):
             raise MalformedPacket(f"invalid topic filter {topic_filter!r}", "[MQTT-4.7.1-2]")
         topics.append(topic_filter)

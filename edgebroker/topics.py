@@ -7,7 +7,7 @@ A topic name starting with `$` is not matched by a filter starting with a wildca
 """
 from __future__ import annotations
 
-from typing import Dict, Hashable, List
+from typing import Dict, Hashable, List, Tuple
 
 __all__ = ["TopicTree", "filter_matches"]
 
@@ -69,33 +69,44 @@ class TopicTree:
         The returned dict is shared through the cache: callers must not modify it."""
         result = self._cache.get(topic)
         if result is None:
-            result = {}
-            levels = topic.split("/")
-            self._walk(self._root, levels, 0, result, topic.startswith("$"))
+            result = self._walk(topic.split("/"), topic.startswith("$"))
             if len(self._cache) >= MATCH_CACHE_SIZE:
                 self._cache.clear()
             self._cache[topic] = result
         return result
 
-    def _walk(self, node: _Node, levels: List[str], i: int, out: Dict[Hashable, int], dollar: bool) -> None:
-        children = node.children
-        if i == len(levels):
-            _merge(out, node.subscribers)
-            # "sport/#" also matches "sport": `#` includes the parent level (section 4.7.1.2).
-            hash_node = children.get("#")
-            if hash_node is not None:
-                _merge(out, hash_node.subscribers)
-            return
-        if not (dollar and i == 0):  # [MQTT-4.7.2-1]
-            hash_node = children.get("#")
-            if hash_node is not None:
-                _merge(out, hash_node.subscribers)
-            plus = children.get("+")
-            if plus is not None:
-                self._walk(plus, levels, i + 1, out, dollar)
-        child = children.get(levels[i])
-        if child is not None:
-            self._walk(child, levels, i + 1, out, dollar)
+    def _walk(self, levels: List[str], dollar: bool) -> Dict[Hashable, int]:
+        """The walk with a stack of its own, not one Python frame per level: a topic's depth is bounded
+        by its length only (the codec refuses more than MAX_TOPIC_LEVELS from clients), and recursion
+        would end in a RecursionError at about 1,000 levels."""
+        out: Dict[Hashable, int] = {}
+        n = len(levels)
+        stack: List[Tuple[_Node, int]] = [(self._root, 0)]
+        pop = stack.pop
+        push = stack.append
+        while stack:
+            node, i = pop()
+            children = node.children
+            if i == n:
+                _merge(out, node.subscribers)
+                # "sport/#" also matches "sport": `#` includes the parent level (section 4.7.1.2).
+                hash_node = children.get("#")
+                if hash_node is not None:
+                    _merge(out, hash_node.subscribers)
+                continue
+            if not children:
+                continue
+            if i or not dollar:  # [MQTT-4.7.2-1]
+                hash_node = children.get("#")
+                if hash_node is not None:
+                    _merge(out, hash_node.subscribers)
+                plus = children.get("+")
+                if plus is not None:
+                    push((plus, i + 1))
+            child = children.get(levels[i])
+            if child is not None:
+                push((child, i + 1))
+        return out
 
 
 def _merge(out: Dict[Hashable, int], subscribers: Dict[Hashable, int]) -> None:

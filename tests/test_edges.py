@@ -1,0 +1,353 @@
+"""Mosquitto's choices at the protocol's edges, and what one client on the LAN must not be able to do.
+
+Where MQTT 3.1.1 leaves a choice, the broker makes Mosquitto 2.0's (checked against Debian's mosquitto
+2.0.11): deep topics are refused past 201 levels, PUBLISH into `$SYS` is acknowledged and discarded, an
+acknowledgement of the wrong kind closes the connection, a 3.1 CONNACK has no session-present flag, a will
+over message_size_limit refuses the CONNECT. In-memory tests use test_core's harness; wire tests a
+running broker on loopback.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mqttwire as w
+from edgebroker import __version__
+from edgebroker.codec import MAX_TOPIC_LEVELS, Parser, valid_topic_filter, valid_topic_name
+from edgebroker.errors import MalformedPacket
+from edgebroker.packets import Connack, Puback, Pubcomp, Publish, Pubrec, Pubrel
+from edgebroker.topics import TopicTree, filter_matches
+from mqttwire import RawClient, hexs
+from test_core import Core, fields
+from test_wire import open_client  # noqa: F401  (a fixture)
+
+def _connected(open_client: Callable[[], RawClient], client_id: str) -> RawClient:
+    c = open_client()
+    got = c.connect(client_id)
+    assert got == w.connack(False, 0), hexs(got)
+    return c
+
+
+# ---- deep topics ------------------------------------------------------------------------------------
+
+def test_topic_tree_walk_survives_thousands_of_levels():
+    """The walk is iterative: 5,000 levels (Python's recursion limit is 1,000) through literal, `+` and
+    `#` branches, as subscribe, match, unsubscribe. Recursion died here with RecursionError at ~989."""
+    depth = 5000
+    topic = "/".join(f"l{i}" for i in range(depth))
+    tree = TopicTree()
+    tree.subscribe(topic, "exact", 1)
+    tree.subscribe("/".join(["+"] * depth), "plus", 2)
+    tree.subscribe("/".join(["+"] * (depth - 1) + ["#"]), "hash", 0)
+    tree.subscribe("/".join(f"l{i}" for i in range(depth // 2)) + "/#", "half", 1)
+    assert tree.match(topic) == {"exact": 1, "plus": 2, "hash": 0, "half": 1}
+    assert tree.match(topic + "/more") == {"hash": 0, "half": 1}
+    assert tree.match("/".join(["x"] * depth)) == {"plus": 2, "hash": 0}
+    assert tree.unsubscribe(topic, "exact")
+    assert tree.match(topic) == {"plus": 2, "hash": 0, "half": 1}
+    assert filter_matches("/".join(["+"] * depth), topic)
+
+
+LEVEL = st.sampled_from(["a", "b", "", "$x"])
+
+
+@st.composite
+def deep_or_wide(draw):  # type: ignore[no-untyped-def]
+    """A topic of up to 3,000 levels made of a repeated short pattern (deep), plus filters derived from
+    it (some levels turned to `+`, perhaps cut short with `#`), or unrelated ones."""
+    pattern = draw(st.lists(LEVEL, min_size=1, max_size=4))
+    repeat = draw(st.integers(1, 3000 // len(pattern)))
+    levels = (pattern * repeat)[:3000]
+    filters = []
+    for _ in range(draw(st.integers(1, 6))):
+        f = list(levels)
+        for i in draw(st.lists(st.integers(0, len(f) - 1), max_size=20)):
+            f[i] = "+"
+        if draw(st.booleans()):
+            f = f[:draw(st.integers(0, len(f)))] + ["#"]
+        if draw(st.booleans()):
+            f[draw(st.integers(0, len(f) - 1))] = "zz"  # one level that cannot match
+        filters.append("/".join(f))
+    return "/".join(levels), filters
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=deep_or_wide())
+def test_property_deep_topics_match_as_filter_matches_says(case):
+    """Very deep topics: the tree's walk agrees with filter_matches (a loop over levels, no recursion)
+    for every derived filter; then unsubscribing all of them empties the tree."""
+    topic, filters = case
+    tree = TopicTree()
+    for i, f in enumerate(filters):
+        tree.subscribe(f, i, i % 3)
+    expected = {i: i % 3 for i, f in enumerate(filters) if filter_matches(f, topic)}
+    assert tree.match(topic) == expected
+    for i, f in enumerate(filters):
+        assert tree.unsubscribe(f, i)
+    assert tree.match(topic) == {} and tree.count == 0 and tree._root.children == {}
+
+
+@settings(max_examples=20, deadline=None)
+@given(width=st.integers(1, 20_000), pick=st.integers(0, 19_999))
+def test_property_wide_tree_matches_one_sibling(width, pick):
+    """Very wide: tens of thousands of sibling levels under one parent, plus `+` and `#`; a topic
+    matches its own sibling and the wildcards only."""
+    tree = TopicTree()
+    for i in range(width):
+        tree.subscribe(f"site/{i}/t", i, 1)
+    tree.subscribe("site/+/t", "plus", 0)
+    tree.subscribe("site/#", "hash", 2)
+    i = pick % width
+    assert tree.match(f"site/{i}/t") == {i: 1, "plus": 0, "hash": 2}
+    assert tree.match(f"site/{width}/t") == {"plus": 0, "hash": 2}
+
+
+def test_codec_refuses_topics_deeper_than_mosquittos_limit():
+    """201 levels (200 separators) pass, 202 do not: Mosquitto 2.0.11 accepts a SUBSCRIBE, UNSUBSCRIBE,
+    PUBLISH and will topic of 201 levels and closes the connection at 202 (checked against it)."""
+    assert MAX_TOPIC_LEVELS == 201
+    ok = "/".join(["a"] * 201)
+    deep = "/".join(["a"] * 202)
+    assert valid_topic_name(ok) and not valid_topic_name(deep)
+    assert valid_topic_filter(ok) and not valid_topic_filter(deep)
+    assert valid_topic_filter("/".join(["+"] * 200 + ["#"])) and not valid_topic_filter("/".join(["+"] * 201 + ["#"]))
+    assert Parser().feed(w.publish(ok, b"x")) == [Publish(ok, b"x", 0, False, False, 0)]
+    for data in (w.publish(deep, b"x"), w.publish(deep, b"x", qos=1, packet_id=1),
+                 w.subscribe(1, [(deep, 0)]), w.unsubscribe(1, [deep]),
+                 w.connect("c", will=w.Will(deep, b"x", 0, False))):
+        with pytest.raises(MalformedPacket, match="more than 201 levels"):
+            Parser().feed(data)
+
+
+def test_deep_topics_close_one_connection_and_the_broker_serves_on(open_client):
+    """A client subscribing and publishing 1,000 levels, as a filter of `+`, and as a will topic: each
+    loses its connection (no SUBACK, no PUBACK, no CONNACK), and the broker keeps serving the others.
+    Before the limit and the iterative walk, this subscribe + publish killed the whole broker."""
+    watcher = _connected(open_client, "watcher")
+    watcher.send(w.subscribe(1, [("ok/#", 1)]))
+    assert watcher.read_raw_packet() == w.suback(1, [1])
+    deep = "/".join(["d"] * 1000)
+    c = _connected(open_client, "deep-sub")
+    c.send(w.subscribe(1, [(deep, 0)]))
+    c.expect_closed()
+    c = _connected(open_client, "deep-plus")
+    c.send(w.subscribe(1, [("/".join(["+"] * 1000), 0)]))
+    c.expect_closed()
+    c = _connected(open_client, "deep-pub")
+    c.send(w.publish(deep, b"x", qos=1, packet_id=1))
+    c.expect_closed()
+    c = open_client()
+    c.send(w.connect("deep-will", will=w.Will(deep, b"gone", 1, False)))
+    c.expect_closed()
+    # The deepest allowed: 201 levels, subscribed and delivered.
+    ok = "ok/" + "/".join(["d"] * 200)
+    c = _connected(open_client, "deep-ok")
+    c.send(w.publish(ok, b"fine", qos=1, packet_id=7))
+    assert c.read_raw_packet() == w.puback(7)
+    got = watcher.read_raw_packet()
+    assert got[0] == 0x32 and got.endswith(b"fine") and ok.encode() in got
+    watcher.send(w.puback(int.from_bytes(got[5 + len(ok):7 + len(ok)], "big")))
+    watcher.ping()
+
+
+# ---- PUBLISH into $SYS ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("topic", ["$SYS/broker/version", "$SYS/fake/alarm", "$SYS", "$SYSX/a"])
+def test_publish_into_sys_is_acknowledged_and_discarded(topic):
+    """Mosquitto 2.0.11 acknowledges a client's PUBLISH to any topic starting with `$SYS` (even `$SYS`
+    and `$SYSX/a`) and discards it: no delivery, nothing retained, nothing stored. QoS 2 completes its
+    flow [MQTT-4.3.3-2]."""
+    core = Core()
+    watcher = core.connect("watcher")
+    watcher.subscribe(1, ("$SYS/#", 2), ("$SYS", 2), ("$SYSX/#", 2))
+    dev = core.connect("dev")
+    dev.send(w.publish(topic, b"fake", qos=1, packet_id=1, retain=True))
+    assert dev.take() == [Puback(1)]
+    dev.send(w.publish(topic, b"fake", qos=2, packet_id=2, retain=True))
+    assert dev.take() == [Pubrec(2)]
+    dev.send(w.pubrel(2))
+    assert dev.take() == [Pubcomp(2)]
+    dev.send(w.publish(topic, b"fake", qos=0, retain=True))
+    watcher.ping()
+    assert topic not in core.broker.retained
+    late = core.connect("late")
+    assert late.subscribe(1, (topic, 0)) == []
+    # The broker's own $SYS tree still reaches subscribers.
+    core.broker.publish_sys(core.now)
+    assert any(p.topic == "$SYS/broker/version" for p in watcher.publishes())
+
+
+def test_lowercase_sys_is_an_ordinary_topic():
+    """Only `$SYS` is the broker's: `$sys/x` is a topic like any other `$` topic (as Mosquitto)."""
+    core = Core()
+    s = core.connect("s")
+    s.subscribe(1, ("$sys/x", 0))
+    dev = core.connect("dev")
+    dev.send(w.publish("$sys/x", b"v", retain=True))
+    assert [fields(p) for p in s.publishes()] == [("$sys/x", b"v", 0, False, False)]
+    assert "$sys/x" in core.broker.retained
+
+
+def test_sys_retained_from_an_older_database_is_dropped_at_start(tmp_path):
+    """A retained `$SYS/fake/alarm` saved by a version that accepted it is not restored (and is
+    deleted from the database); other retained messages are."""
+    from edgebroker.broker import Broker
+    from edgebroker.config import Config
+    from edgebroker.store import SqliteStore
+
+    path = str(tmp_path / "e.db")
+    store = SqliteStore(path)
+    store.retained_set("$SYS/fake/alarm", b"fire", 0)
+    store.retained_set("plant/temp", b"21", 1)
+    store.close()
+    store = SqliteStore(path)
+    broker = Broker(Config(persistence=False, sys_interval=0), 0.0, store=store)
+    assert list(broker.retained) == ["plant/temp"]
+    broker.end_turn(0.0)
+    store.close()
+    store = SqliteStore(path)
+    assert [t for t, _, _ in store.load().retained] == ["plant/temp"]
+    store.close()
+
+
+def test_publish_into_sys_over_the_wire_is_acknowledged_and_not_retained(open_client):
+    dev = _connected(open_client, "dev")
+    dev.send(w.publish("$SYS/broker/version", b"fake", qos=1, packet_id=1, retain=True))
+    assert dev.read_raw_packet() == w.puback(1)
+    sub = _connected(open_client, "sub")
+    sub.send(w.subscribe(1, [("$SYS/broker/version", 0)]))
+    assert sub.read_raw_packet() == w.suback(1, [0])
+    got = sub.read_raw_packet()  # the broker's own value, retained by its $SYS publisher
+    assert got.startswith(b"\x31") and got.endswith(b"edgebroker version " + __version__.encode()), hexs(got)
+    sub.ping()
+
+
+# ---- acknowledgements of the wrong kind ---------------------------------------------------------------
+
+def _one_in_flight(qos: int):  # type: ignore[no-untyped-def]
+    core = Core()
+    sub = core.connect("sub")
+    sub.subscribe(1, ("t", 2))
+    pub = core.connect("pub")
+    pub.send(w.publish("t", b"m", qos=qos, packet_id=5))
+    pub.take()
+    if qos == 2:
+        pub.send(w.pubrel(5))
+        pub.take()
+    got = sub.publishes()
+    assert len(got) == 1 and got[0].qos == qos
+    return core, sub, got[0].packet_id
+
+
+@pytest.mark.parametrize("qos,acks", [
+    (1, [w.pubrec]),              # QoS 1 is acknowledged by PUBACK only [MQTT-4.3.2-1]
+    (1, [w.pubcomp]),             # [MQTT-4.3.2-1]
+    (2, [w.puback]),              # QoS 2: PUBREC, then PUBCOMP [MQTT-4.3.3-1]
+    (2, [w.pubcomp]),             # PUBCOMP before PUBREC [MQTT-4.3.3-1]
+    (2, [w.pubrec, w.puback]),    # PUBACK for the PUBREL in flight [MQTT-4.3.3-1]
+])
+def test_MQTT_4_8_0_1_wrong_kind_of_acknowledgement_closes_the_connection(qos, acks):
+    """An acknowledgement that does not fit the message in flight under that packet id is a protocol
+    violation: the connection closes [MQTT-4.8.0-1], as Mosquitto 2.0.11 does ("disconnected due to
+    protocol error"; checked against it)."""
+    core, sub, pid = _one_in_flight(qos)
+    for ack in acks[:-1]:
+        sub.send(ack(pid))
+        assert sub.take() == [Pubrel(pid)] and not sub.closed
+    sub.send(acks[-1](pid))
+    assert sub.closed
+    assert core.logged(f"protocol error: {acks[-1].__name__.upper()} for packet id {pid}")
+
+
+def test_wrong_kind_in_a_run_of_pubacks_closes_too():
+    """The fast path for a read of PUBACKs only checks the kind as well."""
+    core, sub, pid = _one_in_flight(2)
+    sub.send(w.puback(pid) + w.puback(pid))
+    assert sub.closed
+
+
+@pytest.mark.parametrize("ack", [w.puback, w.pubcomp])
+def test_acknowledgement_for_an_unknown_id_is_ignored(ack):
+    """An id not in flight (acknowledged already, or never used) is ignored, as Mosquitto does; a
+    PUBREC for one still gets its PUBREL [MQTT-4.3.3-1]."""
+    core, sub, pid = _one_in_flight(1)
+    sub.send(w.puback(pid))
+    sub.send(ack(pid))
+    sub.send(ack(pid + 100))
+    sub.ping()
+    sub.send(w.pubrec(pid + 100))
+    assert sub.take() == [Pubrel(pid + 100)]
+    assert not sub.closed
+
+
+def test_wrong_kind_closes_and_a_persistent_session_gets_the_message_again():
+    """The message stays in flight when its acknowledgement was of the wrong kind: on reconnect it is
+    resent with DUP [MQTT-4.4.0-1]."""
+    core = Core()
+    sub = core.connect("sub", clean=False)
+    sub.subscribe(1, ("t", 1))
+    pub = core.connect("pub")
+    pub.send(w.publish("t", b"m", qos=1, packet_id=5))
+    pid = sub.publishes()[0].packet_id
+    sub.send(w.pubrec(pid))
+    assert sub.closed
+    again = core.connect("sub", clean=False, present=True)
+    assert [fields(p) for p in again.publishes()] == [("t", b"m", 1, False, True)]
+
+
+def test_wrong_kind_of_acknowledgement_over_the_wire(open_client):
+    sub = _connected(open_client, "sub")
+    sub.send(w.subscribe(1, [("t", 1)]))
+    assert sub.read_raw_packet() == w.suback(1, [1])
+    pub = _connected(open_client, "pub")
+    pub.send(w.publish("t", b"m", qos=1, packet_id=5))
+    assert pub.read_raw_packet() == w.puback(5)
+    got = sub.read_raw_packet()
+    pid = int.from_bytes(got[5:7], "big")
+    sub.send(w.pubcomp(pid))
+    sub.expect_closed()
+    pub.ping()
+
+
+# ---- CONNACK for MQTT 3.1, will size ------------------------------------------------------------------
+
+def test_mqtt31_connack_has_no_session_present_flag():
+    """MQTT 3.1 (MQIsdp, level 3) has no session-present flag: a 3.1 client resuming its session with
+    clean session 0 gets 20 02 00 00, as from Mosquitto 2.0.11 (checked); a 3.1.1 client gets 01."""
+    core = Core()
+    for expected in (False, False):
+        c = core.open()
+        c.send(w.connect("old", clean=False, proto_name="MQIsdp", level=3))
+        assert c.take() == [Connack(expected, 0)]
+        c.lose()
+    c = core.open()
+    c.send(w.connect("old", clean=False))
+    assert c.take() == [Connack(True, 0)]  # [MQTT-3.2.2-2]
+
+
+def test_mqtt31_connack_bytes_over_the_wire(open_client):
+    for _ in range(2):
+        c = open_client()
+        assert c.connect("old31", clean=False, proto_name="MQIsdp", level=3) == bytes.fromhex("20020000")
+        c.close()
+
+
+def test_will_over_message_size_limit_refuses_the_connect():
+    """Mosquitto 2.0.11 answers a CONNECT whose will payload is over message_size_limit with CONNACK 5
+    (not authorized) and closes (checked against it); at the limit it is accepted."""
+    core = Core(message_size_limit=100)
+    c = core.open()
+    c.send(w.connect("big", will=w.Will("w/t", b"x" * 101, 1, False)))
+    assert c.take() == [Connack(False, 5)]
+    assert c.closed
+    assert core.logged("will payload of 101 bytes over message_size_limit 100")
+    core.connect("ok", will=w.Will("w/t", b"x" * 100, 1, False))
+    assert core.broker.stats.clients_connected == 1
+
+
+def test_will_size_unlimited_by_default():
+    core = Core()
+    core.connect("big", will=w.Will("w/t", b"x" * 65_535, 0, False))
