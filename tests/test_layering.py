@@ -34,6 +34,9 @@ LAYERS: Dict[str, int] = {
     "config": 1,
     # systemd's notify protocol: a socket and the environment, nothing of ours.
     "notify": 1,
+    # TLS as bytes in, bytes out (MemoryBIO + SSLObject): sans-IO like the codec; the loop and the
+    # clients (tools, bridges) drive it.
+    "tls": 1,
     # Reads TOML and mosquitto.conf files into config's schema: above config, below everything that runs.
     "configfile": 2,
     "topics": 2,
