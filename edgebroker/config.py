@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from .bridgeconfig import BridgeConfig
 from .errors import ConfigError
 
 __all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS", "LOG_TYPES",
@@ -190,7 +191,21 @@ class Config:
     #: ("One CPU"). edgebroker's own option; read at start.
     scheduling_policy: str = "auto"
 
+    # ---- bridges --------------------------------------------------------------------------------
+    #: Bridges to other brokers (mosquitto.conf `connection` blocks, TOML `[[bridge]]` tables), in file
+    #: order; see edgebroker/bridgeconfig.py. Empty: no bridge, and nothing of the bridge code runs.
+    bridges: Tuple[BridgeConfig, ...] = ()
+
     def __post_init__(self) -> None:
+        names = [b.name for b in self.bridges]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"a second bridge named {name!r} (names must be unique)", option="connection")
+        local_ids = [b.local_id for b in self.bridges]
+        for i, cid in enumerate(local_ids):
+            if cid in local_ids[:i]:
+                raise ConfigError(f"bridge local_clientid {cid!r} is not unique; set local_clientid for one of "
+                                  "the bridges (Mosquitto's rule)", option="local_clientid")
         for name in ("max_queued_messages", "max_queued_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be 0 or more, got {getattr(self, name)}", option=name)

@@ -31,6 +31,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.9/3.10 only
     import tomli as tomllib
 
+from .bridgeconfig import (
+    BridgeConfig, BridgeTopic, PROTOCOL_VERSIONS, QUEUE_DROP, START_TYPES, TLS_VERSIONS,
+)
+from .codec import valid_topic_filter
 from .config import (
     DEFAULT_PORT, DURABILITY_LEVELS, LOG_TYPES, SCHEDULING_POLICIES, Config, Listener, listener_clash,
 )
@@ -123,11 +127,10 @@ _TLS = ("cafile", "capath", "certfile", "keyfile", "require_certificate", "use_i
         "tls_version", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform")
 _AUTH = ("password_file", "acl_file", "psk_file", "auth_plugin", "plugin", "auth_plugin_deny_special_chars",
          "use_username_as_clientid")
-_BRIDGE = ("connection", "address", "addresses", "topic", "clientid", "remote_clientid", "local_clientid",
-           "cleansession", "local_cleansession", "notifications", "notifications_local_only",
-           "notification_topic", "keepalive_interval", "start_type", "restart_timeout", "idle_timeout",
-           "threshold", "round_robin", "try_private", "username", "remote_username", "password",
-           "remote_password", "local_username", "local_password")
+#: Mosquitto bridge options edgebroker does not implement (any other bridge_* is refused the same way).
+_BRIDGE = ("bridge_bind_address", "bridge_ciphers", "bridge_ciphers_tls1.3", "bridge_identity", "bridge_psk",
+           "bridge_require_ocsp", "bridge_max_topic_alias", "bridge_receive_maximum",
+           "bridge_session_expiry_interval", "bridge_tcp_keepalive", "bridge_tcp_user_timeout")
 _OTHER_NOT_YET = {
     "mount_point": "listener mount points", "bind_interface": "binding to an interface by name",
     "socket_domain": "restricting a listener to IPv4 or IPv6", "http_dir": "websockets",
@@ -154,7 +157,7 @@ def _not_yet(option: str) -> Optional[str]:
     elif option in _AUTH or option.startswith(("auth_opt_", "plugin_opt_")):
         what = "authentication is planned"
     elif option in _BRIDGE or option.startswith("bridge_"):
-        what = "bridges are planned"
+        what = "this bridge option is not implemented; see docs/bridge.md"
     elif option in _OTHER_NOT_YET:
         reason = _OTHER_NOT_YET[option]
         if option == "allow_anonymous":
@@ -173,7 +176,8 @@ def _fmt(value: Any) -> str:
 
 
 _LISTENER_FIELDS = ("port", "address", "max_connections", "unix_socket")
-_KNOWN_GLOBAL = sorted(set(_SCALARS) | {"log_dest", "log_type", "log_file", "include_dir", "listener"}
+_KNOWN_GLOBAL = sorted(set(_SCALARS) | {"log_dest", "log_type", "log_file", "include_dir", "listener", "connection",
+                                         "bridge"}
                        | set(_OBSOLETE) | {"port", "bind_address", "max_connections"})
 
 
@@ -216,6 +220,7 @@ class _Builder:
         self.log_dest: Optional[List[str]] = None  # None until the first log_dest replaces the default
         self.log_type: Optional[List[str]] = None
         self.allow_anonymous_seen = False
+        self.bridges: List[_BridgeDraft] = []
 
     def set(self, name: str, value: Any, origin: Origin) -> None:
         self.values[name] = value
@@ -281,8 +286,9 @@ class _Builder:
                 values.pop("log_file", None)  # `log_dest file X` then `log_dest none`: no file
         if self.log_type is not None:
             values["log_type"] = tuple(self.log_type)
+        bridges = _build_bridges(self.bridges, origins)
         try:
-            config = Config(listeners=listeners, **values)
+            config = Config(listeners=listeners, bridges=bridges, **values)
         except ConfigError as exc:
             origin = origins.get(exc.option or "")
             if origin is None:
@@ -292,6 +298,9 @@ class _Builder:
         return LoadedConfig(config, tuple(self.warnings), origins, self.syntax, tuple(self.files))
 
     def _late_warnings(self, config: Config, origins: Dict[str, Origin]) -> None:
+        for draft in self.bridges:  # until the loop runs bridges (edgebroker/bridge.py): say so
+            self.warn(draft.origin, f"bridge {draft.fields['name']} is read and checked, but this version does "
+                                    "not connect it yet")
         if config.durability != "periodic":
             for name in ("autosave_interval", "autosave_on_changes"):
                 if name in origins and getattr(config, name) != getattr(_DEFAULTS, name):
@@ -414,6 +423,7 @@ def _read_mosquitto(path: str, text: str, builder: _Builder, main: bool) -> None
     tolerated indented lines, 2.0 rejects an indented `#`; configs copied from web pages often have it)."""
     builder.files.append(path)
     current: Optional[_ListenerDraft] = None  # the block the last `listener` line of this file opened
+    bridge: Optional[_BridgeDraft] = None  # the block the last `connection` line of this file opened
     for number, raw in enumerate(text.split("\n"), 1):  # not splitlines(): \f or \x1c do not end a line
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -433,6 +443,13 @@ def _read_mosquitto(path: str, text: str, builder: _Builder, main: bool) -> None
                 _read_mosquitto(included, _read_text(included), builder, main=False)
         elif name == "listener":
             current = _m_listener(origin, rest, builder)
+        elif name == "connection":
+            bridge = _BridgeDraft(origin, _m_token(origin, rest))
+            builder.bridges.append(bridge)
+        elif name in _BRIDGE_OPTIONS:
+            if bridge is None:
+                raise _error(origin, "is a bridge option: it belongs after a `connection NAME` line")
+            _m_bridge_option(bridge, name, origin, rest, builder)
         elif name in ("port", "bind_address"):
             _m_default_listener(name, origin, rest, builder)
         elif name == "max_connections":
@@ -711,6 +728,10 @@ def _read_toml(path: str, text: str, builder: _Builder, main: bool) -> None:
         name = _ALIASES.get(key, key)
         if name == "listener":
             _t_listeners(path, value, origin, lines, builder)
+        elif name == "bridge":
+            _t_bridges(path, value, origin, lines, builder)
+        elif name in _BRIDGE_OPTIONS or name == "connection":
+            raise _error(origin, "is a bridge option: it belongs in a [[bridge]] table")
         elif name == "include_dir":
             if not main:
                 raise _error(origin, "only allowed in the main configuration file, as in Mosquitto")
@@ -829,3 +850,223 @@ def _t_strings(origin: Origin, value: Any) -> List[str]:
         raise _error(origin, f"expected a string or an array of strings, got {_t_describe(value)}")
     return list(items)
 
+
+
+# ---- bridges: `connection NAME` blocks and [[bridge]] tables ---------------------------------------
+
+#: Bridge options by their Mosquitto name: (BridgeConfig field, kind). address, topic, restart_timeout and
+#: the enums are read by their own code below.
+_BRIDGE_OPTIONS: Dict[str, Tuple[str, str]] = {
+    "address": ("addresses", "address"), "addresses": ("addresses", "address"), "topic": ("topics", "topic"),
+    "restart_timeout": ("restart_timeout", "restart"), "round_robin": ("round_robin", _BOOL),
+    "bridge_protocol_version": ("protocol_version", _ENUM), "cleansession": ("cleansession", _BOOL),
+    "local_cleansession": ("local_cleansession", _BOOL), "keepalive_interval": ("keepalive_interval", _INT),
+    "start_type": ("start_type", _ENUM), "threshold": ("threshold", _INT), "idle_timeout": ("idle_timeout", _INT),
+    "notifications": ("notifications", _BOOL), "notification_topic": ("notification_topic", _STR),
+    "notifications_local_only": ("notifications_local_only", _BOOL), "try_private": ("try_private", _BOOL),
+    "remote_clientid": ("remote_clientid", _STR), "clientid": ("remote_clientid", _STR),
+    "local_clientid": ("local_clientid", _STR), "remote_username": ("remote_username", _STR),
+    "username": ("remote_username", _STR), "remote_password": ("remote_password", _STR),
+    "password": ("remote_password", _STR), "local_username": ("local_username", _STR),
+    "local_password": ("local_password", _STR), "bridge_attempt_unsubscribe": ("attempt_unsubscribe", _BOOL),
+    "bridge_outgoing_retain": ("outgoing_retain", _BOOL), "bridge_max_packet_size": ("max_packet_size", _INT),
+    "bridge_cafile": ("cafile", _STR), "bridge_capath": ("capath", _STR), "bridge_certfile": ("certfile", _STR),
+    "bridge_keyfile": ("keyfile", _STR), "bridge_insecure": ("insecure", _BOOL),
+    "bridge_tls_version": ("tls_version", _ENUM), "bridge_alpn": ("alpn", _STR),
+    "bridge_max_queued_messages": ("max_queued_messages", _INT),
+    "bridge_max_queued_bytes": ("max_queued_bytes", _INT), "bridge_queue_drop": ("queue_drop", _ENUM),
+    "bridge_queue_qos0_messages": ("queue_qos0_messages", _BOOL),
+    "bridge_max_inflight_messages": ("max_inflight_messages", _INT),
+}
+_BRIDGE_ENUMS: Dict[str, Tuple[str, ...]] = {
+    "bridge_protocol_version": tuple(PROTOCOL_VERSIONS), "start_type": START_TYPES, "bridge_queue_drop": QUEUE_DROP,
+    "bridge_tls_version": TLS_VERSIONS,
+}
+#: BridgeConfig field -> the option name errors use (the file's spelling wins when it set the field).
+_BRIDGE_FIELD_OPTION = {field: option for option, (field, _) in reversed(list(_BRIDGE_OPTIONS.items()))}
+
+
+class _BridgeDraft:
+    """A bridge being read: its fields, where each was set, its topic lines."""
+    __slots__ = ("origin", "fields", "field_origins", "topics")
+
+    def __init__(self, origin: Origin, name: str) -> None:
+        self.origin = origin
+        self.fields: Dict[str, Any] = {"name": name}
+        self.field_origins: Dict[str, Origin] = {}
+        self.topics: List[BridgeTopic] = []
+
+    def set(self, field: str, value: Any, origin: Origin, builder: _Builder) -> None:
+        if field in self.field_origins and field not in ("topics",):
+            where = self.field_origins[field]
+            if field == "addresses":
+                raise _error(origin, f"a second address line for bridge {self.fields['name']} (the first is at "
+                                     f"{where.file}:{where.line}; list every address on one line)")
+            builder.warn(origin, f"given twice for bridge {self.fields['name']} (also at {where.file}:{where.line}); "
+                                 "the last one is used")
+        self.fields[field] = value
+        self.field_origins[field] = origin
+
+
+def _parse_addresses(origin: Origin, tokens: List[str]) -> Tuple[Tuple[str, int], ...]:
+    """`host[:port] ...` as Mosquitto reads it: the port after the last colon (an IPv6 address needs one)."""
+    out = []
+    for token in tokens:
+        host, port = token, 1883
+        if ":" in token:
+            host, _, text = token.rpartition(":")
+            if not re.fullmatch(r"\d+", text) or not 1 <= int(text) <= 65535:
+                raise _error(origin, f"invalid port in {token!r} (1-65535)")
+            port = int(text)
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host:
+            raise _error(origin, f"no host in {token!r}")
+        out.append((host, port))
+    if not out:
+        raise _error(origin, "missing value: address HOST[:PORT] [HOST[:PORT] ...]")
+    return tuple(out)
+
+
+def _parse_topic(origin: Origin, rest: str) -> BridgeTopic:
+    """`topic PATTERN [out|in|both [QOS [LOCAL_PREFIX [REMOTE_PREFIX]]]]`; `""` is an empty pattern or
+    prefix; from the QoS on, a token starting with # ends the line (Mosquitto's reading)."""
+    tokens = rest.split()
+    if not tokens:
+        raise _error(origin, "missing value: topic PATTERN [out|in|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]")
+    for i in range(2, len(tokens)):
+        if tokens[i].startswith("#"):
+            del tokens[i:]
+            break
+    if len(tokens) > 5:
+        raise _error(origin, f"unexpected {' '.join(tokens[5:])!r} after the remote prefix")
+    pattern: Optional[str] = None if tokens[0] == '""' else tokens[0]
+    direction = tokens[1].lower() if len(tokens) > 1 else "out"
+    if direction not in ("out", "in", "both"):
+        raise _error(origin, f"invalid bridge topic direction {tokens[1]!r}: out, in or both")
+    qos = 0
+    if len(tokens) > 2:
+        if tokens[2] not in ("0", "1", "2"):
+            raise _error(origin, f"invalid bridge QoS level {tokens[2]!r}: 0, 1 or 2")
+        qos = int(tokens[2])
+    prefixes = [None if t == '""' else t for t in tokens[3:5]] + [None, None]
+    if pattern is not None and not valid_topic_filter(pattern):
+        raise _error(origin, f"invalid pattern {pattern!r}: not a topic filter")
+    try:
+        topic = BridgeTopic(pattern, direction, qos, prefixes[0], prefixes[1])
+    except ConfigError as exc:
+        raise _error(origin, _bare(exc)) from None
+    for side, full in (("local", topic.local_topic), ("remote", topic.remote_topic)):
+        if not valid_topic_filter(full):
+            raise _error(origin, f"invalid {side} prefix and pattern combination {full!r}")
+    return topic
+
+
+def _parse_restart(origin: Origin, tokens: List[Any]) -> Tuple[float, Optional[float]]:
+    """restart_timeout BASE [CAP]: Mosquitto takes a value below 1 as 1 second."""
+    if not 1 <= len(tokens) <= 2 or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in tokens):
+        raise _error(origin, "expected restart_timeout BASE [CAP], whole seconds")
+    base = max(1.0, float(tokens[0]))
+    cap = float(tokens[1]) if len(tokens) == 2 else None
+    if cap is not None and cap < base:
+        raise _error(origin, "the backoff cap is lower than the base")
+    return base, cap
+
+
+def _m_bridge_option(draft: _BridgeDraft, name: str, origin: Origin, rest: str, builder: _Builder) -> None:
+    field, kind = _BRIDGE_OPTIONS[name]
+    if kind == "address":
+        tokens = rest.split()
+        for i, t in enumerate(tokens):
+            if t.startswith("#"):
+                del tokens[i:]
+                break
+        draft.set(field, _parse_addresses(origin, tokens), origin, builder)
+    elif kind == "topic":
+        draft.topics.append(_parse_topic(origin, rest))
+        draft.field_origins.setdefault("topics", origin)
+    elif kind == "restart":
+        tokens = rest.split("#", 1)[0].split()
+        if not all(re.fullmatch(r"[+-]?\d+", t) for t in tokens):
+            raise _error(origin, f"expected restart_timeout BASE [CAP], whole seconds; got {rest!r}")
+        base, cap = _parse_restart(origin, [int(t) for t in tokens])
+        draft.set("restart_timeout", base, origin, builder)
+        draft.set("restart_timeout_cap", cap, origin, builder)
+    elif kind == _ENUM:
+        token = _m_token(origin, rest)
+        if token not in _BRIDGE_ENUMS[name]:
+            raise _error(origin, f"expected one of {', '.join(_BRIDGE_ENUMS[name])}, got {token!r}")
+        draft.set(field, token, origin, builder)
+    elif kind == _INT:
+        value = _m_int(origin, rest)
+        if name == "bridge_max_packet_size" and value < 0:
+            value = 0  # Mosquitto: negative means no limit
+        draft.set(field, value, origin, builder)
+    elif kind == _BOOL:
+        draft.set(field, _m_bool(origin, rest), origin, builder)
+    else:
+        draft.set(field, _m_string(origin, rest, builder), origin, builder)
+
+
+def _t_bridges(path: str, value: Any, origin: Origin, lines: _TomlLines, builder: _Builder) -> None:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise _error(origin, "must be [[bridge]] tables (an array of tables)")
+    for index, table in enumerate(value):
+        header = lines.header("bridge", index)
+        where = Origin(path, header if header is not None else origin.line, "bridge")
+        name = table.get("connection")
+        if type(name) is not str:
+            raise _error(where, "a [[bridge]] table needs connection = \"NAME\"")
+        draft = _BridgeDraft(where, name)
+        for key, item in table.items():
+            line = lines.in_table("bridge", index, key)
+            at = Origin(path, line if line is not None else where.line, key)
+            if key == "connection":
+                continue
+            if key not in _BRIDGE_OPTIONS:
+                if _not_yet(key) is not None and (key in _BRIDGE or key.startswith("bridge_")):
+                    raise _error(at, _not_yet(key) or "")
+                raise _unknown(at, list(_BRIDGE_OPTIONS) + ["connection"])
+            field, kind = _BRIDGE_OPTIONS[key]
+            if kind == "address":
+                draft.set(field, _parse_addresses(at, _t_strings(at, item)), at, builder)
+            elif kind == "topic":
+                for text in _t_strings(at, item):
+                    draft.topics.append(_parse_topic(at, text))
+                draft.field_origins.setdefault("topics", at)
+            elif kind == "restart":
+                base, cap = _parse_restart(at, item if isinstance(item, list) else [item])
+                draft.set("restart_timeout", base, at, builder)
+                draft.set("restart_timeout_cap", cap, at, builder)
+            elif kind == _ENUM:
+                text = _t_value(key, _STR, at, item)
+                if text not in _BRIDGE_ENUMS[key]:
+                    raise _error(at, f"expected one of {', '.join(_BRIDGE_ENUMS[key])}, got {text!r}")
+                draft.set(field, text, at, builder)
+            else:
+                draft.set(field, _t_value(key, kind, at, item), at, builder)
+        builder.bridges.append(draft)
+
+
+def _build_bridges(drafts: List[_BridgeDraft], origins: Dict[str, Origin]) -> Tuple[BridgeConfig, ...]:
+    bridges: List[BridgeConfig] = []
+    for i, draft in enumerate(drafts):
+        origins[f"bridge[{i}]"] = draft.origin
+        try:
+            bridge = BridgeConfig(topics=tuple(draft.topics), **draft.fields)
+        except ConfigError as exc:
+            field = next((f for f, o in _BRIDGE_FIELD_OPTION.items() if o == exc.option), exc.option or "")
+            at = draft.field_origins.get(field)
+            if at is None:  # a missing option, or a default that clashes: located at the block's start
+                at = draft.origin
+                raise ConfigError(_bare(exc), at.file, at.line, at.option) from None
+            raise ConfigError(_bare(exc), at.file, at.line, exc.option or at.option) from None
+        for earlier, other in zip(drafts, bridges):
+            if other.name == bridge.name:
+                raise _error(draft.origin, f"a second bridge named {bridge.name!r}; the first is at "
+                                           f"{earlier.origin.file}:{earlier.origin.line}")
+            if other.local_id == bridge.local_id:
+                raise _error(draft.field_origins.get("local_clientid", draft.origin),
+                             f"bridge local_clientid {bridge.local_id!r} is not unique (also the bridge at "
+                             f"{earlier.origin.file}:{earlier.origin.line}); set local_clientid for one of them")
+        bridges.append(bridge)
+    return tuple(bridges)

@@ -464,20 +464,23 @@ TLS = ["cafile /etc/ssl/ca.crt", "capath /etc/ssl/certs", "certfile /etc/ssl/ser
        "psk_hint hint", "ciphers ECDHE-RSA-AES128-GCM-SHA256", "tls_version tlsv1.2", "crlfile /x", "dhparamfile /x"]
 AUTH = ["password_file /etc/mosquitto/pwfile", "acl_file /etc/mosquitto/aclfile", "psk_file /etc/mosquitto/psk",
         "auth_plugin /usr/lib/x.so", "plugin /usr/lib/x.so", "auth_opt_db mysql", "plugin_opt_host x"]
-BRIDGE = ["connection cloud", "address broker.example.com:1883", "topic sensors/# out 1", "clientid gw1",
-          "cleansession false", "notifications true", "notification_topic state", "keepalive_interval 60",
-          "start_type automatic", "restart_timeout 30", "idle_timeout 60", "username u", "password p",
-          "bridge_cafile /x", "bridge_capath /x", "bridge_certfile /x", "bridge_keyfile /x",
-          "bridge_protocol_version mqttv311", "remote_username u", "try_private true"]
+BRIDGE = ["bridge_bind_address 10.0.0.1", "bridge_ciphers HIGH", "bridge_identity gw", "bridge_psk 1234",
+          "bridge_require_ocsp true", "bridge_max_topic_alias 10", "bridge_receive_maximum 10",
+          "bridge_session_expiry_interval 60", "bridge_tcp_keepalive 10 10 3"]
 
 
 @pytest.mark.parametrize("line, planned", [(t, "TLS is planned") for t in TLS]
                          + [(a, "authentication is planned") for a in AUTH]
-                         + [(b, "bridges are planned") for b in BRIDGE]
                          + [("allow_anonymous false", "authentication is planned")])
 def test_planned_features_are_refused_as_not_supported_yet(tmp_path, line, planned):
     option = line.split()[0]
     error_at(tmp_path, f"sys_interval 10\n{line}\n", 2, option, "not supported yet", f"({planned}")
+
+
+@pytest.mark.parametrize("line", BRIDGE)
+def test_unimplemented_bridge_options_are_refused(tmp_path, line):
+    text = f"connection cloud\naddress 127.0.0.1\ntopic # out\n{line}\n"
+    error_at(tmp_path, text, 4, line.split()[0], "not supported yet", "bridge option is not implemented")
 
 
 @pytest.mark.parametrize("line", ["protocol websockets", "max_qos 1", "memory_limit 1000000", "max_inflight_bytes 10",
@@ -660,7 +663,7 @@ def test_toml_log_dest_and_log_type_accept_a_single_string(tmp_path):
     ("[[listener]]\nport = 1883\ncafile = \"/ca\"\n", 3, "cafile", "not supported yet (TLS is planned)"),
     ("cafile = \"/ca\"\n", 1, "cafile", "not supported yet (TLS is planned)"),
     ("password_file = \"/p\"\n", 1, "password_file", "not supported yet (authentication is planned)"),
-    ("connection = \"cloud\"\n", 1, "connection", "not supported yet (bridges are planned)"),
+    ("connection = \"cloud\"\n", 1, "connection", "belongs in a [[bridge]] table"),
     ("allow_anonymous = false\n", 1, "allow_anonymous", "not supported yet"),
     ("allow_anonymous = \"true\"\n", 1, "allow_anonymous", "not supported yet"),
     ("log_dest = [\"stderr\", \"file\"]\n", 1, "log_dest", "needs a file name"),
@@ -826,11 +829,11 @@ SEED_NOT_YET = {
     "TLS is planned": {"cafile", "capath", "certfile", "keyfile", "require_certificate", "use_identity_as_username",
                        "psk_hint", "ciphers"},
     "authentication is planned": {"password_file", "psk_file", "acl_file"},
-    "bridges are planned": {"connection", "address", "topic", "clientid", "cleansession", "notifications",
-                            "notification_topic", "keepalive_interval", "start_type", "restart_timeout",
-                            "idle_timeout", "username", "password", "bridge_cafile", "bridge_capath",
-                            "bridge_certfile", "bridge_keyfile"},
 }
+#: Bridge options: implemented, tested inside a `connection` block.
+SEED_BRIDGE = {"connection", "address", "topic", "clientid", "cleansession", "notifications", "notification_topic",
+               "keepalive_interval", "start_type", "restart_timeout", "idle_timeout", "username", "password",
+               "bridge_cafile", "bridge_capath", "bridge_certfile", "bridge_keyfile"}
 # Read into the schema, but the server does not act on them yet: the CLI refuses them (see below).
 SEED_NEEDS_SERVER = {"persistent_client_expiration", "clientid_prefixes"}
 
@@ -847,7 +850,7 @@ def seed_option_lines() -> List[tuple]:
 
 def test_seed_option_table_is_complete():
     options = {option for option, _ in seed_option_lines()}
-    classified = SEED_IMPLEMENTED | SEED_OBSOLETE | set().union(*SEED_NOT_YET.values())
+    classified = SEED_IMPLEMENTED | SEED_OBSOLETE | SEED_BRIDGE | set().union(*SEED_NOT_YET.values())
     assert options == classified, (options - classified, classified - options)
 
 
@@ -858,6 +861,20 @@ def test_every_seed_option_is_implemented_warned_or_refused(tmp_path, option, va
     if option in ("connection", "address", "topic"):
         value = {"connection": "cloud", "address": "broker.example.com:1883", "topic": "sensors/# out 1"}[option]
     text = f"sys_interval 10\n{option} {value}\n"
+    if option in SEED_BRIDGE:
+        if option in ("bridge_certfile", "bridge_keyfile"):  # they go together
+            value += "\nbridge_certfile /c" if option == "bridge_keyfile" else "\nbridge_keyfile /k"
+        if option in ("remote_password", "password"):
+            value += "\nusername u"
+        block = {"connection": "cloud", "address": "127.0.0.1", "topic": "# out"}
+        block.pop(option, None)
+        head = "".join(f"{k} {v}\n" for k, v in block.items())
+        text = (f"{head}{option} {value}\n" if option != "connection"
+                else f"sys_interval 10\n{option} {value}\naddress 127.0.0.1\ntopic # out\n")
+        path = write(tmp_path, "m.conf", text)
+        loaded = load_config(path)
+        assert len(loaded.config.bridges) == 1
+        return
     path = write(tmp_path, "m.conf", text)
     planned = [why for why, names in SEED_NOT_YET.items() if option in names]
     if planned:
@@ -889,9 +906,10 @@ def test_example_toml_states_the_defaults():
 def test_example_toml_mentions_every_option():
     text = EXAMPLE.read_text(encoding="utf-8")
     mentioned = set(re.findall(r"^#? ?([a-z0-9_]+) = ", text, re.M))
-    fields = {f.name for f in dataclasses.fields(Config)} - {"listeners", "verbose"}
+    fields = {f.name for f in dataclasses.fields(Config)} - {"listeners", "verbose", "bridges"}
     assert fields <= mentioned, fields - mentioned
     assert {"port", "address", "max_connections", "include_dir", "log_file", "allow_anonymous"} <= mentioned
+    assert {"connection", "topic", "restart_timeout", "bridge_max_queued_messages"} <= mentioned
 
 
 def test_example_toml_commented_values_are_valid(tmp_path):
@@ -906,6 +924,10 @@ def test_example_toml_commented_values_are_valid(tmp_path):
     config = load_config(write(tmp_path, "e.toml", text)).config
     assert config.listeners == [Listener(1883, "192.168.1.10", -1)]
     assert config.persistent_client_expiration == 2 * 604800 and config.pid_file == "/run/edgebroker.pid"
+    bridge = text[text.index("# [[bridge]]"):].replace("\n# ", "\n")[2:]
+    config = load_config(write(tmp_path, "b.toml", bridge)).config
+    assert config.bridges[0].addresses == (("broker.example.com", 8883),)
+    assert [t.local_topic for t in config.bridges[0].topics] == ["sensors/#", "gw1/cmd/#"]
 
 
 # ---- the CLI ------------------------------------------------------------------------------------------

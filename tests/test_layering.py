@@ -30,6 +30,8 @@ LAYERS: Dict[str, int] = {
     "errors": 0,
     "packets": 0,
     "log": 0,
+    # A bridge's typed configuration (a leaf like errors, so config can hold it).
+    "bridgeconfig": 0,
     "codec": 1,
     "config": 1,
     # systemd's notify protocol: a socket and the environment, nothing of ours.
@@ -45,6 +47,8 @@ LAYERS: Dict[str, int] = {
     # In-process clients' handle: holds the core by reference, imports nothing of it.
     "local": 2,
     "store": 2,
+    # The bridge's client-side MQTT session, sans-IO like the codec it uses.
+    "uplink": 2,
     "broker": 3,
     "server": 4,
     "client": 4,
