@@ -200,15 +200,18 @@ class Broker:
                 self.tree.subscribe(topic_filter, session, qos)
         # Sessions whose client was connected when the broker stopped without saying so (a crash).
         crashed = {client_id for client_id, offline_for in state.sessions if offline_for is None}
-        for seq, client_id, topic, payload, qos, retain, packet_id, st in state.deliveries:
+        # A message stored once for several deliveries is one Message again, shared by its sessions.
+        shared = {msg_id: Message(topic, payload, qos, bool(retain), msg_id)
+                  for msg_id, (topic, payload, qos, retain) in state.messages.items()}
+        for seq, client_id, topic, payload, qos, retain, packet_id, st, msg_id in state.deliveries:
             session = self.sessions.get(client_id)
             self._seq = max(self._seq, seq)
             if session is None:
                 continue
-            msg = Message(topic, payload, qos, bool(retain))
+            msg = shared[msg_id] if msg_id is not None else Message(topic, payload, qos, bool(retain), -1)
             if packet_id is None or st == QUEUED:
                 session.queue.append((msg, qos, seq, packet_id or 0))
-                session.queued_bytes += len(payload)
+                session.queued_bytes += len(msg.payload)
                 if client_id in crashed:
                     session.dup_prefix += 1  # perhaps sent before the crash: its row says nothing
             else:
@@ -393,7 +396,8 @@ class Broker:
             self.tree.unsubscribe(topic_filter, session)
         session.subscriptions.clear()
         if not session.clean:
-            self.store.session_remove(session.client_id)
+            self.store.session_remove(session.client_id, [e[0] for e in session.queue] +
+                                      [e[0] for e in session.inflight.values()])
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 
@@ -651,8 +655,7 @@ class Broker:
             pid = session.next_packet_id()
             if not session.clean:
                 seq = self._seq = self._seq + 1
-                self.store.delivery_add(seq, session.client_id, msg.topic, msg.payload, qos, msg.retain,
-                                        pid, INFLIGHT_SENT)
+                self.store.delivery_add(seq, session.client_id, msg, qos, pid, INFLIGHT_SENT)
             session.inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
             conn.write(msg.wire(qos, pid))
             self.stats.publish_sent += 1
@@ -682,8 +685,7 @@ class Broker:
             seq = self._seq = self._seq + 1
             if qos:
                 pid = session.next_packet_id()
-            self.store.delivery_add(seq, session.client_id, msg.topic, msg.payload, qos, msg.retain,
-                                    pid or None, QUEUED)
+            self.store.delivery_add(seq, session.client_id, msg, qos, pid or None, QUEUED)
         session.queue.append((msg, qos, seq, pid))
         session.queued_bytes += len(msg.payload)
         source = self._source
@@ -735,7 +737,7 @@ class Broker:
                 out.append(q0)
                 size += len(q0)
                 if seq:
-                    store.delivery_remove(seq)
+                    store.delivery_remove(seq, msg)
                 if debug:
                     self._log_sent(conn, msg, 0, 0, False)
                 continue
@@ -797,7 +799,7 @@ class Broker:
                 del inflight[pid]
                 done = True
                 if entry[3]:
-                    remove(entry[3])
+                    remove(entry[3], entry[0])
         if done:
             session.last_progress = now
             session.stalled = False
@@ -845,7 +847,7 @@ class Broker:
         session.last_progress = now
         session.stalled = False
         if entry[3]:
-            self.store.delivery_remove(entry[3])
+            self.store.delivery_remove(entry[3], entry[0])
         return bool(session.queue)
 
     def _wrong_ack(self, conn: Connection, name: str, pid: int, what: str, now: float) -> None:

@@ -28,17 +28,19 @@ _FIRST = [bytes((0x30 | flags,)) for flags in range(16)]
 
 class Message:
     """One application message as it is routed: topic, payload, QoS it was published with, and the
-    retain flag it carries on the wire (set only for retained messages sent on subscribe)."""
+    retain flag it carries on the wire (set only for retained messages sent on subscribe). `store_id`
+    belongs to the store: where the message's copy is on disk (see edgebroker/store.py)."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "_q0", "_head")
+    __slots__ = ("topic", "payload", "qos", "retain", "_q0", "_head", "store_id")
 
-    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False, store_id: int = 0) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
         self._q0: Optional[bytes] = None
         self._head: Optional[bytes] = None
+        self.store_id = store_id
 
     def q0(self) -> bytes:
         """The QoS 0 PUBLISH, encoded once and shared by every QoS 0 subscriber."""

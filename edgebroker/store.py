@@ -3,7 +3,23 @@
 Theory of operation: the core calls the small methods below as state changes (retained set or
 cleared, persistent session created, subscription added, message queued for / sent to / acknowledged
 by a persistent session, inbound QoS 2 id recorded or released). Each call only appends a statement
-to a list (a delivery acknowledged before its INSERT ran cancels that INSERT instead). `commit(now)`
+to a list (a delivery acknowledged before its INSERT ran cancels that INSERT instead).
+
+A message is stored once however many persistent sessions it goes to, as Mosquitto's store keeps one
+copy with reference counts: a message with one delivery in a commit keeps its topic and payload in the
+delivery's row (one B-tree page per message in a sensor's trickle); a second delivery of the same
+message in the same commit moves it into a row of its own in `messages`, which both deliveries then
+reference by `msg_id` (the first delivery's pending INSERT is rewritten). The store counts the
+references in memory (`_refs`, rebuilt at load) and deletes the message's row with the last delivery.
+The core marks each Message with `store_id` (0: no row of its own; > 0: its `messages` row; -1: its
+copy is committed in a delivery's row, so later deliveries carry copies of their own, which only a
+retained message sent on later subscriptions meets).
+
+The interface the core calls (and a new table's owner should follow): `load()` once at start-up; the
+change methods (`retained_*`, `session_*`, `subscription_*`, `delivery_*`, `inbound_*`), which only
+buffer; `hold_until(now)`, `wake_at(now)` and `commit(now)` from the loop; `close()`; the counters
+`commits` and `errors` for $SYS. A change that an acknowledgement of ours waits on sets `_urgent`;
+one nothing waits on (forgetting an acknowledged delivery) does not. `commit(now)`
 runs the list in order, consecutive identical statements batched with executemany, inside one
 transaction, and commits it: for durability "crash" and "sync" in the loop turn whose acknowledgements
 wait on it, before the loop flushes them (group commit), later for changes nothing waits on (see
@@ -26,7 +42,7 @@ import os
 import sqlite3
 import sys
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from . import log as L
 from .errors import EdgebrokerError
@@ -76,10 +92,15 @@ class Loaded(NamedTuple):
     #: (client_id, seconds offline or None when the broker stopped while it was connected)
     sessions: List[Tuple[str, Optional[float]]]
     subscriptions: List[Tuple[str, str, int]]
-    #: (seq, client_id, topic, payload, qos, retain, packet_id or None, state) in seq order; state is
-    #: one of session.INFLIGHT_SENT, INFLIGHT_RELEASED, QUEUED
-    deliveries: List[Tuple[int, str, str, bytes, int, int, Optional[int], int]]
+    #: (seq, client_id, topic, payload, qos, retain, packet_id or None, state, msg_id or None) in seq
+    #: order; state is one of session.INFLIGHT_SENT, INFLIGHT_RELEASED, QUEUED. A delivery with a msg_id
+    #: has topic, payload and retain None: its message is in `messages`, shared with other deliveries,
+    #: and the core sets that message's `store_id` to msg_id (else to -1, see the module's docstring).
+    deliveries: List[Tuple[int, str, Optional[str], Optional[bytes], int, Optional[int], Optional[int], int,
+                           Optional[int]]]
     inbound_qos2: List[Tuple[str, int]]
+    #: msg_id -> (topic, payload, qos, retain) of the messages stored once for several deliveries
+    messages: Dict[int, Tuple[str, bytes, int, int]]
 
 
 def _migrate_1(db) -> None:  # type: ignore[no-untyped-def]
@@ -114,9 +135,49 @@ def _migrate_4(db) -> None:  # type: ignore[no-untyped-def]
     pass
 
 
+def _migrate_5(db) -> None:  # type: ignore[no-untyped-def]
+    # A message delivered to several persistent sessions is stored once, in `messages`; its deliveries
+    # reference it by msg_id and leave topic, payload and retain NULL. A delivery with msg_id NULL keeps
+    # its own copy (every row of older versions). 1,000 offline sessions on one filter wrote each
+    # payload 1,000 times: 149 MB for 82 KB of messages.
+    db["messages"].create({"id": int, "topic": str, "payload": bytes, "qos": int, "retain": int}, pk="id",
+                          if_not_exists=True)
+    if "msg_id" not in db["deliveries"].columns_dict:
+        db["deliveries"].add_column("msg_id", int)
+    # Copies already stored: rows with the same topic, payload and retain flag share one message row
+    # (two messages with equal contents are interchangeable on the wire). Two passes over the rows,
+    # the second only when there is something to share; payloads are compared by digest to keep the
+    # child's memory small.
+    import hashlib
+
+    conn = db.conn
+    rows = "SELECT seq, topic, payload, qos, retain FROM deliveries WHERE msg_id IS NULL AND payload IS NOT NULL"
+    count: Dict[tuple, int] = {}
+    for _, topic, payload, _, retain in conn.execute(rows):
+        key = (topic, retain, hashlib.sha256(payload).digest())
+        count[key] = count.get(key, 0) + 1
+    shared = {key for key, n in count.items() if n > 1}
+    if not shared:
+        return
+    ids: Dict[tuple, int] = {}
+    next_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+    for seq, topic, payload, qos, retain in list(conn.execute(rows)):
+        key = (topic, retain, hashlib.sha256(payload).digest())
+        if key not in shared:
+            continue
+        msg_id = ids.get(key)
+        if msg_id is None:
+            next_id += 1
+            msg_id = ids[key] = next_id
+            conn.execute("INSERT INTO messages (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
+                         (msg_id, topic, payload, qos, retain))
+        conn.execute("UPDATE deliveries SET msg_id = ?, topic = NULL, payload = NULL, retain = NULL "
+                     "WHERE seq = ?", (msg_id, seq))
+
+
 #: MIGRATIONS[i] brings a database from schema version i to i + 1. Each is idempotent, so a migration
 #: interrupted by a crash simply runs again.
-MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
+MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _INS_RETAINED = "INSERT OR REPLACE INTO retained (topic, payload, qos) VALUES (?, ?, ?)"
@@ -129,6 +190,10 @@ _INS_SUB = "INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos) 
 _DEL_SUB = "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"
 _INS_DELIVERY = ("INSERT INTO deliveries (seq, client_id, topic, payload, qos, retain, packet_id, state) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_INS_DELIVERY_REF = ("INSERT INTO deliveries (seq, client_id, msg_id, qos, packet_id, state) "
+                     "VALUES (?, ?, ?, ?, ?, ?)")
+_INS_MESSAGE = "INSERT INTO messages (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)"
+_DEL_MESSAGE = "DELETE FROM messages WHERE id = ?"
 _UPD_DELIVERY = "UPDATE deliveries SET packet_id = ?, state = ? WHERE seq = ?"
 _DEL_DELIVERY = "DELETE FROM deliveries WHERE seq = ?"
 _INS_INBOUND = "INSERT OR REPLACE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)"
@@ -143,7 +208,7 @@ class NullStore:
     commits = 0
 
     def load(self) -> Loaded:
-        return Loaded([], [], [], [], [])
+        return Loaded([], [], [], [], [], {})
 
     def retained_set(self, topic: str, payload: bytes, qos: int) -> None:
         pass
@@ -157,7 +222,8 @@ class NullStore:
     def session_offline(self, client_id: str) -> None:
         pass
 
-    def session_remove(self, client_id: str) -> None:
+    def session_remove(self, client_id: str, messages: Iterable = ()) -> None:
+        """The session and all its rows go; `messages`: the Message of each of its deliveries."""
         pass
 
     def subscription_add(self, client_id: str, topic_filter: str, qos: int) -> None:
@@ -166,14 +232,15 @@ class NullStore:
     def subscription_remove(self, client_id: str, topic_filter: str) -> None:
         pass
 
-    def delivery_add(self, seq: int, client_id: str, topic: str, payload: bytes, qos: int, retain: bool,
-                     packet_id: Optional[int], state: int) -> None:
+    def delivery_add(self, seq: int, client_id: str, msg, qos: int, packet_id: Optional[int],  # type: ignore[no-untyped-def]
+                     state: int) -> None:
+        """A delivery of `msg` (a session.Message: topic, payload, qos, retain, store_id) at `qos`."""
         pass
 
     def delivery_update(self, seq: int, packet_id: Optional[int], state: int, deferred: bool = False) -> None:
         pass
 
-    def delivery_remove(self, seq: int) -> None:
+    def delivery_remove(self, seq: int, msg) -> None:  # type: ignore[no-untyped-def]
         pass
 
     def inbound_add(self, client_id: str, packet_id: int) -> None:
@@ -211,6 +278,14 @@ class SqliteStore(NullStore):
         #: delivery seq -> index in _ops of its INSERT, not yet committed: a delivery acknowledged before
         #: its row is written cancels the INSERT instead of adding a DELETE (the entry becomes None)
         self._inserts: Dict[int, int] = {}
+        #: messages stored once (see the module's docstring): msg_id -> deliveries referencing it, and
+        #: msg_id -> index in _ops of its row's INSERT, not yet committed (cancelled with its last
+        #: delivery); id(msg) -> (msg, index in _ops) of a message's only delivery so far in this commit,
+        #: written with its own copy unless a second delivery comes before the commit
+        self._refs: Dict[int, int] = {}
+        self._msg_inserts: Dict[int, int] = {}
+        self._single: Dict[int, Tuple[Any, int]] = {}
+        self._last_msg_id = 0
         self._last_commit = time.monotonic()
         self._retry_at = 0.0
         self.errors = 0        # failed commits, for $SYS
@@ -320,13 +395,26 @@ class SqliteStore(NullStore):
         now = time.time()
         sessions = [(cid, None if at is None else max(0.0, now - at))
                     for cid, at in c.execute("SELECT client_id, disconnected_at FROM sessions")]
+        deliveries = list(c.execute("SELECT seq, client_id, topic, payload, qos, retain, packet_id, state, msg_id "
+                                    "FROM deliveries ORDER BY seq"))
+        messages = {row[0]: row[1:] for row in c.execute("SELECT id, topic, payload, qos, retain FROM messages")}
+        refs = self._refs
+        refs.clear()
+        for row in deliveries:
+            msg_id = row[8]
+            if msg_id is not None:
+                refs[msg_id] = refs.get(msg_id, 0) + 1
+        self._last_msg_id = max(messages, default=0)
+        for msg_id in [m for m in messages if m not in refs]:  # none, unless written by hand
+            del messages[msg_id]
+            self._ops.append((_DEL_MESSAGE, (msg_id,)))
         return Loaded(
             retained=list(c.execute("SELECT topic, payload, qos FROM retained")),
             sessions=sessions,
             subscriptions=list(c.execute("SELECT client_id, topic_filter, qos FROM subscriptions")),
-            deliveries=list(c.execute("SELECT seq, client_id, topic, payload, qos, retain, packet_id, state "
-                                      "FROM deliveries ORDER BY seq")),
+            deliveries=deliveries,
             inbound_qos2=list(c.execute("SELECT client_id, packet_id FROM inbound_qos2")),
+            messages=messages,
         )
 
     # ---- changes (buffered until commit) --------------------------------------------------------
@@ -346,10 +434,19 @@ class SqliteStore(NullStore):
     def session_offline(self, client_id: str) -> None:
         self._ops.append((_SESSION_OFFLINE, (time.time(), client_id)))
 
-    def session_remove(self, client_id: str) -> None:
+    def session_remove(self, client_id: str, messages: Iterable = ()) -> None:
         self._urgent = True
+        ops = self._ops
+        single = self._single
+        # Its pending deliveries' own copies: a later delivery of the same message must not turn them
+        # into references (the DELETE below removes them, and the reference would never be released).
+        for key in [k for k, (_, i) in single.items() if ops[i] is not None and ops[i][1][1] == client_id]:  # type: ignore[index]
+            del single[key]
+        for msg in messages:
+            if msg.store_id > 0:
+                self._unref(msg.store_id)
         for sql in _DEL_SESSION:
-            self._ops.append((sql, (client_id,)))
+            ops.append((sql, (client_id,)))
 
     def subscription_add(self, client_id: str, topic_filter: str, qos: int) -> None:
         self._urgent = True
@@ -359,11 +456,42 @@ class SqliteStore(NullStore):
         self._urgent = True
         self._ops.append((_DEL_SUB, (client_id, topic_filter)))
 
-    def delivery_add(self, seq: int, client_id: str, topic: str, payload: bytes, qos: int, retain: bool,
-                     packet_id: Optional[int], state: int) -> None:
+    def delivery_add(self, seq: int, client_id: str, msg, qos: int, packet_id: Optional[int],  # type: ignore[no-untyped-def]
+                     state: int) -> None:
         self._urgent = True
-        self._inserts[seq] = len(self._ops)
-        self._ops.append((_INS_DELIVERY, (seq, client_id, topic, payload, qos, int(retain), packet_id, state)))
+        ops = self._ops
+        self._inserts[seq] = len(ops)
+        sid = msg.store_id
+        if sid == 0:
+            first = self._single.pop(id(msg), None)
+            if first is None:
+                # Its only delivery so far: a copy of its own in the delivery's row.
+                self._single[id(msg)] = (msg, len(ops))
+                ops.append((_INS_DELIVERY, (seq, client_id, msg.topic, msg.payload, qos, int(msg.retain),
+                                            packet_id, state)))
+                return
+            # A second delivery before the commit: the message gets its row, the first delivery's INSERT
+            # references it instead of carrying a copy.
+            sid = msg.store_id = self._last_msg_id = self._last_msg_id + 1
+            i = first[1]
+            p = ops[i][1]  # type: ignore[index]
+            ops[i] = (_INS_DELIVERY_REF, (p[0], p[1], sid, p[4], p[6], p[7]))
+            self._refs[sid] = 1
+            self._msg_inserts[sid] = len(ops)
+            ops.append((_INS_MESSAGE, (sid, msg.topic, msg.payload, msg.qos, int(msg.retain))))
+        elif sid < 0:
+            ops.append((_INS_DELIVERY, (seq, client_id, msg.topic, msg.payload, qos, int(msg.retain),
+                                        packet_id, state)))
+            return
+        refs = self._refs
+        n = refs.get(sid)
+        if n is None:  # its row went with its last delivery: written again
+            n = 0
+            self._msg_inserts[sid] = len(ops)
+            ops.append((_INS_MESSAGE, (sid, msg.topic, msg.payload, msg.qos, int(msg.retain))))
+        refs[sid] = n + 1
+        self._inserts[seq] = len(ops)
+        ops.append((_INS_DELIVERY_REF, (seq, client_id, sid, qos, packet_id, state)))
 
     def delivery_update(self, seq: int, packet_id: Optional[int], state: int, deferred: bool = False) -> None:
         """deferred: nothing we send depends on it (e.g. noting that a queued message was sent); a new
@@ -372,12 +500,33 @@ class SqliteStore(NullStore):
             self._urgent = True
         self._ops.append((_UPD_DELIVERY, (packet_id, state, seq)))
 
-    def delivery_remove(self, seq: int) -> None:
+    def delivery_remove(self, seq: int, msg) -> None:  # type: ignore[no-untyped-def]
         i = self._inserts.pop(seq, None)
         if i is not None:
             self._ops[i] = None  # never written: nothing to delete (an UPDATE of it then matches no row)
+        else:
+            self._ops.append((_DEL_DELIVERY, (seq,)))
+        sid = msg.store_id
+        if sid > 0:
+            self._unref(sid)
+        elif sid == 0 and i is not None:
+            first = self._single.get(id(msg))
+            if first is not None and first[1] == i:
+                del self._single[id(msg)]
+
+    def _unref(self, sid: int) -> None:
+        """One delivery fewer references message row `sid`: the last one takes the row with it."""
+        refs = self._refs
+        n = refs.get(sid, 0) - 1
+        if n > 0:
+            refs[sid] = n
             return
-        self._ops.append((_DEL_DELIVERY, (seq,)))
+        refs.pop(sid, None)
+        i = self._msg_inserts.pop(sid, None)
+        if i is not None:
+            self._ops[i] = None
+        else:
+            self._ops.append((_DEL_MESSAGE, (sid,)))
 
     def inbound_add(self, client_id: str, packet_id: int) -> None:
         self._urgent = True
@@ -454,6 +603,11 @@ class SqliteStore(NullStore):
             return
         ops.clear()
         self._inserts.clear()
+        self._msg_inserts.clear()
+        if self._single:
+            for msg, _ in self._single.values():
+                msg.store_id = -1  # its copy is in its delivery's row now
+            self._single.clear()
         self._urgent = False
         self._deferred_since = None
         self._last_commit = now
@@ -481,6 +635,8 @@ class SqliteStore(NullStore):
                             f"(limit {MAX_PENDING_OPS}).")
             self._ops.clear()
             self._inserts.clear()
+            self._msg_inserts.clear()
+            self._single.clear()
 
     def close(self) -> None:
         if self._conn is None:

@@ -48,6 +48,7 @@ except ImportError:  # tests imported as a package
 from edgebroker import log as L
 from edgebroker.config import Config, Listener
 from edgebroker.server import Server
+from edgebroker.session import Message
 from edgebroker.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, StoreError
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +58,7 @@ DB_NAME = "edgebroker.db"
 #: Messages in a crash stream, and how many must be acknowledged before the kill.
 STREAM = 10_000
 KILL_AFTER = 3_000
-TABLES = {"retained", "sessions", "subscriptions", "deliveries", "inbound_qos2"}
+TABLES = {"retained", "sessions", "subscriptions", "deliveries", "inbound_qos2", "messages"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -588,8 +589,8 @@ def test_packet_id_reused_while_in_flight_is_replaced_durably_MQTT_2_3_1_2(tmp_p
     store = SqliteStore(cfg.database_path())
     store.session_online("wrap")
     store.subscription_add("wrap", "w/#", 2)
-    store.delivery_add(1, "wrap", "w/a", b"in flight", 2, False, 5, 0)   # sent, awaiting PUBREC
-    store.delivery_add(2, "wrap", "w/b", b"queued", 2, False, 5, 2)      # queued with the same id
+    store.delivery_add(1, "wrap", Message("w/a", b"in flight", 2), 2, 5, 0)   # sent, awaiting PUBREC
+    store.delivery_add(2, "wrap", Message("w/b", b"queued", 2), 2, 5, 2)      # queued with the same id
     store.commit(0.0)
     store.close()
     from edgebroker.broker import Broker
@@ -836,6 +837,7 @@ import argparse, gettext, locale, sqlite3  # argparse's messages import locale l
 from edgebroker.cli import broker as cli
 from edgebroker.config import Config, Listener
 from edgebroker.server import Server
+from edgebroker.session import Message
 from edgebroker.store import StoreError
 uid, gid, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 cli._parser().format_help()  # argparse imports more modules lazily (shutil, ...): load them now

@@ -1,0 +1,255 @@
+"""A message is stored once however many persistent sessions it goes to (edgebroker/store.py): the
+database grows by one copy of its payload plus a small row per delivery, the copy is deleted with its
+last delivery, and a database of the previous schema is migrated (its existing copies shared).
+
+Theory of operation: the broker core runs in this process on a real SQLite file (a Broker with a
+SqliteStore, driven through its sans-IO interface: `data_received`, `connection_lost`, `end_turn`,
+which commits as the loop does once per turn); the file is then read with a connection of its own,
+as a user with sqlite3 would. Sizes are bytes on disk (database + WAL), never times.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+try:  # tests/ on sys.path (pytest's default rootdir-relative import)
+    import mqttwire as w
+except ImportError:  # tests imported as a package
+    from tests import mqttwire as w  # type: ignore[no-redef]
+
+from edgebroker.broker import Broker
+from edgebroker.config import Config, Listener
+from edgebroker.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+
+SESSIONS = 1000
+MESSAGES = 20
+PAYLOAD = 4096
+
+
+def config(tmp_path: Path, **overrides) -> Config:  # type: ignore[no-untyped-def]
+    kw = dict(persistence=True, persistence_location=str(tmp_path / "data"),
+              listeners=[Listener(0, "127.0.0.1")], sys_interval=0)
+    kw.update(overrides)
+    return Config(**kw)  # type: ignore[arg-type]
+
+
+def disk_bytes(path: str) -> int:
+    """The database file and its WAL, as they are on disk now."""
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+def rows(path: str, sql: str) -> List[tuple]:
+    con = sqlite3.connect(path)
+    try:
+        return list(con.execute(sql))
+    finally:
+        con.close()
+
+
+def publishes(data: bytes) -> List[bytes]:
+    return [p for p in w.split_packets(data) if p[0] >> 4 == 3]
+
+
+def topic_at(packet: bytes) -> Tuple[str, int]:
+    """A PUBLISH's topic and the offset just after it (after the fixed header's remaining length)."""
+    i = 1
+    while packet[i] & 0x80:
+        i += 1
+    i += 1
+    topic_len = int.from_bytes(packet[i:i + 2], "big")
+    return packet[i + 2:i + 2 + topic_len].decode("utf-8"), i + 2 + topic_len
+
+
+def packet_id_of(packet: bytes) -> int:
+    """The packet id of a QoS 1/2 PUBLISH (after the topic)."""
+    i = topic_at(packet)[1]
+    return int.from_bytes(packet[i:i + 2], "big")
+
+
+def drain(b: Broker, c, now: float) -> List[bytes]:  # type: ignore[no-untyped-def]
+    """Everything the broker sends `c` until it has nothing more, each PUBLISH acknowledged, as the loop
+    would run it (the output is sent, a held refill goes on)."""
+    got: List[bytes] = []
+    while True:
+        b.end_turn(now)
+        new = publishes(b"".join(c.out))
+        c.out.clear()
+        c.out_size = 0
+        if c.refill_held:
+            b.output_drained(c)
+        elif not new:
+            return got
+        got += new
+        b.data_received(c, b"".join(w.puback(packet_id_of(p)) for p in new if p[0] & 0x06), now)
+
+
+def offline_sessions(b: Broker, count: int, topic_filter: str, now: float) -> None:
+    """`count` persistent sessions subscribed at QoS 1, then gone offline."""
+    for i in range(count):
+        c = b.connection_made("127.0.0.1", 40000 + i, now)
+        b.data_received(c, w.connect(f"fan-{i:04d}", clean=False) + w.subscribe(1, [(topic_filter, 1)]), now)
+        b.end_turn(now)
+        b.connection_lost(c, now)
+    b.end_turn(now)
+
+
+def test_fan_out_to_1000_offline_sessions_stores_each_payload_once(tmp_path):
+    """The issue's case: 1,000 offline persistent sessions on fan/#, 20 QoS 1 messages of 4 KiB (82 KB
+    of payload). Stored once per session this grew the database and WAL by 149 MB; stored once per
+    message it must stay within a few times the payload plus a small row per delivery (1 MiB here for
+    20,000 deliveries). Every message is still there for every session after a restart, and the copies
+    go when the last session has them acknowledged."""
+    cfg = config(tmp_path)
+    path = cfg.database_path()
+    store = SqliteStore(path)
+    b = Broker(cfg, now=0.0, store=store)
+    offline_sessions(b, SESSIONS, "fan/#", 0.0)
+    before = disk_bytes(path)
+    pub = b.connection_made("127.0.0.1", 1, 1.0)
+    b.data_received(pub, w.connect("fan-publisher"), 1.0)
+    b.end_turn(1.0)
+    payloads = [bytes([i]) * PAYLOAD for i in range(MESSAGES)]
+    for i, payload in enumerate(payloads):  # one message per turn, each its own commit (PUBACK waits)
+        pub.out.clear()
+        b.data_received(pub, w.publish(f"fan/{i}", payload, qos=1, packet_id=i + 1), 2.0 + i)
+        b.end_turn(2.0 + i)
+        assert b"".join(pub.out) == w.puback(i + 1)
+    grown = disk_bytes(path) - before
+    assert grown < 1024 * 1024, f"database + WAL grew by {grown:,} bytes for {MESSAGES * PAYLOAD:,} of payload"
+    assert rows(path, "SELECT count(*), sum(length(payload)) FROM messages") == [(MESSAGES, MESSAGES * PAYLOAD)]
+    assert rows(path, "SELECT count(*), count(msg_id), count(payload) FROM deliveries") == \
+        [(SESSIONS * MESSAGES, SESSIONS * MESSAGES, 0)]
+    store.close()
+
+    # A restart: every session gets all 20 messages, in order; the copies go with the last PUBACK.
+    store = SqliteStore(path)
+    b = Broker(cfg, now=100.0, store=store)
+    for i in range(SESSIONS):
+        c = b.connection_made("127.0.0.1", 50000 + i, 100.0)
+        b.data_received(c, w.connect(f"fan-{i:04d}", clean=False), 100.0)
+        if i == SESSIONS - 1:
+            store.commit(100.0, force=True)
+            assert rows(path, "SELECT count(*) FROM messages") == [(MESSAGES,)], "deleted while referenced"
+        got = drain(b, c, 100.0)
+        assert [p[-PAYLOAD:] for p in got] == payloads, f"session {i}"
+        b.connection_lost(c, 100.0)
+    store.close()
+    assert rows(path, "SELECT count(*) FROM deliveries") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM messages") == [(0,)], "a message outlived its deliveries"
+
+
+def test_a_message_to_one_session_keeps_its_copy_in_the_delivery_row(tmp_path):
+    """A sensor's trickle to one persistent session touches one table: the payload stays in the
+    delivery's row, no `messages` row is written (one B-tree page per commit, as before)."""
+    cfg = config(tmp_path)
+    path = cfg.database_path()
+    store = SqliteStore(path)
+    b = Broker(cfg, now=0.0, store=store)
+    offline_sessions(b, 1, "t/#", 0.0)
+    pub = b.connection_made("127.0.0.1", 1, 1.0)
+    b.data_received(pub, w.connect("p") + w.publish("t/1", b"alone", qos=1, packet_id=1), 1.0)
+    b.end_turn(1.0)
+    assert rows(path, "SELECT topic, payload, msg_id FROM deliveries") == [("t/1", b"alone", None)]
+    assert rows(path, "SELECT count(*) FROM messages") == [(0,)]
+    store.close()
+
+
+def test_shared_copy_lives_until_its_last_delivery_and_a_session_removal_releases_it(tmp_path):
+    """Two sessions share a message: the first PUBACK keeps the copy, a clean-session reconnect of the
+    second (its session discarded [MQTT-3.1.2-6]) releases the last reference and the copy goes."""
+    cfg = config(tmp_path)
+    path = cfg.database_path()
+    store = SqliteStore(path)
+    b = Broker(cfg, now=0.0, store=store)
+    offline_sessions(b, 2, "s/#", 0.0)
+    pub = b.connection_made("127.0.0.1", 1, 1.0)
+    b.data_received(pub, w.connect("p") + w.publish("s/1", b"shared", qos=1, packet_id=1), 1.0)
+    b.end_turn(1.0)
+    assert rows(path, "SELECT count(*) FROM messages") == [(1,)]
+    c = b.connection_made("127.0.0.1", 2, 2.0)
+    b.data_received(c, w.connect("fan-0000", clean=False), 2.0)
+    got = publishes(b"".join(c.out))
+    assert len(got) == 1
+    b.data_received(c, w.puback(packet_id_of(got[0])), 2.0)
+    store.commit(2.0, force=True)
+    assert rows(path, "SELECT count(*) FROM messages") == [(1,)], "deleted while still referenced"
+    c2 = b.connection_made("127.0.0.1", 3, 3.0)
+    b.data_received(c2, w.connect("fan-0001", clean=True), 3.0)
+    b.end_turn(3.0)
+    assert rows(path, "SELECT count(*) FROM deliveries") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM messages") == [(0,)]
+    store.close()
+
+
+def test_acknowledged_before_the_save_writes_neither_copy_nor_rows(tmp_path):
+    """durability periodic: a message to two online persistent sessions, both acknowledging before the
+    save, cancels its deliveries' INSERTs and its message row's INSERT: the save writes nothing."""
+    cfg = config(tmp_path, durability="periodic", autosave_interval=3600.0)
+    store = SqliteStore(cfg.database_path(), cfg.durability, cfg.autosave_interval)
+    b = Broker(cfg, now=0.0, store=store)
+    subs = []
+    for name in ("a", "b"):
+        c = b.connection_made("127.0.0.1", len(subs) + 2, 0.0)
+        b.data_received(c, w.connect(name, clean=False) + w.subscribe(1, [("p/#", 1)]), 0.0)
+        subs.append(c)
+    pub = b.connection_made("127.0.0.1", 1, 0.0)
+    b.data_received(pub, w.connect("pp"), 0.0)
+    store.commit(0.0, force=True)
+    before = store._conn.total_changes
+    for c in subs:
+        c.out.clear()
+    b.data_received(pub, w.publish("p/1", b"x", qos=1, packet_id=1), 1.0)
+    for c in subs:
+        got = publishes(b"".join(c.out))
+        assert len(got) == 1
+        b.data_received(c, w.puback(packet_id_of(got[0])), 1.0)
+    store.commit(2.0, force=True)
+    assert store._conn.total_changes == before
+    store.close()
+
+
+def test_schema_4_database_is_migrated_and_its_copies_shared(tmp_path):
+    """A database of schema version 4 (before messages were stored once) with one message stored for
+    three sessions and another for one: migration 5 keeps one copy of the first, leaves the second in
+    its row, and every session still gets its message after the restart."""
+    sqlite_utils = pytest.importorskip("sqlite_utils")
+    cfg = config(tmp_path)
+    path = cfg.database_path()
+    os.makedirs(os.path.dirname(path))
+    db = sqlite_utils.Database(path)
+    for migration in MIGRATIONS[:4]:
+        migration(db)
+    db.execute("PRAGMA user_version = 4")
+    for cid in ("a", "b", "c"):
+        db["sessions"].insert({"client_id": cid, "disconnected_at": 1.0})
+        db["subscriptions"].insert({"client_id": cid, "topic_filter": "m/#", "qos": 1})
+    seq = 0
+    for cid in ("a", "b", "c"):
+        seq += 1
+        db["deliveries"].insert({"seq": seq, "client_id": cid, "topic": "m/x", "payload": b"P" * 1000, "qos": 1,
+                                 "retain": 0, "packet_id": 1, "state": 2})
+    db["deliveries"].insert({"seq": 4, "client_id": "a", "topic": "m/y", "payload": b"only a", "qos": 1,
+                             "retain": 0, "packet_id": 2, "state": 2})
+    db.conn.commit()
+    db.close()
+
+    store = SqliteStore(path)
+    assert rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert rows(path, "SELECT topic, length(payload) FROM messages") == [("m/x", 1000)]
+    assert rows(path, "SELECT seq, topic, msg_id IS NULL FROM deliveries ORDER BY seq") == \
+        [(1, None, 0), (2, None, 0), (3, None, 0), (4, "m/y", 1)]
+    b = Broker(cfg, now=10.0, store=store)
+    for cid, expected in (("a", [("m/x", b"P" * 1000), ("m/y", b"only a")]), ("b", [("m/x", b"P" * 1000)]),
+                          ("c", [("m/x", b"P" * 1000)])):
+        c = b.connection_made("127.0.0.1", 1, 10.0)
+        b.data_received(c, w.connect(cid, clean=False), 10.0)
+        got = drain(b, c, 10.0)
+        assert [(topic_at(p)[0], p[topic_at(p)[1] + 2:]) for p in got] == expected, cid
+        b.connection_lost(c, 10.0)
+    store.close()
+    assert rows(path, "SELECT count(*) FROM deliveries") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM messages") == [(0,)]
