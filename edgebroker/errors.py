@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["EdgebrokerError", "MalformedPacket", "ConfigError"]
+__all__ = ["EdgebrokerError", "MalformedPacket", "ConfigError", "StoreError"]
 
 
 class EdgebrokerError(Exception):
@@ -36,3 +36,8 @@ class ConfigError(EdgebrokerError):
         opt = f"{option}: " if option else ""
         super().__init__(f"{where}{opt}{message}")
         self.file, self.line, self.option = file, line, option
+
+
+class StoreError(EdgebrokerError):
+    """The database cannot be used (damaged, in use by another broker, its directory missing...); the
+    message names the file and what to do. Raised by the store and the database lock (dblock)."""

@@ -36,6 +36,7 @@ from . import log as L
 from .broker import Broker, Connection
 from .config import DEFAULT_PORT, Config, Listener
 from .notify import Notifier
+from .dblock import DatabaseLock, check_directory
 from .store import NullStore, SqliteStore
 
 __all__ = ["Server"]
@@ -108,6 +109,7 @@ class Server:
         self._stop = False
         self._closed = False
         self.store: NullStore = NullStore()
+        self._db_lock: Optional[DatabaseLock] = None
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -123,6 +125,8 @@ class Server:
                 after_bind()
             if config.persistence:
                 path = config.database_path()
+                check_directory(path, create=config.persistence_location is None)
+                self._db_lock = DatabaseLock(path)  # one database, one broker: held until close()
                 self.store = SqliteStore(path, config.durability, config.autosave_interval,
                                          config.autosave_on_changes, self.log)
                 self.log(L.NOTICE, f"Persistence: {path} (durability {config.durability}).")
@@ -453,6 +457,8 @@ class Server:
         self._wake_w.close()
         self._sel.close()
         self.store.close()
+        if self._db_lock is not None:
+            self._db_lock.release()
 
     # ---- per-socket work ----------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from . import log as L
-from .errors import EdgebrokerError
+from .errors import StoreError
 
 __all__ = ["SqliteStore", "NullStore", "StoreError", "Loaded", "SCHEMA_VERSION", "MIGRATIONS"]
 
@@ -81,10 +81,6 @@ DEFER_MAX_OPS = 20_000
 #: with 1 KiB pages (bench S9q), in twice the write calls (one per WAL page), a few percent of their
 #: throughput. Existing databases keep their page size.
 PAGE_SIZE = 512
-
-
-class StoreError(EdgebrokerError):
-    """The database cannot be used; the message names the file and what to do."""
 
 
 class Loaded(NamedTuple):

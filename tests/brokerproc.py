@@ -33,6 +33,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--max-inflight", type=int, default=20, help="max_inflight_messages")
     p.add_argument("-v", "--verbose", action="store_true", help="log every packet")
     args = p.parse_args(argv)
+    os.makedirs(args.dir, exist_ok=True)  # persistence_location must exist (as in Mosquitto)
     log = L.Logger(L.ALL if args.verbose else L.DEFAULT_TYPES, stream=sys.stderr)
     config = Config(listeners=[Listener(0, "127.0.0.1")], persistence=True, persistence_location=args.dir,
                     durability=args.durability, max_queued_messages=args.max_queued,

@@ -2,16 +2,39 @@
 
 `broker` gives a default broker; `make_broker(**config_overrides)` gives one with other Config values.
 Every broker started here is shut down and joined when the test ends.
+
+No test may touch the user's default database (~/.local/share/edgebroker, /var/lib/edgebroker as root):
+`_isolated_data_home` points XDG_DATA_HOME at a temporary directory for the whole session, in this
+process's environment, so every broker started here or in a subprocess (which inherits it) that is
+given no persistence_location keeps its database there (tests/test_ops.py checks it).
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
-from typing import Callable, List
+from typing import Callable, Iterator, List
 
 import pytest
 
 from edgebroker.config import Config, Listener
 from edgebroker.server import Server
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_data_home() -> Iterator[str]:
+    saved = os.environ.get("XDG_DATA_HOME")
+    home = tempfile.mkdtemp(prefix="edgebroker-test-data-home-")
+    os.environ["XDG_DATA_HOME"] = home
+    try:
+        yield home
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_DATA_HOME", None)
+        else:
+            os.environ["XDG_DATA_HOME"] = saved
+        shutil.rmtree(home, ignore_errors=True)
 
 
 class RunningBroker:

@@ -49,6 +49,8 @@ LAYERS: Dict[str, int] = {
     "store": 2,
     # The bridge's client-side MQTT session, sans-IO like the codec it uses.
     "uplink": 2,
+    # The database's lock file and directory checks, taken before the store opens the database.
+    "dblock": 2,
     "broker": 3,
     "server": 4,
     "client": 4,

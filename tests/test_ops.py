@@ -1,0 +1,248 @@
+"""Running the broker the way an init system and an administrator do: one database per broker, the
+persistence directory, the test session's isolation from the user's database, start-up failures.
+
+Theory of operation: brokers run as real processes (`python -m edgebroker`, or tests/brokerproc.py
+when a test kills one with SIGKILL), each with its own temporary data directory; a test waits for a
+log line or an exit with a deadline, never by sleeping. Tests that need a user other than root (file
+permissions mean nothing to root) drop to `nobody` in the child, after importing what they need
+(this venv may live under /root, closed to other users). Every process started here is killed at
+teardown.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import pytest
+
+from edgebroker.config import default_data_dir
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 15.0
+
+
+def child_env(**extra: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+class Broker:
+    """`python -m edgebroker ARGS` with its stderr (the log) read line by line with deadlines."""
+
+    def __init__(self, args: Sequence[str], env: Dict[str, str], cwd: Optional[str] = None) -> None:
+        self.p = subprocess.Popen([sys.executable, "-m", "edgebroker", *args], env=env, cwd=cwd or str(REPO),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.seen: List[str] = []
+        self._buf = b""
+
+    def expect(self, pattern: str, timeout: float = TIMEOUT) -> str:
+        """The first line (from here on) matching the regular expression; fails at EOF or after timeout."""
+        assert self.p.stdout is not None
+        fd = self.p.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                raw, self._buf = self._buf.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace")
+                self.seen.append(line)
+                if re.search(pattern, line):
+                    return line
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line with {pattern!r} within {timeout}s:\n" + "\n".join(self.seen))
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"exit {self.p.wait(TIMEOUT)} before a line with {pattern!r}:\n"
+                                         + "\n".join(self.seen))
+                self._buf += chunk
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(TIMEOUT)
+        finally:
+            if self.p.stdout is not None:
+                self.p.stdout.close()
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(TIMEOUT)
+        if self.p.stdout is not None and not self.p.stdout.closed:
+            self.p.stdout.close()
+
+
+@pytest.fixture
+def brokers() -> Iterator[List[Broker]]:
+    made: List[Broker] = []
+    yield made
+    for b in made:
+        b.kill()
+
+
+def start(made: List[Broker], *args: str, env: Dict[str, str], cwd: Optional[str] = None) -> Broker:
+    b = Broker(args, env, cwd)
+    made.append(b)
+    return b
+
+
+def run(*args: str, env: Dict[str, str], cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgebroker", *args], env=env, cwd=cwd or str(REPO),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT * 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One database, one broker
+# ---------------------------------------------------------------------------------------------------------
+
+def test_a_second_broker_on_the_same_database_refuses_to_start_naming_file_and_holder(tmp_path, brokers):
+    """The issue's case: `edgebroker -p A` and `edgebroker -p B` side by side on the default database.
+    The second exits 1 naming the database and the first one's pid; after the first stops cleanly a
+    new broker starts on that database."""
+    env = child_env(XDG_DATA_HOME=str(tmp_path))
+    db = tmp_path / "edgebroker" / "edgebroker.db"
+    first = start(brokers, "-p", "0", env=env)
+    first.expect(r"version \S+ running$")
+    second = run("-p", "0", env=env)
+    assert second.returncode == 1, second.stderr
+    assert f"Error: persistence database {db} is in use by process {first.p.pid}" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.p.poll() is None  # the first is untouched
+    assert first.stop() == 0
+    assert not (tmp_path / "edgebroker" / "edgebroker.db.lock").exists()  # removed at a clean stop
+    third = start(brokers, "-p", "0", env=env)
+    third.expect(r"version \S+ running$")
+    assert third.stop() == 0
+
+
+def test_a_killed_brokers_lock_does_not_block_the_restart(tmp_path):
+    """SIGKILL leaves the lock file behind, but the kernel dropped the lock: the next broker starts, and
+    while it runs a second one is refused with the new holder's pid."""
+    data = tmp_path / "data"
+    data.mkdir()
+    cmd = [sys.executable, str(REPO / "tests" / "brokerproc.py"), "--dir", str(data)]
+    procs: List[subprocess.Popen] = []
+
+    def launch() -> subprocess.Popen:
+        p = subprocess.Popen(cmd, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        procs.append(p)
+        return p
+
+    def port_line(p: subprocess.Popen) -> str:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], TIMEOUT)
+        assert ready, "no PORT line"
+        return p.stdout.readline().decode()
+
+    try:
+        a = launch()
+        assert port_line(a).startswith("PORT ")
+        a.kill()
+        a.wait(TIMEOUT)
+        assert (data / "edgebroker.db.lock").exists()
+        b = launch()
+        assert port_line(b).startswith("PORT ")
+        c = launch()
+        assert c.wait(TIMEOUT) == 1
+        err = c.stderr.read().decode()  # type: ignore[union-attr]
+        assert f"{data / 'edgebroker.db'} is in use by process {b.pid}" in err, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(TIMEOUT)
+            for f in (p.stdout, p.stderr):
+                if f is not None:
+                    f.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Test isolation: nothing here touches the user's default database
+# ---------------------------------------------------------------------------------------------------------
+
+def test_the_test_session_never_uses_the_users_default_database():
+    """conftest points XDG_DATA_HOME at a temporary directory for the whole session: the default data
+    directory, here and in any child process (which inherits the environment), is inside it."""
+    real = [os.path.join(os.path.expanduser("~"), ".local", "share", "edgebroker"), "/var/lib/edgebroker"]
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    assert xdg and os.path.realpath(xdg).startswith(os.path.realpath(tempfile.gettempdir()) + os.sep), xdg
+    here = default_data_dir()
+    assert here == os.path.join(xdg, "edgebroker") and here not in real
+    child = subprocess.run([sys.executable, "-c", "from edgebroker.config import default_data_dir as d; print(d())"],
+                           env=child_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=str(REPO))
+    assert child.stdout.strip() == here, child
+
+
+# ---------------------------------------------------------------------------------------------------------
+# persistence_location: missing or not writable
+# ---------------------------------------------------------------------------------------------------------
+
+def test_a_persistence_location_that_does_not_exist_is_an_error_and_is_not_created(tmp_path):
+    """Mosquitto's behaviour: the directory must exist. (Before, it was created silently, as root with an
+    empty database.) The default data directory is still created."""
+    missing = tmp_path / "no" / "such"
+    conf = tmp_path / "b.conf"
+    conf.write_text(f"listener 0 {tmp_path / 'sock'}\nallow_anonymous true\npersistence true\n"
+                    f"persistence_location {missing}/\n")
+    done = run("-c", str(conf), env=child_env())
+    assert done.returncode == 1, done.stderr
+    assert f"the directory {missing}" in done.stderr and "does not exist" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not missing.exists() and not (tmp_path / "no").exists()
+
+
+#: As root, import what is needed, drop to the uid/gid given, then start a Server on ./data.
+UNPRIVILEGED_SERVER = """
+import os, sys
+from edgebroker.config import Config, Listener
+from edgebroker.server import Server
+from edgebroker.store import StoreError
+uid, gid = int(sys.argv[1]), int(sys.argv[2])
+if os.geteuid() != uid:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+try:
+    Server(Config(listeners=[Listener(0, "127.0.0.1")], persistence_location="data"))
+except StoreError as exc:
+    print(exc)
+    sys.exit(3)
+print("STARTED")
+"""
+
+
+@pytest.mark.parametrize("mode", [0o555, 0o666])
+def test_a_persistence_location_that_is_not_writable_says_so(tmp_path, mode):
+    """A directory the broker's user cannot write (0555) or cannot enter (0666, where SQLite then failed
+    to open the file and the error advised moving aside a database that does not exist): the error
+    says the directory is not writable, names it, and advises nothing about a database file."""
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        nobody = pwd.getpwnam("nobody")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
+    tmp_path.chmod(0o755)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data").chmod(mode)
+    done = subprocess.run([sys.executable, "-c", UNPRIVILEGED_SERVER, str(uid), str(gid)], cwd=str(tmp_path),
+                          env=child_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "the directory data is not writable" in done.stdout, done.stdout
+    assert "mv " not in done.stdout and "aside" not in done.stdout, done.stdout
+    (tmp_path / "data").chmod(0o755)
+    assert os.listdir(tmp_path / "data") == []
