@@ -27,6 +27,10 @@ from .errors import StoreError
 
 __all__ = ["DatabaseLock", "DatabaseInUse", "lock_path", "check_directory"]
 
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC  # novm
+_LOCK_FLAGS = fcntl.LOCK_EX | fcntl.LOCK_NB  # novm
+_WRITE_AND_ENTER = os.W_OK | os.X_OK  # novm
+
 
 class DatabaseInUse(StoreError):
     """Another process holds the database's lock; the message names the file and the holder."""
@@ -46,13 +50,13 @@ class DatabaseLock:
         self._fd: Optional[int] = None
         for _ in range(100):  # each retry means the file was replaced under us: bounded, never loops
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self.path, _OPEN_FLAGS, 0o644)
             except OSError as exc:
                 raise StoreError(f"persistence database {database}: cannot create its lock file {self.path} "
                                  f"({exc.strerror or exc}). Fix the directory's permissions, or point "
                                  "persistence_location elsewhere.") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, _LOCK_FLAGS)
             except OSError as exc:
                 holder = _read_pid(fd)
                 os.close(fd)
@@ -108,7 +112,7 @@ def check_directory(database: str, create: bool) -> None:
             raise StoreError(f"persistence database {database}: cannot create its directory {directory} "
                              f"({exc.strerror or exc}). Create it, or set persistence_location to a writable "
                              "directory.") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if not os.access(directory, _WRITE_AND_ENTER):
         raise StoreError(f"persistence database {database}: the directory {directory} is not writable by "
                          f"{_whoami()} (the broker creates the database, its -wal and -shm files and a lock "
                          "file there). Fix the directory's owner or permissions, or point "

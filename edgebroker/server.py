@@ -35,8 +35,8 @@ from . import __version__
 from . import log as L
 from .broker import Broker, Connection
 from .config import DEFAULT_PORT, Config, Listener
-from .notify import Notifier
 from .dblock import DatabaseLock, check_directory
+from .notify import Notifier
 from .store import NullStore, SqliteStore
 
 __all__ = ["Server"]
