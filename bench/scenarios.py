@@ -47,6 +47,10 @@ class Sizes:
     s6_conns: int = 2000
     s6_concurrency: int = 64
     s7_topics: int = 10_000
+    #: S7h and S7f: this many retained messages, replayed to a `#` subscriber (S7h) or to one SUBSCRIBE
+    #: of s7f_filters wildcard filters, each matching s7f_topics / s7f_filters of them (S7f).
+    s7f_topics: int = 20_000
+    s7f_filters: int = 1_000
     s8_count: int = 10_000
     s8_max_queued: int = 20_000
     #: S9: QoS 1 messages through a persistent session with the subscriber online (the S2 shape) ...
@@ -63,7 +67,8 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = replace(FULL, s1_per_pub=10_000, s2_count=20_000, s3_count=10_000, s4_count=2_000, s5_seconds=3.0,
-                s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0, s9t_count=80)
+                s7f_topics=5_000, s7f_filters=200, s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0,
+                s9t_count=80)
 
 
 @dataclass
@@ -400,11 +405,13 @@ def run_s6(target: Any, sz: Sizes, timeout: float) -> Outcome:
 
 # ---- S7 retained, S8 offline queue ---------------------------------------------------------------
 
-def run_s7(target: Any, sz: Sizes, timeout: float) -> Outcome:
+def run_s7(target: Any, sz: Sizes, timeout: float, shape: str = "S7") -> Outcome:
     t0 = time.monotonic()
     pool = Pool()
+    n = sz.s7f_topics if shape in ("S7f", "S7h") else sz.s7_topics
     try:
-        pool.spawn("ret", workers.retained_worker, target.port, sz.s7_topics, sz.payload, t0 + timeout - _soft(timeout))
+        pool.spawn("ret", workers.retained_worker, target.port, n, sz.payload, t0 + timeout - _soft(timeout),
+                   shape, sz.s7f_filters)
         if not pool.wait("result", ["ret"], t0 + timeout):
             return _timeout_outcome(pool, "the retained run")
         r = pool.got("result", "ret") or {}
@@ -412,16 +419,24 @@ def run_s7(target: Any, sz: Sizes, timeout: float) -> Outcome:
         o.raw.update(r)
         if r.get("error"):
             return Outcome(status="ERROR", detail=r["error"] + f" (received {r.get('received', '?')})", wall=o.wall)
-        _judge_counts(o, r.get("received", 0), sz.s7_topics, 1, r.get("dups", 0), 0, r.get("stopped", ""))
-        if o.status == "OK" and r.get("with_retain_flag", 0) < sz.s7_topics:
+        _judge_counts(o, r.get("received", 0), n, 1, r.get("dups", 0), 0, r.get("stopped", ""))
+        if o.status == "OK" and r.get("with_retain_flag", 0) < n:
             o.status = "FAIL"
-            o.detail = f"only {r.get('with_retain_flag', 0):,} of {sz.s7_topics:,} carried the retain flag"
-        o.notes.append(f"storing {sz.s7_topics:,} retained took {r.get('store_s', 0) * 1e3:,.0f} ms")
+            o.detail = f"only {r.get('with_retain_flag', 0):,} of {n:,} carried the retain flag"
+        o.notes.append(f"storing {n:,} retained took {r.get('store_s', 0) * 1e3:,.0f} ms")
         if o.status == "OK":
             o.metrics["ms"] = r["subscribe_to_all_s"] * 1e3
         return o
     finally:
         pool.close()
+
+
+def run_s7h(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return run_s7(target, sz, timeout, "S7h")
+
+
+def run_s7f(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return run_s7(target, sz, timeout, "S7f")
 
 
 def run_s8(target: Any, sz: Sizes, timeout: float) -> Outcome:
@@ -600,6 +615,11 @@ def scenarios(sz: Sizes) -> List[Scenario]:
                   Metric("deliver_ms", "1 msg to each, all received, ms", "lower", ms)), run_s6),
         Scenario("S7", f"{sz.s7_topics:,} retained messages to a new bench/retained/# subscriber",
                  (Metric("ms", "SUBSCRIBE to last retained, ms", "lower", ms),), run_s7),
+        Scenario("S7h", f"{sz.s7f_topics:,} retained messages to a new `#` subscriber",
+                 (Metric("ms", "SUBSCRIBE to last retained, ms", "lower", ms),), run_s7h),
+        Scenario("S7f", f"{sz.s7f_topics:,} retained messages, one SUBSCRIBE of {sz.s7f_filters:,} wildcard "
+                        f"filters matching {sz.s7f_topics // sz.s7f_filters:,} each",
+                 (Metric("ms", "SUBSCRIBE to last retained, ms", "lower", ms),), run_s7f),
         Scenario("S8", f"{sz.s8_count:,} QoS 1 queued for an offline persistent session, drained on reconnect",
                  (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8, max_queued=sz.s8_max_queued,
                  family="S8"),

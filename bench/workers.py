@@ -774,11 +774,20 @@ def _ping_barrier(s: socket.socket, deadline: float) -> None:
         buf = buf[rest:]
 
 
-def retained_worker(wid: Any, q: Any, port: int, n: int, size: int, deadline: float) -> None:
+def retained_worker(wid: Any, q: Any, port: int, n: int, size: int, deadline: float, shape: str = "S7",
+                    n_filters: int = 0) -> None:
+    """S7: n retained messages on bench/retained/<k>, then one subscriber on bench/retained/#. S7h: the
+    same subscribed as `#`. S7f: n retained spread over n_filters branches (bench/retained/<j>/<k>),
+    then one SUBSCRIBE carrying n_filters filters bench/retained/<j>/+ (each matching n / n_filters)."""
     out: Dict[str, Any] = {"expected": n}
     pub = sub = None
     try:
-        topics = [f"bench/retained/{k}" for k in range(n)]
+        if shape == "S7f":
+            topics = [f"bench/retained/{k % n_filters}/{k // n_filters}" for k in range(n)]
+            filters = [(f"bench/retained/{j}/+", 0) for j in range(n_filters)]
+        else:
+            topics = [f"bench/retained/{k}" for k in range(n)]
+            filters = [("#" if shape == "S7h" else "bench/retained/#", 0)]
         blob = b"".join(encode_messages(0, "", n, 0, size, True, topics))
         pub, _, _ = connect_client(port, "bench-ret-pub")
         c0 = cpu_now()
@@ -789,7 +798,7 @@ def retained_worker(wid: Any, q: Any, port: int, n: int, size: int, deadline: fl
         sub, left, _ = connect_client(port, "bench-ret-sub")
         st = SubState(sub, 1, n)
         t1 = perf()
-        sub.sendall(wire.subscribe(1, [("bench/retained/#", 0)]))
+        sub.sendall(wire.subscribe(1, filters))
         if left:
             consume(st, left, perf(), True)
         receive_all(st, sub, n, deadline, out, count_retained=True, ack=False)

@@ -28,7 +28,8 @@ persistent sessions carry a `seq`, the key of their row; 0 means "not stored".
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from . import __version__
 from . import log as L
@@ -43,7 +44,8 @@ from .local import LocalClient, OnMessage
 from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, QUEUED, Message, Session
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
-from .topics import TopicTree, filter_matches
+from .retained import RetainedTree
+from .topics import TopicTree
 
 __all__ = ["Broker", "Connection"]
 
@@ -60,6 +62,9 @@ OUT_BUFFER_LIMIT = 8 * 1024 * 1024
 #: slices: its first bytes leave at once instead of after all of it is encoded, other clients are served
 #: between slices, and what waits stays in the queue rather than as encoded bytes in memory.
 REFILL_BYTES = 64 * 1024
+#: Live QoS 0 messages that may wait behind a connection's retained replay (see `_send_retained`); past
+#: it they are dropped as with a full output buffer.
+REPLAY_LIVE_MAX = 10_000
 #: How often connect deadlines and keepalives are checked, in seconds.
 CHECK_INTERVAL = 0.5
 #: Flow control marks, in messages queued for an online session (capped at half of max_queued_messages):
@@ -79,7 +84,8 @@ class Connection:
 
     __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
                  "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
-                 "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at")
+                 "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
+                 "replay", "q0_limit", "replay_live")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -107,6 +113,11 @@ class Connection:
         self.refill_held = False
         #: a resend on reconnect stopped there: (packet ids in resend order, index of the next)
         self.resend_at: Optional[Tuple[List[int], int]] = None
+        #: retained QoS 0 messages (and live ones behind them) still to send after a SUBSCRIBE; while
+        #: there are any, q0_limit is -1 so that live QoS 0 deliveries take the slow path in _route
+        self.replay: Optional[Deque[object]] = None
+        self.q0_limit = OUT_BUFFER_LIMIT
+        self.replay_live = 0
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);
@@ -131,7 +142,7 @@ class Broker:
         self._apply(config)
         self.tree = TopicTree()
         self.sessions: Dict[str, Session] = {}
-        self.retained: Dict[str, Message] = {}
+        self.retained: RetainedTree[Message] = RetainedTree()
         self.connections: Dict[Connection, None] = {}
         self.dirty: List[Connection] = []
         self.closing: List[Connection] = []
@@ -188,7 +199,7 @@ class Broker:
             if topic.startswith("$SYS"):
                 self.store.retained_clear(topic)  # saved by a version that let clients publish there
                 continue
-            self.retained[topic] = Message(topic, payload, qos, retain=True)
+            self.retained.set(topic, Message(topic, payload, qos, retain=True), len(payload))
         for client_id, offline_for in state.sessions:
             session = self.sessions[client_id] = Session(client_id, clean=False)
             # Offline time before the restart counts toward persistent_client_expiration.
@@ -342,6 +353,7 @@ class Broker:
             return
         conn.closed = True
         conn.close_reason = reason
+        conn.replay = None
         self.closing.append(conn)
         self.connections.pop(conn, None)
         for session in conn.paused_by:
@@ -610,10 +622,10 @@ class Broker:
 
     def _set_retained(self, topic: str, payload: bytes, qos: int, durable: bool = True) -> None:
         if payload:
-            self.retained[topic] = Message(topic, payload, qos, retain=True)  # [MQTT-3.3.1-5]
+            self.retained.set(topic, Message(topic, payload, qos, retain=True), len(payload))  # [MQTT-3.3.1-5]
             if durable:
                 self.store.retained_set(topic, payload, qos)
-        elif self.retained.pop(topic, None) is not None and durable:
+        elif self.retained.pop(topic) is not None and durable:
             self.store.retained_clear(topic)  # empty payload clears it [MQTT-3.3.1-10] [MQTT-3.3.1-11]
 
     def _route(self, msg: Message) -> None:
@@ -631,8 +643,12 @@ class Broker:
             if qos == 0:
                 conn = session.conn
                 if conn is not None:
-                    if conn.out_size > OUT_BUFFER_LIMIT:
-                        self._drop(session, "output buffer full")
+                    if conn.out_size > conn.q0_limit:
+                        if conn.replay is not None and conn.replay_live < REPLAY_LIVE_MAX:
+                            conn.replay.append(msg)  # behind the retained ones still being sent
+                            conn.replay_live += 1
+                        else:
+                            self._drop(session, "output buffer full")
                         continue
                     conn.write(msg.q0())
                     stats.publish_sent += 1
@@ -705,6 +721,8 @@ class Broker:
             self.log(L.NOTICE, f"Outgoing messages are being dropped for client {session.client_id} ({why}).")
 
     def _refill(self, conn: Connection) -> None:
+        if conn.replay is not None:
+            self._replay(conn)
         session = conn.session
         if session is None or session.conn is not conn:
             return
@@ -885,27 +903,52 @@ class Broker:
 
     def _send_retained(self, session: Session, conn: Connection, topic_filter: str, sub_qos: int) -> None:
         """Retained messages matching a new subscription, with the retain flag set [MQTT-3.3.1-6]
-        [MQTT-3.3.1-8]."""
-        for msg in self._retained_matching(topic_filter):
+        [MQTT-3.3.1-8]. QoS 1/2 ones go the way of any delivery (window, queue, store); QoS 0 ones join
+        the connection's replay, sent in slices of REFILL_BYTES (`_replay`), so that a subscription to
+        thousands of them does not hold every other client for the whole replay."""
+        matches = self.retained.matching(topic_filter)
+        if not matches:
+            return
+        replay = conn.replay
+        if replay is None:
+            replay = conn.replay = deque()
+            conn.q0_limit = -1  # live QoS 0 messages now queue behind the replay (see _route)
+        for msg in matches:
             qos = sub_qos if sub_qos < msg.qos else msg.qos
             if qos == 0:
-                conn.write(msg.q0())
-                self.stats.publish_sent += 1
-                self.stats.messages_sent += 1
-                if self.debug:
-                    self._log_sent(conn, msg, 0, 0, False)
+                replay.append(msg)
             else:
                 self._deliver(session, msg, qos)
+        self._replay(conn)
 
-    def _retained_matching(self, topic_filter: str) -> List[Message]:
-        """The retained messages a new subscription to `topic_filter` receives."""
-        retained = self.retained
-        if not retained:
-            return []
-        if "+" in topic_filter or "#" in topic_filter:
-            return [m for t, m in retained.items() if filter_matches(topic_filter, t)]
-        m = retained.get(topic_filter)
-        return [m] if m is not None else []
+    def _replay(self, conn: Connection) -> None:
+        """Send the connection's pending QoS 0 replay up to REFILL_BYTES of output; the rest goes on
+        after the loop has sent that (`output_drained`), like a refill."""
+        replay = conn.replay
+        assert replay is not None
+        out = conn.buffer()
+        size = 0
+        budget = REFILL_BYTES - conn.out_size
+        sent = 0
+        debug = self.debug
+        while replay:
+            if size >= budget:
+                conn.refill_held = True
+                break
+            msg = replay.popleft()
+            data = msg.q0()
+            out.append(data)
+            size += len(data)
+            sent += 1
+            if debug:
+                self._log_sent(conn, msg, 0, 0, False)
+        conn.out_size += size
+        self.stats.publish_sent += sent
+        self.stats.messages_sent += sent
+        if not replay:
+            conn.replay = None
+            conn.q0_limit = OUT_BUFFER_LIMIT
+            conn.replay_live = 0
 
     def _on_unsubscribe(self, conn: Connection, p: Unsubscribe, now: float) -> None:
         session: Session = conn.session  # type: ignore[assignment]
@@ -983,7 +1026,7 @@ class Broker:
         session.subscriptions[topic_filter] = qos
         self.log(L.SUBSCRIBE, f"{client.client_id} {qos} {topic_filter}")
         sink = session.sink
-        for msg in self._retained_matching(topic_filter):
+        for msg in self.retained.matching(topic_filter):
             sink(msg.topic, msg.payload, qos if qos < msg.qos else msg.qos, True)  # type: ignore[misc]
         return qos
 
@@ -1004,7 +1047,7 @@ class Broker:
     def publish_sys(self, now: float) -> None:
         """Publish the `$SYS/broker/...` values that changed since the last time, retained."""
         stored = len(self.retained)
-        stored_bytes = sum(len(m.payload) for m in self.retained.values())
+        stored_bytes = self.retained.payload_bytes
         for s in self.sessions.values():
             stored += len(s.queue) + len(s.inflight)
             stored_bytes += s.queued_bytes

@@ -351,3 +351,132 @@ def test_will_over_message_size_limit_refuses_the_connect():
 def test_will_size_unlimited_by_default():
     core = Core()
     core.connect("big", will=w.Will("w/t", b"x" * 65_535, 0, False))
+
+
+# ---- retained messages: a tree, and a replay in slices ------------------------------------------------
+
+RLEVELS = ["a", "b", "", "$s"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(topics=st.lists(st.lists(st.sampled_from(RLEVELS), min_size=1, max_size=4).map("/".join).filter(bool),
+                       min_size=1, max_size=30),
+       drop=st.sets(st.integers(0, 29)),
+       filters=st.lists(st.builds(lambda lv, h: "/".join(lv + (["#"] if h else [])),
+                                  st.lists(st.sampled_from(RLEVELS + ["+"]), max_size=4), st.booleans())
+                        .filter(bool), min_size=1, max_size=10))
+def test_property_retained_tree_matches_what_filter_matches_accepts(topics, drop, filters):
+    """The retained tree returns, for any filter, exactly the retained topics filter_matches accepts
+    ($ topics and `#` matching the parent level included), also after some are cleared, and its byte
+    count and pruning follow."""
+    from edgebroker.retained import RetainedTree
+
+    tree: RetainedTree[str] = RetainedTree()
+    for t in topics:
+        tree.set(t, t, len(t))
+    for i in sorted(drop):
+        if i < len(topics):
+            tree.pop(topics[i])
+    kept = {t for i, t in enumerate(topics) if i not in drop and t not in {topics[j] for j in drop if j < len(topics)}}
+    assert set(tree) == kept and tree.payload_bytes == sum(len(t) for t in kept)
+    for f in filters:
+        got = tree.matching(f)
+        assert sorted(got) == sorted(t for t in kept if filter_matches(f, t)), f
+        assert len(got) == len(set(got))
+    for t in list(tree):
+        tree.pop(t)
+    assert tree._root.children == {} and tree.payload_bytes == 0
+
+
+def test_retained_tree_walks_only_the_branches_a_filter_allows():
+    """`site/7/+` must not look at the 20,000 topics under `other/`: their branch is poisoned."""
+    from edgebroker.retained import RetainedTree
+
+    class Poisoned(dict):
+        def items(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("walked a branch the filter excludes")
+        values = get = __getitem__ = items  # type: ignore[assignment]
+
+    tree: RetainedTree[str] = RetainedTree()
+    for i in range(20_000):
+        tree.set(f"other/{i}", "x", 1)
+    for i in range(10):
+        tree.set(f"site/7/{i}", f"v{i}", 2)
+    tree._root.children["other"].children = Poisoned(tree._root.children["other"].children)
+    assert tree.matching("site/7/+") == [f"v{i}" for i in range(10)]
+    assert tree.matching("site/+/3") == ["v3"]
+    assert tree.matching("site/#") == [f"v{i}" for i in range(10)]
+
+
+def test_retained_replay_goes_out_in_slices_and_live_messages_wait_behind_it():
+    """A subscription to 5,000 retained messages (600 KB) writes about REFILL_BYTES per turn, not all
+    of it at once (it froze every other client); between slices other clients are served; a live
+    message to a replayed topic, published during the replay, arrives after the retained one, so the
+    last value the subscriber sees is the newest. Every retained message arrives once, in tree order."""
+    from edgebroker.broker import REFILL_BYTES
+
+    core = Core()
+    pub = core.connect("pub")
+    for i in range(5000):
+        pub.send(w.publish(f"plant/{i}", b"x" * 100, retain=True))
+    sub = core.connect("sub")
+    sub.send(w.subscribe(1, [("plant/#", 0)]))
+    conn = sub.conn
+    assert conn.refill_held and conn.out_size <= REFILL_BYTES + 200
+    first = sub.take()
+    assert first[0].__class__.__name__ == "Suback"
+    seen = [p.topic for p in first[1:]]
+    # Meanwhile another client is served, and a live value for plant/4999 is published.
+    other = core.connect("other")
+    other.ping()
+    pub.send(w.publish("plant/4999", b"new"))
+    turns = 0
+    while conn.refill_held:
+        assert conn.out_size <= REFILL_BYTES + 200
+        got = sub.take()
+        seen += [(p.topic, p.payload) if p.topic == "plant/4999" else p.topic for p in got]
+        core.broker.output_drained(conn)
+        core.broker.end_turn(core.now)
+        turns += 1
+    seen += [(p.topic, p.payload) if p.topic == "plant/4999" else p.topic for p in sub.take()]
+    assert turns >= 5000 * 110 // REFILL_BYTES - 1
+    assert seen[:4999] == [f"plant/{i}" for i in range(4999)]
+    assert seen[4999:] == [("plant/4999", b"x" * 100), ("plant/4999", b"new")]
+    # After the replay, live QoS 0 messages go straight out again.
+    pub.send(w.publish("plant/1", b"live"))
+    assert [p.payload for p in sub.publishes()] == [b"live"]
+    assert conn.replay is None
+
+
+def test_many_filter_subscribe_over_many_retained_gets_each_match_once_per_filter():
+    """One SUBSCRIBE of 1,000 wildcard filters over 20,000 retained messages: each filter gets its
+    matches [MQTT-3.3.1-6] (a message matched by two filters of one SUBSCRIBE is sent for each, as
+    Mosquitto does); the subscriber gets them all, in slices."""
+    core = Core()
+    pub = core.connect("pub")
+    for i in range(20_000):
+        pub.send(w.publish(f"site/{i % 1000}/dev/{i // 1000}", b"%d" % i, retain=True))
+    sub = core.connect("sub")
+    filters = [(f"site/{i}/+/+", 0) for i in range(1000)]
+    sub.send(w.subscribe(1, filters))
+    got = sub.take()
+    sub.conn.refill_held = bool(sub.conn.replay)
+    while sub.conn.refill_held:
+        core.broker.output_drained(sub.conn)
+        core.broker.end_turn(core.now)
+        got += sub.take()
+    pubs = [p for p in got if isinstance(p, Publish)]
+    assert len(pubs) == 20_000
+    assert sorted(int(p.payload) for p in pubs) == list(range(20_000))
+    assert all(p.retain for p in pubs)
+
+
+def test_sys_stored_bytes_follow_retained_payloads():
+    core = Core()
+    pub = core.connect("pub")
+    pub.send(w.publish("a", b"12345", retain=True))
+    pub.send(w.publish("b", b"1", retain=True))
+    pub.send(w.publish("a", b"12", retain=True))
+    assert core.broker.retained.payload_bytes == 3
+    pub.send(w.publish("b", b"", retain=True))  # clears it [MQTT-3.3.1-10]
+    assert core.broker.retained.payload_bytes == 2 and list(core.broker.retained) == ["a"]

@@ -42,6 +42,7 @@ LAYERS: Dict[str, int] = {
     # Reads TOML and mosquitto.conf files into config's schema: above config, below everything that runs.
     "configfile": 2,
     "topics": 2,
+    "retained": 2,
     "session": 2,
     "sysstats": 2,
     # In-process clients' handle: holds the core by reference, imports nothing of it.
