@@ -85,7 +85,7 @@ class Connection:
     __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
                  "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
                  "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
-                 "replay", "q0_limit", "replay_live")
+                 "replay", "q0_limit", "replay_live", "tls_username")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -118,6 +118,10 @@ class Connection:
         self.replay: Optional[Deque[object]] = None
         self.q0_limit = OUT_BUFFER_LIMIT
         self.replay_live = 0
+        #: The username a TLS listener with use_identity_as_username / use_subject_as_username took from
+        #: the client's verified certificate (set by the loop before CONNECT is read); it replaces the
+        #: CONNECT's username and no password is checked, as in Mosquitto. None otherwise.
+        self.tls_username: Optional[str] = None
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);

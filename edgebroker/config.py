@@ -20,6 +20,8 @@ __all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS
            "listener_clash"]
 
 DEFAULT_PORT = 1883
+#: tls_version values (Mosquitto 2.0: the lowest version accepted).
+TLS_VERSION_NAMES = ("tlsv1.3", "tlsv1.2", "tlsv1.1")
 DURABILITY_LEVELS = ("sync", "crash", "periodic")
 #: Values of scheduling_policy.
 SCHEDULING_POLICIES = ("auto", "other", "batch")
@@ -56,6 +58,26 @@ class Listener:
     #: Path of a Unix domain socket (Mosquitto 2.0's `listener 0 PATH`); port must be 0 and address None.
     unix_socket: Optional[str] = None
 
+    # ---- TLS (Mosquitto's certificate options; docs/security.md) --------------------------------
+    #: PEM server certificate and its key: both make this a TLS listener (neither: plain TCP).
+    certfile: Optional[str] = None
+    keyfile: Optional[str] = None
+    #: PEM file / directory (`openssl rehash`ed) of the CAs that client certificates must chain to.
+    cafile: Optional[str] = None
+    capath: Optional[str] = None
+    #: Ask every client for a certificate and refuse, during the handshake, one without a valid one.
+    require_certificate: bool = False
+    #: The client certificate's CN (identity) or whole subject (RFC 2253) is the client's username,
+    #: and no password is checked; both need require_certificate. Identity wins when both are set.
+    use_identity_as_username: bool = False
+    use_subject_as_username: bool = False
+    #: Lowest TLS version accepted: tlsv1.3, tlsv1.2, tlsv1.1; None = TLS 1.2 and 1.3 (Mosquitto 2.0).
+    tls_version: Optional[str] = None
+    #: OpenSSL cipher list for TLS 1.2 and lower (`openssl ciphers` syntax); None = OpenSSL's default.
+    ciphers: Optional[str] = None
+    #: PEM revocation list: client certificates it names fail the handshake (with require_certificate).
+    crlfile: Optional[str] = None
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} out of range 0-65535", option="port")
@@ -66,6 +88,40 @@ class Listener:
         _nonempty(self.unix_socket, "unix_socket")
         if self.unix_socket is not None and (self.port != 0 or self.address is not None):
             raise ConfigError("a Unix socket listener has port 0 and no address", option="unix_socket")
+        self._check_tls()
+
+    @property
+    def tls(self) -> bool:
+        """A TLS listener (certfile and keyfile set)."""
+        return self.certfile is not None
+
+    def _check_tls(self) -> None:
+        """The TLS options' combinations (the files themselves are read by tls.server_context)."""
+        for name in ("certfile", "keyfile", "cafile", "capath", "ciphers", "crlfile", "tls_version"):
+            _nonempty(getattr(self, name), name)
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ConfigError("certfile and keyfile go together: set both for a TLS listener, or neither",
+                              option="keyfile" if self.certfile is None else "certfile")
+        if self.certfile is None:
+            for name in ("cafile", "capath", "require_certificate", "use_identity_as_username",
+                         "use_subject_as_username", "tls_version", "ciphers", "crlfile"):
+                if getattr(self, name) not in (None, False):
+                    raise ConfigError("is a TLS option: it needs certfile and keyfile on the same listener",
+                                      option=name)
+            return
+        if self.tls_version is not None and self.tls_version not in TLS_VERSION_NAMES:
+            raise ConfigError(f"expected one of {', '.join(TLS_VERSION_NAMES)}, got {self.tls_version!r}",
+                              option="tls_version")
+        if self.require_certificate and self.cafile is None and self.capath is None:
+            raise ConfigError("client certificates are checked against cafile or capath: set one",
+                              option="require_certificate")
+        for name in ("use_identity_as_username", "use_subject_as_username"):
+            if getattr(self, name) and not self.require_certificate:
+                raise ConfigError("needs require_certificate true (without it no client is asked for a "
+                                  "certificate, and Mosquitto refuses every client with CONNACK 4)", option=name)
+        if self.crlfile is not None and not self.require_certificate:
+            raise ConfigError("has no effect without require_certificate true (no client certificate is "
+                              "asked for)", option="crlfile")
 
     def bind_key(self) -> Tuple[object, ...]:
         """What two listeners must not share: the Unix socket path, or (port, normalised address)."""
@@ -82,7 +138,8 @@ class Listener:
     def describe(self) -> str:
         if self.unix_socket is not None:
             return f"listener on Unix socket {self.unix_socket}"
-        return f"listener on port {self.port}, " + (f"address {self.address}" if self.address else "all addresses")
+        return (f"{'TLS ' if self.tls else ''}listener on port {self.port}, "
+                + (f"address {self.address}" if self.address else "all addresses"))
 
 
 @dataclass(frozen=True)

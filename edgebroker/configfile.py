@@ -122,9 +122,7 @@ _OBSOLETE = {
     "store_clean_interval": "obsolete since Mosquitto 2.0 and ignored: nothing needs cleaning periodically",
 }
 
-_TLS = ("cafile", "capath", "certfile", "keyfile", "require_certificate", "use_identity_as_username",
-        "use_subject_as_username", "psk_hint", "ciphers", "ciphers_tls1.3", "crlfile", "dhparamfile",
-        "tls_version", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform")
+_TLS = ("psk_hint", "ciphers_tls1.3", "dhparamfile", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform")
 _AUTH = ("password_file", "acl_file", "psk_file", "auth_plugin", "plugin", "auth_plugin_deny_special_chars",
          "use_username_as_clientid")
 #: Mosquitto bridge options edgebroker does not implement (any other bridge_* is refused the same way).
@@ -175,10 +173,16 @@ def _fmt(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-_LISTENER_FIELDS = ("port", "address", "max_connections", "unix_socket")
+#: A listener's TLS options (Listener fields, Mosquitto's names) and their kinds.
+_TLS_FIELDS: Dict[str, str] = {
+    "certfile": _STR, "keyfile": _STR, "cafile": _STR, "capath": _STR, "crlfile": _STR, "ciphers": _STR,
+    "tls_version": _STR, "require_certificate": _BOOL, "use_identity_as_username": _BOOL,
+    "use_subject_as_username": _BOOL,
+}
+_LISTENER_FIELDS = ("port", "address", "max_connections", "unix_socket") + tuple(_TLS_FIELDS)
 _KNOWN_GLOBAL = sorted(set(_SCALARS) | {"log_dest", "log_type", "log_file", "include_dir", "listener", "connection",
                                          "bridge"}
-                       | set(_OBSOLETE) | {"port", "bind_address", "max_connections"})
+                       | set(_OBSOLETE) | {"port", "bind_address", "max_connections"} | set(_TLS_FIELDS))
 
 
 def parse_duration(text: str) -> int:
@@ -254,8 +258,8 @@ class _Builder:
         default = self.default_listener
         if default is not None:
             fo = default.field_origins
-            default.origin = fo.get("port") or fo.get("address") or fo["max_connections"]
-            if "port" not in fo and "address" not in fo:
+            default.origin = fo.get("port") or fo.get("address") or next(iter(fo.values()))
+            if "port" not in fo and "address" not in fo and "max_connections" in fo:
                 self.warn(fo["max_connections"], "configures Mosquitto's default listener, which therefore "
                           "listens on port 1883 on all addresses (Mosquitto 2.0 does the same); to limit the "
                           "connections of a `listener`, put max_connections after its line")
@@ -271,6 +275,8 @@ class _Builder:
                 listeners.append(Listener(**draft.fields))
             except ConfigError as exc:
                 raise _relocate(exc, draft.field_origins.get(exc.option or "", draft.origin)) from None
+        for draft, listener in zip(drafts, listeners):
+            _check_tls_files(draft, listener)
         clash = listener_clash(listeners)
         if clash is not None:
             later, earlier = clash
@@ -311,6 +317,22 @@ class _Builder:
                 "not set: Mosquitto 2.0 refuses clients without a password when a listener is configured; "
                 "edgebroker has no authentication yet and accepts every client (add `allow_anonymous true` "
                 "to say so)", self.main_file, None, "allow_anonymous"))
+
+
+def _check_tls_files(draft: _ListenerDraft, listener: Listener) -> None:
+    """Read a TLS listener's files as the broker will (so `edgebroker -t` finds an unreadable file, a key
+    of another certificate, an expired certificate), locating an error at the option's line."""
+    if not listener.tls:
+        return
+    from .tls import server_context  # ssl only for a configuration that uses it
+
+    try:
+        server_context(listener.certfile, listener.keyfile, listener.cafile, listener.capath,  # type: ignore[arg-type]
+                       listener.require_certificate, listener.tls_version, listener.ciphers, listener.crlfile)
+    except ConfigError as exc:
+        origin = draft.field_origins.get(exc.option or "", draft.origin)
+        assert origin is not None
+        raise _relocate(exc, origin) from None
 
 
 def _bare(exc: ConfigError) -> str:
@@ -464,6 +486,17 @@ def _read_mosquitto(path: str, text: str, builder: _Builder, main: bool) -> None
                 draft = _default_listener(builder)
                 draft.fields["max_connections"] = value
                 draft.field_origins["max_connections"] = origin
+        elif name in _TLS_FIELDS:
+            # After a `listener` line: that listener's; before any: the default listener's (Mosquitto).
+            draft = current if current is not None else _default_listener(builder)
+            kind = _TLS_FIELDS[name]
+            if kind == _BOOL:
+                draft.fields[name] = _m_bool(origin, rest)
+            elif name in ("ciphers", "tls_version"):
+                draft.fields[name] = _m_token(origin, rest)
+            else:
+                draft.fields[name] = _m_string(origin, rest, builder)
+            draft.field_origins[name] = origin
         elif name == "log_dest":
             _m_log_dest(origin, rest, builder)
         elif name == "log_type":
@@ -737,7 +770,7 @@ def _read_toml(path: str, text: str, builder: _Builder, main: bool) -> None:
                 raise _error(origin, "only allowed in the main configuration file, as in Mosquitto")
             for directory in _t_strings(origin, value):
                 includes.append((directory, origin))
-        elif name in ("port", "bind_address", "address", "max_connections", "unix_socket"):
+        elif name in ("port", "bind_address", "address", "max_connections", "unix_socket") or name in _TLS_FIELDS:
             raise _error(origin, "belongs in a [[listener]] table (TOML has no default listener)")
         elif name == "log_dest":
             builder.log_dest = None  # in TOML an array is the whole value: it replaces an earlier file's
@@ -778,7 +811,7 @@ def _t_listeners(path: str, value: Any, origin: Origin, lines: _TomlLines, build
             line = lines.in_table("listener", index, key)
             key_origin = Origin(path, line if line is not None else draft.origin.line, key)
             if key in _LISTENER_FIELDS:
-                kind = _STR if key in ("address", "unix_socket") else _INT
+                kind = _STR if key in ("address", "unix_socket") else _TLS_FIELDS.get(key, _INT)
                 draft.fields[key] = _t_value(key, kind, key_origin, item)
                 draft.field_origins[key] = key_origin
             elif _not_yet(key) is not None:

@@ -67,7 +67,7 @@ class _Watch:
 
 
 class _ListenSocket:
-    __slots__ = ("sock", "listener", "port", "family", "count")
+    __slots__ = ("sock", "listener", "port", "family", "count", "tls")
 
     def __init__(self, sock: socket.socket, listener: Listener, port: int, family: int) -> None:
         self.sock = sock
@@ -75,6 +75,7 @@ class _ListenSocket:
         self.port = port
         self.family = family
         self.count = 0  # open connections, for max_connections
+        self.tls: Any = None  # a TLS listener's ssl.SSLContext
 
 
 def configure_logger(logger: L.Logger, config: Config) -> None:
@@ -196,6 +197,8 @@ class Server:
             raise
         port = sock.getsockname()[1] if family != socket.AF_UNIX else 0
         ls = _ListenSocket(sock, listener, port, family)
+        if listener.tls:
+            ls.tls = self._tls_context(listener)
         self._listening.append(ls)
         self._sel.register(sock, selectors.EVENT_READ, ls)
         return port
@@ -488,10 +491,10 @@ class Server:
                     pass
             self.broker.stats.sockets += 1
             conn = self.broker.connection_made(peer, ls.port, now)
-            conn.handle = sock
+            conn.handle = sock if ls.tls is None else self._tls_socket(sock, ls, conn)
             ls.count += 1
             self._conn_listener[conn] = ls
-            self._sel.register(sock, selectors.EVENT_READ, conn)
+            self._sel.register(conn.handle, selectors.EVENT_READ, conn)  # type: ignore[arg-type]
             if self.config.connection_messages:
                 self.log(L.NOTICE, f"New connection from {peer} on port {ls.port}.")
 
@@ -511,6 +514,8 @@ class Server:
     def _flush(self, conn: Connection, now: float) -> None:
         out = conn.out
         if not out:
+            if conn in self._writing:  # only a TLS connection's own records wait (a handshake flight)
+                self._tls_flush(conn, now)
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         try:
@@ -538,6 +543,43 @@ class Server:
             if conn not in self._writing and not conn.closed:
                 self._writing[conn] = None
                 self._interest(conn)
+
+    # ---- TLS listeners: edgebroker/tlssocket.py gives their connections a plain socket's face ------
+
+    def _tls_context(self, listener: Listener) -> Any:
+        """The listener's SSLContext (one per listener, shared by its IPv4 and IPv6 sockets); a file
+        that cannot be used raises ConfigError, so the broker does not start."""
+        from .tls import server_context  # ssl only when a TLS listener exists
+        for ls in self._listening:
+            if ls.listener is listener and ls.tls is not None:
+                return ls.tls
+        return server_context(listener.certfile, listener.keyfile, listener.cafile,  # type: ignore[arg-type]
+                              listener.capath, listener.require_certificate, listener.tls_version,
+                              listener.ciphers, listener.crlfile)
+
+    def _tls_socket(self, sock: socket.socket, ls: _ListenSocket, conn: Connection) -> Any:
+        from .tls import TlsEngine
+        from .tlssocket import IDENTITY, SUBJECT, TlsSocket
+        listener = ls.listener
+        identity = IDENTITY if listener.use_identity_as_username else \
+            SUBJECT if listener.use_subject_as_username else None
+        return TlsSocket(sock, TlsEngine.server(ls.tls), conn, identity, lambda: self._tls_backlog(conn))
+
+    def _tls_backlog(self, conn: Connection) -> None:
+        """A TLS connection's own records (handshake) wait for room in the socket: watch for it."""
+        if conn not in self._writing and not conn.closed:
+            self._writing[conn] = None
+            self._interest(conn)
+
+    def _tls_flush(self, conn: Connection, now: float) -> None:
+        try:
+            done = conn.handle.flush_backlog()  # type: ignore[attr-defined]
+        except OSError as exc:
+            self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
+            return
+        if done:
+            del self._writing[conn]
+            self._interest(conn)
 
     def _interest(self, conn: Connection) -> None:
         """Register the events a connection needs now: READ unless flow control paused it, WRITE while

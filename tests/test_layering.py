@@ -53,6 +53,8 @@ LAYERS: Dict[str, int] = {
     # The database's lock file and directory checks, taken before the store opens the database.
     "dblock": 2,
     "broker": 3,
+    # A TLS connection with a socket's face, for the loop (over tls.py).
+    "tlssocket": 3,
     "server": 4,
     "client": 4,
     "cli": 5,
