@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["EdgebrokerError", "MalformedPacket", "ConfigError", "StoreError"]
+__all__ = ["EdgebrokerError", "MalformedPacket", "ConfigError", "StoreError", "ListenError"]
 
 
 class EdgebrokerError(Exception):
@@ -41,3 +41,12 @@ class ConfigError(EdgebrokerError):
 class StoreError(EdgebrokerError):
     """The database cannot be used (damaged, in use by another broker, its directory missing...); the
     message names the file and what to do. Raised by the store and the database lock (dblock)."""
+
+
+class ListenError(EdgebrokerError):
+    """A listener could not be opened; the message names its address and port (or Unix socket path).
+    `listener` is the config.Listener concerned, for the caller to say where the file set it."""
+
+    def __init__(self, message: str, listener: object = None) -> None:
+        super().__init__(message)
+        self.listener = listener

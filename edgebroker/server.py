@@ -36,6 +36,7 @@ from . import log as L
 from .broker import Broker, Connection
 from .config import DEFAULT_PORT, Config, Listener
 from .dblock import DatabaseLock, check_directory
+from .errors import ListenError
 from .notify import Notifier
 from .store import NullStore, SqliteStore
 
@@ -94,10 +95,12 @@ class Server:
     def __init__(self, config: Config, log: Optional[L.LogFunc] = None, default_port: int = DEFAULT_PORT,
                  reloader: Optional[Callable[[], Config]] = None,
                  after_bind: Optional[Callable[[], None]] = None,
-                 notifier: Optional[Notifier] = None) -> None:
+                 notifier: Optional[Notifier] = None,
+                 after_open: Optional[Callable[[], None]] = None) -> None:
         """`after_bind` runs once the listeners are bound and before the database is opened: the place
-        to daemonize and drop privileges (binding may need root; an SQLite connection must not cross a
-        fork, and its files should belong to the user that runs the broker). `notifier` (systemd's
+        to daemonize (an SQLite connection must not cross a fork). `after_open` runs once the database
+        is open (its schema migrated, in a child process that needs to read the Python installation)
+        and loaded: the place to drop root privileges. `notifier` (systemd's
         $NOTIFY_SOCKET) hears READY/RELOADING/STOPPING, the client count and watchdog pings."""
         self.config = config
         self.notifier = notifier
@@ -132,6 +135,8 @@ class Server:
                                          config.autosave_on_changes, self.log)
                 self.log(L.NOTICE, f"Persistence: {path} (durability {config.durability}).")
             self.broker = Broker(config, time.monotonic(), log, self.store, _resident_memory)
+            if after_open is not None:
+                after_open()
         except BaseException:
             self.close()
             raise
@@ -149,7 +154,11 @@ class Server:
                 if listener.unix_socket is not None:
                     self._bind_unix(listener)
                     continue
-                for family, addr in _addresses(listener.address, listener.port):
+                try:
+                    pairs = _addresses(listener.address, listener.port)
+                except OSError as exc:  # a host name that does not resolve
+                    raise _listen_error(listener, None, exc) from None
+                for family, addr in pairs:
                     self._bind(listener, family, addr)
             return
         # No listener configured: loopback only, IPv4 and IPv6 when the host has it (Mosquitto 2.0's
@@ -159,7 +168,7 @@ class Server:
         if socket.has_ipv6:
             try:
                 self._bind(Listener(port, "::1"), socket.AF_INET6, ("::1", port, 0, 0))
-            except OSError:
+            except ListenError:
                 pass  # no IPv6 loopback here: IPv4 alone is a working default
 
     def _bind(self, listener: Listener, family: int, addr: Tuple) -> int:
@@ -168,9 +177,9 @@ class Server:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise _listen_error(listener, addr, exc) from None
         port = self._listen(sock, addr, listener, family)
         self.log(L.NOTICE, f"Opening {'ipv6' if family == socket.AF_INET6 else 'ipv4'} listen socket on port {port}.")
         return port
@@ -181,8 +190,11 @@ class Server:
         if os.path.exists(path):
             import stat
             if not stat.S_ISSOCK(os.stat(path).st_mode):
-                raise OSError(f"{path} exists and is not a socket")
-            os.unlink(path)  # a stale socket from a previous run (Mosquitto does the same)
+                raise ListenError(f"cannot listen on Unix socket {path}: it exists and is not a socket", listener)
+            try:
+                os.unlink(path)  # a stale socket from a previous run (Mosquitto does the same)
+            except OSError as exc:
+                raise _listen_error(listener, path, exc) from None
         self._listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, listener, socket.AF_UNIX)
         self.log(L.NOTICE, f"Opening unix listen socket on path {path}.")
 
@@ -192,9 +204,9 @@ class Server:
             sock.bind(addr)
             sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise _listen_error(listener, addr, exc) from None
         port = sock.getsockname()[1] if family != socket.AF_UNIX else 0
         ls = _ListenSocket(sock, listener, port, family)
         if listener.tls:
@@ -697,6 +709,21 @@ def _drain_and_close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def _listen_error(listener: Listener, addr: object, exc: OSError) -> ListenError:
+    """"cannot listen on ADDRESS port PORT: reason", naming the exact address tried (for a listener on
+    all addresses, 0.0.0.0 or ::)."""
+    reason = exc.strerror or str(exc)
+    if listener.unix_socket is not None:
+        return ListenError(f"cannot listen on Unix socket {listener.unix_socket}: {reason}", listener)
+    if isinstance(addr, tuple):
+        where = f"address {addr[0]} port {listener.port}"
+        if listener.address is None:
+            where += " (a listener on all addresses)"
+    else:
+        where = f"address {listener.address} port {listener.port}"
+    return ListenError(f"cannot listen on {where}: {reason}", listener)
 
 
 def _addresses(address: Optional[str], port: int) -> List[Tuple[int, Tuple]]:

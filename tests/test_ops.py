@@ -14,6 +14,7 @@ import os
 import pwd
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,3 +247,158 @@ def test_a_persistence_location_that_is_not_writable_says_so(tmp_path, mode):
     assert "mv " not in done.stdout and "aside" not in done.stdout, done.stdout
     (tmp_path / "data").chmod(0o755)
     assert os.listdir(tmp_path / "data") == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `user`: started as root, the broker does as root what needs root, then runs as that user
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def throwaway_user() -> Iterator[pwd.struct_passwd]:
+    """A system user made for this test (useradd) and removed after it (userdel)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("switching users needs root (the suite runs as root here and in CI)")
+    name = f"ebt{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True, timeout=TIMEOUT)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=TIMEOUT)
+
+
+def test_user_option_as_root_migrates_the_database_as_root_then_runs_as_the_user(throwaway_user, brokers):
+    """`python -m edgebroker -c FILE` as root with `user`, the interpreter living under /root (closed to
+    other users): the new database's schema is created (sqlite-utils, in a child interpreter) while
+    still root, then the broker runs as the user and owns the database's files. Before, the child ran
+    after the switch and failed with ModuleNotFoundError."""
+    user = throwaway_user
+    work = Path(tempfile.mkdtemp(prefix="edgebroker-user-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        (work / "data").mkdir()
+        conf = work / "edgebroker.toml"
+        conf.write_text(f'user = "{user.pw_name}"\npersistence_location = "{work}/data"\n'
+                        '[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
+        b = start(brokers, "-c", str(conf), env=child_env(), cwd=str(work))
+        b.expect(r"Running as user " + user.pw_name)
+        b.expect(r"version \S+ running$")
+        status = Path(f"/proc/{b.p.pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:5] == [str(user.pw_uid)] * 4, uid_line
+        db = work / "data" / "edgebroker.db"
+        for name in (db, work / "data" / "edgebroker.db.lock", work / "data"):
+            assert name.stat().st_uid == user.pw_uid, name
+        assert not any("Error" in line or "Traceback" in line for line in b.seen), b.seen
+        assert b.stop() == 0
+        assert not (work / "data" / "edgebroker.db.lock").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Start-up failures: named, logged, and reported by -d
+# ---------------------------------------------------------------------------------------------------------
+
+def _busy_port() -> "socket.socket":
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
+
+
+def test_a_listener_that_cannot_listen_is_named_with_address_port_and_line(tmp_path):
+    busy = _busy_port()
+    port = busy.getsockname()[1]
+    try:
+        conf = tmp_path / "b.conf"
+        conf.write_text(f"persistence false\nallow_anonymous true\nlistener 0 {tmp_path / 's'}\n"
+                        f"listener {port} 127.0.0.1\n")
+        done = run("-c", str(conf), env=child_env())
+    finally:
+        busy.close()
+    assert done.returncode == 1, done.stderr
+    assert f"Error: cannot listen on address 127.0.0.1 port {port}: Address already in use " \
+           f"(the listener at {conf}:4)" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("case", ["pid-file-directory", "damaged-database", "busy-listener"])
+def test_daemon_reports_every_start_up_failure_on_the_terminal_in_the_log_and_by_its_exit_status(case, tmp_path):
+    """`-d` with a start-up error after the fork (a pid file in a missing directory, a damaged database)
+    or before it (a busy port): exit status 1, the error on the terminal and in the log file. Before,
+    the first two exited 0 with nothing listening and nothing said."""
+    log_file = tmp_path / "b.log"
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [f"log_dest file {log_file}", "persistence true", f"persistence_location {data}/",
+             "allow_anonymous true"]
+    busy = None
+    if case == "pid-file-directory":
+        lines.append(f"pid_file {tmp_path / 'no-such-dir' / 'b.pid'}")
+        expected = f"cannot write pid file {tmp_path / 'no-such-dir' / 'b.pid'}: No such file or directory"
+    elif case == "damaged-database":
+        (data / "edgebroker.db").write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+        expected = f"persistence database {data / 'edgebroker.db'}"
+    else:
+        busy = _busy_port()
+        lines.append(f"listener {busy.getsockname()[1]} 127.0.0.1")
+        expected = f"cannot listen on address 127.0.0.1 port {busy.getsockname()[1]}"
+    if case != "busy-listener":
+        lines.append(f"listener 0 {tmp_path / 'sock'}")
+    conf = tmp_path / "b.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    try:
+        done = run("-c", str(conf), "-d", env=child_env())
+    finally:
+        if busy is not None:
+            busy.close()
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert f"Error: {expected}" in done.stderr, done.stderr
+    assert expected in log_file.read_text(), log_file.read_text()
+    assert not (tmp_path / "sock").exists()  # nothing left serving
+
+
+# ---------------------------------------------------------------------------------------------------------
+# -t: what can be checked without starting
+# ---------------------------------------------------------------------------------------------------------
+
+def test_check_config_checks_directories_and_listener_addresses(tmp_path):
+    good = tmp_path / "ok"
+    good.mkdir()
+    conf = tmp_path / "b.conf"
+    conf.write_text(f"log_dest file {good}/b.log\npid_file {good}/b.pid\npersistence true\n"
+                    f"persistence_location {good}/\nallow_anonymous true\nlistener 1883 127.0.0.1\n")
+    done = run("-c", str(conf), "-t", env=child_env())
+    assert done.returncode == 0 and done.stdout == f"{conf}: OK\n", done
+    assert not (good / "b.log").exists() and not (good / "b.pid").exists()  # nothing created
+
+    missing = tmp_path / "missing"
+    conf.write_text(f"log_dest file {missing}/b.log\npid_file {missing}/b.pid\npersistence true\n"
+                    f"persistence_location {missing}/\nallow_anonymous true\nlistener 1883 127.0.0.1\n")
+    done = run("-c", str(conf), "-t", env=child_env())
+    assert done.returncode == 1, done
+    err = done.stderr
+    assert f"Error: {conf}: log file (log_dest file): the directory {missing} of {missing}/b.log does not exist" \
+        in err, err
+    assert f"Error: {conf}: pid_file: the directory {missing} of {missing}/b.pid does not exist" in err, err
+    assert f"Error: {conf}: persistence_location: the directory {missing} does not exist" in err, err
+    assert "listener" not in err, err
+    assert not missing.exists()
+
+
+def test_check_config_names_a_listener_address_this_host_does_not_have(tmp_path):
+    """In a network namespace of our own (unshare -n: its loopback is down, so ::1 does not exist) a
+    listener on ::1 is reported by -t; nothing else is wrong with the file."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare (util-linux) for a network namespace")
+    conf = tmp_path / "b.conf"
+    conf.write_text("persistence false\nallow_anonymous true\nlistener 1883 ::1\nlistener 1884 127.0.0.1\n")
+    done = subprocess.run(["unshare", "-n", sys.executable, "-m", "edgebroker", "-c", str(conf), "-t"],
+                          env=child_env(), cwd=str(REPO), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    if "unshare failed" in done.stderr or "unshare:" in done.stderr:
+        pytest.skip(f"cannot create a network namespace here: {done.stderr.strip()}")
+    assert done.returncode == 1, done
+    assert done.stderr == f"Error: {conf}: listener on port 1883, address ::1: address ::1 is not an address " \
+                          "of this host\n", done.stderr

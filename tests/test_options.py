@@ -182,46 +182,6 @@ def test_persistence_option_validators_fire(bad):
     assert next(iter(bad)) in str(info.value)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="dropping privileges needs root")
-def test_user_option_drops_root_after_binding_and_gives_the_data_dir_to_that_user():
-    """`user nobody` as root: the broker binds, then runs as nobody, and its database belongs to
-    nobody. (The child imports sqlite-utils first: this venv lives under /root, closed to nobody.)"""
-    import pwd
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
-    nobody = pwd.getpwnam("nobody")
-    work = tempfile.mkdtemp(prefix="edgebroker-user-", dir="/tmp")
-    os.chmod(work, 0o755)
-    conf = os.path.join(work, "edgebroker.toml")
-    with open(conf, "w") as f:
-        f.write(f'user = "nobody"\npersistence_location = "{work}/data"\n'
-                f'[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
-    code = ("import sys, sqlite_utils, sqlite_utils.db; from edgebroker.cli import broker; "
-            f"sys.exit(broker.main(['-c', {conf!r}, '-v']))")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=work)
-    try:
-        lines = []
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if "Persistence:" in line or "Error" in line:
-                break
-        assert any("Running as user nobody" in line for line in lines), lines
-        status = open(f"/proc/{proc.pid}/status").read()
-        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-        assert uid_line.split()[1:3] == [str(nobody.pw_uid)] * 2, uid_line
-        db = os.path.join(work, "data", "edgebroker.db")
-        wait_for(lambda: os.path.exists(db), what="database created")
-        assert os.stat(db).st_uid == nobody.pw_uid
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def _cli_env(tmp_path) -> dict:
     env = dict(os.environ)
     env["XDG_DATA_HOME"] = str(tmp_path / "xdg")

@@ -5,8 +5,10 @@ start (bad configuration, port in use, bad value), 2 for bad command-line usage.
 
 `-c FILE` reads a TOML or mosquitto.conf file (edgebroker.configfile); every error in it is reported as
 `Error: FILE:LINE: option: message` before anything binds. SIGHUP re-reads it (a bad file is logged
-and the running configuration kept). `-d` forks into the background and `user` drops root, both after
-the listeners are bound and before the database is opened.
+and the running configuration kept). `-d` forks into the background after the listeners are bound and
+`user` drops root once the database is open (cli/startup.py). An error that stops the start once the
+log is set up goes to the configured log and to the terminal (with -d, through the waiting foreground
+process), and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from typing import TYPE_CHECKING, List, Optional
 from .. import __version__
 from .. import log as L
 from ..config import DEFAULT_PORT, Config
-from ..errors import ConfigError
+from ..errors import ConfigError, ListenError
 from ..notify import Notifier
 from ..server import Server, configure_logger
 from ..store import StoreError
+from . import startup
 
 if TYPE_CHECKING:
     from ..configfile import LoadedConfig
@@ -39,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="read the configuration from FILE: TOML (edgebroker.toml), or mosquitto.conf syntax "
                         "(*.conf), which is translated")
     p.add_argument("-t", "--check-config", action="store_true",
-                   help="check the file given with -c and exit, starting nothing: prints FILE: OK and exits 0, "
-                        "or prints the error and exits 1")
+                   help="check the file given with -c and exit, starting nothing: its options, and that the "
+                        "log file, pid file and persistence directories exist and are writable and the "
+                        "listeners' addresses exist here; prints FILE: OK and exits 0, or the errors and exits 1")
     p.add_argument("-p", "--port", type=int, default=None, metavar="PORT",
                    help="port of the default loopback listener (default 1883; 0 picks a free port); ignored "
                         "when the configuration file defines listeners, as in Mosquitto 2.0")
@@ -69,6 +73,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.check_config:
             for warning in loaded.warnings:
                 print(f"Warning: {warning}", file=sys.stderr)
+            problems = startup.check_paths(loaded.config)
+            for problem in problems:
+                print(f"Error: {args.config_file}: {problem}", file=sys.stderr)
+            if problems:
+                return 1
             print(f"{args.config_file}: OK")
             return 0
         config = loaded.config
@@ -106,38 +115,72 @@ def main(argv: Optional[List[str]] = None) -> int:
             log(L.WARNING, f"Warning: {warning}")
         return dataclasses.replace(new.config, verbose=True) if args.verbose else new.config
 
+    report: List[int] = []  # with -d, in the daemon: the pipe to the foreground process waiting on it
+    # A SIGTERM during start-up (a service manager stopping us at once) stops the broker once it runs.
+    stop_requested: List[int] = []
+    old_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+
     def after_bind() -> None:
         if args.daemon:
-            _daemonize()
+            report.append(startup.daemonize())
         if config.pid_file:
             with open(config.pid_file, "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")
         if _switches_user(config):
-            _drop_privileges(config)
+            startup.prepare_data_dir(config)
+
+    def after_open() -> None:
+        if _switches_user(config):
+            warning = startup.drop_privileges(config)
             log(L.NOTICE, f"Running as user {config.user}.")
+            if warning:
+                log(L.WARNING, f"Warning: {warning}")
+
+    def fail(message: str) -> int:
+        """A start-up error: to the configured log, to the terminal, and with -d to the waiting process."""
+        log(L.ERR, f"Error: {message}")
+        if not (log.enabled(L.ERR) and sys.stderr in log.streams):
+            print(f"Error: {message}", file=sys.stderr)
+        if report:
+            startup.report_failure(report.pop(), message)
+        log.close()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        return 1
 
     notifier = Notifier.from_environ()  # systemd Type=notify: READY=1 and friends
     try:
         server = Server(config, log=log, default_port=port, reloader=reload, after_bind=after_bind,
-                        notifier=notifier)
+                        notifier=notifier, after_open=after_open)
     except (ConfigError, StoreError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        log.close()
-        return 1
+        return fail(str(exc))
+    except ListenError as exc:
+        where = ""
+        if loaded is not None and exc.listener in config.listeners:
+            origin = loaded.origins.get(f"listener[{config.listeners.index(exc.listener)}]")
+            if origin is not None:
+                where = f" (the listener at {origin.file}:{origin.line})"
+        return fail(f"{exc}{where}")
     except OSError as exc:
         if exc.filename and exc.filename == config.pid_file:
-            print(f"Error: cannot write pid file {config.pid_file}: {exc.strerror or exc}", file=sys.stderr)
-        else:
-            where = f"port {port}" if not config.listeners else "a configured listener"
-            print(f"Error: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
-        log.close()
-        return 1
+            return fail(f"cannot write pid file {config.pid_file}: {exc.strerror or exc}")
+        what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        return fail(f"cannot start: {what}")
+    except Exception as exc:  # a bug: still reported (with -d the terminal would see nothing)
+        import traceback
+        log(L.ERR, traceback.format_exc().rstrip())
+        return fail(f"cannot start: {exc!r}")
+    if report:
+        startup.report_ready(report.pop())
 
     def stop(signum: int, frame: object) -> None:
         server.shutdown()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if stop_requested:
+        server.shutdown()
     signal.signal(signal.SIGHUP, lambda signum, frame: server.request_reload())
     try:
         server.serve_forever()
@@ -167,37 +210,6 @@ def _check_user(loaded: LoadedConfig) -> None:
             pwd.getpwnam(loaded.config.user)  # type: ignore[arg-type]
         except KeyError:
             raise loaded.error("user", f"no such user {loaded.config.user!r}") from None
-
-
-def _daemonize() -> None:
-    """Mosquitto's -d: detach from the terminal (double fork, new session, stdio to /dev/null)."""
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-
-
-def _drop_privileges(config: Config) -> None:
-    """Switch from root to `user` (Mosquitto's option), giving it the data directory first."""
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(config.user)  # type: ignore[arg-type]
-    except KeyError:
-        raise ConfigError(f"no such user {config.user!r}", option="user") from None
-    if config.persistence:
-        directory = os.path.dirname(config.database_path())
-        os.makedirs(directory, exist_ok=True)
-        if os.stat(directory).st_uid == 0:
-            os.chown(directory, entry.pw_uid, entry.pw_gid)
-    os.initgroups(entry.pw_name, entry.pw_gid)
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
 
 
 if __name__ == "__main__":
