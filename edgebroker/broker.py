@@ -33,6 +33,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from . import __version__
 from . import log as L
+from .auth import ALLOW, BAD_CREDENTIALS, AclSubject, PendingAuth, Security, load_security, refusal
 from .codec import MAX_PACKET_SIZE, Parser, encode_remaining_length, valid_topic_filter, valid_topic_name
 from .config import Config
 from .errors import MalformedPacket
@@ -85,7 +86,8 @@ class Connection:
     __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
                  "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
                  "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
-                 "replay", "q0_limit", "replay_live", "tls_username")
+                 "replay", "q0_limit", "replay_live",
+                 "security", "username", "tls_username")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -118,6 +120,10 @@ class Connection:
         self.replay: Optional[Deque[object]] = None
         self.q0_limit = OUT_BUFFER_LIMIT
         self.replay_live = 0
+        #: the auth.Security of the listener it came in on (set by the loop; None = the broker-wide one),
+        #: and the username it connected with
+        self.security: Optional[Security] = None
+        self.username: Optional[str] = None
         #: The username a TLS listener with use_identity_as_username / use_subject_as_username took from
         #: the client's verified certificate (set by the loop before CONNECT is read); it replaces the
         #: CONNECT's username and no password is checked, as in Mosquitto. None otherwise.
@@ -139,10 +145,18 @@ class Connection:
 
 class Broker:
     def __init__(self, config: Config, now: float, log: Optional[Callable[[int, str], None]] = None,
-                 store: Optional[NullStore] = None, memory_probe: Optional[Callable[[], int]] = None) -> None:
+                 store: Optional[NullStore] = None, memory_probe: Optional[Callable[[], int]] = None,
+                 security: Optional[Tuple[Security, List[Optional[Security]]]] = None) -> None:
         self.store = store if store is not None else NullStore()
         self._seq = 0  # last delivery row key handed out
         self.log = log if log is not None else L.null_log
+        #: the loop sets this to hand a password verification to its hashing thread:
+        #: verify_async(peer host, function returning bool, token); the answer comes back through
+        #: `password_checked(token, ok, now)`. None: verified here (cheap hashes are, always).
+        self.verify_async: Optional[Callable[[str, Callable[[], bool], object], None]] = None
+        self.security: Security
+        self.listener_security: List[Optional[Security]] = []
+        self._acl_on = False
         self._apply(config)
         self.tree = TopicTree()
         self.sessions: Dict[str, Session] = {}
@@ -160,6 +174,7 @@ class Broker:
         self.local_clients: Dict[str, LocalClient] = {}
         self._local_source: Optional[Session] = None  # the local client whose publish is being routed
         self._now = now
+        self.set_security(*(security if security is not None else load_security(config)))
         self.stats = Stats()
         self.load = LoadAverages(self.stats, now)
         #: returns the process's resident memory in bytes for $SYS (the loop provides it: it is I/O)
@@ -185,6 +200,35 @@ class Broker:
             self._next_sys = self._next_check
         elif config.sys_interval <= 0:
             self._next_sys = float("inf")
+
+    def set_security(self, default: Security, per_listener: List[Optional[Security]]) -> None:
+        """Swap in the security settings (at start, and on reload with the files read again). Connected
+        clients get their listener's new settings: one the new settings would refuse is disconnected, the
+        others are checked against the new ACL from their next publish or delivery."""
+        self.security = default
+        self.listener_security = per_listener
+        self._acl_on = any(s is not None and s.acl is not None for s in [default] + per_listener)
+        for conn in list(self.connections):
+            if conn.security is not None:
+                conn.security = self.security_for(conn.security.index)
+            if conn.connected:
+                sec = conn.security or default
+                if sec.connect(conn.username, b"", conn.tls_username is not None)[0] != ALLOW:
+                    self._close(conn, self._now, "not authorised by the reloaded password settings")
+        for session in self.sessions.values():
+            conn = session.conn
+            session.acl = None
+            if conn is not None and self._acl_on:
+                session.acl = (conn.security or default).subject(conn.username, session.client_id)  # type: ignore
+        for client in self.local_clients.values():
+            client.session.acl = default.subject(client.username, client.client_id) if self._acl_on else None
+
+    def security_for(self, listener_index: int) -> Security:
+        """The Security of config.listeners[listener_index] (-1: a listener the loop made itself)."""
+        per = self.listener_security
+        if 0 <= listener_index < len(per):
+            return per[listener_index] or self.security
+        return self.security
 
     def _apply(self, config: Config) -> None:
         """What the core derives from its configuration (and its logger's types), at start and reload."""
@@ -381,6 +425,8 @@ class Broker:
                 self.log(L.NOTICE, f"Client {conn.client_id} disconnected, {reason}.")
         will = conn.will
         conn.will = None
+        if will is not None and self._acl_on and not conn.session.acl.may_write(will.topic):  # type: ignore
+            will = None  # checked when sent, as Mosquitto does
         if will is not None and publish_will:
             self._publish_will(will)
         session = conn.session
@@ -460,13 +506,14 @@ class Broker:
             else:
                 self._close(conn, now, f"invalid protocol name {p.protocol_name!r} [MQTT-3.1.2-1]")
             return
+        sec = conn.security or self.security
         client_id = p.client_id
         if not client_id:
-            if p.protocol_level == 3 or not p.clean_session or not cfg.allow_zero_length_clientid:
+            if p.protocol_level == 3 or not p.clean_session or not sec.allow_zero_length_clientid:
                 self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
                              "empty client id not allowed [MQTT-3.1.3-8]")
                 return
-            client_id = cfg.auto_id_prefix + _random_uuid()  # [MQTT-3.1.3-6]
+            client_id = sec.auto_id_prefix + _random_uuid()  # [MQTT-3.1.3-6]
         conn.client_id = client_id
         if cfg.clientid_prefixes and not client_id.startswith(cfg.clientid_prefixes):
             self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
@@ -483,7 +530,53 @@ class Broker:
                          f"will payload of {len(p.will.payload)} bytes over message_size_limit "
                          f"{cfg.message_size_limit}")
             return
+        identity = conn.tls_username is not None
+        username = conn.tls_username if identity else p.username
+        code, entry = sec.connect(username, p.password, identity)
+        if code != ALLOW:
+            self._refuse_auth(conn, code, username, now)
+            return
+        if entry is not None:
+            password: bytes = p.password  # type: ignore[assignment]
+            if self.verify_async is not None and entry.expensive:
+                pending = PendingAuth(conn, p, sec, entry, username)  # type: ignore[arg-type]
+                conn.paused_by.add(pending)
+                self.flow_changed.append(conn)
+                self.verify_async(conn.peer.rsplit(":", 1)[0], lambda: entry.verify(password), pending)
+                return
+            if not entry.verify(password):
+                self._refuse_auth(conn, BAD_CREDENTIALS, username, now)
+                return
+            sec.passwords.remember(username, entry, password)  # type: ignore[union-attr,arg-type]
+        self._connected(conn, p, username, sec, now)
 
+    def password_checked(self, token: object, ok: bool, now: float) -> None:
+        """The loop hands back the answer of a `verify_async` job."""
+        pending: PendingAuth = token  # type: ignore[assignment]
+        conn: Connection = pending.conn  # type: ignore[assignment]
+        self._now = now
+        if ok and pending.security.passwords is not None:
+            pending.security.passwords.remember(pending.username, pending.entry, pending.packet.password or b"")
+        if conn.closed:
+            return
+        conn.paused_by.discard(pending)
+        if ok:
+            self._connected(conn, pending.packet, pending.username, pending.security, now)  # type: ignore
+        else:
+            self._refuse_auth(conn, BAD_CREDENTIALS, pending.username, now)
+        if not conn.closed and not conn.paused_by:
+            self.flow_changed.append(conn)  # the loop reads it again and handles what it stashed
+
+    def _refuse_auth(self, conn: Connection, code: int, username: Optional[str], now: float) -> None:
+        self._refuse(conn, code, now, refusal(code, username))
+
+    def _connected(self, conn: Connection, p: Connect, username: Optional[str], sec: Security,
+                   now: float) -> None:
+        """The rest of CONNECT, once the client is let in."""
+        cfg = self.config
+        client_id = conn.client_id
+        conn.username = username
+        proto = _PROTOCOLS[(p.protocol_name, p.protocol_level)]
         session = self.sessions.get(client_id)
         if session is not None and session.conn is not None:
             # Takeover: the server MUST disconnect the existing client [MQTT-3.1.4-2].
@@ -502,6 +595,10 @@ class Broker:
             self.store.session_online(client_id)
         session.conn = conn
         session.drop_logged = False
+        if self._acl_on:
+            acl = session.acl = sec.subject(username, client_id)
+            if acl.dangerous:
+                self.log(L.NOTICE, acl.dangerous)
         conn.session = session
         conn.connected = True
         conn.keepalive = p.keepalive
@@ -516,7 +613,7 @@ class Broker:
         if cfg.connection_messages:
             self.log(L.NOTICE, f"New client connected from {conn.peer} as {client_id} "
                                f"({proto}, c{int(p.clean_session)}, k{p.keepalive}"
-                               f"{', u' + repr(p.username) if p.username is not None else ''}).")
+                               f"{', u' + repr(username) if username is not None else ''}).")
         if self.debug:
             if p.will is None:
                 self.log(L.DEBUG, "No will message specified.")
@@ -589,7 +686,8 @@ class Broker:
             if self.debug:
                 self.log(L.DEBUG, f"Discarded PUBLISH from {conn.client_id} to '{p.topic}' ($SYS is the broker's).")
         else:
-            accepted = self._incoming(conn.client_id, p.topic, p.payload, qos, p.retain, p.dup, p.packet_id)
+            accepted = self._incoming(conn.client_id, p.topic, p.payload, qos, p.retain, p.dup, p.packet_id,
+                                      conn.session.acl if self._acl_on else None)  # type: ignore[union-attr]
         self._source = None
         if not accepted:
             self._close(conn, now, "retained message sent but retain_available is false")
@@ -600,10 +698,16 @@ class Broker:
             self._send_ack(conn, 0x50, p.packet_id, "PUBREC")  # [MQTT-4.3.3-2]
 
     def _incoming(self, client_id: str, topic: str, payload: bytes, qos: int, retain: bool, dup: bool = False,
-                  packet_id: int = 0) -> bool:
-        """A message published by a client, network or local, enters the core: size limit, retained,
+                  packet_id: int = 0, acl: Optional[AclSubject] = None) -> bool:
+        """A message published by a client, network or local, enters the core: ACL, size limit, retained,
         routing. False when the client broke a rule that ends its connection (retain while
         retain_available is false), and nothing was routed."""
+        if acl is not None and not acl.may_write(topic):
+            # 3.1.1 cannot refuse a PUBLISH: acknowledged as its QoS requires, and dropped (Mosquitto).
+            if self.debug:
+                self.log(L.DEBUG, f"Denied PUBLISH from {client_id} (d{int(dup)}, q{qos}, r{int(retain)}, "
+                                  f"m{packet_id}, '{topic}', ... ({len(payload)} bytes))")
+            return True
         limit = self.config.message_size_limit
         if limit and len(payload) > limit:
             # Mosquitto's message_size_limit: acknowledged (the protocol flow completes) but dropped.
@@ -639,6 +743,8 @@ class Broker:
         subs = self.tree.match(msg.topic)
         if not subs:
             return
+        if self._acl_on:
+            subs = self._readers(subs, msg.topic)
         pub_qos = msg.qos
         upgrade = self.config.upgrade_outgoing_qos
         stats = self.stats
@@ -666,6 +772,11 @@ class Broker:
                     self._enqueue(session, msg, 0)
                 continue
             self._deliver(session, msg, qos)
+
+    def _readers(self, subs: Dict[Session, int], topic: str) -> Dict[Session, int]:
+        """The subscribers the ACL lets read `topic`; a session whose client is not known yet (restored,
+        offline) keeps the message queued and is checked when it is sent."""
+        return {s: q for s, q in subs.items() if s.acl is None or s.acl.may_read(topic)}  # type: ignore
 
     def _deliver(self, session: Session, msg: Message, qos: int) -> None:
         conn = session.conn
@@ -744,6 +855,7 @@ class Broker:
         store = self.store
         debug = self.debug
         sent = 0
+        acl = session.acl if self._acl_on else None
         out = conn.buffer() if queue and room > 0 else conn.out
         size = 0
         budget = REFILL_BYTES - conn.out_size
@@ -753,6 +865,10 @@ class Broker:
                 break
             msg, qos, seq, pid = queue.popleft()
             session.queued_bytes -= len(msg.payload)
+            if acl is not None and not acl.may_read(msg.topic):  # type: ignore[attr-defined]
+                if seq:
+                    store.delivery_remove(seq, msg)  # queued before the client (or a reloaded ACL) was known
+                continue
             sent += 1
             if qos == 0:
                 q0 = msg.q0()
@@ -887,7 +1003,14 @@ class Broker:
         if debug:
             self.log(L.DEBUG, f"Received SUBSCRIBE from {conn.client_id}")
         codes = []
+        granted = []
         for topic_filter, qos in p.topics:
+            if self._acl_on and not session.acl.may_subscribe(topic_filter):  # type: ignore[union-attr]
+                codes.append(0x80)  # [MQTT-3.9.3-1]: failure; Mosquitto 2.0's acl_file grants it instead
+                self.log(L.NOTICE, f"Denied SUBSCRIBE from {conn.client_id} to '{topic_filter}': the ACL lets it read "
+                         "nothing there")
+                continue
+            granted.append((topic_filter, qos))
             self.tree.subscribe(topic_filter, session, qos)  # replaces an identical filter [MQTT-3.8.4-3]
             session.subscriptions[topic_filter] = qos
             if not session.clean:
@@ -902,7 +1025,7 @@ class Broker:
         self.stats.messages_sent += 1
         if debug:
             self.log(L.DEBUG, f"Sending SUBACK to {conn.client_id}")
-        for topic_filter, qos in p.topics:
+        for topic_filter, qos in granted:
             self._send_retained(session, conn, topic_filter, qos)
 
     def _send_retained(self, session: Session, conn: Connection, topic_filter: str, sub_qos: int) -> None:
@@ -911,6 +1034,8 @@ class Broker:
         the connection's replay, sent in slices of REFILL_BYTES (`_replay`), so that a subscription to
         thousands of them does not hold every other client for the whole replay."""
         matches = self.retained.matching(topic_filter)
+        if self._acl_on and session.acl is not None:
+            matches = [m for m in matches if session.acl.may_read(m.topic)]  # type: ignore[attr-defined]
         if not matches:
             return
         replay = conn.replay
@@ -990,6 +1115,8 @@ class Broker:
             raise ValueError(f"a local client {client_id!r} is already attached")
         session = Session(client_id, clean=True)
         session.sink = on_message
+        if self._acl_on:
+            session.acl = self.security.subject(username, client_id)  # the broker-wide settings' ACL
         client = self.local_clients[client_id] = LocalClient(self, client_id, username, session)
         return client
 
@@ -1014,7 +1141,8 @@ class Broker:
                               f"'{topic}', ... ({len(payload)} bytes))")
         outer, self._local_source = self._local_source, client.session  # a sink may publish in turn
         try:
-            if not self._incoming(client.client_id, topic, payload, qos, retain):
+            if not self._incoming(client.client_id, topic, payload, qos, retain,
+                                  acl=client.session.acl if self._acl_on else None):
                 self.stats.publish_dropped += 1
                 self.log(L.NOTICE, f"Dropped retained PUBLISH from {client.client_id} on '{topic}': "
                                    f"retain_available is false.")
@@ -1026,11 +1154,17 @@ class Broker:
             raise ValueError(f"invalid topic filter {topic_filter!r} or QoS {qos!r} from local client "
                              f"{client.client_id}")
         session = client.session
+        if self._acl_on and not session.acl.may_subscribe(topic_filter):  # type: ignore[union-attr]
+            self.log(L.NOTICE, f"Denied SUBSCRIBE from {client.client_id} to '{topic_filter}': the ACL lets "
+                               "it read nothing there")
+            return 0x80
         self.tree.subscribe(topic_filter, session, qos)
         session.subscriptions[topic_filter] = qos
         self.log(L.SUBSCRIBE, f"{client.client_id} {qos} {topic_filter}")
         sink = session.sink
         for msg in self.retained.matching(topic_filter):
+            if self._acl_on and not session.acl.may_read(msg.topic):  # type: ignore[union-attr]
+                continue
             sink(msg.topic, msg.payload, qos if qos < msg.qos else msg.qos, True)  # type: ignore[misc]
         return qos
 

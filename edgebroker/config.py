@@ -16,7 +16,7 @@ from .bridgeconfig import BridgeConfig
 from .errors import ConfigError
 
 __all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS", "LOG_TYPES",
-           "DEFAULT_LOG_TYPES", "MAX_PACKET_SIZE_LIMIT", "MAX_PAYLOAD", "default_data_dir",
+           "DEFAULT_LOG_TYPES", "LISTENER_SECURITY", "MAX_PACKET_SIZE_LIMIT", "MAX_PAYLOAD", "default_data_dir",
            "listener_clash"]
 
 DEFAULT_PORT = 1883
@@ -35,6 +35,8 @@ DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information")
 MAX_PACKET_SIZE_LIMIT = 1 + 4 + 268435455
 #: The largest PUBLISH payload MQTT can carry (Mosquitto's MQTT_MAX_PAYLOAD).
 MAX_PAYLOAD = 268435455
+#: Options a listener may set for itself with per_listener_settings true (Mosquitto's list).
+LISTENER_SECURITY = ("allow_anonymous", "password_file", "acl_file", "auto_id_prefix", "allow_zero_length_clientid")
 #: Bytes of the UUID the broker appends to auto_id_prefix; a client id is at most 65535 bytes of UTF-8.
 _ASSIGNED_ID_SUFFIX = 36
 
@@ -57,6 +59,15 @@ class Listener:
     max_connections: int = -1
     #: Path of a Unix domain socket (Mosquitto 2.0's `listener 0 PATH`); port must be 0 and address None.
     unix_socket: Optional[str] = None
+    # ---- security (per listener: only with per_listener_settings true; None = not set) ----------
+    #: As Config.allow_anonymous, for this listener; None = false (a listener is configured).
+    allow_anonymous: Optional[bool] = None
+    #: As Config.password_file / acl_file, for this listener; None = none.
+    password_file: Optional[str] = None
+    acl_file: Optional[str] = None
+    #: As Config.auto_id_prefix / allow_zero_length_clientid; None = the broker-wide value.
+    auto_id_prefix: Optional[str] = None
+    allow_zero_length_clientid: Optional[bool] = None
 
     # ---- TLS (Mosquitto's certificate options; docs/security.md) --------------------------------
     #: PEM server certificate and its key: both make this a TLS listener (neither: plain TCP).
@@ -88,6 +99,8 @@ class Listener:
         _nonempty(self.unix_socket, "unix_socket")
         if self.unix_socket is not None and (self.port != 0 or self.address is not None):
             raise ConfigError("a Unix socket listener has port 0 and no address", option="unix_socket")
+        for name in ("password_file", "acl_file", "auto_id_prefix"):
+            _nonempty(getattr(self, name), name)
         self._check_tls()
 
     @property
@@ -122,6 +135,10 @@ class Listener:
         if self.crlfile is not None and not self.require_certificate:
             raise ConfigError("has no effect without require_certificate true (no client certificate is "
                               "asked for)", option="crlfile")
+
+    def security_fields(self) -> Tuple[str, ...]:
+        """The per-listener security options this listener sets."""
+        return tuple(name for name in LISTENER_SECURITY if getattr(self, name) is not None)
 
     def bind_key(self) -> Tuple[object, ...]:
         """What two listeners must not share: the Unix socket path, or (port, normalised address)."""
@@ -239,6 +256,20 @@ class Config:
     #: With durability "periodic": save after autosave_interval *changes* instead of seconds (Mosquitto).
     autosave_on_changes: bool = False
 
+    # ---- security -------------------------------------------------------------------------------
+    #: May clients connect without a username? None = Mosquitto 2.0's default: true in local only mode (no
+    #: listener configured: only this machine can connect), false as soon as a listener is configured.
+    allow_anonymous: Optional[bool] = None
+    #: false (Mosquitto's default): allow_anonymous, password_file, acl_file apply to every listener;
+    #: true: each listener has its own (set on the Listener; auto_id_prefix and allow_zero_length_clientid
+    #: too), and a listener without them refuses anonymous clients and checks no ACL.
+    per_listener_settings: bool = False
+    #: A password file as mosquitto_passwd (or edgebroker-passwd) writes it: `user:$7$...` lines. Clients
+    #: with a username must then give its password (CONNACK 4 otherwise). None = usernames unchecked.
+    password_file: Optional[str] = None
+    #: Mosquitto's ACL file: which topics each user may read and write (docs/security.md). None = no ACL.
+    acl_file: Optional[str] = None
+
     # ---- process --------------------------------------------------------------------------------
     #: The loop's CPU scheduling policy (Linux): "batch" (SCHED_BATCH: a wake-up of the broker does not
     #: preempt the task running on its CPU, so on one CPU a client finishes its turn and the broker then
@@ -311,6 +342,17 @@ class Config:
         if self.scheduling_policy not in SCHEDULING_POLICIES:
             raise ConfigError(f"must be one of {', '.join(SCHEDULING_POLICIES)}, got {self.scheduling_policy!r}",
                               option="scheduling_policy")
+        _nonempty(self.password_file, "password_file")
+        _nonempty(self.acl_file, "acl_file")
+        for i, listener in enumerate(self.listeners):
+            fields = listener.security_fields()
+            if fields and not self.per_listener_settings:
+                raise ConfigError("a listener's own security settings need per_listener_settings true",
+                                  option=f"listener[{i}].{fields[0]}")
+        if self.per_listener_settings:
+            for name in ("allow_anonymous", "password_file", "acl_file"):
+                if getattr(self, name) is not None:
+                    raise ConfigError("with per_listener_settings true it is set per listener", option=name)
         clash = listener_clash(self.listeners)
         if clash is not None:
             later, earlier = self.listeners[clash[0]], self.listeners[clash[1]]

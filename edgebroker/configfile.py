@@ -36,7 +36,8 @@ from .bridgeconfig import (
 )
 from .codec import valid_topic_filter
 from .config import (
-    DEFAULT_PORT, DURABILITY_LEVELS, LOG_TYPES, SCHEDULING_POLICIES, Config, Listener, listener_clash,
+    DEFAULT_PORT, DURABILITY_LEVELS, LISTENER_SECURITY, LOG_TYPES, SCHEDULING_POLICIES, Config, Listener,
+    listener_clash,
 )
 from .errors import ConfigError
 
@@ -108,6 +109,7 @@ _SCALARS: Dict[str, str] = {
     "auto_id_prefix": _STR, "clientid_prefixes": _STR, "pid_file": _STR, "user": _STR,
     "log_timestamp_format": _STR, "persistence_file": _STR, "persistence_location": _STR,
     "persistent_client_expiration": _DURATION, "durability": _ENUM, "scheduling_policy": _ENUM,
+    "allow_anonymous": _BOOL, "per_listener_settings": _BOOL, "password_file": _STR, "acl_file": _STR,
 }
 _ENUMS: Dict[str, Tuple[str, ...]] = {"durability": DURABILITY_LEVELS, "scheduling_policy": SCHEDULING_POLICIES}
 #: Mosquitto's other spellings.
@@ -123,7 +125,7 @@ _OBSOLETE = {
 }
 
 _TLS = ("psk_hint", "ciphers_tls1.3", "dhparamfile", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform")
-_AUTH = ("password_file", "acl_file", "psk_file", "auth_plugin", "plugin", "auth_plugin_deny_special_chars",
+_AUTH = ("psk_file", "auth_plugin", "plugin", "auth_plugin_deny_special_chars",
          "use_username_as_clientid")
 #: Mosquitto bridge options edgebroker does not implement (any other bridge_* is refused the same way).
 _BRIDGE = ("bridge_bind_address", "bridge_ciphers", "bridge_ciphers_tls1.3", "bridge_identity", "bridge_psk",
@@ -137,12 +139,11 @@ _OTHER_NOT_YET = {
     "allow_duplicate_messages": "this deprecated Mosquitto option",
     "memory_limit": "a memory limit", "max_inflight_bytes": "an inflight byte limit",
     "check_retain_source": "retained-message source checks", "max_qos": "a maximum QoS",
-    "protocol": "protocols other than mqtt", "per_listener_settings": "per-listener security settings",
-    "allow_anonymous": "refusing anonymous clients",
+    "protocol": "protocols other than mqtt",
 }
 #: Known-unsupported options whose value says "what edgebroker already does": accepted.
 _ACCEPTED_VALUES: Dict[str, Any] = {
-    "allow_anonymous": True, "per_listener_settings": False, "protocol": "mqtt", "max_qos": 2,
+    "protocol": "mqtt", "max_qos": 2,
     "memory_limit": 0, "max_inflight_bytes": 0, "check_retain_source": False,
     "use_username_as_clientid": False,
 }
@@ -158,9 +159,6 @@ def _not_yet(option: str) -> Optional[str]:
         what = "this bridge option is not implemented; see docs/bridge.md"
     elif option in _OTHER_NOT_YET:
         reason = _OTHER_NOT_YET[option]
-        if option == "allow_anonymous":
-            return ("allow_anonymous false is not supported yet (authentication is planned; until then "
-                    "every client connects anonymously, so say allow_anonymous true)")
         accepted = _ACCEPTED_VALUES.get(option)
         hint = f"; only {_fmt(accepted)}, the behaviour edgebroker has, is accepted" if accepted is not None else ""
         return f"{option} is not supported yet ({reason}){hint}"
@@ -223,8 +221,10 @@ class _Builder:
         self.default_listener: Optional[_ListenerDraft] = None
         self.log_dest: Optional[List[str]] = None  # None until the first log_dest replaces the default
         self.log_type: Optional[List[str]] = None
-        self.allow_anonymous_seen = False
         self.bridges: List[_BridgeDraft] = []
+        #: mosquitto.conf with per_listener_settings true: security options before the first `listener`
+        #: line, for Mosquitto's default listener (`port`) if there is one
+        self.pre_listener: Dict[str, Tuple[Any, Origin]] = {}
 
     def set(self, name: str, value: Any, origin: Origin) -> None:
         self.values[name] = value
@@ -256,6 +256,14 @@ class _Builder:
     def build(self) -> LoadedConfig:
         drafts = self.listeners
         default = self.default_listener
+        for name, (value, origin) in self.pre_listener.items():
+            if default is not None:
+                default.fields[name] = value
+                default.field_origins[name] = origin
+            else:
+                self.warn(origin, "with per_listener_settings true this applies to the listener it follows, and "
+                                  "no listener comes before it (Mosquitto ignores it too); move it after a "
+                                  "`listener` line")
         if default is not None:
             fo = default.field_origins
             default.origin = fo.get("port") or fo.get("address") or next(iter(fo.values()))
@@ -312,11 +320,6 @@ class _Builder:
                 if name in origins and getattr(config, name) != getattr(_DEFAULTS, name):
                     self.warn(origins[name], f"has no effect with durability {config.durability} (every loop "
                                              "turn is committed); it applies to durability periodic")
-        if self.syntax == "mosquitto" and config.listeners and not self.allow_anonymous_seen:
-            self.warnings.append(ConfigWarning(
-                "not set: Mosquitto 2.0 refuses clients without a password when a listener is configured; "
-                "edgebroker has no authentication yet and accepts every client (add `allow_anonymous true` "
-                "to say so)", self.main_file, None, "allow_anonymous"))
 
 
 def _check_tls_files(draft: _ListenerDraft, listener: Listener) -> None:
@@ -508,6 +511,19 @@ def _read_mosquitto(path: str, text: str, builder: _Builder, main: bool) -> None
             builder.add_log_type(kind, origin)
         elif name in _OBSOLETE:
             builder.warn(origin, _OBSOLETE[name])
+        elif name == "per_listener_settings":
+            value = _m_bool(origin, rest)
+            if value and (builder.pre_listener or any(n in builder.values for n in LISTENER_SECURITY)
+                          or any(d.field_origins.keys() & set(LISTENER_SECURITY) for d in builder.listeners)):
+                raise _error(origin, "must come before every other security option (Mosquitto's rule)")
+            builder.set(name, value, origin)
+        elif name in LISTENER_SECURITY and builder.values.get("per_listener_settings"):
+            value = _m_scalar(name, origin, rest, builder)
+            if current is not None:
+                current.fields[name] = value
+                current.field_origins[name] = origin
+            else:
+                builder.pre_listener[name] = (value, origin)
         elif name in _SCALARS:
             value = _m_scalar(name, origin, rest, builder)
             if name in _CLAMP_NEGATIVE_TO_0 and value < 0:
@@ -536,8 +552,6 @@ def _m_unsupported(name: str, origin: Origin, rest: str, builder: _Builder) -> N
             value = _m_int(origin, rest)
         else:
             value = _m_token(origin, rest)
-        if name == "allow_anonymous":
-            builder.allow_anonymous_seen = True
         if value == accepted:
             builder.origins[name] = origin
             return
@@ -814,12 +828,15 @@ def _t_listeners(path: str, value: Any, origin: Origin, lines: _TomlLines, build
                 kind = _STR if key in ("address", "unix_socket") else _TLS_FIELDS.get(key, _INT)
                 draft.fields[key] = _t_value(key, kind, key_origin, item)
                 draft.field_origins[key] = key_origin
+            elif key in LISTENER_SECURITY:
+                draft.fields[key] = _t_value(key, _SCALARS[key], key_origin, item)
+                draft.field_origins[key] = key_origin
             elif _not_yet(key) is not None:
                 _t_unsupported(key, key_origin, item, builder)
             elif key in _SCALARS or key in _KNOWN_GLOBAL:
                 raise _error(key_origin, "is a global option: put it before the first table, not in [[listener]]")
             else:
-                raise _unknown(key_origin, list(_LISTENER_FIELDS))
+                raise _unknown(key_origin, list(_LISTENER_FIELDS + LISTENER_SECURITY))
         if "unix_socket" in draft.fields:
             draft.fields.setdefault("port", 0)
         builder.listeners.append(draft)
@@ -829,8 +846,6 @@ def _t_unsupported(name: str, origin: Origin, value: Any, builder: _Builder) -> 
     message = _not_yet(name)
     if message is None:
         raise _unknown(origin, _KNOWN_GLOBAL)
-    if name == "allow_anonymous":
-        builder.allow_anonymous_seen = True
     accepted = _ACCEPTED_VALUES.get(name, None)
     if accepted is not None and type(value) is type(accepted) and value == accepted:
         builder.origins[name] = origin

@@ -23,6 +23,7 @@ goes on: one hosted device must not stop the broker.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import selectors
@@ -33,10 +34,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import __version__
 from . import log as L
+from .auth import Security, load_security, security_lines
 from .broker import Broker, Connection
-from .config import DEFAULT_PORT, Config, Listener
+from .config import DEFAULT_PORT, LISTENER_SECURITY, Config, Listener
 from .dblock import DatabaseLock, check_directory
 from .errors import ListenError
+from .hashing import Verifier
 from .notify import Notifier
 from .store import NullStore, SqliteStore
 
@@ -68,7 +71,7 @@ class _Watch:
 
 
 class _ListenSocket:
-    __slots__ = ("sock", "listener", "port", "family", "count", "tls")
+    __slots__ = ("sock", "listener", "port", "family", "count", "tls", "index")
 
     def __init__(self, sock: socket.socket, listener: Listener, port: int, family: int) -> None:
         self.sock = sock
@@ -77,6 +80,7 @@ class _ListenSocket:
         self.family = family
         self.count = 0  # open connections, for max_connections
         self.tls: Any = None  # a TLS listener's ssl.SSLContext
+        self.index = -1  # in config.listeners; -1 for the default loopback listener
 
 
 def configure_logger(logger: L.Logger, config: Config) -> None:
@@ -96,12 +100,14 @@ class Server:
                  reloader: Optional[Callable[[], Config]] = None,
                  after_bind: Optional[Callable[[], None]] = None,
                  notifier: Optional[Notifier] = None,
-                 after_open: Optional[Callable[[], None]] = None) -> None:
+                 after_open: Optional[Callable[[], None]] = None,
+                 security: Optional[Tuple[Security, List[Optional[Security]]]] = None) -> None:
         """`after_bind` runs once the listeners are bound and before the database is opened: the place
         to daemonize (an SQLite connection must not cross a fork). `after_open` runs once the database
         is open (its schema migrated, in a child process that needs to read the Python installation)
         and loaded: the place to drop root privileges. `notifier` (systemd's
-        $NOTIFY_SOCKET) hears READY/RELOADING/STOPPING, the client count and watchdog pings."""
+        $NOTIFY_SOCKET) hears READY/RELOADING/STOPPING, the client count and watchdog pings.
+        `security`: the password and ACL files already read (auth.load_security); else read here."""
         self.config = config
         self.notifier = notifier
         self.log: L.LogFunc = log if log is not None else L.null_log
@@ -134,9 +140,16 @@ class Server:
                 self.store = SqliteStore(path, config.durability, config.autosave_interval,
                                          config.autosave_on_changes, self.log)
                 self.log(L.NOTICE, f"Persistence: {path} (durability {config.durability}).")
-            self.broker = Broker(config, time.monotonic(), log, self.store, _resident_memory)
+            if security is None:
+                security = load_security(config)
+            self.broker = Broker(config, time.monotonic(), log, self.store, _resident_memory, security)
             if after_open is not None:
                 after_open()
+            for level, line in security_lines(*security, config):
+                self.log(level, line)
+            verifier = Verifier()  # password hashes off the loop; its thread starts with the first one
+            verifier.start(self)
+            self.add_service(verifier)
         except BaseException:
             self.close()
             raise
@@ -150,16 +163,19 @@ class Server:
 
     def _bind_all(self, default_port: int) -> None:
         if self.config.listeners:
-            for listener in self.config.listeners:
+            for i, listener in enumerate(self.config.listeners):
+                first = len(self._listening)
                 if listener.unix_socket is not None:
                     self._bind_unix(listener)
-                    continue
-                try:
-                    pairs = _addresses(listener.address, listener.port)
-                except OSError as exc:  # a host name that does not resolve
-                    raise _listen_error(listener, None, exc) from None
-                for family, addr in pairs:
-                    self._bind(listener, family, addr)
+                else:
+                    try:
+                        pairs = _addresses(listener.address, listener.port)
+                    except OSError as exc:  # a host name that does not resolve
+                        raise _listen_error(listener, None, exc) from None
+                    for family, addr in pairs:
+                        self._bind(listener, family, addr)
+                for ls in self._listening[first:]:
+                    ls.index = i
             return
         # No listener configured: loopback only, IPv4 and IPv6 when the host has it (Mosquitto 2.0's
         # "local only mode"). With port 0 the IPv6 socket takes the port the IPv4 one got.
@@ -318,6 +334,7 @@ class Server:
             self.notifier.reloading()
         try:
             config = self.reloader()
+            security = load_security(config)  # a password or ACL file that cannot be read keeps the old ones
             if isinstance(self.log, L.Logger):
                 configure_logger(self.log, config)
         except Exception as exc:  # a bad file must not stop a running broker: keep the old config
@@ -325,10 +342,13 @@ class Server:
             if self.notifier is not None:
                 self.notifier.reloaded(str(exc))
             return
-        if config.listeners != self.config.listeners:
+        if _sockets(config.listeners) != _sockets(self.config.listeners):
             self.log(L.WARNING, "Warning: listener changes take effect after a restart.")
         self.config = config
         self.broker.reconfigure(config)
+        self.broker.set_security(*security)
+        for level, line in security_lines(*security, config):
+            self.log(level, line)
         for service in self._services:
             reload = getattr(service, "reload", None)
             if reload is not None:
@@ -504,6 +524,7 @@ class Server:
             self.broker.stats.sockets += 1
             conn = self.broker.connection_made(peer, ls.port, now)
             conn.handle = sock if ls.tls is None else self._tls_socket(sock, ls, conn)
+            conn.security = self.broker.security_for(ls.index)
             ls.count += 1
             self._conn_listener[conn] = ls
             self._sel.register(conn.handle, selectors.EVENT_READ, conn)  # type: ignore[arg-type]
@@ -695,6 +716,11 @@ def _resident_memory() -> int:
             return int(f.read().split()[1]) * _PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _sockets(listeners: List[Listener]) -> List[Listener]:
+    """Listeners without their security settings, which a reload does change."""
+    return [dataclasses.replace(ls, **{name: None for name in LISTENER_SECURITY}) for ls in listeners]
 
 
 def _drain_and_close(sock: socket.socket) -> None:

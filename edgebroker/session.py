@@ -69,7 +69,7 @@ class Message:
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
                  "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since", "blocking",
-                 "last_progress", "stalled", "dup_prefix", "sink")
+                 "last_progress", "stalled", "dup_prefix", "sink", "acl")
 
     def __init__(self, client_id: str, clean: bool) -> None:
         self.client_id = client_id
@@ -90,6 +90,9 @@ class Session:
         self.awaiting_rel: Set[int] = set()
         self._next_pid = 0
         self.conn: Optional[object] = None
+        #: the client's auth.AclSubject, set when it connects while an acl_file is in use; None = not
+        #: known (restored from the store, or offline across a reload): checked when next sent
+        self.acl: Optional[object] = None
         self.drop_logged = False
         #: monotonic time the client went away (persistent sessions), for persistent_client_expiration
         self.offline_since = 0.0

@@ -35,8 +35,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     os.makedirs(args.dir, exist_ok=True)  # persistence_location must exist (as in Mosquitto)
     log = L.Logger(L.ALL if args.verbose else L.DEFAULT_TYPES, stream=sys.stderr)
-    config = Config(listeners=[Listener(0, "127.0.0.1")], persistence=True, persistence_location=args.dir,
-                    durability=args.durability, max_queued_messages=args.max_queued,
+    config = Config(listeners=[Listener(0, "127.0.0.1")], allow_anonymous=True, persistence=True,
+                    persistence_location=args.dir, durability=args.durability, max_queued_messages=args.max_queued,
                     max_inflight_messages=args.max_inflight, sys_interval=0, verbose=args.verbose)
     try:
         server = Server(config, log=log)

@@ -60,6 +60,9 @@ def make_broker() -> Callable[..., RunningBroker]:
     def make(**overrides) -> RunningBroker:
         overrides.setdefault("listeners", [Listener(port=0, address="127.0.0.1")])
         overrides.setdefault("persistence", False)  # tests that persist pass persistence_location=tmp_path
+        # A configured listener refuses anonymous clients by default (Mosquitto 2.0); most tests connect
+        # without a username. Tests of authentication pass allow_anonymous themselves.
+        overrides.setdefault("allow_anonymous", True)
         rb = RunningBroker(Config(**overrides))
         started.append(rb)
         return rb

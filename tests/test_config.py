@@ -216,8 +216,11 @@ def test_defaults_are_mosquittos_except_where_documented():
     ("log_timestamp_format %Y-%m-%dT%H:%M:%S", {"log_timestamp_format": "%Y-%m-%dT%H:%M:%S"}),
     ("durability sync", {"durability": "sync"}),  # edgebroker's own options are read from .conf too
     ("connect_timeout 2.5", {"connect_timeout": 2.5}),
-    ("allow_anonymous true", {}),
+    ("allow_anonymous true", {"allow_anonymous": True}),
+    ("allow_anonymous false", {"allow_anonymous": False}),
     ("per_listener_settings false", {}),
+    ("password_file /etc/mosquitto/pwfile", {"password_file": "/etc/mosquitto/pwfile"}),
+    ("acl_file /etc/mosquitto/aclfile", {"acl_file": "/etc/mosquitto/aclfile"}),
     ("protocol mqtt", {}),
     ("max_qos 2", {}),
     ("memory_limit 0", {}),
@@ -429,12 +432,11 @@ def test_obsolete_options_warn_in_toml_too(tmp_path):
     assert [(w.line, w.option) for w in loaded.warnings] == [(1, "retry_interval")]
 
 
-def test_listeners_without_allow_anonymous_warn_that_mosquitto_2_would_refuse_clients(tmp_path):
+def test_listeners_without_allow_anonymous_leave_it_unset_for_mosquitto_2_semantics(tmp_path):
+    # Not a warning any more: the broker refuses anonymous clients then, and says so at start-up.
     loaded = load(tmp_path, "listener 1883\n")
-    (warning,) = loaded.warnings
-    assert warning.option == "allow_anonymous" and "Mosquitto 2.0 refuses" in warning.message
-    assert load(tmp_path, "listener 1883\nallow_anonymous true\n").warnings == ()
-    assert load(tmp_path, "sys_interval 10\n").warnings == ()  # local only: Mosquitto allows anonymous too
+    assert loaded.warnings == () and loaded.config.allow_anonymous is None
+    assert load(tmp_path, "listener 1883\nallow_anonymous true\n").config.allow_anonymous is True
 
 
 def test_autosave_without_periodic_durability_warns(tmp_path):
@@ -461,7 +463,7 @@ def test_trailing_comment_in_a_string_value_warns(tmp_path):
 
 TLS = ["psk_hint hint", "dhparamfile /x", "ciphers_tls1.3 TLS_AES_128_GCM_SHA256", "tls_engine pkcs11",
        "tls_keyform engine"]
-AUTH = ["password_file /etc/mosquitto/pwfile", "acl_file /etc/mosquitto/aclfile", "psk_file /etc/mosquitto/psk",
+AUTH = ["psk_file /etc/mosquitto/psk",
         "auth_plugin /usr/lib/x.so", "plugin /usr/lib/x.so", "auth_opt_db mysql", "plugin_opt_host x"]
 BRIDGE = ["bridge_bind_address 10.0.0.1", "bridge_ciphers HIGH", "bridge_identity gw", "bridge_psk 1234",
           "bridge_require_ocsp true", "bridge_max_topic_alias 10", "bridge_receive_maximum 10",
@@ -470,7 +472,7 @@ BRIDGE = ["bridge_bind_address 10.0.0.1", "bridge_ciphers HIGH", "bridge_identit
 
 @pytest.mark.parametrize("line, planned", [(t, "TLS is planned") for t in TLS]
                          + [(a, "authentication is planned") for a in AUTH]
-                         + [("allow_anonymous false", "authentication is planned")])
+                         )
 def test_planned_features_are_refused_as_not_supported_yet(tmp_path, line, planned):
     option = line.split()[0]
     error_at(tmp_path, f"sys_interval 10\n{line}\n", 2, option, "not supported yet", f"({planned}")
@@ -483,7 +485,7 @@ def test_unimplemented_bridge_options_are_refused(tmp_path, line):
 
 
 @pytest.mark.parametrize("line", ["protocol websockets", "max_qos 1", "memory_limit 1000000", "max_inflight_bytes 10",
-                                  "check_retain_source true", "per_listener_settings true", "mount_point gw/",
+                                  "check_retain_source true", "mount_point gw/",
                                   "bind_interface eth0", "socket_domain ipv4", "http_dir /www", "log_facility 5",
                                   "allow_duplicate_messages false", "use_username_as_clientid true",
                                   "max_topic_alias 5"])
@@ -613,7 +615,7 @@ def test_toml_every_option(tmp_path):
         pid_file="/run/edgebroker.pid", user="edgebroker", log_dest=("stdout", "file", "syslog"),
         log_file="/var/log/edgebroker.log", log_type=LOG_TYPES, connection_messages=False, log_timestamp=False,
         log_timestamp_format="%H:%M", persistence=False, persistence_location="/data", persistence_file="b.db",
-        durability="periodic", autosave_interval=60.0, autosave_on_changes=True)
+        durability="periodic", autosave_interval=60.0, autosave_on_changes=True, allow_anonymous=True)
     assert loaded.syntax == "toml" and loaded.warnings == ()
     path = str(tmp_path / "all.toml")
     assert loaded.origins["max_keepalive"] == (path, 8, "max_keepalive")
@@ -664,10 +666,11 @@ def test_toml_log_dest_and_log_type_accept_a_single_string(tmp_path):
     ("[[listener]]\nport = 1883\nrequire_certificate = 1\n", 3, "require_certificate", "expected true or false"),
     ("cafile = \"/ca\"\n", 1, "cafile", "[[listener]]"),
     ("[[listener]]\nport = 1883\npsk_hint = \"gw\"\n", 3, "psk_hint", "not supported yet (TLS is planned)"),
-    ("password_file = \"/p\"\n", 1, "password_file", "not supported yet (authentication is planned)"),
+    ("password_file = 5\n", 1, "password_file", "expected a string"),
+    ("per_listener_settings = true\npassword_file = \"/p\"\n", 2, "password_file", "set per listener"),
+    ("[[listener]]\nport = 1883\nacl_file = \"/a\"\n", 3, "acl_file", "need per_listener_settings true"),
     ("connection = \"cloud\"\n", 1, "connection", "belongs in a [[bridge]] table"),
-    ("allow_anonymous = false\n", 1, "allow_anonymous", "not supported yet"),
-    ("allow_anonymous = \"true\"\n", 1, "allow_anonymous", "not supported yet"),
+    ("allow_anonymous = \"true\"\n", 1, "allow_anonymous", "expected true or false"),
     ("log_dest = [\"stderr\", \"file\"]\n", 1, "log_dest", "needs a file name"),
     ("log_file = \"/x.log\"\n", 1, "log_file", "does not include \"file\""),
     ("log_dest = [\"file /x.log\"]\n", 1, "log_dest", "the file name goes in log_file"),
@@ -809,7 +812,8 @@ def test_seed_with_its_include_dir_files(tmp_path):
     path = seed_copy(tmp_path)
     write(tmp_path / "conf.d", "local.conf", "listener 1883\nallow_anonymous true\nlog_dest stdout\n")
     loaded = load_config(str(path))
-    assert loaded.config == Config(persistence=True, log_dest=("stdout",), listeners=[Listener(1883)])
+    assert loaded.config == Config(persistence=True, log_dest=("stdout",), listeners=[Listener(1883)],
+                                   allow_anonymous=True)
 
 
 # Every option the seed mentions, active or commented out, and what edgebroker does with it. A sample
@@ -825,13 +829,13 @@ SEED_IMPLEMENTED = {"sys_interval", "pid_file", "user", "max_inflight_messages",
                     "persistent_client_expiration", "bind_address", "port", "max_connections", "autosave_interval",
                     "autosave_on_changes", "persistence", "persistence_file", "persistence_location", "log_dest",
                     "log_type", "connection_messages", "log_timestamp", "clientid_prefixes", "allow_anonymous",
-                    "include_dir"}
+                    "include_dir", "password_file", "acl_file"}
 SEED_OBSOLETE = {"retry_interval", "store_clean_interval"}
 #: Listener TLS options: implemented, tested on a TLS listener (tests/test_tls_config.py reads their files).
 SEED_TLS = {"cafile", "capath", "certfile", "keyfile", "require_certificate", "use_identity_as_username", "ciphers"}
 SEED_NOT_YET = {
     "TLS is planned": {"psk_hint"},
-    "authentication is planned": {"password_file", "psk_file", "acl_file"},
+    "authentication is planned": {"psk_file"},
 }
 #: Bridge options: implemented, tested inside a `connection` block.
 SEED_BRIDGE = {"connection", "address", "topic", "clientid", "cleansession", "notifications", "notification_topic",

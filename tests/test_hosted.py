@@ -184,6 +184,7 @@ class Loop:
     def __init__(self, **overrides: object) -> None:
         overrides.setdefault("listeners", [Listener(port=0, address="127.0.0.1")])
         overrides.setdefault("persistence", False)
+        overrides.setdefault("allow_anonymous", True)
         self.logs: List[Tuple[int, str]] = []
         self.server = Server(Config(**overrides), log=lambda level, msg: self.logs.append((level, msg)))
         self.port = self.server.ports[0]
@@ -364,7 +365,8 @@ def test_services_are_reloaded_and_stopped_before_the_core_closes(loops):
         def stop(self) -> None:
             order.append(f"stop with {loop.server.broker.stats.clients_connected} clients connected")
 
-    loop.server.reloader = lambda: Config(listeners=loop.server.config.listeners, persistence=False,
+    loop.server.reloader = lambda: Config(allow_anonymous=True, listeners=loop.server.config.listeners,
+                                          persistence=False,
                                           max_inflight_messages=7)
     loop.server.add_service(Service())
     loop.start()
@@ -377,7 +379,8 @@ def test_services_are_reloaded_and_stopped_before_the_core_closes(loops):
 
 
 def test_close_without_serving_stops_services():
-    server = Server(Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False))
+    server = Server(Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")],
+                           persistence=False))
     stopped = []
     server.add_service(type("S", (), {"stop": lambda self: stopped.append(1)})())
     server.close()

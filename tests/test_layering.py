@@ -52,9 +52,13 @@ LAYERS: Dict[str, int] = {
     "uplink": 2,
     # The database's lock file and directory checks, taken before the store opens the database.
     "dblock": 2,
+    # Password and ACL files, and the decisions the core asks for: pure, below the core.
+    "auth": 2,
     "broker": 3,
     # A TLS connection with a socket's face, for the loop (over tls.py).
     "tlssocket": 3,
+    # The thread that verifies password hashes off the loop; the server starts it.
+    "hashing": 3,
     "server": 4,
     "client": 4,
     "cli": 5,

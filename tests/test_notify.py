@@ -34,7 +34,8 @@ from edgebroker.notify import Notifier
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
-CONFIG = 'persistence = false\nsys_interval = 0\n[[listener]]\nport = 0\naddress = "127.0.0.1"\n'
+CONFIG = ('persistence = false\nsys_interval = 0\nallow_anonymous = true\n'
+          '[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
 
 
 class Manager:

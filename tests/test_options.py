@@ -87,7 +87,7 @@ def test_persistent_client_expiration_counts_time_offline_before_a_restart(tmp_p
 
 def test_unix_socket_listener_serves_mqtt(tmp_path):
     path = str(tmp_path / "edgebroker.sock")
-    server = Server(Config(persistence=False, listeners=[Listener(port=0, unix_socket=path)]))
+    server = Server(Config(allow_anonymous=True, persistence=False, listeners=[Listener(port=0, unix_socket=path)]))
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     try:
@@ -111,7 +111,8 @@ def test_unix_socket_listener_serves_mqtt(tmp_path):
 
 def test_log_dest_topic_publishes_log_lines_to_sys_broker_log(make_broker):
     logger = L.Logger(stream=io.StringIO())
-    config = Config(persistence=False, listeners=[Listener(0, "127.0.0.1")], log_dest=("topic",))
+    config = Config(allow_anonymous=True, persistence=False, listeners=[Listener(0, "127.0.0.1")],
+                    log_dest=("topic",))
     configure_logger(logger, config)
     server = Server(config, log=logger)
     thread = threading.Thread(target=server.serve_forever)
@@ -146,7 +147,8 @@ def test_connection_messages_false_silences_connect_lines():
 
 def test_reload_applies_new_limits_and_keeps_the_old_config_when_the_new_one_is_bad(capsys):
     """The reloaded config's logging applies too (log_dest stderr by default), so read stderr."""
-    configs = [Config(persistence=False, listeners=[Listener(0, "127.0.0.1")], max_queued_messages=7)]
+    configs = [Config(allow_anonymous=True, persistence=False, listeners=[Listener(0, "127.0.0.1")],
+                      max_queued_messages=7)]
     logger = L.Logger()
     err = []
 
@@ -162,7 +164,8 @@ def test_reload_applies_new_limits_and_keeps_the_old_config_when_the_new_one_is_
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     try:
-        configs.append(Config(persistence=False, listeners=[Listener(0, "127.0.0.1")], max_queued_messages=3))
+        configs.append(Config(allow_anonymous=True, persistence=False, listeners=[Listener(0, "127.0.0.1")],
+                              max_queued_messages=3))
         server.request_reload()
         wait_for(lambda: server.broker.config.max_queued_messages == 3, what="reloaded limit")
         configs.append(ConfigError("bad value", file="edgebroker.toml", line=4, option="max_queued_messages"))
@@ -209,7 +212,7 @@ def test_sighup_reloads_the_file_and_a_bad_file_keeps_the_running_config(tmp_pat
     import sys
 
     conf = tmp_path / "edgebroker.toml"
-    conf.write_text('persistence = false\n[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
+    conf.write_text('persistence = false\nallow_anonymous = true\n[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
     proc = subprocess.Popen([sys.executable, "-m", "edgebroker", "-c", str(conf)], env=_cli_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: "q.Queue" = q.Queue()
@@ -227,7 +230,7 @@ def test_sighup_reloads_the_file_and_a_bad_file_keeps_the_running_config(tmp_pat
         c.read_packet(5)
         _wait_for_line(lines, proc, "as before-reload")
 
-        conf.write_text('persistence = false\nconnection_messages = false\n'
+        conf.write_text('persistence = false\nconnection_messages = false\nallow_anonymous = true\n'
                         '[[listener]]\nport = 0\naddress = "127.0.0.1"\n')
         proc.send_signal(signal.SIGHUP)
         _wait_for_line(lines, proc, "Reloaded configuration.")
@@ -265,7 +268,7 @@ def test_daemon_flag_detaches_writes_the_pid_file_and_serves(tmp_path):
     port = sock.getsockname()[1]
     sock.close()
     conf = tmp_path / "edgebroker.toml"
-    conf.write_text(f'persistence = false\npid_file = "{pid_file}"\n[[listener]]\nport = {port}\n'
+    conf.write_text(f'persistence = false\nallow_anonymous = true\npid_file = "{pid_file}"\n[[listener]]\nport = {port}\n'
                     f'address = "127.0.0.1"\n')
     started = subprocess.run([sys.executable, "-m", "edgebroker", "-c", str(conf), "-d"],
                              env=_cli_env(tmp_path), capture_output=True, timeout=30)
@@ -284,7 +287,8 @@ def test_daemon_flag_detaches_writes_the_pid_file_and_serves(tmp_path):
 def test_store_errors_are_counted_in_sys(tmp_path):
     """A full disk (SQLite's max_page_count reached) shows in $SYS/broker/store/errors, and the broker
     keeps serving."""
-    server = Server(Config(listeners=[Listener(0, "127.0.0.1")], persistence_location=str(tmp_path),
+    server = Server(Config(allow_anonymous=True, listeners=[Listener(0, "127.0.0.1")],
+                           persistence_location=str(tmp_path),
                            sys_interval=0.1))
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
@@ -399,7 +403,7 @@ def _stop(server: Server, thread: threading.Thread) -> None:
 
 @pytest.mark.parametrize("policy, expected", [("batch", "SCHED_BATCH"), ("other", "SCHED_OTHER")])
 def test_scheduling_policy_sets_the_loop_threads_policy(policy, expected):
-    config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False,
+    config = Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")], persistence=False,
                     scheduling_policy=policy)
     start = os.SCHED_BATCH if policy == "other" else os.SCHED_OTHER  # so that the option changes it
     server, thread, lines = _serve_in_thread(
@@ -412,7 +416,7 @@ def test_scheduling_policy_sets_the_loop_threads_policy(policy, expected):
 
 
 def test_scheduling_policy_auto_is_batch_on_one_cpu_only():
-    config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
+    config = Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
     assert config.scheduling_policy == "auto"
     one_cpu = min(os.sched_getaffinity(0))
     server, thread, lines = _serve_in_thread(config, before=lambda: os.sched_setaffinity(0, {one_cpu}))
@@ -420,7 +424,7 @@ def test_scheduling_policy_auto_is_batch_on_one_cpu_only():
         assert _policy_of(server, thread) == os.SCHED_BATCH
     finally:
         _stop(server, thread)
-    config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
+    config = Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
     server, thread, lines = _serve_in_thread(config)
     try:
         several = len(os.sched_getaffinity(0)) > 1
@@ -432,7 +436,7 @@ def test_scheduling_policy_auto_is_batch_on_one_cpu_only():
 
 def test_scheduling_policy_auto_keeps_a_policy_set_before_start():
     """A service manager's choice (systemd CPUSchedulingPolicy=) stands, even on one CPU."""
-    config = Config(listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
+    config = Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
     one_cpu = min(os.sched_getaffinity(0))
 
     def idle_on_one_cpu() -> None:

@@ -325,7 +325,7 @@ def persist(tmp_path: Path, **overrides: Any) -> Dict[str, Any]:
 
 
 def config(tmp_path: Path, **overrides: Any) -> Config:
-    kw = persist(tmp_path, listeners=[Listener(0, "127.0.0.1")], sys_interval=0)
+    kw = persist(tmp_path, listeners=[Listener(0, "127.0.0.1")], allow_anonymous=True, sys_interval=0)
     kw.update(overrides)
     return Config(**kw)
 

@@ -32,7 +32,7 @@ PAYLOAD = 4096
 
 def config(tmp_path: Path, **overrides) -> Config:  # type: ignore[no-untyped-def]
     kw = dict(persistence=True, persistence_location=str(tmp_path / "data"),
-              listeners=[Listener(0, "127.0.0.1")], sys_interval=0)
+              listeners=[Listener(0, "127.0.0.1")], allow_anonymous=True, sys_interval=0)
     kw.update(overrides)
     return Config(**kw)  # type: ignore[arg-type]
 

@@ -17,10 +17,11 @@ import dataclasses
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from .. import __version__
 from .. import log as L
+from ..auth import Security, load_security, security_lines
 from ..config import DEFAULT_PORT, Config
 from ..errors import ConfigError, ListenError
 from ..notify import Notifier
@@ -62,17 +63,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.check_config and not args.config_file:
         parser.error("--check-config needs -c FILE")
     loaded: Optional[LoadedConfig] = None
+    security = None
     if args.config_file:
         from ..configfile import load_config  # only with -c: the default start stays small
         try:
             loaded = load_config(args.config_file)
             _check_user(loaded)
+            security = _security(loaded)
         except ConfigError as exc:
             print(f"Error: {exc}", file=sys.stderr)
             return 1
         if args.check_config:
             for warning in loaded.warnings:
                 print(f"Warning: {warning}", file=sys.stderr)
+            for level, line in security_lines(*security, loaded.config):
+                if level <= L.WARNING:  # what reading the password files had to say
+                    print(line, file=sys.stderr)
             problems = startup.check_paths(loaded.config)
             for problem in problems:
                 print(f"Error: {args.config_file}: {problem}", file=sys.stderr)
@@ -111,6 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return config
         from ..configfile import load_config
         new = load_config(args.config_file)
+        _security(new)  # an unreadable password or ACL file: the error names where the option is set
         for warning in new.warnings:
             log(L.WARNING, f"Warning: {warning}")
         return dataclasses.replace(new.config, verbose=True) if args.verbose else new.config
@@ -152,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     notifier = Notifier.from_environ()  # systemd Type=notify: READY=1 and friends
     try:
         server = Server(config, log=log, default_port=port, reloader=reload, after_bind=after_bind,
-                        notifier=notifier, after_open=after_open)
+                        notifier=notifier, after_open=after_open, security=security)
     except (ConfigError, StoreError) as exc:
         return fail(str(exc))
     except ListenError as exc:
@@ -195,6 +202,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         if notifier is not None:
             notifier.close()
     return 0
+
+
+def _security(loaded: LoadedConfig) -> Tuple[Security, List[Optional[Security]]]:
+    """Read the password and ACL files the configuration names; an error names the file and line of the
+    option that names the file (an error inside an ACL file names that file's line)."""
+    try:
+        return load_security(loaded.config)
+    except ConfigError as exc:
+        if exc.file is not None:
+            raise
+        key = exc.option or ""
+        text = str(exc)
+        raise loaded.error(key, text[len(key) + 2:] if text.startswith(key + ": ") else text) from None
 
 
 def _switches_user(config: Config) -> bool:
