@@ -87,7 +87,7 @@ class Connection:
                  "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
                  "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
                  "replay", "q0_limit", "replay_live",
-                 "security", "username", "tls_username")
+                 "security", "username", "tls_username", "bridge")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -104,6 +104,8 @@ class Connection:
         self.accepted_at = now
         self.will: Optional[Will] = None
         self.protocol_level = 0
+        #: the peer connected with the bridge flag (protocol level | 0x80, Mosquitto's try_private)
+        self.bridge = False
         self.handle: object = None
         self._dirty = dirty
         self.close_reason = ""
@@ -173,6 +175,11 @@ class Broker:
         #: in-process clients (edgebroker.local) by client id; their sessions are not in `sessions`
         self.local_clients: Dict[str, LocalClient] = {}
         self._local_source: Optional[Session] = None  # the local client whose publish is being routed
+        #: sessions of bridges (local ones, and peers that connected with the bridge flag): they get a
+        #: retained message routed live with its retain flag (Mosquitto's retain-as-published for bridges)
+        self._rap: set = set()
+        #: functions returning more `$SYS` topics and values (the bridges' counters)
+        self.sys_providers: List[Callable[[], Dict[str, str]]] = []
         self._now = now
         self.set_security(*(security if security is not None else load_security(config)))
         self.stats = Stats()
@@ -698,7 +705,8 @@ class Broker:
             self._send_ack(conn, 0x50, p.packet_id, "PUBREC")  # [MQTT-4.3.3-2]
 
     def _incoming(self, client_id: str, topic: str, payload: bytes, qos: int, retain: bool, dup: bool = False,
-                  packet_id: int = 0, acl: Optional[AclSubject] = None) -> bool:
+                  packet_id: int = 0, acl: Optional[AclSubject] = None,
+                  exclude: Optional[Session] = None) -> bool:
         """A message published by a client, network or local, enters the core: ACL, size limit, retained,
         routing. False when the client broke a rule that ends its connection (retain while
         retain_available is false), and nothing was routed."""
@@ -719,8 +727,28 @@ class Broker:
             if not self.config.retain_available:
                 return False
             self._set_retained(topic, payload, qos)
-        self._route(Message(topic, payload, qos))
+        if exclude is not None or (retain and self._rap):
+            self._route_bridged(Message(topic, payload, qos), retain, exclude)
+        else:
+            self._route(Message(topic, payload, qos))
         return True
+
+    def _route_bridged(self, msg: Message, retain: bool, exclude: Optional[Session]) -> None:
+        """Routing with Mosquitto's treatment of bridges: a bridge peer's own message does not go back to
+        it (`exclude`), and bridges get a retained message with its retain flag."""
+        subs = self.tree.match(msg.topic)
+        if not subs:
+            return
+        subs = dict(subs)  # the tree's dict is shared through its cache
+        if exclude is not None:
+            subs.pop(exclude, None)
+        if retain:
+            kept = {s: q for s, q in subs.items() if s in self._rap}
+            if kept:
+                for s in kept:
+                    del subs[s]
+                self._route(Message(msg.topic, msg.payload, msg.qos, retain=True), kept)
+        self._route(msg, subs)
 
     def _send_ack(self, conn: Connection, first: int, packet_id: int, name: str) -> None:
         conn.write(bytes((first, 2)) + packet_id.to_bytes(2, "big"))
@@ -736,11 +764,12 @@ class Broker:
         elif self.retained.pop(topic) is not None and durable:
             self.store.retained_clear(topic)  # empty payload clears it [MQTT-3.3.1-10] [MQTT-3.3.1-11]
 
-    def _route(self, msg: Message) -> None:
-        """Deliver one message to every matching subscription, once per client at the highest QoS of
-        its matching subscriptions [MQTT-3.3.5-1]; the retain flag is clear on live delivery
-        [MQTT-3.3.1-9]."""
-        subs = self.tree.match(msg.topic)
+    def _route(self, msg: Message, subs: Optional[Dict[Session, int]] = None) -> None:
+        """Deliver one message to every matching subscription (or to `subs`), once per client at the
+        highest QoS of its matching subscriptions [MQTT-3.3.5-1]; the retain flag is clear on live
+        delivery [MQTT-3.3.1-9] (but for bridges: see _route_bridged)."""
+        if subs is None:
+            subs = self.tree.match(msg.topic)
         if not subs:
             return
         if self._acl_on:
@@ -1108,15 +1137,19 @@ class Broker:
 
     # ---- in-process clients (edgebroker.local) --------------------------------------------------
 
-    def attach_local(self, client_id: str, on_message: OnMessage, username: Optional[str] = None) -> LocalClient:
+    def attach_local(self, client_id: str, on_message: OnMessage, username: Optional[str] = None,
+                     retain_as_published: bool = False) -> LocalClient:
         """A client without a socket (bridge, serial port, GPIO): see edgebroker.local. Its id is its
-        own namespace: a network client with the same id is a different client."""
+        own namespace: a network client with the same id is a different client. retain_as_published (a
+        bridge): live messages published retained reach it with retain set, as Mosquitto's bridges."""
         if client_id in self.local_clients:
             raise ValueError(f"a local client {client_id!r} is already attached")
         session = Session(client_id, clean=True)
         session.sink = on_message
         if self._acl_on:
             session.acl = self.security.subject(username, client_id)  # the broker-wide settings' ACL
+        if retain_as_published:
+            self._rap.add(session)
         client = self.local_clients[client_id] = LocalClient(self, client_id, username, session)
         return client
 
@@ -1126,6 +1159,7 @@ class Broker:
             return
         del self.local_clients[client.client_id]
         session = client.session
+        self._rap.discard(session)
         for topic_filter in session.subscriptions:
             self.tree.unsubscribe(topic_filter, session)
         session.subscriptions.clear()
@@ -1196,6 +1230,8 @@ class Broker:
             self._heap_max = max(self._heap_max, rss)
             values["$SYS/broker/heap/maximum"] = str(self._heap_max)
         values.update(self.load.update(now))
+        for provider in self.sys_providers:
+            values.update(provider())
         # Ours, not Mosquitto's: failed persistence commits (disk full, I/O errors) and commits made.
         values["$SYS/broker/store/errors"] = str(self.store.errors)
         values["$SYS/broker/store/commits"] = str(self.store.commits)

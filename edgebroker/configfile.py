@@ -312,9 +312,6 @@ class _Builder:
         return LoadedConfig(config, tuple(self.warnings), origins, self.syntax, tuple(self.files))
 
     def _late_warnings(self, config: Config, origins: Dict[str, Origin]) -> None:
-        for draft in self.bridges:  # until the loop runs bridges (edgebroker/bridge.py): say so
-            self.warn(draft.origin, f"bridge {draft.fields['name']} is read and checked, but this version does "
-                                    "not connect it yet")
         if config.durability != "periodic":
             for name in ("autosave_interval", "autosave_on_changes"):
                 if name in origins and getattr(config, name) != getattr(_DEFAULTS, name):

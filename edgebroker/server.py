@@ -143,6 +143,9 @@ class Server:
             if security is None:
                 security = load_security(config)
             self.broker = Broker(config, time.monotonic(), log, self.store, _resident_memory, security)
+            if config.bridges:
+                from .bridge import start_bridges  # nothing of the bridges is loaded without one
+                start_bridges(self, time.monotonic())
             if after_open is not None:
                 after_open()
             for level, line in security_lines(*security, config):

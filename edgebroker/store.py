@@ -171,9 +171,17 @@ def _migrate_5(db) -> None:  # type: ignore[no-untyped-def]
                      "WHERE seq = ?", (msg_id, seq))
 
 
+def _migrate_6(db) -> None:  # type: ignore[no-untyped-def]
+    # The bridges' store-and-forward queue (edgebroker/bridge.py): what waits for a remote broker, in
+    # order (seq), one row per message. No index beyond the key: every index is one more page written
+    # per message, and a gateway has one or two bridges.
+    db["bridge_queue"].create({"seq": int, "bridge": str, "topic": str, "payload": bytes, "qos": int,
+                               "retain": int}, pk="seq", if_not_exists=True)
+
+
 #: MIGRATIONS[i] brings a database from schema version i to i + 1. Each is idempotent, so a migration
 #: interrupted by a crash simply runs again.
-MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5]
+MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5, _migrate_6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _INS_RETAINED = "INSERT OR REPLACE INTO retained (topic, payload, qos) VALUES (?, ?, ?)"
@@ -192,6 +200,8 @@ _INS_MESSAGE = "INSERT INTO messages (id, topic, payload, qos, retain) VALUES (?
 _DEL_MESSAGE = "DELETE FROM messages WHERE id = ?"
 _UPD_DELIVERY = "UPDATE deliveries SET packet_id = ?, state = ? WHERE seq = ?"
 _DEL_DELIVERY = "DELETE FROM deliveries WHERE seq = ?"
+_INS_BRIDGE = "INSERT INTO bridge_queue (seq, bridge, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)"
+_DEL_BRIDGE = "DELETE FROM bridge_queue WHERE seq = ?"
 _INS_INBOUND = "INSERT OR REPLACE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)"
 _DEL_INBOUND = "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?"
 
@@ -245,6 +255,29 @@ class NullStore:
     def inbound_remove(self, client_id: str, packet_id: int) -> None:
         pass
 
+    # The bridges' queue (edgebroker/bridge.py). seq is the bridges' own sequence, not a delivery's.
+    def bridge_add(self, seq: int, bridge: str, topic: str, payload: bytes, qos: int, retain: bool,
+                   urgent: bool = True) -> None:
+        pass
+
+    def bridge_remove(self, seq: int) -> None:
+        pass
+
+    def bridge_pending(self) -> bool:
+        """Bridge rows added but not yet committed (a read of the table would miss them)."""
+        return False
+
+    def bridge_summary(self) -> Dict[str, Tuple[int, int]]:
+        """bridge name -> (rows, bytes of topics and payloads)."""
+        return {}
+
+    def bridge_max_seq(self) -> int:
+        return 0
+
+    def bridge_rows(self, bridge: str, after: int, limit: int) -> List[Tuple]:
+        """Up to `limit` rows (seq, topic, payload, qos, retain) of `bridge` with seq > after, in order."""
+        return []
+
     def hold_until(self, now: float) -> float:
         return now
 
@@ -282,6 +315,7 @@ class SqliteStore(NullStore):
         self._msg_inserts: Dict[int, int] = {}
         self._single: Dict[int, Tuple[Any, int]] = {}
         self._last_msg_id = 0
+        self._bridge_inserts: Dict[int, int] = {}  # the same for bridge rows (their own seq space)
         self._last_commit = time.monotonic()
         self._retry_at = 0.0
         self.errors = 0        # failed commits, for $SYS
@@ -524,6 +558,37 @@ class SqliteStore(NullStore):
         else:
             self._ops.append((_DEL_MESSAGE, (sid,)))
 
+    def bridge_add(self, seq: int, bridge: str, topic: str, payload: bytes, qos: int, retain: bool,
+                   urgent: bool = True) -> None:
+        """urgent: a publisher's acknowledgement waits on it (QoS 1/2); a QoS 0 message's row rides with
+        the next commit, and costs no write at all when it is sent before that."""
+        if urgent:
+            self._urgent = True
+        self._bridge_inserts[seq] = len(self._ops)
+        self._ops.append((_INS_BRIDGE, (seq, bridge, topic, payload, qos, int(retain))))
+
+    def bridge_remove(self, seq: int) -> None:
+        i = self._bridge_inserts.pop(seq, None)
+        if i is not None:
+            self._ops[i] = None  # sent and acknowledged before its row was written: no write at all
+            return
+        self._ops.append((_DEL_BRIDGE, (seq,)))
+
+    def bridge_pending(self) -> bool:
+        return bool(self._bridge_inserts)
+
+    def bridge_summary(self) -> Dict[str, Tuple[int, int]]:
+        rows = self._conn.execute("SELECT bridge, count(*), sum(length(CAST(topic AS BLOB)) + length(payload)) "
+                                  "FROM bridge_queue GROUP BY bridge")
+        return {name: (count, size or 0) for name, count, size in rows}
+
+    def bridge_max_seq(self) -> int:
+        return self._conn.execute("SELECT coalesce(max(seq), 0) FROM bridge_queue").fetchone()[0]
+
+    def bridge_rows(self, bridge: str, after: int, limit: int) -> List[Tuple]:
+        return self._conn.execute("SELECT seq, topic, payload, qos, retain FROM bridge_queue WHERE bridge = ? "
+                                  "AND seq > ? ORDER BY seq LIMIT ?", (bridge, after, limit)).fetchall()
+
     def inbound_add(self, client_id: str, packet_id: int) -> None:
         self._urgent = True
         self._ops.append((_INS_INBOUND, (client_id, packet_id)))
@@ -604,6 +669,7 @@ class SqliteStore(NullStore):
             for msg, _ in self._single.values():
                 msg.store_id = -1  # its copy is in its delivery's row now
             self._single.clear()
+        self._bridge_inserts.clear()
         self._urgent = False
         self._deferred_since = None
         self._last_commit = now
@@ -633,6 +699,7 @@ class SqliteStore(NullStore):
             self._inserts.clear()
             self._msg_inserts.clear()
             self._single.clear()
+            self._bridge_inserts.clear()
 
     def close(self) -> None:
         if self._conn is None:

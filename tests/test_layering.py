@@ -59,6 +59,8 @@ LAYERS: Dict[str, int] = {
     "tlssocket": 3,
     # The thread that verifies password hashes off the loop; the server starts it.
     "hashing": 3,
+    # Bridges hosted in the loop (the server starts them; they use the core through its local clients).
+    "bridge": 3,
     "server": 4,
     "client": 4,
     "cli": 5,

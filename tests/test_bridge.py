@@ -1,0 +1,456 @@
+"""Bridges end to end: edgebroker as the gateway (the real command, its own process), Debian's Mosquitto as the
+upstream (started here on loopback with its own config), real clients on both sides.
+
+Theory of operation: `Upstream` runs /usr/sbin/mosquitto with a config written for the test (log to a
+file the test reads); `Gateway` runs `python -m edgebroker -c gateway.toml` with a [[bridge]] table and
+reads its log from stderr (port 0: the port is taken from the "Opening ipv4 listen socket" line). The
+clients are edgebroker.client.Client, one per side. Waits are on conditions with deadlines, never sleeps.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from edgebroker.client import Client, Message, Published
+
+from util import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+MOSQUITTO = "/usr/sbin/mosquitto"
+TIMEOUT = 20.0
+
+pytestmark = pytest.mark.skipif(not os.access(MOSQUITTO, os.X_OK),
+                                reason="mosquitto not installed (scripts/test.sh installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Upstream:
+    """A Mosquitto on a fixed loopback port (so it can be stopped and started again on the same one)."""
+
+    def __init__(self, directory: Path, extra: str = "", port: Optional[int] = None) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.extra = extra
+        self.log_path = self.dir / "mosquitto.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Upstream":
+        conf = self.dir / "mosquitto.conf"
+        # Started as root, Mosquitto would switch to user mosquitto, who cannot write in pytest's directory.
+        user = "user root\n" if os.getuid() == 0 else ""
+        conf.write_text(f"listener {self.port} 127.0.0.1\n{user}log_dest file {self.log_path}\nlog_type all\n"
+                        f"{self.extra}\n")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        proc = self.proc
+        wait_for(lambda: proc.poll() is not None or accepts(self.port), TIMEOUT, what="mosquitto to listen")
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # a clean exit: Mosquitto saves its persistence file
+            self.proc.wait(TIMEOUT)
+        self.proc = None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def client(self, client_id: str, clean: bool = True, **kw) -> Client:
+        c = Client(client_id, clean_session=clean, **kw)
+        c.connect("127.0.0.1", self.port, timeout=TIMEOUT)
+        return c
+
+
+class Gateway:
+    """`python -m edgebroker -c FILE` in its own process, killed with -9 or stopped with SIGTERM."""
+
+    def __init__(self, directory: Path, bridge: str, extra: str = "") -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "gateway.toml"
+        self.conf.write_text(f'persistence_location = "{self.dir / "db"}"\nsys_interval = 1\n{extra}\n'
+                             f'[[listener]]\nport = 0\naddress = "127.0.0.1"\n\n[[bridge]]\n{bridge}\n')
+        self.proc: Optional[subprocess.Popen] = None
+        self.lines: List[str] = []
+        self.port = 0
+
+    def start(self) -> "Gateway":
+        self.lines = []
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgebroker", "-c", str(self.conf)], cwd=str(REPO),
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = self.proc
+
+        def read() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                self.lines.append(line.rstrip("\n"))
+
+        threading.Thread(target=read, daemon=True).start()
+
+        def bound() -> Optional[int]:
+            for line in self.lines:
+                if "Opening ipv4 listen socket on port " in line:
+                    return int(line.rsplit(" ", 1)[1].rstrip("."))
+            assert proc.poll() is None, "\n".join(self.lines)
+            return None
+
+        self.port = wait_for(bound, TIMEOUT, what="the gateway to listen")
+        return self
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(TIMEOUT)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            assert self.proc.wait(TIMEOUT) == 0, self.log()
+        self.proc = None
+
+    def client(self, client_id: str, clean: bool = True, **kw) -> Client:
+        c = Client(client_id, clean_session=clean, **kw)
+        c.connect("127.0.0.1", self.port, timeout=TIMEOUT)
+        return c
+
+
+@pytest.fixture
+def procs() -> Iterator[List]:
+    """Everything started is stopped at the end, whatever the test did."""
+    started: List = []
+    yield started
+    for p in started:
+        try:
+            if isinstance(p, Gateway) and p.proc is not None:
+                p.proc.kill()
+                p.proc.wait(TIMEOUT)
+            elif isinstance(p, Upstream):
+                p.stop()
+        except Exception:
+            pass
+
+
+def bridge_block(upstream: Upstream, *topics: str, extra: str = "") -> str:
+    lines = ", ".join(f'"{t}"' for t in topics)
+    return (f'connection = "cloud"\naddress = "127.0.0.1:{upstream.port}"\ntopic = [{lines}]\n'
+            f'remote_clientid = "gw1.cloud"\nrestart_timeout = 1\n{extra}')
+
+
+def collect(client: Client, n: int, timeout: float = TIMEOUT) -> List[Message]:
+    """Messages until `n` arrived (or the deadline: the caller's assertion shows what came)."""
+    got: List[Message] = []
+    deadline = __import__("time").monotonic() + timeout
+    while len(got) < n:
+        remaining = deadline - __import__("time").monotonic()
+        if remaining <= 0:
+            break
+        got.extend(e for e in client.loop(min(remaining, 0.5)) if isinstance(e, Message))
+    return got
+
+
+def subscribe(client: Client, *filters: Tuple[str, int]) -> None:
+    client.subscribe(list(filters))
+    wait_for(lambda: any(type(e).__name__ == "Subscribed" for e in client.loop(0.2)), TIMEOUT, what="SUBACK")
+
+
+def publish_all(client: Client, messages: List[Tuple[str, bytes, int, bool]]) -> None:
+    """Publish with a window of 100 and wait until every QoS 1/2 one is acknowledged."""
+    pending = set()
+    for topic, payload, qos, retain in messages:
+        while len(pending) >= 100:
+            for e in client.loop(1.0):
+                if isinstance(e, Published):
+                    pending.discard(e.mid)
+        mid = client.publish(topic, payload, qos, retain)
+        if qos:
+            pending.add(mid)
+    deadline = __import__("time").monotonic() + TIMEOUT
+    while pending and __import__("time").monotonic() < deadline:
+        for e in client.loop(0.5):
+            if isinstance(e, Published):
+                pending.discard(e.mid)
+    assert not pending
+
+
+def bridge_up(gw: Gateway) -> None:
+    wait_for(lambda: "Bridge cloud connected" in gw.log(), TIMEOUT, what="the bridge to connect")
+
+
+# ---- the basic path ----------------------------------------------------------------------------------
+
+def test_forwards_both_ways_and_mosquitto_sees_a_bridge(tmp_path, procs):
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    cloud = up.client("cloud-sub")
+    subscribe(cloud, ("sensors/#", 1), ("$SYS/broker/connection/gw1.cloud/state", 1))
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "sensors/# out 1", "cmd/# in 1", "shared/# both 1")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    # try_private: Mosquitto recognises the bridge flag (protocol level 0x84).
+    wait_for(lambda: "New bridge connected" in up.log(), TIMEOUT, what="Mosquitto's bridge log line")
+    state = collect(cloud, 1)
+    assert [(m.topic, m.payload, m.retain) for m in state] == [("$SYS/broker/connection/gw1.cloud/state", b"1", False)]
+
+    local = gw.client("local-sub")
+    subscribe(local, ("cmd/#", 1), ("shared/#", 1), ("sensors/#", 0))
+    sensor = gw.client("sensor")
+    publish_all(sensor, [("sensors/t1", b"21.5", 1, False), ("sensors/t2", b"q0", 0, False),
+                         ("shared/a", b"from-gw", 1, False)])
+    got = collect(cloud, 2)
+    assert sorted((m.topic, m.payload, m.qos) for m in got) == [("sensors/t1", b"21.5", 1), ("sensors/t2", b"q0", 0)]
+    # From the cloud: cmd (in) and shared (both) reach the gateway's subscriber.
+    cloud.publish("cmd/fan", b"on", 1)
+    cloud.publish("shared/b", b"from-cloud", 1)
+    mine = collect(local, 5, timeout=5.0)
+    topics = sorted((m.topic, m.payload) for m in mine)
+    assert ("cmd/fan", b"on") in topics and ("shared/b", b"from-cloud") in topics
+    # Loop prevention: shared/a went up once and did not come back down (no second copy locally);
+    # shared/b came down once and did not go back up.
+    assert topics.count(("shared/a", b"from-gw")) == 1
+    cloud_shared = up.client("cloud-shared")
+    subscribe(cloud_shared, ("shared/#", 1))
+    publish_all(sensor, [("shared/c", b"once", 1, False)])
+    assert [(m.topic, m.payload) for m in collect(cloud_shared, 2, timeout=3.0)] == [("shared/c", b"once")]
+    gw.stop()
+    for c in (cloud, cloud_shared, local, sensor):
+        c.close()
+
+
+def test_retained_flag_is_kept_up_and_bridge_outgoing_retain_false_clears_it(tmp_path, procs):
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "r/# out 1")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    sensor = gw.client("sensor")
+    publish_all(sensor, [("r/1", b"kept", 1, True)])
+    cloud = up.client("late")
+    subscribe(cloud, ("r/#", 1))
+    got = collect(cloud, 1)
+    assert [(m.topic, m.payload, m.retain) for m in got] == [("r/1", b"kept", True)]  # retained upstream
+    gw.stop()
+    gw2 = Gateway(tmp_path / "gw2", bridge_block(up, "r/# out 1", extra="bridge_outgoing_retain = false\n"
+                                                 'remote_clientid = "gw2.cloud"\n').replace(
+        'remote_clientid = "gw1.cloud"\n', "")).start()
+    procs.append(gw2)
+    bridge_up(gw2)
+    live = up.client("live")
+    subscribe(live, ("r/2", 1))
+    publish_all(gw2.client("sensor2"), [("r/2", b"not-kept", 1, True)])
+    assert [(m.payload, m.retain) for m in collect(live, 1)] == [(b"not-kept", False)]
+    late = up.client("later")
+    subscribe(late, ("r/#", 1))
+    # Only the first gateway's retained message is there: the second one's went up without the flag
+    # (AWS IoT refuses retained messages: bridge_outgoing_retain false).
+    assert [m.payload for m in collect(late, 1)] == [b"kept"]
+    gw2.stop()
+
+
+@pytest.mark.parametrize("line, local_topic, remote_topic", [
+    ("a/# out 1", "a/x", "a/x"),
+    ("# out 1 gw/ site1/gw/", "gw/x/y", "site1/gw/x/y"),
+    ("x out 1 gw/ \\\"\\\"", "gw/x", "x"),
+    ("x out 1 \\\"\\\" remote/", "x", "remote/x"),
+    ('\\\"\\\" out 1 local/state remote/state', "local/state", "remote/state"),
+    ("+/t out 1 l/ r/", "l/k/t", "r/k/t"),
+])
+def test_topic_lines_and_prefixes_going_out(tmp_path, procs, line, local_topic, remote_topic):
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    cloud = up.client("cloud")
+    subscribe(cloud, ("#", 1))
+    gw = Gateway(tmp_path / "gw", bridge_block(up, line, extra="notifications = false\n")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    # The unrelated message first: the bridge keeps the order, so had it been forwarded it would arrive first.
+    publish_all(gw.client("sensor"), [("unrelated/t", b"no", 1, False), (local_topic, b"v", 1, False)])
+    got = collect(cloud, 1)
+    assert [(m.topic, m.payload) for m in got] == [(remote_topic, b"v")]
+    gw.stop()
+
+
+@pytest.mark.parametrize("line, remote_topic, local_topic", [
+    ("a/# in 1", "a/x", "a/x"),
+    ("# in 1 gw/ site1/gw/", "site1/gw/x/y", "gw/x/y"),
+    ("x in 1 gw/ \\\"\\\"", "x", "gw/x"),
+    ("x in 1 \\\"\\\" remote/", "remote/x", "x"),
+    ('\\\"\\\" in 1 local/cmd remote/cmd', "remote/cmd", "local/cmd"),
+    ("+/t both 1 l/ r/", "r/k/t", "l/k/t"),
+])
+def test_topic_lines_and_prefixes_coming_in(tmp_path, procs, line, remote_topic, local_topic):
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    gw = Gateway(tmp_path / "gw", bridge_block(up, line, extra="notifications = false\n")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    local = gw.client("local")
+    subscribe(local, ("#", 1))
+    cloud = up.client("cloud")
+    # The bridge's SUBSCRIBE may still be on its way: publish retained, which reaches it either way.
+    wait_for(lambda: "Received SUBSCRIBE from gw1.cloud" in up.log(), TIMEOUT, what="the bridge's SUBSCRIBE")
+    cloud.publish("unrelated/t", b"no", 1)  # first: had it come down, it would arrive first
+    cloud.publish(remote_topic, b"v", 1)
+    got = collect(local, 1)
+    assert [(m.topic, m.payload) for m in got] == [(local_topic, b"v")]
+    gw.stop()
+
+
+# ---- credentials, refusals, reconnects --------------------------------------------------------------
+
+def make_password_file(directory: Path, user: str, password: str) -> Path:
+    path = directory / "passwd"
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(path), user, password], check=True,
+                   capture_output=True)
+    os.chmod(path, 0o644)
+    return path
+
+
+def test_password_and_a_refusal_that_is_retried_with_backoff(tmp_path, procs):
+    pw = make_password_file(tmp_path / "up", "gateway", "s3cret")
+    up = Upstream(tmp_path / "up", f"allow_anonymous false\npassword_file {pw}").start()
+    procs.append(up)
+    good = Gateway(tmp_path / "good", bridge_block(up, "s/# out 1", extra='remote_username = "gateway"\n'
+                                                   'remote_password = "s3cret"\n')).start()
+    procs.append(good)
+    bridge_up(good)
+    cloud = up.client("cloud", username="gateway", password=b"s3cret")
+    subscribe(cloud, ("s/#", 1))
+    publish_all(good.client("p"), [("s/1", b"ok", 1, False)])
+    assert [(m.topic, m.payload) for m in collect(cloud, 1)] == [("s/1", b"ok")]
+    good.stop()
+    bad = Gateway(tmp_path / "bad", bridge_block(up, "s/# out 1", extra='remote_username = "gateway"\n'
+                                                 'remote_password = "wrong"\n')).start()
+    procs.append(bad)
+    wait_for(lambda: bad.log().count("connection refused (CONNACK 5)") >= 1
+             or "connection refused (CONNACK 4)" in bad.log(), TIMEOUT, what="the refusal in the log")
+    # Retried, but not in a tight loop: the failures after the first are rate-limited in the log, and
+    # Mosquitto sees a handful of attempts per second at most (restart_timeout 1 here).
+    probe = bad.client("probe")
+    subscribe(probe, ("$SYS/broker/connection/gw1.cloud/#", 0))
+    values = {m.topic.rsplit("/", 1)[-1]: m.payload for m in collect(probe, 12, timeout=3.0)}
+    assert values.get("state") == b"0"
+    assert b"CONNACK" in values.get("last_error", b"")
+    attempts = up.log().count("New connection from")
+    assert attempts < 40, attempts
+    bad.stop()
+
+
+def test_remote_restart_reconnects_and_resends(tmp_path, procs):
+    up = Upstream(tmp_path / "up", "allow_anonymous true\npersistence true\n"
+                  f"persistence_location {tmp_path / 'up'}/\nmax_queued_messages 0").start()
+    procs.append(up)
+    cloud = up.client("cloud", clean=False)
+    subscribe(cloud, ("s/#", 1))
+    cloud.disconnect()
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "s/# out 1")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    sensor = gw.client("sensor")
+    publish_all(sensor, [(f"s/{i}", str(i).encode(), 1, False) for i in range(100)])
+    up.stop()
+    wait_for(lambda: "next attempt" in gw.log(), TIMEOUT, what="the gateway to notice")
+    publish_all(sensor, [(f"s/{i}", str(i).encode(), 1, False) for i in range(100, 300)])
+    up.start()
+    wait_for(lambda: gw.log().count("Bridge cloud connected") >= 2, TIMEOUT, what="the reconnect")
+    cloud = up.client("cloud", clean=False)
+    got = collect(cloud, 300)
+    payloads = [int(m.payload) for m in got]
+    assert sorted(set(payloads)) == list(range(300))  # at least once, none lost
+    gw.stop()
+
+
+# ---- the outage test ----------------------------------------------------------------------------------
+
+def test_outage_kill9_and_restart_lose_nothing_and_keep_order(tmp_path, procs):
+    """The upstream is down; 10,000 QoS 1 messages are published on the gateway, which is killed with -9
+    half-way and restarted; the upstream comes back; all 10,000 reach an upstream subscriber, in order."""
+    n = 10_000
+    up = Upstream(tmp_path / "up", "allow_anonymous true\npersistence true\n"
+                  f"persistence_location {tmp_path / 'up'}/\nmax_queued_messages 0\nmax_inflight_messages 0").start()
+    procs.append(up)
+    cloud = up.client("cloud", clean=False)  # a persistent session, so the upstream queues for it
+    subscribe(cloud, ("data/#", 1))
+    cloud.disconnect()
+    up.stop()
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "data/# out 1")).start()
+    procs.append(gw)
+    sensor = gw.client("sensor")
+    publish_all(sensor, [("data/seq", str(i).encode(), 1, False) for i in range(n // 2)])
+    sensor.close()
+    gw.kill9()
+    gw.start()
+    sensor = gw.client("sensor")
+    publish_all(sensor, [("data/seq", str(i).encode(), 1, False) for i in range(n // 2, n)])
+    probe = gw.client("probe")
+    subscribe(probe, ("$SYS/broker/connection/gw1.cloud/queue/messages", 0))
+    seen: List[bytes] = []
+    wait_for(lambda: str(n).encode() in seen or seen.extend(m.payload for m in collect(probe, 1, 0.5)), TIMEOUT,
+             what=f"$SYS queue/messages = {n}")
+    up.start()
+    bridge_up(gw)
+    cloud = up.client("cloud", clean=False)
+    got = collect(cloud, n, timeout=60.0)
+    payloads = [int(m.payload) for m in got]
+    assert len(payloads) == n, (len(payloads), payloads[-5:])
+    assert payloads == list(range(n))
+    gw.stop()
+
+
+# ---- quotas -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("drop, kept", [("oldest", list(range(15, 20))), ("newest", list(range(5)))])
+def test_full_queue_drops_by_policy_counts_and_logs_once(tmp_path, procs, drop, kept):
+    up = Upstream(tmp_path / "up", "allow_anonymous true\npersistence true\n"
+                  f"persistence_location {tmp_path / 'up'}/").start()
+    procs.append(up)
+    cloud = up.client("cloud", clean=False)
+    subscribe(cloud, ("q/#", 1))
+    cloud.disconnect()
+    up.stop()
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "q/# out 1", extra=f"bridge_max_queued_messages = 5\n"
+                                                f'bridge_queue_drop = "{drop}"\n')).start()
+    procs.append(gw)
+    publish_all(gw.client("sensor"), [("q/n", str(i).encode(), 1, False) for i in range(20)])
+    probe = gw.client("probe")
+    subscribe(probe, ("$SYS/broker/connection/gw1.cloud/messages/dropped", 0))
+    seen: List[bytes] = []
+    wait_for(lambda: b"15" in seen or seen.extend(m.payload for m in collect(probe, 1, 0.5)), TIMEOUT,
+             what="$SYS dropped = 15")
+    assert gw.log().count("queue full") == 1  # once per episode, not once per message
+    up.start()
+    bridge_up(gw)
+    cloud = up.client("cloud", clean=False)
+    assert [int(m.payload) for m in collect(cloud, 5)] == kept
+    gw.stop()
