@@ -92,7 +92,7 @@ class Gateway:
 
     def __init__(self, directory: Path, bridge: str, extra: str = "") -> None:
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "db").mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "gateway.toml"
         self.conf.write_text(f'persistence_location = "{self.dir / "db"}"\nsys_interval = 1\n{extra}\n'
                              f'[[listener]]\nport = 0\naddress = "127.0.0.1"\n\n[[bridge]]\n{bridge}\n')
