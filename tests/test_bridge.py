@@ -94,7 +94,8 @@ class Gateway:
         self.dir = directory
         (self.dir / "db").mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "gateway.toml"
-        self.conf.write_text(f'persistence_location = "{self.dir / "db"}"\nsys_interval = 1\n{extra}\n'
+        self.conf.write_text(f'persistence_location = "{self.dir / "db"}"\nsys_interval = 1\n'
+                             f'allow_anonymous = true\n{extra}\n'
                              f'[[listener]]\nport = 0\naddress = "127.0.0.1"\n\n[[bridge]]\n{bridge}\n')
         self.proc: Optional[subprocess.Popen] = None
         self.lines: List[str] = []
