@@ -1,8 +1,9 @@
-"""firmware_bridge: the UART/GPIO bridge between serial sensors, Pi GPIO pins and MQTT topics.
+"""firmware_bridge: UART and GPIO sensors as publishers, and the code that runs on the sensor boards.
 
-This package will hold the serial frame codec (sans-IO, MicroPython-compatible) and the
-bridge that turns device frames into publishes and topics into frames sent back to devices.
-It is independent of edgebroker and must run standalone against any MQTT broker.
+- `firmware_bridge.firmware`: the serial codecs (`frames`: COBS + CRC-16 binary frames; `lines`: text
+  line formats), written once in the Python subset MicroPython runs; the same files go on the boards.
+- The broker-side glue that hosts serial ports and GPIO in edgebroker's loop lives beside them and
+  imports nothing from edgebroker: it works against the small interface the loop gives it.
 
-Nothing is implemented yet.
+Protocol: docs/serial-protocol.md. Board code: docs/firmware.md.
 """

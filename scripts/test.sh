@@ -5,6 +5,7 @@
 #   1. installs Debian's mosquitto-clients and mosquitto (used by interoperability tests) when
 #      mosquitto_sub, mosquitto_pub or mosquitto is missing, and makes sure the package did not
 #      leave a mosquitto service running on port 1883;
+#   1b. installs node/npm (Debian packages) and MicroPython's WebAssembly port (npm) when missing;
 #   2. creates the virtualenv .venv (if missing) and installs edgebroker with its test extras;
 #   3. checks that edgebroker/, firmware_bridge/ and bench/ still run on Python 3.9 (vermin);
 #   4. runs pytest with the given arguments and exits with pytest's exit code.
@@ -80,6 +81,23 @@ if ! command -v mosquitto_sub >/dev/null 2>&1 ||
     fi
     command -v mosquitto_sub >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1 &&
         have_mosquitto_broker || die "mosquitto-clients/mosquitto installed but not found"
+fi
+
+# --- 1b. node and MicroPython ----------------------------------------------------------------
+# The firmware tests run the board code under real MicroPython 1.27: its WebAssembly port, the npm
+# package below, under Debian's node. Installed into a cache directory outside the repository.
+MICROPYTHON_NPM=@micropython/micropython-webassembly-pyscript
+MICROPYTHON_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/edgebroker-test/micropython
+EDGEBROKER_MICROPYTHON=$MICROPYTHON_DIR/node_modules/$MICROPYTHON_NPM/micropython.mjs
+export EDGEBROKER_MICROPYTHON
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+if [ ! -f "$EDGEBROKER_MICROPYTHON" ]; then
+    say "installing $MICROPYTHON_NPM@1.27.0 into $MICROPYTHON_DIR"
+    mkdir -p "$MICROPYTHON_DIR"
+    npm install --prefix "$MICROPYTHON_DIR" --no-audit --no-fund --silent "$MICROPYTHON_NPM@1.27.0" ||
+        die "npm could not install $MICROPYTHON_NPM"
 fi
 
 # --- 2. virtualenv with the test extras -----------------------------------------------------

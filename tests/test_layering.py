@@ -255,3 +255,64 @@ def test_load_package_reads_files_from_disk(tmp_path):
 
 def test_missing_package_dir_checks_nothing(tmp_path):
     assert load_package(tmp_path / "nope") == {}
+
+
+# --- firmware_bridge: its own package, below nothing and loaded only when the config asks for it ------
+
+FIRMWARE_BRIDGE_DIR = PACKAGE_DIR.parent / "firmware_bridge"
+#: The only edgebroker modules that may import firmware_bridge, and only inside a function (lazily).
+FIRMWARE_BRIDGE_IMPORTERS = frozenset({"edgebroker.server"})
+
+
+def _imports_of(tree: ast.AST, package: str) -> List[tuple]:
+    """(line, module-level?) for each absolute import of `package` in `tree`."""
+    top_level = {id(node) for node in getattr(tree, "body", [])}
+    found = []
+    for node in ast.walk(tree):
+        names: List[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        if any(n == package or n.startswith(package + ".") for n in names):
+            found.append((node.lineno, id(node) in top_level))
+    return found
+
+
+def check_firmware_bridge(bridge_sources: Mapping[str, str], broker_sources: Mapping[str, str]) -> List[str]:
+    problems = []
+    for module, source in sorted(bridge_sources.items()):
+        for line, _ in _imports_of(ast.parse(source), PACKAGE):
+            problems.append(f"{module}:{line}: firmware_bridge must not import edgebroker (it runs standalone)")
+    for module, source in sorted(broker_sources.items()):
+        for line, top in _imports_of(ast.parse(source), "firmware_bridge"):
+            if module not in FIRMWARE_BRIDGE_IMPORTERS:
+                problems.append(f"{module}:{line}: only {', '.join(sorted(FIRMWARE_BRIDGE_IMPORTERS))} may "
+                                "import firmware_bridge")
+            elif top:
+                problems.append(f"{module}:{line}: imports firmware_bridge at module level; import it inside "
+                                "the function that starts serial/GPIO, so a broker without them never loads it")
+    return problems
+
+
+def test_firmware_bridge_is_independent_and_loaded_lazily():
+    bridge = load_package(FIRMWARE_BRIDGE_DIR, "firmware_bridge")
+    assert "firmware_bridge.firmware.frames" in bridge
+    problems = check_firmware_bridge(bridge, load_package())
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("bridge, broker, expected", [
+    ({"firmware_bridge.ports": "from edgebroker.broker import Broker\n"}, {}, "must not import edgebroker"),
+    ({"firmware_bridge.ports": "def f():\n    import edgebroker\n"}, {}, "must not import edgebroker"),
+    ({}, {"edgebroker.server": "import firmware_bridge.host\n"}, "at module level"),
+    ({}, {"edgebroker.broker": "def f():\n    from firmware_bridge import host\n"}, "only edgebroker.server"),
+])
+def test_firmware_bridge_checker_finds(bridge, broker, expected):
+    problems = check_firmware_bridge(bridge, broker)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_firmware_bridge_checker_accepts_lazy_import():
+    assert check_firmware_bridge({"firmware_bridge.ports": "import serial\n"},
+                                 {"edgebroker.server": "def start():\n    from firmware_bridge import host\n"}) == []
