@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .bridgeconfig import BridgeConfig
+from .devices import GpioDevice, SerialPort
 from .errors import ConfigError
 
 __all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS", "LOG_TYPES",
@@ -294,6 +295,14 @@ class Config:
             if cid in local_ids[:i]:
                 raise ConfigError(f"bridge local_clientid {cid!r} is not unique; set local_clientid for one of "
                                   "the bridges (Mosquitto's rule)", option="local_clientid")
+    # ---- serial and GPIO (firmware_bridge) --------------------------------------------------------
+    #: `[[serial]]` tables: UART sensors whose lines or frames become publishes (edgebroker.devices).
+    serial: Tuple[SerialPort, ...] = ()
+    #: `[[gpio]]` tables: the Pi's own pins through gpiozero.
+    gpio: Tuple[GpioDevice, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_devices(self.serial, self.gpio)
         for name in ("max_queued_messages", "max_queued_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be 0 or more, got {getattr(self, name)}", option=name)
@@ -361,6 +370,20 @@ class Config:
     def database_path(self) -> str:
         """Where the SQLite database lives."""
         return os.path.join(self.persistence_location or default_data_dir(), self.persistence_file)
+
+
+def _check_devices(serial: Tuple[SerialPort, ...], gpio: Tuple[GpioDevice, ...]) -> None:
+    """Two ports on one device, or with one name (their $SYS topics and client ids would mix), or two
+    GPIO devices on one pin cannot work."""
+    for kind, values in (("port", [p.port for p in serial]), ("name", [p.label for p in serial]),
+                         ("client_id", [p.client for p in serial])):
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                raise ConfigError(f"two [[serial]] tables have {kind} {value!r}", option=f"serial[{i}]")
+    pins = [str(d.pin) for d in gpio]
+    for i, pin in enumerate(pins):
+        if pin in pins[:i]:
+            raise ConfigError(f"two [[gpio]] tables use pin {pin}", option=f"gpio[{i}]")
 
 
 def listener_clash(listeners: List[Listener]) -> Optional[Tuple[int, int]]:

@@ -39,6 +39,7 @@ from .config import (
     DEFAULT_PORT, DURABILITY_LEVELS, LISTENER_SECURITY, LOG_TYPES, SCHEDULING_POLICIES, Config, Listener,
     listener_clash,
 )
+from .devices import GPIO_FIELDS, SERIAL_FIELDS, GpioDevice, SerialPort
 from .errors import ConfigError
 
 __all__ = ["load_config", "LoadedConfig", "ConfigWarning", "Origin", "parse_duration", "MOSQUITTO_DEFAULTS"]
@@ -178,8 +179,12 @@ _TLS_FIELDS: Dict[str, str] = {
     "use_subject_as_username": _BOOL,
 }
 _LISTENER_FIELDS = ("port", "address", "max_connections", "unix_socket") + tuple(_TLS_FIELDS)
+#: TOML arrays of tables for firmware_bridge: table name -> (schema class, option kinds).
+_DEVICE_TABLES: Dict[str, Tuple[Any, Dict[str, str]]] = {"serial": (SerialPort, SERIAL_FIELDS),
+                                                          "gpio": (GpioDevice, GPIO_FIELDS)}
 _KNOWN_GLOBAL = sorted(set(_SCALARS) | {"log_dest", "log_type", "log_file", "include_dir", "listener", "connection",
                                          "bridge"}
+                       | set(_DEVICE_TABLES)
                        | set(_OBSOLETE) | {"port", "bind_address", "max_connections"} | set(_TLS_FIELDS))
 
 
@@ -225,6 +230,8 @@ class _Builder:
         #: mosquitto.conf with per_listener_settings true: security options before the first `listener`
         #: line, for Mosquitto's default listener (`port`) if there is one
         self.pre_listener: Dict[str, Tuple[Any, Origin]] = {}
+        #: [[serial]] and [[gpio]] tables, built as they are read (edgebroker.devices).
+        self.devices: Dict[str, List[Any]] = {"serial": [], "gpio": []}
 
     def set(self, name: str, value: Any, origin: Origin) -> None:
         self.values[name] = value
@@ -301,6 +308,9 @@ class _Builder:
         if self.log_type is not None:
             values["log_type"] = tuple(self.log_type)
         bridges = _build_bridges(self.bridges, origins)
+        for table, devices in self.devices.items():
+            if devices:
+                values[table] = tuple(devices)
         try:
             config = Config(listeners=listeners, bridges=bridges, **values)
         except ConfigError as exc:
@@ -776,6 +786,8 @@ def _read_toml(path: str, text: str, builder: _Builder, main: bool) -> None:
             _t_bridges(path, value, origin, lines, builder)
         elif name in _BRIDGE_OPTIONS or name == "connection":
             raise _error(origin, "is a bridge option: it belongs in a [[bridge]] table")
+        elif name in _DEVICE_TABLES:
+            _t_devices(path, name, value, origin, lines, builder)
         elif name == "include_dir":
             if not main:
                 raise _error(origin, "only allowed in the main configuration file, as in Mosquitto")
@@ -837,6 +849,44 @@ def _t_listeners(path: str, value: Any, origin: Origin, lines: _TomlLines, build
         if "unix_socket" in draft.fields:
             draft.fields.setdefault("port", 0)
         builder.listeners.append(draft)
+
+
+def _t_devices(path: str, table: str, value: Any, origin: Origin, lines: _TomlLines, builder: _Builder) -> None:
+    """[[serial]] / [[gpio]] tables into SerialPort / GpioDevice values; errors name the key's line."""
+    schema, kinds = _DEVICE_TABLES[table]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise _error(origin, f"must be [[{table}]] tables (an array of tables)")
+    for index, items in enumerate(value):
+        header = lines.header(table, index)
+        table_origin = Origin(path, header if header is not None else origin.line, table)
+        fields: Dict[str, Any] = {}
+        key_origins: Dict[str, Origin] = {}
+        for key, item in items.items():
+            line = lines.in_table(table, index, key)
+            key_origin = key_origins[key] = Origin(path, line if line is not None else table_origin.line, key)
+            kind = kinds.get(key)
+            if kind is None:
+                raise _unknown(key_origin, sorted(kinds))
+            if kind == "strs":
+                fields[key] = tuple(_t_strings(key_origin, item)) if item != [] else ()
+            elif kind == "pin":
+                if type(item) not in (int, str):
+                    raise _error(key_origin, f"expected a pin number or name, got {_t_describe(item)}")
+                fields[key] = item
+            else:
+                fields[key] = _t_value(key, {"int": _INT, "float": _FLOAT, "bool": _BOOL, "str": _STR}[kind],
+                                       key_origin, item)
+        required = [name for name in ("port",) if table == "serial"] or ["pin", "device", "topic"]
+        for name in required:
+            if name not in fields:
+                raise _error(table_origin, f"[[{table}]] needs {name}")
+        fields["where"] = f"{path}:{table_origin.line}" if table_origin.line is not None else path
+        try:
+            device = schema(**fields)
+        except ConfigError as exc:
+            raise _relocate(exc, key_origins.get(exc.option or "", table_origin)) from None
+        builder.devices[table].append(device)
+        builder.origins[f"{table}[{len(builder.devices[table]) - 1}]"] = table_origin
 
 
 def _t_unsupported(name: str, origin: Origin, value: Any, builder: _Builder) -> None:

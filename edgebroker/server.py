@@ -38,7 +38,7 @@ from .auth import Security, load_security, security_lines
 from .broker import Broker, Connection
 from .config import DEFAULT_PORT, LISTENER_SECURITY, Config, Listener
 from .dblock import DatabaseLock, check_directory
-from .errors import ListenError
+from .errors import ConfigError, ListenError
 from .hashing import Verifier
 from .notify import Notifier
 from .store import NullStore, SqliteStore
@@ -129,6 +129,7 @@ class Server:
         self._timers: List[Callable[[float], float]] = []
         self._wake_handlers: List[Callback] = []
         self._services: List[Any] = []
+        self._flushers: List[Callback] = []
         try:
             self._bind_all(default_port)
             if after_bind is not None:
@@ -146,6 +147,8 @@ class Server:
             if config.bridges:
                 from .bridge import start_bridges  # nothing of the bridges is loaded without one
                 start_bridges(self, time.monotonic())
+            if config.serial or config.gpio:
+                self._start_devices()
             if after_open is not None:
                 after_open()
             for level, line in security_lines(*security, config):
@@ -301,6 +304,8 @@ class Server:
                     next_timer = now
                     continue
                 broker.end_turn(now)
+                for flusher in self._flushers:
+                    self._call(flusher, now)
                 wake = store.wake_at(now)  # deferred changes: commit them at the latest when due
                 if wake < next_timer:
                     next_timer = wake
@@ -434,6 +439,22 @@ class Server:
     def remove_wake_handler(self, callback: Callback) -> None:
         if callback in self._wake_handlers:
             self._wake_handlers.remove(callback)
+
+    def add_flusher(self, callback: Callback) -> None:
+        """Call `callback(now)` after each turn's commit, where the loop flushes its connections: the
+        place for output that acknowledges what the turn made durable (a serial port's ACKs)."""
+        self._flushers.append(callback)
+
+    def _start_devices(self) -> None:
+        """[[serial]] and [[gpio]]: only a config that has them loads firmware_bridge (and pyserial,
+        gpiozero); a device missing at start is a ConfigError naming its file and line."""
+        from firmware_bridge import hosted
+
+        levels = {"error": L.ERR, "warning": L.WARNING, "notice": L.NOTICE, "info": L.INFO, "debug": L.DEBUG}
+        try:
+            hosted.start(self, levels)
+        except hosted.DeviceError as exc:
+            raise ConfigError(str(exc)) from None
 
     def add_service(self, service: Any) -> None:
         """A hosted concern the server ends: `service.stop()` when the loop stops (before the core

@@ -923,6 +923,7 @@ def test_example_toml_states_the_defaults():
 def test_example_toml_mentions_every_option():
     text = EXAMPLE.read_text(encoding="utf-8")
     mentioned = set(re.findall(r"^#? ?([a-z0-9_]+) = ", text, re.M))
+    mentioned |= set(re.findall(r"^# \[\[([a-z]+)\]\]", text, re.M))  # [[serial]], [[gpio]] tables
     fields = {f.name for f in dataclasses.fields(Config)} - {"listeners", "verbose", "bridges"}
     assert fields <= mentioned, fields - mentioned
     assert {"port", "address", "max_connections", "include_dir", "log_file", "allow_anonymous"} <= mentioned

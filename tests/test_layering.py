@@ -33,6 +33,8 @@ LAYERS: Dict[str, int] = {
     # A bridge's typed configuration (a leaf like errors, so config can hold it).
     "bridgeconfig": 0,
     "codec": 1,
+    # The [[serial]]/[[gpio]] schema: typed values config.py holds, validated like Config's own.
+    "devices": 0,
     "config": 1,
     # systemd's notify protocol: a socket and the environment, nothing of ours.
     "notify": 1,
