@@ -285,6 +285,12 @@ class Config:
     #: order; see edgebroker/bridgeconfig.py. Empty: no bridge, and nothing of the bridge code runs.
     bridges: Tuple[BridgeConfig, ...] = ()
 
+    # ---- serial and GPIO (firmware_bridge) --------------------------------------------------------
+    #: `[[serial]]` tables: UART sensors whose lines or frames become publishes (edgebroker.devices).
+    serial: Tuple[SerialPort, ...] = ()
+    #: `[[gpio]]` tables: the Pi's own pins through gpiozero.
+    gpio: Tuple[GpioDevice, ...] = ()
+
     def __post_init__(self) -> None:
         names = [b.name for b in self.bridges]
         for i, name in enumerate(names):
@@ -295,13 +301,6 @@ class Config:
             if cid in local_ids[:i]:
                 raise ConfigError(f"bridge local_clientid {cid!r} is not unique; set local_clientid for one of "
                                   "the bridges (Mosquitto's rule)", option="local_clientid")
-    # ---- serial and GPIO (firmware_bridge) --------------------------------------------------------
-    #: `[[serial]]` tables: UART sensors whose lines or frames become publishes (edgebroker.devices).
-    serial: Tuple[SerialPort, ...] = ()
-    #: `[[gpio]]` tables: the Pi's own pins through gpiozero.
-    gpio: Tuple[GpioDevice, ...] = ()
-
-    def __post_init__(self) -> None:
         _check_devices(self.serial, self.gpio)
         for name in ("max_queued_messages", "max_queued_bytes"):
             if getattr(self, name) < 0:
