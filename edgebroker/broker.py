@@ -284,10 +284,10 @@ class Broker:
                 session.inflight[packet_id] = [msg, qos, st, seq]
             if packet_id:
                 session._next_pid = packet_id  # the last one handed out: new ids follow it
-        for client_id, packet_id in state.inbound_qos2:
+        for client_id, packet_id, topic, payload, retain in state.inbound_qos2:
             session = self.sessions.get(client_id)
             if session is not None:
-                session.awaiting_rel.add(packet_id)
+                session.awaiting_rel[packet_id] = None if topic is None else (topic, payload or b"", bool(retain))
         if state.sessions or state.retained:
             self.log(L.NOTICE, f"Restored {len(state.retained)} retained messages and {len(state.sessions)} "
                                f"persistent sessions ({len(state.deliveries)} queued or in-flight messages).")
@@ -676,14 +676,8 @@ class Broker:
                               f"m{p.packet_id}, '{p.topic}', ... ({len(p.payload)} bytes))")
         qos = p.qos
         if qos == 2:
-            awaiting = conn.session.awaiting_rel  # type: ignore[union-attr]
-            if p.packet_id in awaiting:
-                # A resend of a message already delivered: acknowledge, do not deliver twice [MQTT-4.3.3-2].
-                self._send_ack(conn, 0x50, p.packet_id, "PUBREC")
-                return
-            awaiting.add(p.packet_id)
-            if not conn.session.clean:  # type: ignore[union-attr]
-                self.store.inbound_add(conn.client_id, p.packet_id)
+            self._hold(conn, p, now)
+            return
         self._source = conn
         if p.topic.startswith("$SYS"):
             # The broker's own tree: a network client's PUBLISH there is acknowledged and discarded,
@@ -701,8 +695,33 @@ class Broker:
             return
         if qos == 1:
             self._send_ack(conn, 0x40, p.packet_id, "PUBACK")  # [MQTT-4.3.2-2]
-        elif qos == 2:
-            self._send_ack(conn, 0x50, p.packet_id, "PUBREC")  # [MQTT-4.3.3-2]
+
+    def _hold(self, conn: Connection, p: Publish, now: float) -> None:
+        """An inbound QoS 2 PUBLISH: PUBREC now, the message held until the PUBREL (Mosquitto's order;
+        the standard allows either [MQTT-4.3.3-2]). A persistent session's row carries it, durable
+        before the PUBREC leaves. A resend of an id held already is only acknowledged again: the
+        message goes to subscribers once."""
+        session: Session = conn.session  # type: ignore[assignment]
+        awaiting = session.awaiting_rel
+        pid = p.packet_id
+        if pid not in awaiting:
+            held: Optional[Tuple[str, bytes, bool]] = (p.topic, p.payload, p.retain)
+            limit = self.config.message_size_limit
+            if p.topic.startswith("$SYS"):
+                held = None  # acknowledged and discarded, as above
+            elif limit and len(p.payload) > limit:
+                held = None
+                self._incoming(conn.client_id, p.topic, p.payload, 2, p.retain, p.dup, pid)  # logs, counts
+            elif p.retain and not self.config.retain_available:
+                self._close(conn, now, "retained message sent but retain_available is false")
+                return
+            awaiting[pid] = held
+            if not session.clean:
+                if held is None:
+                    self.store.inbound_add(conn.client_id, pid)
+                else:
+                    self.store.inbound_add(conn.client_id, pid, p.topic, p.payload, p.retain)
+        self._send_ack(conn, 0x50, pid, "PUBREC")  # [MQTT-4.3.3-2]
 
     def _incoming(self, client_id: str, topic: str, payload: bytes, qos: int, retain: bool, dup: bool = False,
                   packet_id: int = 0, acl: Optional[AclSubject] = None,
@@ -990,12 +1009,19 @@ class Broker:
 
     def _on_pubrel(self, conn: Connection, p: Pubrel, now: float) -> None:
         session: Session = conn.session  # type: ignore[assignment]
-        if p.packet_id in session.awaiting_rel:
-            session.awaiting_rel.discard(p.packet_id)
-            if not session.clean:
-                self.store.inbound_remove(session.client_id, p.packet_id)
         if self.debug:
             self.log(L.DEBUG, f"Received PUBREL from {conn.client_id} (Mid: {p.packet_id})")
+        awaiting = session.awaiting_rel
+        if p.packet_id in awaiting:
+            held = awaiting.pop(p.packet_id)
+            if not session.clean:
+                self.store.inbound_remove(session.client_id, p.packet_id)
+            self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]
+            if held is not None:  # released now, after the PUBCOMP as Mosquitto sends them
+                self._source = conn
+                self._incoming(conn.client_id, held[0], held[1], 2, held[2], False, p.packet_id)
+                self._source = None
+            return
         self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]
 
     def _on_pubcomp(self, conn: Connection, p: Pubcomp, now: float) -> bool:

@@ -86,8 +86,9 @@ class Session:
         #: the client was connected, they may have been sent before it [MQTT-3.3.1-1]
         self.dup_prefix = 0
         self.queued_bytes = 0
-        #: inbound QoS 2 packet ids whose PUBREC went out and whose PUBREL has not come [MQTT-4.3.3-2].
-        self.awaiting_rel: Set[int] = set()
+        #: inbound QoS 2 packet ids whose PUBREC went out and whose PUBREL has not come [MQTT-4.3.3-2],
+        #: each with the message released at PUBREL, (topic, payload, retain), or None: nothing to release
+        self.awaiting_rel: Dict[int, Optional[Tuple[str, bytes, bool]]] = {}
         self._next_pid = 0
         self.conn: Optional[object] = None
         #: the client's auth.AclSubject, set when it connects while an acl_file is in use; None = not

@@ -94,7 +94,9 @@ class Loaded(NamedTuple):
     #: and the core sets that message's `store_id` to msg_id (else to -1, see the module's docstring).
     deliveries: List[Tuple[int, str, Optional[str], Optional[bytes], int, Optional[int], Optional[int], int,
                            Optional[int]]]
-    inbound_qos2: List[Tuple[str, int]]
+    #: (client_id, packet_id, topic, payload, retain): an inbound QoS 2 message held until its PUBREL;
+    #: topic None when there is nothing to release (discarded, or delivered by a version before 6)
+    inbound_qos2: List[Tuple[str, int, Optional[str], Optional[bytes], Optional[int]]]
     #: msg_id -> (topic, payload, qos, retain) of the messages stored once for several deliveries
     messages: Dict[int, Tuple[str, bytes, int, int]]
 
@@ -179,9 +181,20 @@ def _migrate_6(db) -> None:  # type: ignore[no-untyped-def]
                                "retain": int}, pk="seq", if_not_exists=True)
 
 
+def _migrate_7(db) -> None:  # type: ignore[no-untyped-def]
+    # An inbound QoS 2 message is released to subscribers at its PUBREL (Mosquitto's order), so until
+    # then its row carries it: the PUBREC promised it, a restart must not lose it. Rows of older
+    # versions keep NULL there: their message was delivered when it arrived, nothing is left to release.
+    columns = db["inbound_qos2"].columns_dict
+    for name, kind in (("topic", str), ("payload", bytes), ("retain", int)):
+        if name not in columns:
+            db["inbound_qos2"].add_column(name, kind)
+
+
 #: MIGRATIONS[i] brings a database from schema version i to i + 1. Each is idempotent, so a migration
 #: interrupted by a crash simply runs again.
-MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5, _migrate_6]
+MIGRATIONS: List[Callable] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5, _migrate_6,
+                              _migrate_7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _INS_RETAINED = "INSERT OR REPLACE INTO retained (topic, payload, qos) VALUES (?, ?, ?)"
@@ -202,7 +215,8 @@ _UPD_DELIVERY = "UPDATE deliveries SET packet_id = ?, state = ? WHERE seq = ?"
 _DEL_DELIVERY = "DELETE FROM deliveries WHERE seq = ?"
 _INS_BRIDGE = "INSERT INTO bridge_queue (seq, bridge, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)"
 _DEL_BRIDGE = "DELETE FROM bridge_queue WHERE seq = ?"
-_INS_INBOUND = "INSERT OR REPLACE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)"
+_INS_INBOUND = ("INSERT OR REPLACE INTO inbound_qos2 (client_id, packet_id, topic, payload, retain) "
+                "VALUES (?, ?, ?, ?, ?)")
 _DEL_INBOUND = "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?"
 
 
@@ -249,7 +263,8 @@ class NullStore:
     def delivery_remove(self, seq: int, msg) -> None:  # type: ignore[no-untyped-def]
         pass
 
-    def inbound_add(self, client_id: str, packet_id: int) -> None:
+    def inbound_add(self, client_id: str, packet_id: int, topic: Optional[str] = None,
+                    payload: Optional[bytes] = None, retain: bool = False) -> None:
         pass
 
     def inbound_remove(self, client_id: str, packet_id: int) -> None:
@@ -443,7 +458,7 @@ class SqliteStore(NullStore):
             sessions=sessions,
             subscriptions=list(c.execute("SELECT client_id, topic_filter, qos FROM subscriptions")),
             deliveries=deliveries,
-            inbound_qos2=list(c.execute("SELECT client_id, packet_id FROM inbound_qos2")),
+            inbound_qos2=list(c.execute("SELECT client_id, packet_id, topic, payload, retain FROM inbound_qos2")),
             messages=messages,
         )
 
@@ -589,9 +604,12 @@ class SqliteStore(NullStore):
         return self._conn.execute("SELECT seq, topic, payload, qos, retain FROM bridge_queue WHERE bridge = ? "
                                   "AND seq > ? ORDER BY seq LIMIT ?", (bridge, after, limit)).fetchall()
 
-    def inbound_add(self, client_id: str, packet_id: int) -> None:
+    def inbound_add(self, client_id: str, packet_id: int, topic: Optional[str] = None,
+                    payload: Optional[bytes] = None, retain: bool = False) -> None:
+        """An inbound QoS 2 id whose PUBREC goes out, with the message it holds until PUBREL (topic
+        None: nothing to release)."""
         self._urgent = True
-        self._ops.append((_INS_INBOUND, (client_id, packet_id)))
+        self._ops.append((_INS_INBOUND, (client_id, packet_id, topic, payload, int(retain))))
 
     def inbound_remove(self, client_id: str, packet_id: int) -> None:
         self._urgent = True

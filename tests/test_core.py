@@ -146,6 +146,15 @@ def publish_qos1(c: Client, topic: str, payload: bytes, packet_id: int = 1, reta
     assert c.take() == [Puback(packet_id)]  # [MQTT-4.3.2-2]
 
 
+def publish_qos2(c: Client, topic: str, payload: bytes, packet_id: int = 1, retain: bool = False) -> None:
+    """The whole inbound QoS 2 flow: PUBLISH, PUBREC, PUBREL, PUBCOMP [MQTT-4.3.3-2]; the message is
+    released to subscribers at the PUBREL."""
+    c.send(w.publish(topic, payload, qos=2, packet_id=packet_id, retain=retain))
+    assert c.take() == [Pubrec(packet_id)]
+    c.send(w.pubrel(packet_id))
+    assert c.take() == [Pubcomp(packet_id)]
+
+
 @pytest.fixture
 def core() -> Core:
     return Core()
@@ -286,13 +295,16 @@ def test_MQTT_3_1_2_17_will_retain_stores_the_will_as_retained():
 # ---------------------------------------------------------------------------------------------------------
 
 def test_MQTT_4_3_3_2_qos2_duplicate_before_pubrel_is_delivered_once():
+    """The message is held from its PUBLISH (answered with PUBREC) to its PUBREL (answered with PUBCOMP)
+    and released to subscribers then, Mosquitto's order; resends in between are acknowledged again and
+    not delivered [MQTT-4.3.3-2]: subscribers get it once."""
     core = Core()
     sub = core.connect("sub")
     sub.subscribe(1, ("q2/#", 0))
     pub = core.connect("pub")
     pub.send(w.publish("q2/a", b"one", qos=2, packet_id=7))
     assert pub.take() == [Pubrec(7)]
-    assert [fields(p) for p in sub.publishes()] == [("q2/a", b"one", 0, False, False)]
+    assert sub.take() == []
 
     # The same packet id again before PUBREL (a resend, DUP set or not): PUBREC again, no delivery.
     pub.send(w.publish("q2/a", b"one", qos=2, packet_id=7, dup=True))
@@ -303,14 +315,17 @@ def test_MQTT_4_3_3_2_qos2_duplicate_before_pubrel_is_delivered_once():
 
     pub.send(w.pubrel(7))
     assert pub.take() == [Pubcomp(7)]
+    assert [fields(p) for p in sub.publishes()] == [("q2/a", b"one", 0, False, False)]
+    pub.send(w.pubrel(7))  # a second PUBREL: PUBCOMP again, nothing delivered
+    assert pub.take() == [Pubcomp(7)]
     assert sub.take() == []
 
     # After PUBREL the packet id is free again: the same id is a new message.
     pub.send(w.publish("q2/a", b"two", qos=2, packet_id=7))
     assert pub.take() == [Pubrec(7)]
-    assert [fields(p) for p in sub.publishes()] == [("q2/a", b"two", 0, False, False)]
     pub.send(w.pubrel(7))
     assert pub.take() == [Pubcomp(7)]
+    assert [fields(p) for p in sub.publishes()] == [("q2/a", b"two", 0, False, False)]
 
 
 def test_MQTT_4_3_3_2_qos2_awaiting_pubrel_survives_reconnect_of_a_persistent_session():
@@ -341,7 +356,10 @@ def test_MQTT_4_3_3_2_qos2_packet_ids_are_per_client():
     a.send(w.publish("t", b"from a", qos=2, packet_id=3))
     b.send(w.publish("t", b"from b", qos=2, packet_id=3))
     assert a.take() == [Pubrec(3)] and b.take() == [Pubrec(3)]
-    assert [p.payload for p in sub.publishes()] == [b"from a", b"from b"]
+    b.send(w.pubrel(3))
+    a.send(w.pubrel(3))
+    assert a.take() == [Pubcomp(3)] and b.take() == [Pubcomp(3)]
+    assert [p.payload for p in sub.publishes()] == [b"from b", b"from a"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -385,7 +403,7 @@ def test_MQTT_4_4_0_1_inflight_messages_resent_with_dup_in_original_order():
     sub.subscribe(1, ("r/#", 2))
     pub = core.connect("pub")
     pub.send(w.publish("r/1", b"m1", qos=1, packet_id=1))
-    pub.send(w.publish("r/2", b"m2", qos=2, packet_id=2))
+    pub.send(w.publish("r/2", b"m2", qos=2, packet_id=2) + w.pubrel(2))
     pub.send(w.publish("r/3", b"m3", qos=1, packet_id=3))
     pub.send(w.publish("r/4", b"m4", qos=1, packet_id=4))  # beyond the window: queued
     first = sub.publishes()
@@ -408,8 +426,8 @@ def test_MQTT_4_4_0_1_pubrel_resent_for_a_qos2_message_whose_pubrec_was_received
     sub = core.connect("sub", clean=False)
     sub.subscribe(1, ("q", 2))
     pub = core.connect("pub")
-    pub.send(w.publish("q", b"a", qos=2, packet_id=1))
-    pub.send(w.publish("q", b"b", qos=2, packet_id=2))
+    pub.send(w.publish("q", b"a", qos=2, packet_id=1) + w.pubrel(1))
+    pub.send(w.publish("q", b"b", qos=2, packet_id=2) + w.pubrel(2))
     a, b = sub.publishes()
     sub.send(w.pubrec(b.packet_id))
     assert sub.take() == [Pubrel(b.packet_id)]  # [MQTT-4.3.3-3]
@@ -482,8 +500,7 @@ def _window_of_four() -> Tuple[Core, Client, List[Publish]]:
     sub = core.connect("sub")
     sub.subscribe(1, ("r/#", 2))
     pub = core.connect("pub")
-    pub.send(w.publish("r/2", b"two", qos=2, packet_id=1))
-    assert pub.take() == [Pubrec(1)]
+    publish_qos2(pub, "r/2", b"two", packet_id=1)
     for i in range(9):
         publish_qos1(pub, "r/1", b"m%d" % i, packet_id=i + 2)
     return core, sub, sub.publishes()
@@ -542,8 +559,7 @@ def test_max_inflight_messages_qos2_slot_held_until_pubcomp():
     sub.subscribe(1, ("w2", 2))
     pub = core.connect("pub")
     for i in (1, 2):
-        pub.send(w.publish("w2", b"m%d" % i, qos=2, packet_id=i))
-        assert pub.take() == [Pubrec(i)]
+        publish_qos2(pub, "w2", b"m%d" % i, packet_id=i)
     (m1,) = sub.publishes()
     sub.send(w.pubrec(m1.packet_id))
     assert sub.take() == [Pubrel(m1.packet_id)]  # still in flight: no second PUBLISH yet
@@ -623,8 +639,7 @@ def test_MQTT_3_3_5_1_overlapping_subscriptions_one_copy_at_the_highest_qos():
     sub = core.connect("sub")
     sub.subscribe(1, ("a/+", 0), ("a/#", 2), ("a/b", 1), ("#", 0))
     pub = core.connect("pub")
-    pub.send(w.publish("a/b", b"x", qos=2, packet_id=1))
-    assert pub.take() == [Pubrec(1)]
+    publish_qos2(pub, "a/b", b"x", packet_id=1)
     got = sub.publishes()
     assert [fields(p) for p in got] == [("a/b", b"x", 2, False, False)]
     publish_qos1(pub, "a/b", b"y", packet_id=2)
@@ -657,8 +672,7 @@ def test_upgrade_outgoing_qos(upgrade):
     else:
         assert fields(p) == ("up", b"q0", 0, False, False)
     # Never above the subscription's QoS [MQTT-3.8.4-6], with or without the option.
-    pub.send(w.publish("down", b"q2", qos=2, packet_id=5))
-    assert pub.take() == [Pubrec(5)]
+    publish_qos2(pub, "down", b"q2", packet_id=5)
     (p,) = sub.publishes()
     assert fields(p) == ("down", b"q2", 1, False, False)
 
@@ -698,8 +712,7 @@ def test_retained_stored_replaced_and_cleared():
 def test_MQTT_3_3_1_6_retained_qos_is_the_lower_of_message_and_subscription():
     core = Core()
     pub = core.connect("pub")
-    pub.send(w.publish("rq", b"x", qos=2, packet_id=1, retain=True))
-    assert pub.take() == [Pubrec(1)]
+    publish_qos2(pub, "rq", b"x", packet_id=1, retain=True)
     sub = core.connect("sub")
     got = sub.subscribe(1, ("rq", 0))
     assert [fields(p) for p in got] == [("rq", b"x", 0, True, False)]  # type: ignore[arg-type]

@@ -491,6 +491,39 @@ def test_inbound_qos2_packet_id_survives_kill9_so_a_resend_is_not_delivered_twic
         [w.hexs(p) for p in got]
 
 
+def test_inbound_qos2_message_held_until_pubrel_survives_kill9(broker_process, raw, tmp_path):
+    """The message is released to subscribers at PUBREL (Mosquitto's order), so between PUBREC and PUBREL
+    only the broker holds it: its PUBREC promised it. Killed in between, the restarted broker still has
+    it, and the publisher's PUBREL (no PUBLISH resent, as [MQTT-4.3.3-1] requires of it) releases it,
+    retained flag and all, exactly once; a second PUBREL releases nothing."""
+    data = tmp_path / "data"
+    b = broker_process(data)
+    offline_subscriber(raw, b.port, "sub", [("t/#", 2)])
+    pub = raw(b.port, "qpub", clean=False, present=False)
+    pub.send(w.publish("t/held", b"promised", qos=2, packet_id=7, retain=True))
+    assert pub.read_raw_packet() == w.pubrec(7)
+    watcher = raw(b.port, "watcher")
+    subscribe(watcher, 1, [("t/#", 0)])
+    assert read_until_pingresp(watcher) == [], "delivered before its PUBREL"
+    b.kill9()
+    pub.close()
+
+    b2 = broker_process(data)
+    pub2 = raw(b2.port, "qpub", clean=False, present=True)
+    pub2.send(w.pubrel(7))
+    assert pub2.read_raw_packet() == w.pubcomp(7)
+    pub2.send(w.pubrel(7))
+    assert pub2.read_raw_packet() == w.pubcomp(7)
+    sub = raw(b2.port, "sub", clean=False, present=True)
+    got = read_until_pingresp(sub)
+    assert [(p.topic, p.payload, p.qos) for p in map(parse_publish, got)] == [("t/held", b"promised", 2)], \
+        [w.hexs(p) for p in got]
+    late = raw(b2.port, "late")
+    subscribe(late, 1, [("t/held", 0)])
+    assert read_until_pingresp(late) == [w.publish("t/held", b"promised", retain=True)]
+    assert db_query(data / DB_NAME, "SELECT count(*) FROM inbound_qos2") == [(0,)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 4: in-flight messages to an online subscriber at the kill
 # ---------------------------------------------------------------------------------------------------------
@@ -942,6 +975,38 @@ def test_schema_version_1_database_is_migrated(run_server, raw, tmp_path):
     old = raw(rs.port, "old", clean=False, present=True)
     got = read_until_pingresp(old)
     assert [(p.topic, p.payload, p.qos) for p in map(parse_publish, got)] == [("m/x", b"for old", 1)]
+
+
+def test_schema_version_6_inbound_qos2_rows_migrate_and_release_nothing(run_server, raw, tmp_path):
+    """Migration 7 gives inbound_qos2 the held message's columns. A row written by schema 6 or older (id only:
+    its message was delivered when it arrived) keeps NULL there: after the upgrade a resend of that
+    PUBLISH is acknowledged without a delivery and its PUBREL releases nothing [MQTT-4.3.3-2]."""
+    sqlite_utils = pytest.importorskip("sqlite_utils")
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / DB_NAME
+    db = sqlite_utils.Database(str(path))
+    for migration in MIGRATIONS[:6]:
+        migration(db)
+    db.execute("PRAGMA user_version = 6")
+    db["sessions"].insert({"client_id": "qpub"})
+    db["inbound_qos2"].insert({"client_id": "qpub", "packet_id": 7})
+    db.conn.commit()
+    db.conn.close()
+    assert [r[1] for r in db_query(path, "PRAGMA table_info(inbound_qos2)")] == ["client_id", "packet_id"]
+
+    rs = run_server(config(tmp_path))
+    assert db_query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert [r[1] for r in db_query(path, "PRAGMA table_info(inbound_qos2)")] == \
+        ["client_id", "packet_id", "topic", "payload", "retain"]
+    watcher = raw(rs.port, "watcher")
+    subscribe(watcher, 1, [("t/#", 0)])
+    pub = raw(rs.port, "qpub", clean=False, present=True)
+    pub.send(w.publish("t/q2", b"delivered before the upgrade", qos=2, packet_id=7, dup=True))
+    assert pub.read_raw_packet() == w.pubrec(7)
+    pub.send(w.pubrel(7))
+    assert pub.read_raw_packet() == w.pubcomp(7)
+    assert read_until_pingresp(watcher) == []
 
 
 @pytest.mark.parametrize("start", ["empty-file", "no-file"])
