@@ -437,6 +437,8 @@ class Broker:
         if will is not None and publish_will:
             self._publish_will(will)
         session = conn.session
+        if conn.bridge:
+            self._rap.discard(session)
         if session is not None and session.conn is conn:
             session.conn = None
             if session.blocking:
@@ -505,6 +507,11 @@ class Broker:
 
     def _on_connect(self, conn: Connection, p: Connect, now: float) -> None:
         cfg = self.config
+        if p.protocol_level & 0x80:
+            # A bridge (Mosquitto's try_private): its own messages do not come back to it and retained
+            # ones keep their flag, as Mosquitto treats bridges.
+            conn.bridge = True
+            p = p._replace(protocol_level=p.protocol_level & 0x7F)
         proto = _PROTOCOLS.get((p.protocol_name, p.protocol_level))
         if proto is None:
             if p.protocol_name in ("MQTT", "MQIsdp"):
@@ -617,8 +624,10 @@ class Broker:
         stats.clients_connected += 1
         if stats.clients_connected > stats.clients_maximum:
             stats.clients_maximum = stats.clients_connected
+        if conn.bridge:
+            self._rap.add(session)
         if cfg.connection_messages:
-            self.log(L.NOTICE, f"New client connected from {conn.peer} as {client_id} "
+            self.log(L.NOTICE, f"New {'bridge' if conn.bridge else 'client'} connected from {conn.peer} as {client_id} "
                                f"({proto}, c{int(p.clean_session)}, k{p.keepalive}"
                                f"{', u' + repr(username) if username is not None else ''}).")
         if self.debug:
@@ -688,7 +697,8 @@ class Broker:
                 self.log(L.DEBUG, f"Discarded PUBLISH from {conn.client_id} to '{p.topic}' ($SYS is the broker's).")
         else:
             accepted = self._incoming(conn.client_id, p.topic, p.payload, qos, p.retain, p.dup, p.packet_id,
-                                      conn.session.acl if self._acl_on else None)  # type: ignore[union-attr]
+                                      conn.session.acl if self._acl_on else None,  # type: ignore[union-attr]
+                                      conn.session if conn.bridge else None)
         self._source = None
         if not accepted:
             self._close(conn, now, "retained message sent but retain_available is false")

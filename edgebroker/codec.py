@@ -134,7 +134,7 @@ def _decode_connect(flags: int, body: bytes) -> Connect:
     level = r.u8()
     cflags = r.u8()
     keepalive = r.u16()
-    if level not in (3, 4):
+    if level not in (3, 4, 0x83, 0x84):  # 0x80: Mosquitto's bridge flag (try_private), then 3.1 or 3.1.1
         # Not a protocol we parse: return what we know so the broker can refuse it with CONNACK 1
         # [MQTT-3.1.2-2]; the payload of a newer protocol (MQTT 5 properties) is not ours to read.
         return Connect(name, level, bool(cflags & 0x02), keepalive, "")

@@ -90,13 +90,14 @@ class Upstream:
 class Gateway:
     """`python -m edgebroker -c FILE` in its own process, killed with -9 or stopped with SIGTERM."""
 
-    def __init__(self, directory: Path, bridge: str, extra: str = "") -> None:
+    def __init__(self, directory: Path, bridge: Optional[str], extra: str = "") -> None:
         self.dir = directory
         (self.dir / "db").mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "gateway.toml"
         self.conf.write_text(f'persistence_location = "{self.dir / "db"}"\nsys_interval = 1\n'
                              f'allow_anonymous = true\n{extra}\n'
-                             f'[[listener]]\nport = 0\naddress = "127.0.0.1"\n\n[[bridge]]\n{bridge}\n')
+                             f'[[listener]]\nport = 0\naddress = "127.0.0.1"\n'
+                             + (f'\n[[bridge]]\n{bridge}\n' if bridge else ""))
         self.proc: Optional[subprocess.Popen] = None
         self.lines: List[str] = []
         self.port = 0
@@ -455,3 +456,35 @@ def test_full_queue_drops_by_policy_counts_and_logs_once(tmp_path, procs, drop, 
     cloud = up.client("cloud", clean=False)
     assert [int(m.payload) for m in collect(cloud, 5)] == kept
     gw.stop()
+
+
+# ---- the receiving side: a Mosquitto bridge connecting to edgebroker ------------------------------------
+
+def test_a_mosquitto_bridge_is_treated_as_a_bridge(tmp_path, procs):
+    """Mosquitto bridges into edgebroker with try_private (protocol level 0x84): edgebroker logs a bridge,
+    does not send the bridge's own messages back to it, and keeps the retain flag of what it forwards."""
+    edge = Gateway(tmp_path / "edge", None, 'log_type = ["error", "warning", "notice", "information", '
+                                            '"subscribe"]').start()
+    procs.append(edge)
+    up = Upstream(tmp_path / "mosq", f"allow_anonymous true\nconnection edge\naddress 127.0.0.1:{edge.port}\n"
+                  "topic both/# both 1\nremote_clientid mosq-bridge\nnotifications false").start()
+    procs.append(up)
+    wait_for(lambda: "New bridge connected" in edge.log(), TIMEOUT, what="edgebroker to log a bridge")
+    wait_for(lambda: "mosq-bridge 1 both/#" in edge.log(), TIMEOUT, what="its SUBSCRIBE")
+    on_edge = edge.client("edge-sub")
+    subscribe(on_edge, ("both/#", 1))
+    on_mosq = up.client("mosq-sub")
+    subscribe(on_mosq, ("both/#", 1))
+    mosq_pub = up.client("mosq-pub")
+    mosq_pub.publish("both/from-mosquitto", b"1", 1)
+    assert [(m.topic, m.payload) for m in collect(on_edge, 1)] == [("both/from-mosquitto", b"1")]
+    # Not echoed back to Mosquitto (which would deliver it a second time to its subscriber).
+    edge_pub = edge.client("edge-pub")
+    publish_all(edge_pub, [("both/from-edge", b"2", 1, True)])
+    got = collect(on_mosq, 3, timeout=3.0)
+    assert [(m.topic, m.payload) for m in got] == [("both/from-mosquitto", b"1"), ("both/from-edge", b"2")]
+    # The retained flag reached Mosquitto with the message: a late subscriber there gets it retained.
+    late = up.client("late")
+    subscribe(late, ("both/from-edge", 1))
+    assert [(m.payload, m.retain) for m in collect(late, 1)] == [(b"2", True)]
+    edge.stop()

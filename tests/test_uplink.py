@@ -172,3 +172,14 @@ def test_max_packet_size_bounds_what_the_remote_sends():
 def test_only_mqtt31_and_311(level):
     with pytest.raises(ValueError):
         session(protocol_level=level)
+
+
+@pytest.mark.parametrize("level, name", [(0x84, "MQTT"), (0x83, "MQIsdp")])
+def test_codec_reads_the_bridge_flag_connect_in_full(level, name):
+    """The receiving side: a CONNECT with Mosquitto's bridge flag is parsed like a plain one (the core
+    then treats the peer as a bridge)."""
+    from edgebroker.codec import Parser
+    from edgebroker.packets import Connect
+
+    (p,) = Parser().feed(w.connect("peer", clean=False, keepalive=30, proto_name=name, level=level, username="u"))
+    assert p == Connect(name, level, False, 30, "peer", None, "u", None)
