@@ -40,7 +40,7 @@ from .config import (
     listener_clash,
 )
 from .devices import GPIO_FIELDS, SERIAL_FIELDS, GpioDevice, SerialPort
-from .errors import ConfigError
+from .errors import ConfigError, ConfigErrors
 
 __all__ = ["load_config", "LoadedConfig", "ConfigWarning", "Origin", "parse_duration", "MOSQUITTO_DEFAULTS"]
 
@@ -226,6 +226,8 @@ class _Builder:
         self.default_listener: Optional[_ListenerDraft] = None
         self.log_dest: Optional[List[str]] = None  # None until the first log_dest replaces the default
         self.log_type: Optional[List[str]] = None
+        #: options refused (unknown or not supported), collected so that load_config reports them all
+        self.refused: List[ConfigError] = []
         self.bridges: List[_BridgeDraft] = []
         #: mosquitto.conf with per_listener_settings true: security options before the first `listener`
         #: line, for Mosquitto's default listener (`port`) if there is one
@@ -379,11 +381,23 @@ def load_config(path: str) -> LoadedConfig:
     text = _read_text(path)
     syntax = _detect_syntax(path, text)
     builder = _Builder(syntax, path)
-    if syntax == "toml":
-        _read_toml(path, text, builder, main=True)
-    else:
-        _read_mosquitto(path, text, builder, main=True)
-    return builder.build()
+    # Every option refused (unknown, or not supported) comes in one error, so that moving a Mosquitto
+    # file over takes one edit, not one run per option; with them, the error that stopped the reading
+    # or the building, if any.
+    refused = builder.refused
+    try:
+        if syntax == "toml":
+            _read_toml(path, text, builder, main=True)
+        else:
+            _read_mosquitto(path, text, builder, main=True)
+        if not refused:
+            return builder.build()
+        builder.build()
+    except ConfigError as exc:
+        if not refused:
+            raise
+        refused.append(exc)
+    raise refused[0] if len(refused) == 1 else ConfigErrors(refused)
 
 
 def _read_text(path: str) -> str:
@@ -394,9 +408,22 @@ def _read_text(path: str) -> str:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path) from None
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"not valid UTF-8 (byte 0x{data[exc.start]:02x})", path, line) from None
+    except UnicodeDecodeError:
+        pass
+    # A mosquitto.conf from an older system may carry Latin-1 (or any 8-bit) text in its comments, which
+    # Mosquitto reads; values stay UTF-8 (topics, ids and paths are). So a whole-line comment that is
+    # not UTF-8 is taken as Latin-1 (it is ignored anyway), anything else is an error. TOML is UTF-8
+    # throughout, comments included.
+    toml = path.lower().endswith(".toml")
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines):
+        try:
+            lines[number] = raw.decode("utf-8-sig" if number == 0 else "utf-8")  # type: ignore[call-overload]
+        except UnicodeDecodeError as exc:
+            if toml or not raw.lstrip().startswith(b"#"):
+                raise ConfigError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})", path, number + 1) from None
+            lines[number] = raw.decode("latin-1")  # type: ignore[call-overload]
+    return "\n".join(lines)  # type: ignore[arg-type]
 
 
 def _detect_syntax(path: str, text: str) -> str:
@@ -550,7 +577,9 @@ def _read_mosquitto(path: str, text: str, builder: _Builder, main: bool) -> None
 def _m_unsupported(name: str, origin: Origin, rest: str, builder: _Builder) -> None:
     message = _not_yet(name)
     if message is None:
-        raise _unknown(origin, _KNOWN_GLOBAL + list(_OTHER_NOT_YET) + list(_TLS) + list(_AUTH) + list(_BRIDGE))
+        builder.refused.append(
+            _unknown(origin, _KNOWN_GLOBAL + list(_OTHER_NOT_YET) + list(_TLS) + list(_AUTH) + list(_BRIDGE)))
+        return
     if name in _ACCEPTED_VALUES:
         accepted = _ACCEPTED_VALUES[name]
         if isinstance(accepted, bool):
@@ -562,7 +591,7 @@ def _m_unsupported(name: str, origin: Origin, rest: str, builder: _Builder) -> N
         if value == accepted:
             builder.origins[name] = origin
             return
-    raise _error(origin, message)
+    builder.refused.append(_error(origin, message))
 
 
 def _m_token(origin: Origin, rest: str) -> str:
@@ -845,7 +874,7 @@ def _t_listeners(path: str, value: Any, origin: Origin, lines: _TomlLines, build
             elif key in _SCALARS or key in _KNOWN_GLOBAL:
                 raise _error(key_origin, "is a global option: put it before the first table, not in [[listener]]")
             else:
-                raise _unknown(key_origin, list(_LISTENER_FIELDS + LISTENER_SECURITY))
+                builder.refused.append(_unknown(key_origin, list(_LISTENER_FIELDS + LISTENER_SECURITY)))
         if "unix_socket" in draft.fields:
             draft.fields.setdefault("port", 0)
         builder.listeners.append(draft)
@@ -892,12 +921,13 @@ def _t_devices(path: str, table: str, value: Any, origin: Origin, lines: _TomlLi
 def _t_unsupported(name: str, origin: Origin, value: Any, builder: _Builder) -> None:
     message = _not_yet(name)
     if message is None:
-        raise _unknown(origin, _KNOWN_GLOBAL)
+        builder.refused.append(_unknown(origin, _KNOWN_GLOBAL))
+        return
     accepted = _ACCEPTED_VALUES.get(name, None)
     if accepted is not None and type(value) is type(accepted) and value == accepted:
         builder.origins[name] = origin
         return
-    raise _error(origin, message)
+    builder.refused.append(_error(origin, message))
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",

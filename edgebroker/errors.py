@@ -5,9 +5,9 @@ closing that one connection [MQTT-4.8.0-1]. Configuration errors carry the file,
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
-__all__ = ["EdgebrokerError", "MalformedPacket", "ConfigError", "StoreError", "ListenError"]
+__all__ = ["EdgebrokerError", "MalformedPacket", "ConfigError", "ConfigErrors", "StoreError", "ListenError"]
 
 
 class EdgebrokerError(Exception):
@@ -36,6 +36,16 @@ class ConfigError(EdgebrokerError):
         opt = f"{option}: " if option else ""
         super().__init__(f"{where}{opt}{message}")
         self.file, self.line, self.option = file, line, option
+
+
+class ConfigErrors(ConfigError):
+    """Several errors of one configuration reported at once (every option refused, in file order):
+    `errors` holds them; str() has one per line. file, line and option are the first one's."""
+
+    def __init__(self, errors: List[ConfigError]) -> None:
+        EdgebrokerError.__init__(self, "\n".join(str(e) for e in errors))
+        self.file, self.line, self.option = errors[0].file, errors[0].line, errors[0].option
+        self.errors = list(errors)
 
 
 class StoreError(EdgebrokerError):

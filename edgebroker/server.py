@@ -55,6 +55,12 @@ CLOSE_DRAIN_BYTES = 256 * 1024
 
 _WAKE = object()
 
+#: Options read only at start (database opened, pid file written, user switched, scheduling set): a reload
+#: that changes them logs which, and the running broker keeps their old values. So do the listeners'
+#: sockets (compared without their security settings, which a reload changes).
+RESTART_ONLY = ("persistence", "persistence_location", "persistence_file", "durability",
+                "autosave_interval", "autosave_on_changes", "pid_file", "user", "scheduling_policy")
+
 #: What add_reader/add_writer take: an object with fileno(), or a file descriptor.
 FileLike = Union[int, Any]
 #: A hosted callback: called with the loop's monotonic time.
@@ -350,8 +356,16 @@ class Server:
             if self.notifier is not None:
                 self.notifier.reloaded(str(exc))
             return
+        changed = [name for name in RESTART_ONLY if getattr(config, name) != getattr(self.config, name)]
         if _sockets(config.listeners) != _sockets(self.config.listeners):
-            self.log(L.WARNING, "Warning: listener changes take effect after a restart.")
+            changed.insert(0, "listeners")
+        if changed:
+            self.log(L.WARNING, f"Warning: {', '.join(changed)} changed: read at start only, so the change "
+                                "takes effect after a restart; the rest of the configuration is reloaded.")
+            # The running broker keeps them: its config says what it does. (Listeners keep the sockets
+            # they have; their security settings are reloaded.)
+            config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in changed
+                                                    if name != "listeners"})
         self.config = config
         self.broker.reconfigure(config)
         self.broker.set_security(*security)

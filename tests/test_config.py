@@ -535,8 +535,17 @@ def test_unreadable_and_non_utf8_files(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(str(tmp_path / "missing.conf"))
     located(info.value, str(tmp_path / "missing.conf"), None, None, "cannot read", "No such file")
+    # Mosquitto reads a Latin-1 byte in a comment: so do we (values stay UTF-8).
     path = tmp_path / "latin1.conf"
-    path.write_bytes(b"sys_interval 10\n# caf\xe9\n")
+    path.write_bytes(b"sys_interval 10\n# caf\xe9 du matin\n  #\xb0C\nauto_id_prefix th\xc3\xa9-\n")
+    loaded = load_config(str(path))
+    assert loaded.config.sys_interval == 10 and loaded.config.auto_id_prefix == "th\u00e9-"
+    path.write_bytes(b"sys_interval 10\n# caf\xe9\nauto_id_prefix caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    located(info.value, str(path), 3, None, "not valid UTF-8 (byte 0xe9)")
+    path = tmp_path / "latin1.toml"  # TOML is UTF-8 throughout, comments included
+    path.write_bytes(b"sys_interval = 10\n# caf\xe9\n")
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
     located(info.value, str(path), 2, None, "not valid UTF-8")

@@ -402,3 +402,86 @@ def test_check_config_names_a_listener_address_this_host_does_not_have(tmp_path)
     assert done.returncode == 1, done
     assert done.stderr == f"Error: {conf}: listener on port 1883, address ::1: address ::1 is not an address " \
                           "of this host\n", done.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SIGHUP: options read only at start
+# ---------------------------------------------------------------------------------------------------------
+
+def test_a_reload_that_changes_restart_only_options_says_which_and_keeps_them(tmp_path):
+    """persistence false -> true, durability and pid_file changed on reload: the log names them and says
+    a restart is needed; the running broker keeps the old values (its config says what it does), and
+    the rest of the file (max_queued_messages) is applied. Before, it said only "Reloaded"."""
+    import threading
+
+    from edgebroker.config import Config, Listener
+    from edgebroker.server import Server
+    from util import wait_for
+
+    first = Config(listeners=[Listener(0, "127.0.0.1")], persistence=False, max_queued_messages=7)
+    second = Config(listeners=[Listener(0, "127.0.0.1")], persistence=True, persistence_location=str(tmp_path),
+                    durability="sync", pid_file=str(tmp_path / "b.pid"), max_queued_messages=3)
+    lines: List[str] = []
+    server = Server(first, log=lambda level, msg: lines.append(msg), reloader=lambda: second)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        server.request_reload()
+        wait_for(lambda: "Reloaded configuration." in lines, what="the reload")
+    finally:
+        server.shutdown()
+        thread.join(10)
+    warning = next(line for line in lines if "restart" in line)
+    assert warning.startswith("Warning: persistence, persistence_location, durability, pid_file changed:"), warning
+    assert server.config.persistence is False and server.config.durability == "crash"
+    assert server.config.pid_file is None
+    assert server.broker.config.max_queued_messages == 3
+    assert not any(name.startswith("edgebroker") for name in os.listdir(tmp_path))  # no database opened
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A Mosquitto file moved over: every refused option reported at once
+# ---------------------------------------------------------------------------------------------------------
+
+def test_every_refused_option_of_a_file_is_reported_at_once(tmp_path):
+    """Unknown and unsupported options, in the main file and an included one, come back in one error
+    (file, line and option each), in reading order, and the CLI prints one `Error:` line each. Before,
+    a run reported the first only: one edit-and-rerun cycle per option."""
+    from edgebroker.configfile import load_config
+    from edgebroker.errors import ConfigError
+
+    inc = tmp_path / "conf.d"
+    inc.mkdir()
+    (inc / "extra.conf").write_text("mount_point site/\n")
+    main = tmp_path / "m.conf"
+    main.write_text("allow_anonymous true\nhttp_dir /www\nsys_interval 5\nno_such_option 1\n"
+                    f"listener 1883 127.0.0.1\nmemory_limit 1000\ninclude_dir {inc}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(main))
+    where = [(e.file, e.line, e.option) for e in info.value.errors]  # type: ignore[attr-defined]
+    assert where == [(str(main), 2, "http_dir"), (str(main), 4, "no_such_option"), (str(main), 6, "memory_limit"),
+                     (str(inc / "extra.conf"), 1, "mount_point")], where
+    done = run("-c", str(main), "-t", env=child_env())
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert [line.split(": ")[2] for line in lines] == ["http_dir", "no_such_option", "memory_limit",
+                                                       "mount_point"], lines
+    assert all(line.startswith("Error: ") for line in lines), lines
+
+    # A value error stops the reading: the refusals before it come with it; one found when the file is
+    # read through comes after them.
+    main.write_text("http_dir /www\nmax_keepalive five\nmount_point x/\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(main))
+    assert [(e.line, e.option) for e in info.value.errors] == [(1, "http_dir"), (2, "max_keepalive")]  # type: ignore
+    main.write_text("http_dir /www\nmax_keepalive 5\nmount_point x/\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(main))
+    assert [(e.line, e.option) for e in info.value.errors] == [  # type: ignore
+        (1, "http_dir"), (3, "mount_point"), (2, "max_keepalive")]
+
+    toml = tmp_path / "m.toml"
+    toml.write_text('http_dir = "/www"\nsys_interval = 5\nmount_point = "x/"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(toml))
+    assert [(e.line, e.option) for e in info.value.errors] == [(1, "http_dir"), (3, "mount_point")]  # type: ignore

@@ -71,7 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             _check_user(loaded)
             security = _security(loaded)
         except ConfigError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
+            for error in getattr(exc, "errors", [exc]):  # ConfigErrors: every refused option at once
+                print(f"Error: {error}", file=sys.stderr)
             return 1
         if args.check_config:
             for warning in loaded.warnings:
