@@ -1029,7 +1029,8 @@ class Broker:
             self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]
             if held is not None:  # released now, after the PUBCOMP as Mosquitto sends them
                 self._source = conn
-                self._incoming(conn.client_id, held[0], held[1], 2, held[2], False, p.packet_id)
+                self._incoming(conn.client_id, held[0], held[1], 2, held[2], False, p.packet_id,
+                               exclude=session if conn.bridge else None)
                 self._source = None
             return
         self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]

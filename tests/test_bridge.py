@@ -9,6 +9,7 @@ clients are edgebroker.client.Client, one per side. Waits are on conditions with
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -65,7 +66,9 @@ class Upstream:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         proc = self.proc
-        wait_for(lambda: proc.poll() is not None or accepts(self.port), TIMEOUT, what="mosquitto to listen")
+        ports = [self.port] + [int(p) for p in re.findall(r"^listener (\d+)", self.extra, re.M)]
+        wait_for(lambda: proc.poll() is not None or all(accepts(p) for p in ports), TIMEOUT,
+                 what="mosquitto to listen")
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         return self
 
@@ -488,3 +491,64 @@ def test_a_mosquitto_bridge_is_treated_as_a_bridge(tmp_path, procs):
     subscribe(late, ("both/from-edge", 1))
     assert [(m.payload, m.retain) for m in collect(late, 1)] == [(b"2", True)]
     edge.stop()
+
+
+# ---- TLS to the upstream ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    from tlscerts import make_certs
+
+    return make_certs(str(tmp_path_factory.mktemp("certs")))
+
+
+def tls_upstream(directory: Path, cafile: str, server: str, key: str, plain: int, require: bool) -> Upstream:
+    """TLS on the bridge's port; a second, plain listener (`plain`) for the test's subscriber."""
+    return Upstream(directory, f"allow_anonymous true\ncafile {cafile}\ncertfile {server}\nkeyfile {key}\n"
+                               f"require_certificate {'true' if require else 'false'}\nlistener {plain} 127.0.0.1")
+
+
+def test_tls_with_client_certificate_and_a_name_to_resolve(tmp_path, procs, certs):
+    """TLS with the broker's certificate verified (for "localhost", resolved off the loop) and a client
+    certificate, as AWS IoT wants."""
+    plain = free_port()
+    up = tls_upstream(tmp_path / "up", certs.ca, certs.server, certs.server_key, plain, True).start()
+    procs.append(up)
+    cloud = Client("cloud")
+    cloud.connect("127.0.0.1", plain, timeout=TIMEOUT)
+    subscribe(cloud, ("s/#", 1))
+    block = bridge_block(up, "s/# out 1").replace("127.0.0.1:", "localhost:") + (
+        f'bridge_cafile = "{certs.ca}"\nbridge_certfile = "{certs.client}"\nbridge_keyfile = "{certs.client_key}"\n')
+    gw = Gateway(tmp_path / "gw", block).start()
+    procs.append(gw)
+    bridge_up(gw)
+    publish_all(gw.client("sensor"), [("s/1", b"over-tls", 1, False)])
+    assert [(m.topic, m.payload) for m in collect(cloud, 1)] == [("s/1", b"over-tls")]
+    gw.stop()
+
+
+def test_tls_host_name_is_checked_unless_insecure(tmp_path, procs, certs):
+    import trustme
+
+    ca = trustme.CA()
+    other = ca.issue_cert("broker.example")
+    d = tmp_path / "other"
+    d.mkdir()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    other.cert_chain_pems[0].write_to_path(str(d / "server.pem"))
+    other.private_key_pem.write_to_path(str(d / "server.key"))
+    up = tls_upstream(tmp_path / "up", str(d / "ca.pem"), str(d / "server.pem"), str(d / "server.key"), free_port(),
+                      False).start()
+    procs.append(up)
+    block = bridge_block(up, "s/# out 1") + f'bridge_cafile = "{d / "ca.pem"}"\n'
+    gw = Gateway(tmp_path / "gw", block).start()
+    procs.append(gw)
+    wait_for(lambda: "Bridge cloud: TLS" in gw.log() and "next attempt" in gw.log(), TIMEOUT,
+             what="the refused certificate in the log")
+    assert "mismatch" in gw.log() or "hostname" in gw.log(), gw.log()
+    assert "Bridge cloud connected" not in gw.log()
+    gw.stop()
+    gw2 = Gateway(tmp_path / "gw2", block + "bridge_insecure = true\n").start()
+    procs.append(gw2)
+    bridge_up(gw2)
+    gw2.stop()
