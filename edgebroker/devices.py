@@ -73,6 +73,9 @@ class SerialPort:
     name: Optional[str] = None
     #: The client id it publishes as (ACLs see it). Default "serial-NAME".
     client_id: Optional[str] = None
+    #: The username the ACL file's rules for this port name (acl_file `user` lines); None = anonymous
+    #: (the ACL's general rules and `pattern` lines with %c apply).
+    username: Optional[str] = None
     #: QoS of its publishes (a frame may ask for QoS 1 itself). Default 0.
     qos: int = 0
     #: Publish retained (a frame may ask for it itself). Default false.
@@ -205,7 +208,7 @@ class GpioDevice:
 #: Option name -> kind, for the file reader ("strs": an array of strings; "pin": int or str).
 SERIAL_FIELDS = {
     "port": "str", "baudrate": "int", "format": "str", "topic_prefix": "str", "name": "str",
-    "client_id": "str", "qos": "int", "retain": "bool", "command_topics": "strs", "command_qos": "int",
+    "client_id": "str", "username": "str", "qos": "int", "retain": "bool", "command_topics": "strs", "command_qos": "int",
     "max_length": "int", "on_missing": "str", "status_topic": "str", "reopen_delay": "float",
     "reopen_delay_max": "float", "ack_timeout": "float",
 }

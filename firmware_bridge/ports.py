@@ -106,7 +106,7 @@ class Port:
         self._log_next: Dict[str, float] = {}
         self._log_suppressed: Dict[str, int] = {}
         self._stopped = False
-        self.client = attach(settings.client, self._on_message)
+        self.client = attach(settings.client, self._on_message, settings.username)
         for topic_filter in settings.command_topics:
             self.client.subscribe(topic_filter, settings.command_qos)
 

@@ -372,3 +372,24 @@ def test_port_without_topic_prefix_uses_serial_name(make_broker, device, procs):
     device.write(b"t 1\n")
     assert sub.next_line() == b"serial/uart9/t 1\n"
 
+
+
+def test_the_acl_file_applies_to_a_port_by_its_username(make_broker, tmp_path, procs):
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\n\nuser uart0\ntopic write sensors/uart0/#\n")
+    first = PtyDevice(tmp_path / "by-id", "usb-First-port0")
+    second = PtyDevice(tmp_path / "by-id", "usb-Second-port0")
+    try:
+        broker = make_broker(allow_anonymous=True, acl_file=str(acl), serial=(
+            SerialPort(port=first.path, topic_prefix=PREFIX, username="uart0"),
+            SerialPort(port=second.path, topic_prefix="sensors/uart1/")))  # anonymous: may not write
+        sub = procs("mosquitto_sub", *hp(broker), "-v", "-t", "sensors/#")
+        assert sub.next_line() == b"sensors/uart0/status online\n"  # uart1's status was denied too
+        ports = list(service_of(broker).ports.values())
+        second.write(b"temp 2\n")
+        wait_for(lambda: ports[1].counters["lines"] == 1)
+        first.write(b"temp 1\n")
+        assert sub.next_line() == b"sensors/uart0/temp 1\n"
+    finally:
+        first.close()
+        second.close()
