@@ -668,6 +668,7 @@ class Broker:
             if entry[2] == INFLIGHT_SENT:
                 data = entry[0].wire(entry[1], pid, True)
                 stats.publish_sent += 1
+                stats.publish_bytes_sent += len(entry[0].payload)
             else:
                 data = b"\x62\x02" + pid.to_bytes(2, "big")
             conn.write(data)
@@ -679,7 +680,9 @@ class Broker:
     # ---- PUBLISH and its acknowledgements ----------------------------------------------------
 
     def _on_publish(self, conn: Connection, p: Publish, now: float) -> None:
-        self.stats.publish_received += 1
+        stats = self.stats
+        stats.publish_received += 1
+        stats.publish_bytes_received += len(p.payload)
         if self.debug:
             self.log(L.DEBUG, f"Received PUBLISH from {conn.client_id} (d{int(p.dup)}, q{p.qos}, r{int(p.retain)}, "
                               f"m{p.packet_id}, '{p.topic}', ... ({len(p.payload)} bytes))")
@@ -806,6 +809,7 @@ class Broker:
         pub_qos = msg.qos
         upgrade = self.config.upgrade_outgoing_qos
         stats = self.stats
+        sent = 0  # QoS 0 copies written: counted once after the loop
         for session, sub_qos in subs.items():
             qos = sub_qos if upgrade or sub_qos < pub_qos else pub_qos  # [MQTT-3.8.4-6]
             if qos == 0:
@@ -819,8 +823,7 @@ class Broker:
                             self._drop(session, "output buffer full")
                         continue
                     conn.write(msg.q0())
-                    stats.publish_sent += 1
-                    stats.messages_sent += 1
+                    sent += 1
                     if self.debug:
                         self._log_sent(conn, msg, 0, 0, False)
                 elif session.sink is not None:
@@ -830,6 +833,10 @@ class Broker:
                     self._enqueue(session, msg, 0)
                 continue
             self._deliver(session, msg, qos)
+        if sent:
+            stats.publish_sent += sent
+            stats.messages_sent += sent
+            stats.publish_bytes_sent += sent * len(msg.payload)
 
     def _readers(self, subs: Dict[Session, int], topic: str) -> Dict[Session, int]:
         """The subscribers the ACL lets read `topic`; a session whose client is not known yet (restored,
@@ -847,8 +854,10 @@ class Broker:
                 self.store.delivery_add(seq, session.client_id, msg, qos, pid, INFLIGHT_SENT)
             session.inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
             conn.write(msg.wire(qos, pid))
-            self.stats.publish_sent += 1
-            self.stats.messages_sent += 1
+            stats = self.stats
+            stats.publish_sent += 1
+            stats.messages_sent += 1
+            stats.publish_bytes_sent += len(msg.payload)
             if self.debug:
                 self._log_sent(conn, msg, qos, pid, False)
         elif session.sink is not None:
@@ -912,7 +921,7 @@ class Broker:
         room = self._max_inflight - len(inflight)
         store = self.store
         debug = self.debug
-        sent = 0
+        sent = pbytes = 0
         acl = session.acl if self._acl_on else None
         out = conn.buffer() if queue and room > 0 else conn.out
         size = 0
@@ -928,6 +937,7 @@ class Broker:
                     store.delivery_remove(seq, msg)  # queued before the client (or a reloaded ACL) was known
                 continue
             sent += 1
+            pbytes += len(msg.payload)
             if qos == 0:
                 q0 = msg.q0()
                 out.append(q0)
@@ -957,6 +967,7 @@ class Broker:
         stats = self.stats
         stats.publish_sent += sent
         stats.messages_sent += sent
+        stats.publish_bytes_sent += pbytes
         if not queue:
             session.drop_logged = False
         if session.blocking and len(queue) <= self._flow_low:
@@ -1124,7 +1135,7 @@ class Broker:
         out = conn.buffer()
         size = 0
         budget = REFILL_BYTES - conn.out_size
-        sent = 0
+        sent = pbytes = 0
         debug = self.debug
         while replay:
             if size >= budget:
@@ -1135,11 +1146,14 @@ class Broker:
             out.append(data)
             size += len(data)
             sent += 1
+            pbytes += len(msg.payload)
             if debug:
                 self._log_sent(conn, msg, 0, 0, False)
         conn.out_size += size
-        self.stats.publish_sent += sent
-        self.stats.messages_sent += sent
+        stats = self.stats
+        stats.publish_sent += sent
+        stats.messages_sent += sent
+        stats.publish_bytes_sent += pbytes
         if not replay:
             conn.replay = None
             conn.q0_limit = OUT_BUFFER_LIMIT
@@ -1206,6 +1220,7 @@ class Broker:
             raise ValueError(f"invalid topic {topic!r} or QoS {qos!r} from local client {client.client_id}")
         stats = self.stats
         stats.publish_received += 1
+        stats.publish_bytes_received += len(payload)
         stats.messages_received += 1
         if self.debug:
             self.log(L.DEBUG, f"Received PUBLISH from {client.client_id} (d0, q{qos}, r{int(retain)}, m0, "

@@ -39,6 +39,7 @@ from .broker import Broker, Connection
 from .config import DEFAULT_PORT, LISTENER_SECURITY, Config, Listener
 from .dblock import DatabaseLock, check_directory
 from .errors import ConfigError, ListenError
+from .fdreserve import OUT_OF_DESCRIPTORS, RETRY, DescriptorReserve, descriptor_limit
 from .hashing import Verifier
 from .notify import Notifier
 from .store import NullStore, SqliteStore
@@ -136,6 +137,11 @@ class Server:
         self._wake_handlers: List[Callback] = []
         self._services: List[Any] = []
         self._flushers: List[Callback] = []
+        #: out of file descriptors (fdreserve.py): listeners not polled until one frees, since when
+        self._fd_reserve = DescriptorReserve()
+        self._fd_paused: List[_ListenSocket] = []
+        self._fd_retry_at = float("inf")
+        self._fd_episode: Optional[int] = None  # connections_refused when the episode began
         try:
             self._bind_all(default_port)
             if after_bind is not None:
@@ -529,6 +535,7 @@ class Server:
         self._wake_r.close()
         self._wake_w.close()
         self._sel.close()
+        self._fd_reserve.close()
         self.store.close()
         if self._db_lock is not None:
             self._db_lock.release()
@@ -543,9 +550,15 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE and friends: log, keep serving; the pending connection waits in the backlog.
-                self.log(L.ERR, f"Error accepting a connection on port {ls.port}: {exc.strerror}.")
+                if exc.errno in OUT_OF_DESCRIPTORS:
+                    self._out_of_descriptors(ls, now, exc)
+                else:
+                    self.log(L.ERR, f"Error accepting a connection on port {ls.port}: {exc.strerror}.")
                 return
+            if self._fd_episode is not None:
+                refused = self.broker.stats.connections_refused - self._fd_episode
+                self._fd_episode = None
+                self.log(L.NOTICE, f"Accepting connections again ({refused} refused while out of file descriptors).")
             peer = f"{addr[0]}:{addr[1]}" if ls.family != socket.AF_UNIX else "unix socket"
             if 0 <= limit <= ls.count:
                 self.log(L.NOTICE, f"Client connection from {peer} denied: max_connections exceeded.")
@@ -568,6 +581,39 @@ class Server:
             self._sel.register(conn.handle, selectors.EVENT_READ, conn)  # type: ignore[arg-type]
             if self.config.connection_messages:
                 self.log(L.NOTICE, f"New connection from {peer} on port {ls.port}.")
+
+    def _out_of_descriptors(self, ls: _ListenSocket, now: float, exc: OSError) -> None:
+        """accept() found no descriptor: refuse what waits (closed at once, counted for $SYS), stop
+        polling this listener until a connection closes or RETRY passes; log once per episode."""
+        refused = self._fd_reserve.refuse_waiting(ls.sock, ACCEPT_BATCH)
+        if refused == 0:
+            return  # nothing was waiting: the last descriptor was just taken, the listener is not readable
+        stats = self.broker.stats
+        if self._fd_episode is None:
+            self._fd_episode = stats.connections_refused
+            self.log(L.ERR, f"Error accepting connections on port {ls.port}: {exc.strerror}. New connections "
+                            f"are refused until a file descriptor is free (open files limit "
+                            f"{descriptor_limit()}: ulimit -n, systemd's LimitNOFILE).")
+        stats.connections_refused += refused or 0
+        self._sel.unregister(ls.sock)
+        if not self._fd_paused:
+            self.add_timer(self._fd_retry)
+        self._fd_paused.append(ls)
+        self._fd_retry_at = now + RETRY
+
+    def _fd_retry(self, now: float) -> float:
+        if now < self._fd_retry_at:
+            return self._fd_retry_at
+        self._fd_resume()
+        return float("inf")
+
+    def _fd_resume(self) -> None:
+        """Poll the paused listeners again (a descriptor may be free now)."""
+        for ls in self._fd_paused:
+            self._sel.register(ls.sock, selectors.EVENT_READ, ls)
+        self._fd_paused.clear()
+        self._fd_retry_at = float("inf")
+        self.remove_timer(self._fd_retry)
 
     def _read(self, conn: Connection, now: float) -> None:
         try:
@@ -717,6 +763,8 @@ class Server:
             except (KeyError, ValueError):
                 pass  # flow control may have left it unregistered
             _drain_and_close(sock)  # type: ignore[arg-type]
+        if self._fd_paused:
+            self._fd_resume()  # a descriptor is free again
 
 
 def set_scheduling_policy(policy: str, log: L.LogFunc) -> None:

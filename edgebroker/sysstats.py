@@ -15,7 +15,8 @@ __all__ = ["Stats", "LoadAverages", "sys_values"]
 class Stats:
     __slots__ = ("clients_connected", "clients_maximum", "clients_expired", "messages_received",
                  "messages_sent", "publish_received", "publish_sent", "publish_dropped",
-                 "bytes_received", "bytes_sent", "connections", "sockets")
+                 "bytes_received", "bytes_sent", "connections", "sockets", "publish_bytes_received",
+                 "publish_bytes_sent", "connections_refused")
 
     def __init__(self) -> None:
         self.clients_connected = 0
@@ -30,6 +31,9 @@ class Stats:
         self.bytes_sent = 0
         self.connections = 0        # CONNECTs accepted since start
         self.sockets = 0            # sockets accepted since start
+        self.publish_bytes_received = 0  # payload bytes of PUBLISH received / sent (Mosquitto's)
+        self.publish_bytes_sent = 0
+        self.connections_refused = 0     # connections closed at accept: out of file descriptors (ours)
 
 
 #: The counters with load averages, by their $SYS/broker/load/... name.
@@ -89,11 +93,17 @@ def sys_values(stats: Stats, version: str, uptime: float, sessions: int, subscri
         "$SYS/broker/publish/messages/received": str(stats.publish_received),
         "$SYS/broker/publish/messages/sent": str(stats.publish_sent),
         "$SYS/broker/publish/messages/dropped": str(stats.publish_dropped),
+        "$SYS/broker/publish/bytes/received": str(stats.publish_bytes_received),
+        "$SYS/broker/publish/bytes/sent": str(stats.publish_bytes_sent),
         "$SYS/broker/bytes/received": str(stats.bytes_received),
         "$SYS/broker/bytes/sent": str(stats.bytes_sent),
         "$SYS/broker/subscriptions/count": str(subscriptions),
         "$SYS/broker/retained messages/count": str(retained),
         "$SYS/broker/store/messages/bytes": str(stored_bytes),
+        # No shared subscriptions here ($share/... is an ordinary filter): Mosquitto's topic, truly 0.
+        "$SYS/broker/shared_subscriptions/count": "0",
+        # Ours: connections accepted and closed at once because the process ran out of descriptors.
+        "$SYS/broker/connections/refused": str(stats.connections_refused),
     }
     if rss is not None:
         values["$SYS/broker/heap/current"] = str(rss)

@@ -480,3 +480,133 @@ def test_sys_stored_bytes_follow_retained_payloads():
     assert core.broker.retained.payload_bytes == 3
     pub.send(w.publish("b", b"", retain=True))  # clears it [MQTT-3.3.1-10]
     assert core.broker.retained.payload_bytes == 2 and list(core.broker.retained) == ["a"]
+
+
+# ---- out of file descriptors ------------------------------------------------------------------------
+
+_FD_BROKER = r"""
+import os, resource, sys
+from edgebroker import log as L
+from edgebroker.config import Config, Listener
+from edgebroker.server import Server
+server = Server(Config(listeners=[Listener(0, "127.0.0.1")], allow_anonymous=True, persistence=False, sys_interval=1),
+                log=L.Logger(L.DEFAULT_TYPES, stream=sys.stderr))
+room = int(sys.argv[1])
+# Room for exactly `room` more descriptors: each accepted connection takes one.
+limit = len(os.listdir("/proc/self/fd")) - 1 + room  # listdir's own descriptor is closed again
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print("PORT", server.ports[0], flush=True)
+server.serve_forever()
+"""
+
+
+def test_out_of_file_descriptors_refuses_at_once_logs_once_and_recovers(tmp_path):
+    """With the open-files limit reached, accept() fails with EMFILE. The broker used to leave the
+    connection in the backlog and spin, logging the error every turn; now each waiting connection is
+    accepted on a spare descriptor and closed at once (the client sees a close, no CONNACK), the error is
+    logged once per episode, the refusals are counted in $SYS/broker/connections/refused, the listener
+    is polled again when a connection closes, and new clients then connect."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_persistence import child_env, read_line
+    from util import wait_for
+
+    room = 4
+    log_path = tmp_path / "broker.log"
+    with open(log_path, "wb") as log_file:
+        p = subprocess.Popen([sys.executable, "-c", _FD_BROKER, str(room)], cwd=str(Path(__file__).parent.parent),
+                             env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file)
+    clients = []
+    try:
+        port = int(read_line(p.stdout, 10.0, "PORT line").split()[1])
+
+        def client(cid: str) -> RawClient:
+            c = RawClient("127.0.0.1", port, timeout=5.0)
+            clients.append(c)
+            return c
+
+        held = []
+        for i in range(room):
+            c = client(f"c{i}")
+            assert c.connect(f"c{i}") == w.connack(False, 0)
+            held.append(c)
+        for i in range(3):
+            c = client(f"refused{i}")
+            c.send(w.connect(f"refused{i}"))
+            c.expect_closed()
+        held[0].ping()  # the broker still serves its clients, and a few turns have passed
+        log = log_path.read_text()
+        assert log.count("Error accepting connections") == 1, log
+        assert "Too many open files" in log, log
+
+        held[0].send(w.disconnect())  # frees a descriptor: the listener is polled again
+        held[0].expect_closed()
+        late = client("late")
+        assert late.connect("late") == w.connack(False, 0)
+        wait_for(lambda: "Accepting connections again (3 refused" in log_path.read_text(), what="recovery line")
+        late.send(w.subscribe(1, [("$SYS/broker/connections/refused", 0)]))
+        assert late.read_raw_packet() == w.suback(1, [0])
+        got = late.read_raw_packet()  # retained: perhaps from before the last refusal; then each second
+        while not got.endswith(b"connections/refused3"):
+            assert got[-1:] in (b"0", b"1", b"2"), hexs(got)
+            got = late.read_raw_packet()
+        assert log_path.read_text().count("Error accepting connections") == 1
+    finally:
+        for c in clients:
+            c.close()
+        p.terminate()
+        p.wait(10)
+        p.stdout.close()
+
+
+# ---- $SYS: Mosquitto's tree -------------------------------------------------------------------------
+
+#: Every $SYS topic Debian's mosquitto 2.0.11 published within 3 s of start (sys_interval 1, two clients,
+#: one retained message), recorded from it: ours must carry each of them.
+MOSQUITTO_SYS = """bytes/received bytes/sent clients/active clients/connected clients/disconnected clients/expired
+clients/inactive clients/maximum clients/total heap/current heap/maximum messages/received messages/sent
+messages/stored publish/bytes/received publish/bytes/sent publish/messages/dropped publish/messages/received
+publish/messages/sent shared_subscriptions/count store/messages/bytes store/messages/count
+subscriptions/count uptime version""".split() + ["retained messages/count"] + [
+    f"load/{name}/{window}" for name in ("bytes/received", "bytes/sent", "connections", "messages/received",
+                                         "messages/sent", "publish/dropped", "publish/received", "publish/sent",
+                                         "sockets") for window in ("1min", "5min", "15min")]
+
+
+def test_sys_tree_has_every_topic_mosquitto_publishes():
+    core = Core()
+    core.broker.memory_probe = lambda: 1 << 20
+    sub = core.connect("sub")
+    sub.subscribe(1, ("$SYS/#", 0))
+    core.broker.publish_sys(1.0)
+    ours = {p.topic for p in sub.publishes()}
+    missing = [t for t in MOSQUITTO_SYS if "$SYS/broker/" + t not in ours]
+    assert not missing, missing
+
+
+def test_sys_publish_bytes_count_payload_bytes_received_and_sent():
+    """$SYS/broker/publish/bytes/received and /sent: payload bytes of PUBLISH packets, as Mosquitto
+    counts them: received once per PUBLISH, sent once per copy (QoS 0 fan-out, QoS 1, queued and
+    retained deliveries alike)."""
+    core = Core()
+    a = core.connect("a")
+    a.subscribe(1, ("t/#", 1))
+    b = core.connect("b")
+    b.subscribe(1, ("t/#", 0))
+    pub = core.connect("pub")
+    pub.send(w.publish("t/0", b"12345"))                              # 5 in, 2 x 5 out
+    pub.send(w.publish("t/1", b"abc", qos=1, packet_id=1, retain=True))  # 3 in, 2 x 3 out
+    pub.send(w.publish("t/2", b"xy", qos=2, packet_id=2) + w.pubrel(2))  # 2 in, 2 x 2 out
+    late = core.connect("late")
+    late.subscribe(1, ("t/1", 0))                                     # retained: 3 out
+    stats = core.broker.stats
+    assert stats.publish_bytes_received == 10
+    assert stats.publish_bytes_sent == 2 * 10 + 3
+    watcher = core.connect("w")
+    watcher.subscribe(1, ("$SYS/broker/publish/bytes/+", 0))
+    core.broker.publish_sys(1.0)
+    got = {p.topic: p.payload for p in watcher.publishes()}
+    assert got["$SYS/broker/publish/bytes/received"] == b"10"
+    assert got["$SYS/broker/publish/bytes/sent"] == b"23"

@@ -38,6 +38,8 @@ LAYERS: Dict[str, int] = {
     "config": 1,
     # systemd's notify protocol: a socket and the environment, nothing of ours.
     "notify": 1,
+    # accept() out of file descriptors: a spare descriptor and the errno values; nothing of ours.
+    "fdreserve": 1,
     # TLS as bytes in, bytes out (MemoryBIO + SSLObject): sans-IO like the codec; the loop and the
     # clients (tools, bridges) drive it.
     "tls": 1,
