@@ -87,7 +87,8 @@ class Connection:
                  "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
                  "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
                  "replay", "q0_limit", "replay_live",
-                 "security", "username", "tls_username", "bridge")
+                 "security", "username", "tls_username", "bridge",
+                 "held")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -130,6 +131,8 @@ class Connection:
         #: the client's verified certificate (set by the loop before CONNECT is read); it replaces the
         #: CONNECT's username and no password is checked, as in Mosquitto. None otherwise.
         self.tls_username: Optional[str] = None
+        #: acknowledgements waiting for the store's commit window (Broker._send_ack), in order
+        self.held: List[bytes] = []
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);
@@ -150,6 +153,10 @@ class Broker:
                  store: Optional[NullStore] = None, memory_probe: Optional[Callable[[], int]] = None,
                  security: Optional[Tuple[Security, List[Optional[Security]]]] = None) -> None:
         self.store = store if store is not None else NullStore()
+        #: the store has a commit window: acknowledgements sent while changes wait for it wait too
+        self._hold_acks = self.store.window > 0
+        #: connections with held acknowledgements, released when the store has settled
+        self.held: List[Connection] = []
         self._seq = 0  # last delivery row key handed out
         self.log = log if log is not None else L.null_log
         #: the loop sets this to hand a password verification to its hashing thread:
@@ -301,7 +308,15 @@ class Broker:
             for conn in drained:
                 if not conn.closed:
                     self._refill(conn)
-        self.store.commit(now)
+        store = self.store
+        store.commit(now)
+        if self.held and store.settled():
+            for conn in self.held:
+                if not conn.closed:
+                    for data in conn.held:
+                        conn.write(data)
+                conn.held = []
+            self.held.clear()
 
     def output_drained(self, conn: Connection) -> None:
         """The loop calls this when it has sent all of the output of a connection with `refill_held`."""
@@ -783,7 +798,15 @@ class Broker:
         self._route(msg, subs)
 
     def _send_ack(self, conn: Connection, first: int, packet_id: int, name: str) -> None:
-        conn.write(bytes((first, 2)) + packet_id.to_bytes(2, "big"))
+        data = bytes((first, 2)) + packet_id.to_bytes(2, "big")
+        if self._hold_acks and (conn.held or self.store.waiting):
+            # Changes wait for the commit window (this message's or others'): so does this PUBACK,
+            # PUBREC, PUBREL or PUBCOMP; after any held one, the next too, to keep their order.
+            if not conn.held:
+                self.held.append(conn)
+            conn.held.append(data)
+        else:
+            conn.write(data)
         self.stats.messages_sent += 1
         if self.debug:
             self.log(L.DEBUG, f"Sending {name} to {conn.client_id} (m{packet_id}, rc0)")

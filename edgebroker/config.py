@@ -24,6 +24,8 @@ DEFAULT_PORT = 1883
 #: tls_version values (Mosquitto 2.0: the lowest version accepted).
 TLS_VERSION_NAMES = ("tlsv1.3", "tlsv1.2", "tlsv1.1")
 DURABILITY_LEVELS = ("sync", "crash", "periodic")
+#: Longest commit window: acknowledgements held longer would meet clients' own timeouts.
+MAX_COMMIT_WINDOW_MS = 10_000
 #: Values of scheduling_policy.
 SCHEDULING_POLICIES = ("auto", "other", "batch")
 #: Where log lines can go (Mosquitto's log_dest values; "none" is the empty tuple).
@@ -256,6 +258,11 @@ class Config:
     autosave_interval: float = 1800.0
     #: With durability "periodic": save after autosave_interval *changes* instead of seconds (Mosquitto).
     autosave_on_changes: bool = False
+    #: With durability "crash" or "sync": the commit window, in milliseconds. A message for a persistent
+    #: session (or a retained one) waits up to this long for its commit, with its publisher's PUBACK or
+    #: PUBREC; a delivery its subscriber acknowledges meanwhile is never written. 0: every loop turn
+    #: commits what it changed. Measured in docs/persistence.md. edgebroker's own option; read at start.
+    commit_window_ms: int = 0
 
     # ---- security -------------------------------------------------------------------------------
     #: May clients connect without a username? None = Mosquitto 2.0's default: true in local only mode (no
@@ -347,6 +354,9 @@ class Config:
                               option="durability")
         if self.autosave_interval <= 0:
             raise ConfigError("must be more than 0", option="autosave_interval")
+        if not 0 <= self.commit_window_ms <= MAX_COMMIT_WINDOW_MS:
+            raise ConfigError(f"must be 0-{MAX_COMMIT_WINDOW_MS} (milliseconds), got {self.commit_window_ms}",
+                              option="commit_window_ms")
         if self.scheduling_policy not in SCHEDULING_POLICIES:
             raise ConfigError(f"must be one of {', '.join(SCHEDULING_POLICIES)}, got {self.scheduling_policy!r}",
                               option="scheduling_policy")

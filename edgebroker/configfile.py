@@ -103,7 +103,7 @@ _INT, _FLOAT, _BOOL, _STR, _DURATION, _ENUM = "int", "float", "bool", "str", "du
 _SCALARS: Dict[str, str] = {
     "max_inflight_messages": _INT, "max_queued_messages": _INT, "max_queued_bytes": _INT,
     "max_packet_size": _INT, "message_size_limit": _INT, "max_keepalive": _INT,
-    "sys_interval": _FLOAT, "connect_timeout": _FLOAT, "autosave_interval": _FLOAT,
+    "sys_interval": _FLOAT, "connect_timeout": _FLOAT, "autosave_interval": _FLOAT, "commit_window_ms": _INT,
     "queue_qos0_messages": _BOOL, "set_tcp_nodelay": _BOOL, "allow_zero_length_clientid": _BOOL,
     "retain_available": _BOOL, "upgrade_outgoing_qos": _BOOL, "connection_messages": _BOOL,
     "log_timestamp": _BOOL, "persistence": _BOOL, "autosave_on_changes": _BOOL,
@@ -329,6 +329,9 @@ class _Builder:
                 if name in origins and getattr(config, name) != getattr(_DEFAULTS, name):
                     self.warn(origins[name], f"has no effect with durability {config.durability} (every loop "
                                              "turn is committed); it applies to durability periodic")
+        elif "commit_window_ms" in origins and config.commit_window_ms:
+            self.warn(origins["commit_window_ms"], "has no effect with durability periodic (acknowledgements "
+                                                   "never wait for its saves); it applies to crash and sync")
 
 
 def _check_tls_files(draft: _ListenerDraft, listener: Listener) -> None:

@@ -151,8 +151,9 @@ class Server:
                 check_directory(path, create=config.persistence_location is None)
                 self._db_lock = DatabaseLock(path)  # one database, one broker: held until close()
                 self.store = SqliteStore(path, config.durability, config.autosave_interval,
-                                         config.autosave_on_changes, self.log)
-                self.log(L.NOTICE, f"Persistence: {path} (durability {config.durability}).")
+                                         config.autosave_on_changes, self.log, config.commit_window_ms / 1000)
+                window = f", commit window {config.commit_window_ms} ms" if self.store.window else ""
+                self.log(L.NOTICE, f"Persistence: {path} (durability {config.durability}{window}).")
             if security is None:
                 security = load_security(config)
             self.broker = Broker(config, time.monotonic(), log, self.store, _resident_memory, security)

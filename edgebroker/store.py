@@ -18,8 +18,20 @@ retained message sent on later subscriptions meets).
 The interface the core calls (and a new table's owner should follow): `load()` once at start-up; the
 change methods (`retained_*`, `session_*`, `subscription_*`, `delivery_*`, `inbound_*`), which only
 buffer; `hold_until(now)`, `wake_at(now)` and `commit(now)` from the loop; `close()`; the counters
-`commits` and `errors` for $SYS. A change that an acknowledgement of ours waits on sets `_urgent`;
-one nothing waits on (forgetting an acknowledged delivery) does not. `commit(now)`
+`commits` and `errors` for $SYS; `waiting` and `settled()` for the commit window. A change that an
+acknowledgement of ours waits on sets `_urgent` (committed in the loop turn that made it), or, when the
+commit window may hold it, counts in `waiting`; one nothing waits on (forgetting an acknowledged
+delivery) does neither.
+
+The commit window (`commit_window_ms`, "crash" and "sync"): a change the window may hold (a message
+for a persistent session, retained set or cleared, an inbound QoS 2 id) is committed when the oldest
+such change is commit_window old, or as soon as COMMIT_BATCH of them wait; the core holds the
+acknowledgements sent meanwhile (PUBACK, PUBREC, PUBREL, PUBCOMP) until `settled()`. A delivery
+acknowledged by its subscriber within the window cancels its INSERT and leaves `waiting`, so a message
+that an online subscriber has taken before the window closes costs no write at all, and its publisher's
+PUBACK leaves as soon as nothing else waits. Changes of sessions and subscriptions (CONNECT, SUBSCRIBE,
+UNSUBSCRIBE), QoS 2 deliveries and a delivery's new packet id or PUBREL state are not held: they are
+committed in their own loop turn, before any of that turn's output leaves, as with no window. `commit(now)`
 runs the list in order, consecutive identical statements batched with executemany, inside one
 transaction, and commits it: for durability "crash" and "sync" in the loop turn whose acknowledgements
 wait on it, before the loop flushes them (group commit), later for changes nothing waits on (see
@@ -58,11 +70,15 @@ RETRY_INTERVAL = 1.0
 #: busy broker holds between saves (~20,000 statements is a few MiB and still thousands of messages
 #: per commit).
 PERIODIC_MAX_OPS = 20_000
-#: Group commit window for "crash" and "sync": while more input is already waiting, the loop handles
-#: it before committing, for up to this long after the previous commit, holding the turn's output
+#: Group commit for "crash" and "sync" (with or without a commit window, for the changes committed in
+#: their own turn): while more input is already waiting, the loop handles it before committing, for up to this long after the previous commit, holding the turn's output
 #: (acknowledgements included) with the commit. Nothing waits when no input is pending; under a
 #: continuous load it turns about one WAL page per message into one per commit of many messages.
-COMMIT_WINDOW = 0.005
+GROUP_COMMIT_WAIT = 0.005
+#: Commit window: changes it holds are committed once this many wait, however young: enough rows to fill
+#: a few pages, so a longer wait would save little per message, while a pipelining publisher (paho and
+#: mosquitto_pub keep 20 messages in flight) is not held back by the window.
+COMMIT_BATCH = 16
 #: Deferred changes ("crash" and "sync"): forgetting a delivery the client acknowledged, or noting when
 #: a session went offline, gates no acknowledgement of ours, so no commit happens for them alone. They
 #: ride with the next commit that something waits on, or are committed once the oldest is this old, or
@@ -226,6 +242,9 @@ class NullStore:
     path = None
     errors = 0   # failed commits, for $SYS
     commits = 0
+    #: commit window in seconds (0: none) and the changes it holds (see the module's docstring)
+    window = 0.0
+    waiting = 0
 
     def load(self) -> Loaded:
         return Loaded([], [], [], [], [], {})
@@ -296,6 +315,9 @@ class NullStore:
     def hold_until(self, now: float) -> float:
         return now
 
+    def settled(self) -> bool:
+        return True
+
     def wake_at(self, now: float) -> float:
         return float("inf")
 
@@ -308,10 +330,16 @@ class NullStore:
 
 class SqliteStore(NullStore):
     def __init__(self, path: str, durability: str = "crash", autosave_interval: float = 1800.0,
-                 autosave_on_changes: bool = False, log: L.LogFunc = L.null_log) -> None:
+                 autosave_on_changes: bool = False, log: L.LogFunc = L.null_log,
+                 commit_window: float = 0.0) -> None:
         self.path = path
         self.log = log
         self.periodic = durability == "periodic"
+        #: seconds; "periodic" never holds an acknowledgement, so it has no window
+        self.window = 0.0 if self.periodic else commit_window
+        #: changes the window may hold, buffered and not cancelled, and since when (the loop's clock)
+        self.waiting = 0
+        self._waiting_since: Optional[float] = None
         self.autosave_interval = autosave_interval
         self.autosave_on_changes = autosave_on_changes
         self._ops: List[Optional[Tuple[str, tuple]]] = []
@@ -330,7 +358,8 @@ class SqliteStore(NullStore):
         self._msg_inserts: Dict[int, int] = {}
         self._single: Dict[int, Tuple[Any, int]] = {}
         self._last_msg_id = 0
-        self._bridge_inserts: Dict[int, int] = {}  # the same for bridge rows (their own seq space)
+        #: the same for bridge rows (their own seq space): seq -> (index, counted in `waiting`)
+        self._bridge_inserts: Dict[int, Tuple[int, bool]] = {}
         self._last_commit = time.monotonic()
         self._retry_at = 0.0
         self.errors = 0        # failed commits, for $SYS
@@ -465,11 +494,11 @@ class SqliteStore(NullStore):
     # ---- changes (buffered until commit) --------------------------------------------------------
 
     def retained_set(self, topic: str, payload: bytes, qos: int) -> None:
-        self._urgent = True
+        self.waiting += 1
         self._ops.append((_INS_RETAINED, (topic, payload, qos)))
 
     def retained_clear(self, topic: str) -> None:
-        self._urgent = True
+        self.waiting += 1
         self._ops.append((_DEL_RETAINED, (topic,)))
 
     def session_online(self, client_id: str) -> None:
@@ -503,7 +532,11 @@ class SqliteStore(NullStore):
 
     def delivery_add(self, seq: int, client_id: str, msg, qos: int, packet_id: Optional[int],  # type: ignore[no-untyped-def]
                      state: int) -> None:
-        self._urgent = True
+        # Counted in `waiting` until written or cancelled; a QoS 2 delivery is not held by the window:
+        # sent before its row is committed, a crash could make its resend a second delivery.
+        self.waiting += 1
+        if qos == 2:
+            self._urgent = True
         ops = self._ops
         self._inserts[seq] = len(ops)
         sid = msg.store_id
@@ -523,6 +556,7 @@ class SqliteStore(NullStore):
             ops[i] = (_INS_DELIVERY_REF, (p[0], p[1], sid, p[4], p[6], p[7]))
             self._refs[sid] = 1
             self._msg_inserts[sid] = len(ops)
+            self.waiting += 1
             ops.append((_INS_MESSAGE, (sid, msg.topic, msg.payload, msg.qos, int(msg.retain))))
         elif sid < 0:
             ops.append((_INS_DELIVERY, (seq, client_id, msg.topic, msg.payload, qos, int(msg.retain),
@@ -533,6 +567,7 @@ class SqliteStore(NullStore):
         if n is None:  # its row went with its last delivery: written again
             n = 0
             self._msg_inserts[sid] = len(ops)
+            self.waiting += 1
             ops.append((_INS_MESSAGE, (sid, msg.topic, msg.payload, msg.qos, int(msg.retain))))
         refs[sid] = n + 1
         self._inserts[seq] = len(ops)
@@ -549,6 +584,7 @@ class SqliteStore(NullStore):
         i = self._inserts.pop(seq, None)
         if i is not None:
             self._ops[i] = None  # never written: nothing to delete (an UPDATE of it then matches no row)
+            self.waiting -= 1
         else:
             self._ops.append((_DEL_DELIVERY, (seq,)))
         sid = msg.store_id
@@ -570,6 +606,7 @@ class SqliteStore(NullStore):
         i = self._msg_inserts.pop(sid, None)
         if i is not None:
             self._ops[i] = None
+            self.waiting -= 1
         else:
             self._ops.append((_DEL_MESSAGE, (sid,)))
 
@@ -578,14 +615,16 @@ class SqliteStore(NullStore):
         """urgent: a publisher's acknowledgement waits on it (QoS 1/2); a QoS 0 message's row rides with
         the next commit, and costs no write at all when it is sent before that."""
         if urgent:
-            self._urgent = True
-        self._bridge_inserts[seq] = len(self._ops)
+            self.waiting += 1  # the commit window may hold it, with the acknowledgement
+        self._bridge_inserts[seq] = (len(self._ops), urgent)
         self._ops.append((_INS_BRIDGE, (seq, bridge, topic, payload, qos, int(retain))))
 
     def bridge_remove(self, seq: int) -> None:
-        i = self._bridge_inserts.pop(seq, None)
-        if i is not None:
-            self._ops[i] = None  # sent and acknowledged before its row was written: no write at all
+        pending = self._bridge_inserts.pop(seq, None)
+        if pending is not None:
+            self._ops[pending[0]] = None  # sent and acknowledged before its row was written: no write at all
+            if pending[1]:
+                self.waiting -= 1
             return
         self._ops.append((_DEL_BRIDGE, (seq,)))
 
@@ -608,29 +647,48 @@ class SqliteStore(NullStore):
                     payload: Optional[bytes] = None, retain: bool = False) -> None:
         """An inbound QoS 2 id whose PUBREC goes out, with the message it holds until PUBREL (topic
         None: nothing to release)."""
-        self._urgent = True
+        self.waiting += 1
         self._ops.append((_INS_INBOUND, (client_id, packet_id, topic, payload, int(retain))))
 
     def inbound_remove(self, client_id: str, packet_id: int) -> None:
-        self._urgent = True
+        self.waiting += 1
         self._ops.append((_DEL_INBOUND, (client_id, packet_id)))
 
     # ---- the once-per-turn commit ---------------------------------------------------------------
 
+    def _due_now(self) -> bool:
+        """Something is to be committed in this loop turn, before its output leaves: a change the
+        commit window does not hold, or any change when there is no window."""
+        return self._urgent or (self.waiting > 0 and not self.window)
+
     def hold_until(self, now: float) -> float:
         """When the loop should commit (and flush what depends on it): now, or later within the group
         commit window. "periodic" never holds the loop (its acknowledgements do not wait for a save),
-        and neither do deferred changes alone."""
-        if self.periodic or not self._urgent:
+        and neither do deferred changes alone, nor those the commit window holds (the core holds the
+        acknowledgements that depend on them instead)."""
+        if self.periodic or not self._due_now():
             return now
-        return max(now, self._last_commit + COMMIT_WINDOW)
+        return max(now, self._last_commit + GROUP_COMMIT_WAIT)
+
+    def settled(self) -> bool:
+        """No change an acknowledgement may depend on waits for the commit window: acknowledgements
+        the core held may leave. Also while commits fail (disk full), as without a window: the broker
+        keeps serving, and the error says that acknowledged messages are not safe meanwhile."""
+        return self.waiting == 0 or self._failing
 
     def wake_at(self, now: float) -> float:
-        """When the loop must come back to commit deferred changes even if nothing happens."""
-        since = self._deferred_since
-        if since is None or self.periodic:
+        """When the loop must come back to commit even if nothing happens: changes held by the commit
+        window, deferred changes."""
+        if self.periodic:
             return float("inf")
-        return since + DEFER_MAX_AGE
+        at = float("inf")
+        since = self._deferred_since
+        if since is not None:
+            at = since + DEFER_MAX_AGE
+        since = self._waiting_since
+        if since is not None and self.waiting:
+            at = min(at, since + self.window)
+        return at
 
     def commit(self, now: float, force: bool = False) -> None:
         """Write the buffered changes in one transaction, when due: at once if something waits on them
@@ -651,22 +709,36 @@ class SqliteStore(NullStore):
                        else now - self._last_commit >= self.autosave_interval)
                 if not due:
                     return
-        elif not self._urgent:
+        elif self._due_now():
+            pass
+        elif self.waiting:
+            since = self._waiting_since
+            if since is None:
+                since = self._waiting_since = now
+            deferred = self._deferred_since  # deferred changes that are due take the waiting ones along
+            # (Compared as wake_at computes them, so that the turn the loop wakes up for commits.)
+            if (now < since + self.window and self.waiting < COMMIT_BATCH and len(ops) < DEFER_MAX_OPS
+                    and (deferred is None or now < deferred + DEFER_MAX_AGE)):
+                return
+        else:
             since = self._deferred_since
             if since is None:
                 self._deferred_since = now
                 return
-            if now - since < DEFER_MAX_AGE and len(ops) < DEFER_MAX_OPS:
+            if now < since + DEFER_MAX_AGE and len(ops) < DEFER_MAX_OPS:
                 return
         conn = self._conn
+        began = False
         try:
-            conn.execute("BEGIN")
             i, n = 0, len(ops)
             while i < n:
                 op = ops[i]
                 if op is None:
                     i += 1
                     continue
+                if not began:  # only cancelled changes: no transaction, nothing written
+                    conn.execute("BEGIN")
+                    began = True
                 sql = op[0]
                 j = i + 1
                 while j < n and ops[j] is not None and ops[j][0] is sql:  # type: ignore[index]
@@ -676,11 +748,14 @@ class SqliteStore(NullStore):
                 else:
                     conn.executemany(sql, [o[1] for o in ops[i:j]])  # type: ignore[index]
                 i = j
-            conn.execute("COMMIT")
+            if began:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._on_error(exc, now)
             return
         ops.clear()
+        self.waiting = 0
+        self._waiting_since = None
         self._inserts.clear()
         self._msg_inserts.clear()
         if self._single:
@@ -690,8 +765,9 @@ class SqliteStore(NullStore):
         self._bridge_inserts.clear()
         self._urgent = False
         self._deferred_since = None
-        self._last_commit = now
-        self.commits += 1
+        if began:
+            self._last_commit = now
+            self.commits += 1
         if self._failing:
             self._failing = False
             self.log(L.NOTICE, f"Persistence database {self.path} is writable again.")
@@ -718,6 +794,8 @@ class SqliteStore(NullStore):
             self._msg_inserts.clear()
             self._single.clear()
             self._bridge_inserts.clear()
+            self.waiting = 0
+            self._waiting_since = None
 
     def close(self) -> None:
         if self._conn is None:

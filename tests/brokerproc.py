@@ -1,6 +1,7 @@
 """Run one edgebroker Server in its own process, so a test can kill it with SIGKILL and restart it.
 
-    python tests/brokerproc.py --dir DIR [--durability crash] [--max-queued N] [--max-inflight N] [-v]
+    python tests/brokerproc.py --dir DIR [--durability crash] [--max-queued N] [--max-inflight N]
+                               [--commit-window-ms N] [-v]
 
 Listens on 127.0.0.1 on an ephemeral port, keeps its database in DIR (a restart reuses the same DIR),
 prints `PORT <n>` on stdout (flushed) once bound, logs to stderr, and serves until SIGTERM/SIGINT
@@ -31,13 +32,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--durability", default="crash", choices=DURABILITY_LEVELS)
     p.add_argument("--max-queued", type=int, default=20000, help="max_queued_messages")
     p.add_argument("--max-inflight", type=int, default=20, help="max_inflight_messages")
+    p.add_argument("--commit-window-ms", type=int, default=0, help="commit_window_ms")
     p.add_argument("-v", "--verbose", action="store_true", help="log every packet")
     args = p.parse_args(argv)
     os.makedirs(args.dir, exist_ok=True)  # persistence_location must exist (as in Mosquitto)
     log = L.Logger(L.ALL if args.verbose else L.DEFAULT_TYPES, stream=sys.stderr)
     config = Config(listeners=[Listener(0, "127.0.0.1")], allow_anonymous=True, persistence=True,
                     persistence_location=args.dir, durability=args.durability, max_queued_messages=args.max_queued,
-                    max_inflight_messages=args.max_inflight, sys_interval=0, verbose=args.verbose)
+                    max_inflight_messages=args.max_inflight, sys_interval=0, verbose=args.verbose,
+                    commit_window_ms=args.commit_window_ms)
     try:
         server = Server(config, log=log)
     except StoreError as exc:

@@ -395,13 +395,19 @@ def publish_stream(pub: Client, qos: int) -> Dict[int, int]:
     return mids
 
 
-def test_kill9_during_qos1_stream_loses_no_acknowledged_message_MQTT_4_3_2_2(broker_process, clients, raw, tmp_path):
+#: Commit windows the crash tests run with: none, and one that holds acknowledgements (commit_window_ms).
+WINDOWS = [pytest.param("0", id="no-window"), pytest.param("200", id="window-200ms")]
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_kill9_during_qos1_stream_loses_no_acknowledged_message_MQTT_4_3_2_2(window, broker_process, clients, raw,
+                                                                             tmp_path):
     """Every QoS 1 message whose PUBACK reached the publisher before kill -9 is delivered after the
     restart to the offline persistent subscriber [MQTT-3.1.2-4] [MQTT-3.1.2-5]: PUBACK means the broker
     accepted ownership [MQTT-4.3.2-2]. Duplicates are allowed (QoS 1 is at least once, section 4.3.2),
-    none may be missing, and the order is kept."""
+    none may be missing, and the order is kept. With a commit window the PUBACKs wait for it."""
     data = tmp_path / "data"
-    b = broker_process(data)
+    b = broker_process(data, "--commit-window-ms", window)
     offline_subscriber(raw, b.port, "sub", [("t/#", 1)])
     pub = clients("pub")
     pub.connect(b.port)
@@ -412,7 +418,7 @@ def test_kill9_during_qos1_stream_loses_no_acknowledged_message_MQTT_4_3_2_2(bro
     acked = {mids[m] for m in pub.completed}
     assert KILL_AFTER <= len(acked) < STREAM, f"the kill did not land mid-stream ({len(acked)} acked)"
 
-    b2 = broker_process(data)
+    b2 = broker_process(data, "--commit-window-ms", window)
     marker = clients("marker")
     marker.connect(b2.port)
     marker.c.publish("t/end", b"end", qos=1).wait_for_publish(TIMEOUT)
@@ -428,14 +434,15 @@ def test_kill9_during_qos1_stream_loses_no_acknowledged_message_MQTT_4_3_2_2(bro
     assert firsts == sorted(firsts), "order not kept (apart from duplicates)"
 
 
-def test_kill9_during_qos2_stream_delivers_exactly_once_MQTT_4_3_3_2(broker_process, clients, raw, tmp_path):
+@pytest.mark.parametrize("window", WINDOWS)
+def test_kill9_during_qos2_stream_delivers_exactly_once_MQTT_4_3_3_2(window, broker_process, clients, raw, tmp_path):
     """QoS 2 from a persistent publisher session: every message whose PUBCOMP came back before the kill
     is delivered; after the restart paho resumes its unfinished flows (PUBLISH with DUP for those without
     PUBREC, PUBREL for the others) and the broker, which persisted the inbound packet ids awaiting
     PUBREL, must not deliver any of them twice [MQTT-4.3.3-2]. In the end every one of the messages is
-    delivered exactly once."""
+    delivered exactly once. With a commit window the PUBRECs and PUBCOMPs wait for it."""
     data = tmp_path / "data"
-    b = broker_process(data)
+    b = broker_process(data, "--commit-window-ms", window)
     offline_subscriber(raw, b.port, "sub", [("t/#", 2)])
     pub = clients("pub", clean_session=False)
     pub.connect(b.port)
@@ -446,7 +453,7 @@ def test_kill9_during_qos2_stream_delivers_exactly_once_MQTT_4_3_3_2(broker_proc
     before_kill = {mids[m] for m in pub.completed}
     assert KILL_AFTER <= len(before_kill) < STREAM, f"the kill did not land mid-stream ({len(before_kill)})"
 
-    b2 = broker_process(data)
+    b2 = broker_process(data, "--commit-window-ms", window)
     assert pub.connect(b2.port) is True, "publisher's persistent session lost across kill -9 [MQTT-3.2.2-2]"
     wait_for(lambda: len(set(pub.completed)) >= STREAM, 60,
              what=f"all {STREAM} PUBCOMPs after the restart (have {len(set(pub.completed))})")
