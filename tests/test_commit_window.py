@@ -32,7 +32,7 @@ WINDOW = 0.2
 
 
 def config(tmp_path: Path, **overrides) -> Config:  # type: ignore[no-untyped-def]
-    kw = dict(persistence=True, persistence_location=str(tmp_path / "data"),
+    kw = dict(persistence=True, persistence_location=str(tmp_path / "data"), allow_anonymous=True,
               listeners=[Listener(0, "127.0.0.1")], sys_interval=0)
     kw.update(overrides)
     return Config(**kw)  # type: ignore[arg-type]
