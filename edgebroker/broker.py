@@ -797,9 +797,11 @@ class Broker:
                 self._route(Message(msg.topic, msg.payload, msg.qos, retain=True), kept)
         self._route(msg, subs)
 
-    def _send_ack(self, conn: Connection, first: int, packet_id: int, name: str) -> None:
+    def _send_ack(self, conn: Connection, first: int, packet_id: int, name: str, hold: bool = False) -> None:
+        """hold: with a commit window, wait for the store to settle even if nothing waits yet (what
+        is written after this acknowledgement, in the same handler, may need the commit)."""
         data = bytes((first, 2)) + packet_id.to_bytes(2, "big")
-        if self._hold_acks and (conn.held or self.store.waiting):
+        if self._hold_acks and (hold or conn.held or self.store.waiting):
             # Changes wait for the commit window (this message's or others'): so does this PUBACK,
             # PUBREC, PUBREL or PUBCOMP; after any held one, the next too, to keep their order.
             if not conn.held:
@@ -1060,7 +1062,8 @@ class Broker:
             held = awaiting.pop(p.packet_id)
             if not session.clean:
                 self.store.inbound_remove(session.client_id, p.packet_id)
-            self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]
+            # [MQTT-4.3.3-2]; with a commit window it waits for the deliveries the release makes
+            self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP", hold=held is not None)
             if held is not None:  # released now, after the PUBCOMP as Mosquitto sends them
                 self._source = conn
                 self._incoming(conn.client_id, held[0], held[1], 2, held[2], False, p.packet_id,

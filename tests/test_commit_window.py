@@ -87,7 +87,8 @@ class Rig:
         self.b.end_turn(0.0)
         sent(self.pub)
         self.store.commit(0.0, force=True)  # sessions noted offline: nothing deferred from here on
-        self.acked: List[int] = []  # packet ids whose PUBACK left
+        self.acked: List[int] = []  # packet ids whose PUBACK, PUBREC or PUBCOMP left
+        self.owned: List[int] = []  # those of PUBACK and PUBCOMP
 
     def publish(self, packet_id: int, now: float, qos: int = 1) -> None:
         self.b.data_received(self.pub, w.publish(f"t/{packet_id}", b"m%d" % packet_id, qos=qos,
@@ -98,8 +99,10 @@ class Rig:
         """The end of a loop turn: commit when due, then what the turn sends leaves."""
         self.b.end_turn(now)
         for p in sent(self.pub):
-            assert p[0] in (0x40, 0x50), w.hexs(p)
+            assert p[0] in (0x40, 0x50, 0x70), w.hexs(p)
             self.acked.append(int.from_bytes(p[2:4], "big"))
+            if p[0] != 0x50:  # PUBACK, PUBCOMP: the message is the broker's (a clean session's PUBREC
+                self.owned.append(self.acked[-1])  # holds it in memory only, until PUBREL)
         self.check()
 
     def stored(self) -> List[str]:
@@ -111,7 +114,7 @@ class Rig:
         if self.subs:
             return
         stored = self.stored()
-        for pid in self.acked:
+        for pid in self.owned:
             assert f"t/{pid}" in stored, f"PUBACK for {pid} left before its commit (committed: {stored})"
 
 
@@ -198,8 +201,25 @@ def test_qos2_delivery_to_a_persistent_session_is_not_held(tmp_path):
     """A QoS 2 delivery is committed in its own turn, window or not: sent before its row is committed,
     a crash could make the publisher's resend a second delivery [MQTT-4.3.3-2]."""
     r = Rig(tmp_path, qos=2)
-    r.publish(1, 1.0, qos=2)
-    assert r.acked == [1] and r.stored() == ["t/1"]
+    r.b.data_received(r.pub, w.publish("t/1", b"m1", qos=2, packet_id=1) + w.pubrel(1), 1.0)
+    r.turn(1.0)
+    assert r.acked == [1, 1] and r.stored() == ["t/1"]  # PUBREC, then PUBCOMP after the commit
+    r.store.close()
+
+
+def test_pubcomp_waits_for_the_commit_of_what_the_pubrel_released(tmp_path):
+    """A QoS 2 message is released to subscribers at PUBREL; the PUBCOMP goes out first on the wire,
+    but not before the commit of the deliveries the release made (here to an offline QoS 1 session, a
+    change the window holds), even when nothing else waited when it was written [MQTT-4.3.3-2]."""
+    r = Rig(tmp_path, qos=1)
+    r.b.data_received(r.pub, w.publish("t/1", b"m1", qos=2, packet_id=1), 1.0)
+    r.turn(1.0)
+    assert r.acked == [1], "PUBREC held although nothing was stored (a clean session's QoS 2 id)"
+    r.b.data_received(r.pub, w.pubrel(1), 1.01)
+    r.turn(1.01)
+    assert r.acked == [1] and r.stored() == [], "PUBCOMP left before the released message was committed"
+    r.turn(1.01 + WINDOW)
+    assert r.acked == [1, 1] and r.stored() == ["t/1"]
     r.store.close()
 
 
