@@ -531,7 +531,14 @@ class Bridge:
     def _failed(self, reason: str, now: float) -> None:
         """The attempt or the connection ended: close, and schedule the next attempt."""
         was_up = self.state == _UP
-        self._close(now)
+        was_private = self.session.private
+        self._close(now)  # a close before any CONNACK to a private CONNECT turns try_private off
+        if was_private and not self.session.private:
+            self._note(L.NOTICE, f"Bridge {self.name}: {reason} after a bridge CONNECT (try_private); "
+                                 "connecting again without it.", now)
+            self.state = _IDLE
+            self._retry_at = now
+            return
         self.last_error = reason
         c = self.config
         if was_up and c.notifications:

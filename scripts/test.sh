@@ -6,6 +6,7 @@
 #      mosquitto_sub, mosquitto_pub or mosquitto is missing, and makes sure the package did not
 #      leave a mosquitto service running on port 1883;
 #   1b. installs node/npm (Debian packages) and MicroPython's WebAssembly port (npm) when missing;
+#   1c. installs rabbitmq-server (an upstream for the bridge tests) when missing, service stopped;
 #   2. creates the virtualenv .venv (if missing) and installs edgebroker with its test extras;
 #   3. checks that edgebroker/, firmware_bridge/ and bench/ still run on Python 3.9 (vermin);
 #   4. runs pytest with the given arguments and exits with pytest's exit code.
@@ -98,6 +99,18 @@ if [ ! -f "$EDGEBROKER_MICROPYTHON" ]; then
     mkdir -p "$MICROPYTHON_DIR"
     npm install --prefix "$MICROPYTHON_DIR" --no-audit --no-fund --silent "$MICROPYTHON_NPM@1.27.0" ||
         die "npm could not install $MICROPYTHON_NPM"
+fi
+
+# --- 1c. RabbitMQ (a second kind of upstream for the bridge tests) ----------------------------
+# tests/test_bridge.py starts its own node (own epmd, ports, data, cookie) on loopback; the package's
+# system service is not wanted: stop it, and its epmd, when installing started them.
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    apt_install rabbitmq-server
+    as_root service rabbitmq-server stop >/dev/null 2>&1 || true
+    if command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl disable --now rabbitmq-server epmd.socket epmd.service >/dev/null 2>&1 || true
+    fi
+    as_root update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
 fi
 
 # --- 2. virtualenv with the test extras -----------------------------------------------------

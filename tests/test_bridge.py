@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -552,3 +553,101 @@ def test_tls_host_name_is_checked_unless_insecure(tmp_path, procs, certs):
     procs.append(gw2)
     bridge_up(gw2)
     gw2.stop()
+
+
+# ---- RabbitMQ's MQTT plugin as the upstream ------------------------------------------------------------
+
+RABBITMQ = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+class Rabbit:
+    """One RabbitMQ node with the MQTT plugin, on loopback ports, with its own epmd, data and cookie in a
+    temporary directory; its whole process group is ended at teardown."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        for sub in ("mnesia", "log", "home"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        self.mqtt_port = free_port()
+        amqp, dist, epmd = free_port(), free_port(), free_port()
+        (directory / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        (directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{amqp}\nmqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}\n"
+            "mqtt.allow_anonymous = true\nloopback_users = none\n")
+        self.env = dict(os.environ, HOME=str(directory / "home"), ERL_EPMD_PORT=str(epmd),
+                        ERL_EPMD_ADDRESS="127.0.0.1", RABBITMQ_NODENAME=f"eb{amqp}@localhost",
+                        RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_DIST_PORT=str(dist),
+                        RABBITMQ_MNESIA_BASE=str(directory / "mnesia"), RABBITMQ_LOG_BASE=str(directory / "log"),
+                        RABBITMQ_ENABLED_PLUGINS_FILE=str(directory / "enabled_plugins"),
+                        RABBITMQ_CONFIG_FILE=str(directory / "rabbitmq.conf"))
+        self.epmd_port = epmd
+        self.procs: List[subprocess.Popen] = []
+
+    def start(self) -> "Rabbit":
+        out = open(self.dir / "rabbitmq.out", "wb")
+        # Our own epmd on a port of our own, loopback only (Erlang's default would be a shared daemon on
+        # every address), in the same process group as the node.
+        epmd = subprocess.Popen(["epmd", "-address", "127.0.0.1", "-port", str(self.epmd_port)], env=self.env,
+                                stdout=out, stderr=out, start_new_session=True)
+        self.procs.append(epmd)
+        node = subprocess.Popen([RABBITMQ], env=self.env, stdout=out, stderr=out, start_new_session=True)
+        self.procs.append(node)
+        try:
+            wait_for(lambda: node.poll() is not None or accepts(self.mqtt_port), 90.0, interval=0.2,
+                     what="RabbitMQ's MQTT listener")
+        except AssertionError:
+            self.stop()
+            pytest.skip("rabbitmq-server did not start within 90 s here: "
+                        + (self.dir / "rabbitmq.out").read_text(errors="replace")[-300:])
+        if node.poll() is not None:
+            self.stop()
+            pytest.skip("rabbitmq-server cannot run here: "
+                        + (self.dir / "rabbitmq.out").read_text(errors="replace")[-300:])
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the group we created: the script, beam, its children
+                except ProcessLookupError:
+                    pass
+            proc.wait(TIMEOUT)
+        self.procs = []
+
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory) -> Iterator[Rabbit]:
+    if not os.access(RABBITMQ, os.X_OK) or not shutil.which("epmd"):
+        pytest.skip("rabbitmq-server not installed (scripts/test.sh installs it)")
+    r = Rabbit(tmp_path_factory.mktemp("rabbitmq")).start()
+    yield r
+    r.stop()
+
+
+def test_rabbitmq_upstream_refuses_the_bridge_flag_and_gets_a_plain_connect(tmp_path, procs, rabbit):
+    """RabbitMQ does not accept protocol level 0x84 (it closes the connection): the bridge connects again
+    at once without it, and messages flow both ways."""
+    up = Upstream.__new__(Upstream)  # only for bridge_block's address
+    up.port = rabbit.mqtt_port
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "s/# out 1", "c/# in 1")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    assert "connecting again without it" in gw.log(), gw.log()
+    cloud = Client("rabbit-sub")
+    cloud.connect("127.0.0.1", rabbit.mqtt_port, timeout=TIMEOUT)
+    subscribe(cloud, ("s/#", 1))
+    publish_all(gw.client("sensor"), [("s/1", b"to-rabbit", 1, False)])
+    assert [(m.topic, m.payload) for m in collect(cloud, 1)] == [("s/1", b"to-rabbit")]
+    local = gw.client("local")
+    subscribe(local, ("c/#", 1))
+    # The bridge's SUBSCRIBE to c/# may still be on its way: publish until one arrives.
+    got: List[Message] = []
+    for _ in range(20):
+        cloud.publish("c/x", b"from-rabbit", 1)
+        got = collect(local, 1, timeout=0.5)
+        if got:
+            break
+    assert [(m.topic, m.payload) for m in got][:1] == [("c/x", b"from-rabbit")]
+    gw.stop()
+    cloud.close()
