@@ -248,6 +248,7 @@ class Broker:
         """What the core derives from its configuration (and its logger's types), at start and reload."""
         self.config = config
         self._max_inflight = config.max_inflight_messages or 65535
+        self._max_inflight_bytes = config.max_inflight_bytes  # 0: no byte limit (see _inflight_bytes)
         self.debug = bool(getattr(self.log, "enabled", lambda level: False)(L.DEBUG))
         high = FLOW_HIGH_WATER
         if config.max_queued_messages:
@@ -871,7 +872,8 @@ class Broker:
     def _deliver(self, session: Session, msg: Message, qos: int) -> None:
         conn = session.conn
         if (conn is not None and not session.queue and len(session.inflight) < self._max_inflight
-                and conn.resend_at is None):
+                and conn.resend_at is None
+                and (not self._max_inflight_bytes or _inflight_bytes(session) < self._max_inflight_bytes)):
             seq = 0
             pid = session.next_packet_id()
             if not session.clean:
@@ -951,10 +953,14 @@ class Broker:
         out = conn.buffer() if queue and room > 0 else conn.out
         size = 0
         budget = REFILL_BYTES - conn.out_size
+        byte_limit = self._max_inflight_bytes
+        in_flight = _inflight_bytes(session) if byte_limit else 0
         while queue and room > 0:
             if size >= budget:
                 conn.refill_held = True
                 break
+            if byte_limit and in_flight >= byte_limit and queue[0][1]:
+                break  # max_inflight_bytes: the next QoS 1/2 message waits for an acknowledgement
             msg, qos, seq, pid = queue.popleft()
             session.queued_bytes -= len(msg.payload)
             if acl is not None and not acl.may_read(msg.topic):  # type: ignore[attr-defined]
@@ -982,6 +988,7 @@ class Broker:
                 session.dup_prefix -= 1
                 dup = True
             inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
+            in_flight += len(msg.payload)
             parts = msg.parts(qos, pid, dup)
             out += parts
             size += 3 + len(parts[1]) + len(parts[3])
@@ -1334,3 +1341,10 @@ def _random_uuid() -> str:
 
 def _connack(session_present: bool, return_code: int) -> bytes:
     return bytes((0x20, 2, 1 if session_present else 0, return_code))
+
+
+def _inflight_bytes(session: Session) -> int:
+    """Payload bytes of the QoS 1/2 messages in flight to a session, for max_inflight_bytes: summed when
+    needed rather than kept up to date, so the limit costs nothing while it is off; on, a sum over a
+    window that max_inflight_messages bounds."""
+    return sum(len(entry[0].payload) for entry in session.inflight.values())

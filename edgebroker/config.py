@@ -176,6 +176,10 @@ class Config:
     #: QoS 1/2 messages in flight to one client at a time, 0-65535; 0 = unlimited (packet ids are 16 bits,
     #: so 65535 in practice). Mosquitto default 20.
     max_inflight_messages: int = 20
+    #: Payload bytes of QoS 1/2 messages in flight to one client: another one is sent only while those in
+    #: flight hold fewer bytes than this (so one larger message still goes, alone), as mosquitto.conf(5)
+    #: describes; 0 = no limit (Mosquitto default). Both limits apply.
+    max_inflight_bytes: int = 0
     #: QoS 1/2 messages queued per client beyond the inflight window (and while offline); 0 = unlimited.
     #: Mosquitto default 1000: bounds the memory one slow or absent client can hold.
     max_queued_messages: int = 1000
@@ -236,6 +240,9 @@ class Config:
     log_timestamp: bool = True
     #: strftime(3) format of that timestamp; None = seconds since the epoch (Mosquitto default).
     log_timestamp_format: Optional[str] = None
+    #: With log_dest syslog: log to facility local0-local7 (0-7) instead of "daemon" (None, Mosquitto's
+    #: default), e.g. 5 for local5.
+    log_facility: Optional[int] = None
     #: Log every packet (mosquitto -v = log_type all). Set by the command line, not by files.
     verbose: bool = False
 
@@ -312,6 +319,8 @@ class Config:
         for name in ("max_queued_messages", "max_queued_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be 0 or more, got {getattr(self, name)}", option=name)
+        if self.max_inflight_bytes < 0:
+            raise ConfigError(f"must be 0 or more, got {self.max_inflight_bytes}", option="max_inflight_bytes")
         if not 0 <= self.max_inflight_messages <= 65535:
             raise ConfigError(f"must be 0-65535, got {self.max_inflight_messages}", option="max_inflight_messages")
         if self.max_packet_size != 0 and not 20 <= self.max_packet_size <= MAX_PACKET_SIZE_LIMIT:
@@ -347,6 +356,8 @@ class Config:
                 raise ConfigError(f"unknown type {kind!r}; one of {', '.join(LOG_TYPES)}, all, none",
                                   option="log_type")
         _nonempty(self.log_timestamp_format, "log_timestamp_format")
+        if self.log_facility is not None and not 0 <= self.log_facility <= 7:
+            raise ConfigError(f"must be 0-7 (local0-local7), got {self.log_facility}", option="log_facility")
         _nonempty(self.persistence_location, "persistence_location")
         _nonempty(self.persistence_file, "persistence_file")
         if self.durability not in DURABILITY_LEVELS:

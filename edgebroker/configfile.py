@@ -101,14 +101,14 @@ _INT, _FLOAT, _BOOL, _STR, _DURATION, _ENUM = "int", "float", "bool", "str", "du
 
 #: Config fields a file may set directly, by kind.
 _SCALARS: Dict[str, str] = {
-    "max_inflight_messages": _INT, "max_queued_messages": _INT, "max_queued_bytes": _INT,
+    "max_inflight_messages": _INT, "max_inflight_bytes": _INT, "max_queued_messages": _INT, "max_queued_bytes": _INT,
     "max_packet_size": _INT, "message_size_limit": _INT, "max_keepalive": _INT,
     "sys_interval": _FLOAT, "connect_timeout": _FLOAT, "autosave_interval": _FLOAT, "commit_window_ms": _INT,
     "queue_qos0_messages": _BOOL, "set_tcp_nodelay": _BOOL, "allow_zero_length_clientid": _BOOL,
     "retain_available": _BOOL, "upgrade_outgoing_qos": _BOOL, "connection_messages": _BOOL,
     "log_timestamp": _BOOL, "persistence": _BOOL, "autosave_on_changes": _BOOL,
     "auto_id_prefix": _STR, "clientid_prefixes": _STR, "pid_file": _STR, "user": _STR,
-    "log_timestamp_format": _STR, "persistence_file": _STR, "persistence_location": _STR,
+    "log_timestamp_format": _STR, "log_facility": _INT, "persistence_file": _STR, "persistence_location": _STR,
     "persistent_client_expiration": _DURATION, "durability": _ENUM, "scheduling_policy": _ENUM,
     "allow_anonymous": _BOOL, "per_listener_settings": _BOOL, "password_file": _STR, "acl_file": _STR,
 }
@@ -116,13 +116,21 @@ _ENUMS: Dict[str, Tuple[str, ...]] = {"durability": DURABILITY_LEVELS, "scheduli
 #: Mosquitto's other spellings.
 _ALIASES = {"retained_persistence": "persistence", "maximum_qos": "max_qos"}
 #: Mosquitto clamps these silently (a negative value means 0: no limit); a mosquitto.conf keeps that meaning.
-_CLAMP_NEGATIVE_TO_0 = frozenset({"max_inflight_messages", "max_queued_messages", "max_queued_bytes"})
+_CLAMP_NEGATIVE_TO_0 = frozenset({"max_inflight_messages", "max_inflight_bytes", "max_queued_messages",
+                                  "max_queued_bytes"})
 
 #: Accepted and ignored, with a warning (Mosquitto 2.0 dropped them).
 _OBSOLETE = {
     "retry_interval": "obsolete since Mosquitto 2.0 and ignored: unacknowledged QoS 1/2 messages are "
                       "resent when the client reconnects, as MQTT 3.1.1 requires",
     "store_clean_interval": "obsolete since Mosquitto 2.0 and ignored: nothing needs cleaning periodically",
+    # Accepted with a warning too: what they control does not exist in edgebroker, so no value changes
+    # what it does.
+    "allow_duplicate_messages": "deprecated in Mosquitto 2.0 and ignored: a client whose subscriptions "
+                                "overlap always gets one copy of a message [MQTT-3.3.5-1]",
+    "max_topic_alias": "ignored: topic aliases are an MQTT 5 feature, and edgebroker speaks MQTT 3.1 and 3.1.1",
+    "websockets_log_level": "ignored: edgebroker has no websockets listener (protocol websockets is refused)",
+    "websockets_headers_size": "ignored: edgebroker has no websockets listener (protocol websockets is refused)",
 }
 
 _TLS = ("psk_hint", "ciphers_tls1.3", "dhparamfile", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform")
@@ -135,17 +143,14 @@ _BRIDGE = ("bridge_bind_address", "bridge_ciphers", "bridge_ciphers_tls1.3", "br
 _OTHER_NOT_YET = {
     "mount_point": "listener mount points", "bind_interface": "binding to an interface by name",
     "socket_domain": "restricting a listener to IPv4 or IPv6", "http_dir": "websockets",
-    "websockets_log_level": "websockets", "websockets_headers_size": "websockets",
-    "max_topic_alias": "MQTT 5", "log_facility": "choosing the syslog facility",
-    "allow_duplicate_messages": "this deprecated Mosquitto option",
-    "memory_limit": "a memory limit", "max_inflight_bytes": "an inflight byte limit",
+    "memory_limit": "a memory limit",
     "check_retain_source": "retained-message source checks", "max_qos": "a maximum QoS",
     "protocol": "protocols other than mqtt",
 }
 #: Known-unsupported options whose value says "what edgebroker already does": accepted.
 _ACCEPTED_VALUES: Dict[str, Any] = {
     "protocol": "mqtt", "max_qos": 2,
-    "memory_limit": 0, "max_inflight_bytes": 0, "check_retain_source": False,
+    "memory_limit": 0, "check_retain_source": False,
     "use_username_as_clientid": False,
 }
 

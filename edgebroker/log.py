@@ -59,7 +59,8 @@ class Logger:
         self._file: Optional[TextIO] = None
 
     def configure(self, types: int, dests: Iterable[str], file_path: Optional[str] = None,
-                  timestamp: bool = True, timestamp_format: Optional[str] = None) -> None:
+                  timestamp: bool = True, timestamp_format: Optional[str] = None,
+                  facility: Optional[int] = None) -> None:
         """Apply log_type/log_dest/log_timestamp(_format); used at start-up and on reload. Raises
         OSError when the log file cannot be opened (the caller keeps the old settings then)."""
         dests = tuple(dests)
@@ -78,7 +79,9 @@ class Logger:
         self.syslog = "syslog" in dests
         if self.syslog:
             import syslog
-            syslog.openlog("edgebroker", syslog.LOG_PID, syslog.LOG_DAEMON)
+            # log_facility N: localN (LOG_LOCAL0 + N, as Mosquitto); else daemon
+            where = syslog.LOG_DAEMON if facility is None else syslog.LOG_LOCAL0 + (facility << 3)
+            syslog.openlog("edgebroker", syslog.LOG_PID, where)
         self.topic = "topic" in dests
         self.types = types
         self.timestamp = timestamp

@@ -93,7 +93,8 @@ class _ListenSocket:
 def configure_logger(logger: L.Logger, config: Config) -> None:
     """Apply the configuration's logging options to a Logger (-v means every log type, as Mosquitto)."""
     types = L.ALL if config.verbose else L.type_bits(config.log_type)
-    logger.configure(types, config.log_dest, config.log_file, config.log_timestamp, config.log_timestamp_format)
+    logger.configure(types, config.log_dest, config.log_file, config.log_timestamp, config.log_timestamp_format,
+                     config.log_facility)
 
 
 class Server:

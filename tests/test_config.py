@@ -484,11 +484,10 @@ def test_unimplemented_bridge_options_are_refused(tmp_path, line):
     error_at(tmp_path, text, 4, line.split()[0], "not supported yet", "bridge option is not implemented")
 
 
-@pytest.mark.parametrize("line", ["protocol websockets", "max_qos 1", "memory_limit 1000000", "max_inflight_bytes 10",
+@pytest.mark.parametrize("line", ["protocol websockets", "max_qos 1", "memory_limit 1000000",
                                   "check_retain_source true", "mount_point gw/",
-                                  "bind_interface eth0", "socket_domain ipv4", "http_dir /www", "log_facility 5",
-                                  "allow_duplicate_messages false", "use_username_as_clientid true",
-                                  "max_topic_alias 5"])
+                                  "bind_interface eth0", "socket_domain ipv4", "http_dir /www",
+                                  "use_username_as_clientid true"])
 def test_other_mosquitto_features_are_refused_as_not_supported_yet(tmp_path, line):
     error_at(tmp_path, f"listener 1883\n{line}\n", 2, line.split()[0], "not supported yet")
 

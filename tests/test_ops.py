@@ -485,3 +485,54 @@ def test_every_refused_option_of_a_file_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(str(toml))
     assert [(e.line, e.option) for e in info.value.errors] == [(1, "http_dir"), (3, "mount_point")]  # type: ignore
+
+
+# ---------------------------------------------------------------------------------------------------------
+# log_facility: a real syslog socket
+# ---------------------------------------------------------------------------------------------------------
+
+def test_log_facility_sends_syslog_lines_to_local_n(tmp_path):
+    """`log_dest syslog` with `log_facility 5`: the lines reach /dev/log (a datagram socket of ours, bound
+    there, or bind-mounted over the system's in a mount namespace of our own) with facility local5;
+    without log_facility, daemon."""
+    import socket as so
+    if os.geteuid() != 0:
+        pytest.skip("binding /dev/log needs root")
+    sock_path = tmp_path / "log"
+    listener = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(TIMEOUT)
+    own_dev_log = not os.path.exists("/dev/log")
+    try:
+        for facility_line, facility in (("log_facility 5\n", 21), ("", 3)):  # local5 = 21, daemon = 3
+            conf = tmp_path / "s.conf"
+            conf.write_text(f"log_dest syslog\n{facility_line}persistence false\nallow_anonymous true\n"
+                            f"listener 0 {tmp_path / 'mqtt.sock'}\n")
+            argv = [sys.executable, "-m", "edgebroker", "-c", str(conf)]
+            if own_dev_log:
+                os.symlink(str(sock_path), "/dev/log")
+            else:
+                if not shutil.which("unshare"):
+                    pytest.skip("/dev/log exists and no unshare to put ours in its place")
+                argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f'mount --bind "{sock_path}" /dev/log && exec "$@"', "sh", *argv]
+            proc = subprocess.Popen(argv, env=child_env(), cwd=str(REPO), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                seen = []
+                while True:
+                    data = listener.recv(4096).decode("utf-8", "replace")
+                    seen.append(data)
+                    if " running" in data:
+                        break
+                pri = int(data[1:data.index(">")])
+                assert (pri >> 3, pri & 7) == (facility, 5), seen  # severity notice
+                assert "edgebroker[" in data, data
+            finally:
+                proc.terminate()
+                assert proc.wait(TIMEOUT) == 0, proc.stderr.read()  # type: ignore[union-attr]
+                proc.stderr.close()  # type: ignore[union-attr]
+                if own_dev_log:
+                    os.unlink("/dev/log")
+    finally:
+        listener.close()
