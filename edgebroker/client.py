@@ -28,7 +28,7 @@ import socket
 import string
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from .codec import Parser, encode
 from .errors import EdgebrokerError, MalformedPacket
@@ -36,6 +36,9 @@ from .packets import (
     Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback,
     Subscribe, Unsuback, Unsubscribe, Will,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = [
     "Client", "ClientError", "ConnectFailed", "ConnectionRefused", "ConnectionLost", "ProtocolError",
@@ -199,14 +202,19 @@ class Client:
 
     def connect(self, host: str = "localhost", port: int = 1883, bind_address: Optional[str] = None,
                 unix_path: Optional[str] = None, nodelay: bool = False,
-                timeout: Optional[float] = None) -> Connack:
-        """Open the connection and complete the CONNECT/CONNACK exchange.
+                timeout: Optional[float] = None, tls: Optional["ssl.SSLContext"] = None) -> Connack:
+        """Open the connection and complete the CONNECT/CONNACK exchange; with `tls` (a context from
+        edgebroker.tls.client_context) over TLS, the broker's certificate checked against `host`.
 
         Raises ConnectFailed (socket), ConnectionRefused (CONNACK return code != 0; the socket is left
         open for the caller to `close` or `disconnect`), ConnectionLost or ProtocolError. `timeout`
         bounds the wait for the CONNACK (default: 1.5 keepalive periods, or 60 s without keepalive)."""
         self.close()
+        if timeout is None:
+            timeout = self.keepalive * 1.5 if self.keepalive else 60.0
         self.sock = self._open_socket(host, port, bind_address, unix_path, nodelay)
+        if tls is not None:
+            self.sock = self._start_tls(self.sock, tls, host, timeout)
         self.parser = Parser()
         now = time.monotonic()
         self._last_in = self._last_out = now
@@ -218,8 +226,6 @@ class Client:
         self._send(Connect(PROTOCOL_NAMES[self.protocol_level], self.protocol_level, self.clean_session,
                            self.keepalive, self.client_id or "", self.will, self.username, self.password),
                    "sending CONNECT")
-        if timeout is None:
-            timeout = self.keepalive * 1.5 if self.keepalive else 60.0
         deadline = time.monotonic() + timeout
         pending: List[object] = []
         while not pending:
@@ -272,6 +278,24 @@ class Client:
             return sock
         code = (last.errno if last is not None else None) or errno.ECONNREFUSED
         raise ConnectFailed(f"Error: {os.strerror(code)}") from last
+
+    @staticmethod
+    def _start_tls(sock: socket.socket, context: "ssl.SSLContext", host: str, timeout: float) -> socket.socket:
+        """The TLS handshake, blocking (bounded by `timeout`); a failure reads as mosquitto_pub's."""
+        import ssl
+
+        sock.settimeout(timeout)
+        try:
+            wrapped = context.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLError as exc:
+            sock.close()
+            reason = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else exc.reason
+            raise ConnectFailed(f"OpenSSL Error: {reason or exc}\nUnable to connect (A TLS error occurred.).") from exc
+        except OSError as exc:
+            sock.close()
+            raise ConnectFailed(f"Error: {exc.strerror or 'A TLS error occurred.'}") from exc
+        wrapped.settimeout(None)
+        return wrapped
 
     @property
     def connected(self) -> bool:
@@ -367,7 +391,10 @@ class Client:
             raise ConnectionLost()
         if timeout is not None and timeout < 0:
             timeout = 0
-        readable, _, _ = select.select([sock, *wake], [], [], timeout)
+        if self._tls_pending(sock):
+            readable = [sock]  # decrypted bytes wait inside the TLS layer: select would not say so
+        else:
+            readable, _, _ = select.select([sock, *wake], [], [], timeout)
         if wake and any(r is not sock for r in readable):
             self.woken = True
         if sock not in readable:
@@ -386,6 +413,11 @@ class Client:
         except MalformedPacket as exc:
             self.close()
             raise ProtocolError(str(exc)) from exc
+
+    @staticmethod
+    def _tls_pending(sock: socket.socket) -> int:
+        pending = getattr(sock, "pending", None)
+        return pending() if pending is not None else 0
 
     def _keepalive_due(self, now: float) -> Optional[float]:
         """Seconds until the next keepalive action, None without keepalive. Like libmosquitto: a

@@ -544,9 +544,9 @@ def test_mqtt5_is_refused_clearly(capsys, tool, option):
 
 
 @pytest.mark.parametrize("tool", [eb_pub.main, eb_sub.main])
-def test_tls_options_are_refused_clearly(capsys, tool):
-    assert tool(["-t", "a", "--cafile", "/etc/ssl/ca.pem"]) == 1
-    assert "--cafile: TLS not supported" in capsys.readouterr().err
+def test_tls_engine_options_are_refused_clearly(capsys, tool):
+    assert tool(["-t", "a", "--cafile", "/etc/ssl/ca.pem", "--tls-engine", "pkcs11"]) == 1
+    assert "--tls-engine: TLS engines not supported" in capsys.readouterr().err
 
 
 # --- behaviour beyond one-shot output ----------------------------------------------------------------

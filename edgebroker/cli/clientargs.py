@@ -8,8 +8,8 @@ then "Use '<tool> --help' to see usage.", and exits 1. `parse()` returns an `Opt
 `UsageError`; `--help` and `--version` raise `HelpRequested` / `VersionRequested` (both exit 1, as
 Mosquitto's tools do).
 
-What Mosquitto's tools accept and we do not (TLS, SOCKS proxy, MQTT 5 properties, options files) is
-refused with a message that says so, never silently ignored.
+What Mosquitto's tools accept and we do not (TLS engines and PSK, SOCKS proxy, MQTT 5 properties,
+options files) is refused with a message that says so, never silently ignored.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 from ..codec import valid_topic_filter, valid_topic_name
 
-__all__ = ["Options", "UsageError", "HelpRequested", "VersionRequested", "parse", "atoi", "PUB", "SUB",
+__all__ = ["TLS_HELP", "Options", "UsageError", "HelpRequested", "VersionRequested", "parse", "atoi", "PUB", "SUB",
            "MSGMODE_CMD", "MSGMODE_FILE", "MSGMODE_STDIN_LINE", "MSGMODE_STDIN_FILE", "MSGMODE_NULL"]
 
 PUB = "pub"
@@ -29,6 +29,23 @@ MSGMODE_FILE = "-f"
 MSGMODE_STDIN_LINE = "-l"
 MSGMODE_STDIN_FILE = "-s"
 MSGMODE_NULL = "-n"
+
+#: The TLS part of both tools' --help (mosquitto_pub's wording where the options are the same).
+TLS_HELP = """ --cafile : path to a file containing trusted CA certificates to enable encrypted
+            communication.
+ --capath : path to a directory containing trusted CA certificates to enable encrypted
+            communication.
+ --cert : client certificate for authentication, if required by server.
+ --key : client private key for authentication, if required by server.
+ --ciphers : openssl compatible list of TLS ciphers to support (TLS 1.2).
+ --tls-alpn : TLS application layer protocol to offer, e.g. mqtt.
+ --tls-version : lowest TLS protocol version, can be one of tlsv1.3 tlsv1.2 or tlsv1.1.
+                 Defaults to tlsv1.2.
+ --tls-use-os-certs : load and trust the CA certificates of the operating system.
+ --insecure : do not check that the server certificate hostname matches the remote
+              hostname (the certificate itself is still verified). Do not use this option
+              in a production environment.
+"""
 
 #: Largest payload a PUBLISH can carry (remaining length limit), Mosquitto's MQTT_MAX_PAYLOAD.
 MQTT_MAX_PAYLOAD = 268435455
@@ -100,6 +117,21 @@ class Options:
         self.timeout: int = 0
         self.exit_after_sub: bool = False
         self.random_filter: float = 100.0
+        # TLS, as mosquitto_pub/sub: --cafile or --capath (or --tls-use-os-certs) turns it on
+        self.cafile: Optional[str] = None
+        self.capath: Optional[str] = None
+        self.certfile: Optional[str] = None
+        self.keyfile: Optional[str] = None
+        self.insecure: bool = False
+        self.tls_version: Optional[str] = None
+        self.ciphers: Optional[str] = None
+        self.tls_alpn: Optional[str] = None
+        self.tls_use_os_certs: bool = False
+
+    @property
+    def tls(self) -> bool:
+        """TLS is on: as in Mosquitto's tools, --cert/--key/--insecure alone do not turn it on."""
+        return self.cafile is not None or self.capath is not None or self.tls_use_os_certs
 
 
 def atoi(text: str) -> int:
@@ -198,9 +230,7 @@ def check_format(fmt: str) -> None:
 
 #: Mosquitto options we recognise but do not implement, with the reason given to the user.
 _UNSUPPORTED = {
-    "--cafile": "TLS", "--capath": "TLS", "--cert": "TLS", "--key": "TLS", "--ciphers": "TLS",
-    "--insecure": "TLS", "--tls-alpn": "TLS", "--tls-engine": "TLS", "--keyform": "TLS",
-    "--tls-engine-kpass-sha1": "TLS", "--tls-use-os-certs": "TLS", "--tls-version": "TLS",
+    "--tls-engine": "TLS engines", "--keyform": "TLS engines", "--tls-engine-kpass-sha1": "TLS engines",
     "--psk": "TLS-PSK", "--psk-identity": "TLS-PSK", "--proxy": "SOCKS proxies",
     "-D": "MQTT 5", "--property": "MQTT 5", "-x": "MQTT 5", "--retain-as-published": "MQTT 5",
     "-o": "options files", "--pretty": "pretty JSON output", "--ws": "websockets",
@@ -401,6 +431,13 @@ def parse(argv: List[str], tool: str, tool_name: str) -> Options:
                 raise UsageError(f"Error: Invalid will topic '{will_topic}', does it contain '+' or '#'?\n")
             o.will_topic = will_topic
             i += 1
+        elif arg in _TLS_VALUES:
+            setattr(o, _TLS_VALUES[arg], value(_TLS_WHAT[arg]))
+            i += 1
+        elif arg == "--insecure":
+            o.insecure = True
+        elif arg == "--tls-use-os-certs":
+            o.tls_use_os_certs = True
         elif arg in _UNSUPPORTED:
             what = _UNSUPPORTED[arg]
             if what == "MQTT 5":
@@ -417,11 +454,20 @@ def parse(argv: List[str], tool: str, tool_name: str) -> Options:
         raise UsageError("Error: Will retain given, but no will topic given.\n")
     if not o.clean_session and (o.id_prefix is not None or o.client_id is None):
         raise UsageError("Error: You must provide a client id if you are using the -c option.\n")
+    if (o.certfile is None) != (o.keyfile is None):
+        raise UsageError("Error: Both certfile and keyfile must be provided if one of them is set.\n")
     if tool == SUB and not o.topics and not o.unsub_topics:
         raise UsageError("Error: You must specify a topic to subscribe to.\n")
     if o.host is None:
         o.host = "localhost"
     return o
+
+
+#: TLS options that take a value: the Options attribute, and the word of Mosquitto's "no ... specified".
+_TLS_VALUES = {"--cafile": "cafile", "--capath": "capath", "--cert": "certfile", "--key": "keyfile",
+               "--tls-version": "tls_version", "--ciphers": "ciphers", "--tls-alpn": "tls_alpn"}
+_TLS_WHAT = {"--cafile": "cafile", "--capath": "capath", "--cert": "certfile", "--key": "keyfile",
+             "--tls-version": "version", "--ciphers": "ciphers", "--tls-alpn": "protocol"}
 
 
 def _add_topic(o: Options, topic: str, tool: str, arg: str) -> None:

@@ -11,12 +11,15 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, TextIO, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, TextIO, Union
 
 from .. import __version__
-from ..client import Client
+from ..client import Client, ConnectFailed
 from ..packets import Will
 from .clientargs import HelpRequested, Options, UsageError, VersionRequested, parse
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Output", "err", "parse_or_exit", "make_client", "connect", "stop_signals", "Stopped"]
 
@@ -110,8 +113,29 @@ def make_client(o: Options, out: Output) -> Client:
 
 
 def connect(client: Client, o: Options) -> None:
-    client.connect(o.host or "localhost", 1883 if o.port is None else o.port, bind_address=o.bind_address,
-                   unix_path=o.unix_path, nodelay=o.nodelay)
+    """Connect as the options say; with TLS the default port is 8883, as for mosquitto_pub."""
+    tls = tls_context(o) if o.tls else None
+    port = o.port if o.port is not None else 8883 if tls is not None else 1883
+    client.connect(o.host or "localhost", port, bind_address=o.bind_address, unix_path=o.unix_path,
+                   nodelay=o.nodelay, tls=tls)
+
+
+def tls_context(o: Options) -> "ssl.SSLContext":
+    """The TLS client context of the options; ConnectFailed with mosquitto_pub's message when a file
+    is missing or an option is invalid."""
+    from ..errors import ConfigError
+    from ..tls import client_context
+    try:
+        context = client_context(cafile=o.cafile, capath=o.capath, certfile=o.certfile, keyfile=o.keyfile,
+                                 insecure=o.insecure, tls_version=o.tls_version, ciphers=o.ciphers,
+                                 use_os_certs=o.tls_use_os_certs)
+        if o.tls_alpn is not None:
+            context.set_alpn_protocols([o.tls_alpn])
+    except ConfigError as exc:
+        if "cannot read" in str(exc) or "not a directory" in str(exc):
+            raise ConnectFailed("Error: Problem setting TLS options: File not found.") from exc
+        raise ConnectFailed(f"Error: Problem setting TLS options, check the options are valid ({exc}).") from exc
+    return context
 
 
 class Stopped(Exception):

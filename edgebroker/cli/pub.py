@@ -17,7 +17,7 @@ from typing import List, Optional
 
 from ..client import Client, ClientError, ConnectionRefused, Published
 from .clientargs import (
-    MQTT_MAX_PAYLOAD, MSGMODE_FILE, MSGMODE_STDIN_FILE, MSGMODE_STDIN_LINE, PUB, Options,
+    MQTT_MAX_PAYLOAD, MSGMODE_FILE, MSGMODE_STDIN_FILE, MSGMODE_STDIN_LINE, PUB, TLS_HELP, Options,
 )
 from .clienttool import Output, connect, err, make_client, parse_or_exit
 
@@ -30,7 +30,7 @@ STDIN_READ = 65536
 
 USAGE = f"""\
 {PROG} is a simple mqtt client that will publish a message on a single topic and exit.
-It takes mosquitto_pub's options (MQTT 3.1.1 and 3.1; TLS and MQTT 5 are not supported yet).
+It takes mosquitto_pub's options (MQTT 3.1.1 and 3.1; MQTT 5 is not supported yet).
 
 Usage: {PROG} {{[-h host] [--unix path] [-p port] [-u username] [-P password] -t topic | -L URL}}
                      {{-f file | -l | -n | -m message | -s}}
@@ -41,6 +41,9 @@ Usage: {PROG} {{[-h host] [--unix path] [-p port] [-u username] [-P password] -t
                      [-M max_inflight]
                      [-u username [-P password]]
                      [--will-topic [--will-payload payload] [--will-qos qos] [--will-retain]]
+                     [{{--cafile file | --capath dir}} [--cert file] [--key file]
+                       [--ciphers ciphers] [--insecure] [--tls-alpn protocol]
+                       [--tls-use-os-certs] [--tls-version version]]
        {PROG} --help
 
  -A : bind the outgoing socket to this host/ip address. Use to control which interface
@@ -61,7 +64,7 @@ Usage: {PROG} {{[-h host] [--unix path] [-p port] [-u username] [-P password] -t
  -m : message payload to send.
  -M : the maximum inflight messages for QoS 1/2..
  -n : send a null (zero length) message.
- -p : network port to connect to. Defaults to 1883.
+ -p : network port to connect to. Defaults to 1883 for plain MQTT and 8883 for MQTT over TLS.
  -P : provide a password
  -q : quality of service level to use for all messages. Defaults to 0.
  -r : message should be retained.
@@ -84,7 +87,7 @@ Usage: {PROG} {{[-h host] [--unix path] [-p port] [-u username] [-P password] -t
  --will-qos : QoS level for the client Will.
  --will-retain : if given, make the client Will retained.
  --will-topic : the topic on which to publish the client Will.
-
+{TLS_HELP}
 See mosquitto_pub(1) for the details: {PROG} behaves the same.
 """
 

@@ -17,7 +17,7 @@ from typing import List, Optional
 from ..client import Client, ClientError, ConnectFailed, ConnectionLost, ConnectionRefused, Message, \
     Published, Subscribed
 from ..topics import filter_matches
-from .clientargs import SUB, Options
+from .clientargs import SUB, TLS_HELP, Options
 from .clienttool import Output, Stopped, connect, err, make_client, parse_or_exit, stop_signals
 from .msgformat import render
 
@@ -33,7 +33,7 @@ RECONNECT_DELAY = 1.0
 
 USAGE = f"""\
 {PROG} is a simple mqtt client that will subscribe to a set of topics and print all messages it receives.
-It takes mosquitto_sub's options (MQTT 3.1.1 and 3.1; TLS and MQTT 5 are not supported yet).
+It takes mosquitto_sub's options (MQTT 3.1.1 and 3.1; MQTT 5 is not supported yet).
 
 Usage: {PROG} {{[-h host] [--unix path] [-p port] [-u username] [-P password] -t topic | -L URL [-t topic]}}
                      [-c] [-k keepalive] [-q qos]
@@ -44,6 +44,9 @@ Usage: {PROG} {{[-h host] [--unix path] [-p port] [-u username] [-P password] -t
                      [-i id] [-I id_prefix]
                      [-d] [-N] [--quiet] [-v]
                      [--will-topic [--will-payload payload] [--will-qos qos] [--will-retain]]
+                     [{{--cafile file | --capath dir}} [--cert file] [--key file]
+                       [--ciphers ciphers] [--insecure] [--tls-alpn protocol]
+                       [--tls-use-os-certs] [--tls-version version]]
        {PROG} --help
 
  -A : bind the outgoing socket to this host/ip address. Use to control which interface
@@ -63,7 +66,7 @@ Usage: {PROG} {{[-h host] [--unix path] [-p port] [-u username] [-P password] -t
  -L : specify user, password, hostname, port and topic as a URL in the form:
       mqtt://[username[:password]@]host[:port]/topic
  -N : do not add an end of line character when printing the payload.
- -p : network port to connect to. Defaults to 1883.
+ -p : network port to connect to. Defaults to 1883 for plain MQTT and 8883 for MQTT over TLS.
  -P : provide a password
  -q : quality of service level to use for the subscription. Defaults to 0.
  -R : do not print stale messages (those with retain set).
@@ -98,7 +101,7 @@ Usage: {PROG} {{[-h host] [--unix path] [-p port] [-u username] [-P password] -t
 The -F format string takes mosquitto_sub's sequences: %t %p %q %r %l %m %x %X %I %U %j %% (with
 optional - or 0 flag, width and precision), @-sequences for strftime(3) (@N: nanoseconds), and
 the escapes \\\\ \\0 \\a \\e \\n \\r \\t \\v.
-
+{TLS_HELP}
 See mosquitto_sub(1) for the details: {PROG} behaves the same.
 """
 
