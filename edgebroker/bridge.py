@@ -105,6 +105,7 @@ class Bridge:
         self._mem_last = 0                   # seq of the newest message ever held in memory
         self.count, self.bytes = summary     # queued messages and bytes, in flight included
         self.memory_rows = MEMORY_ROWS if self.store.path is not None else 0  # 0: no limit (no disk)
+        self._remaps = any(t.remapped for t in config.topics)
         self.dropped = 0
         self.sent = 0
         self.received = 0
@@ -177,7 +178,8 @@ class Bridge:
     def _on_local(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """The core delivers a message for a bridge topic (inside its routing, inside the turn)."""
         c = self.config
-        topic = _remap(c.topics, topic, True)
+        if self._remaps:
+            topic = _remap(c.topics, topic, True)
         if not c.outgoing_retain:
             retain = False
         if qos == 0 and not c.queue_qos0_messages:
@@ -489,15 +491,14 @@ class Bridge:
                 codes = event.return_codes  # type: ignore[attr-defined]
                 if 0x80 in codes:
                     self._note(L.WARNING, f"Warning: bridge {self.name}: the remote refused a subscription.", now)
-        if self.state == _UP:
-            self._pump(now)
-        self._flush(now)
+        # Acknowledgements free the window: the timer, which runs after every read of this turn, refills
+        # it and writes once, so the publishers' input read in the same turn goes out in the same send.
 
     def _on_remote(self, event: Received, now: float) -> None:
         """A message from the remote: remapped and published locally (never back out: no-local)."""
         self.received += 1
         self._last_traffic = now
-        topic = _remap(self.config.topics, event.topic, False)
+        topic = _remap(self.config.topics, event.topic, False) if self._remaps else event.topic
         try:
             self.local.publish(topic, event.payload, event.qos, event.retain)
         except ValueError as exc:
@@ -640,6 +641,9 @@ class _Bridges:
 
     def __init__(self, bridges: List[Bridge]) -> None:
         self.bridges = bridges
+
+    def __repr__(self) -> str:
+        return "the bridges"
 
     def stop(self) -> None:
         for b in self.bridges:

@@ -651,3 +651,54 @@ def test_rabbitmq_upstream_refuses_the_bridge_flag_and_gets_a_plain_connect(tmp_
     assert [(m.topic, m.payload) for m in got][:1] == [("c/x", b"from-rabbit")]
     gw.stop()
     cloud.close()
+
+
+# ---- start types, reload ------------------------------------------------------------------------------
+
+def sys_snapshot(client: Client, wanted: Dict[str, bytes], timeout: float = TIMEOUT) -> Dict[str, bytes]:
+    """The bridge's $SYS values (by last topic level) once every `wanted` value is seen at once."""
+    values: Dict[str, bytes] = {}
+
+    def seen() -> bool:
+        for m in collect(client, 1, 0.3):
+            values[m.topic.split("/gw1.cloud/", 1)[1]] = m.payload
+        return all(values.get(k) == v for k, v in wanted.items())
+
+    wait_for(seen, timeout, what=f"$SYS {wanted}")
+    return values
+
+
+def test_lazy_bridge_connects_at_threshold_and_leaves_when_idle(tmp_path, procs):
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    cloud = up.client("cloud")
+    subscribe(cloud, ("l/#", 1))
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "l/# out 1", extra='start_type = "lazy"\nthreshold = 3\n'
+                                                "idle_timeout = 1\n")).start()
+    procs.append(gw)
+    probe = gw.client("probe")
+    subscribe(probe, ("$SYS/broker/connection/gw1.cloud/#", 0))
+    sensor = gw.client("sensor")
+    publish_all(sensor, [("l/1", b"1", 1, False), ("l/2", b"2", 1, False)])
+    sys_snapshot(probe, {"queue/messages": b"2", "connects": b"0", "state": b"0"})
+    publish_all(sensor, [("l/3", b"3", 1, False)])
+    assert [m.payload for m in collect(cloud, 3)] == [b"1", b"2", b"3"]
+    wait_for(lambda: "idle for 1 s, disconnecting (lazy)" in gw.log(), TIMEOUT, what="the idle disconnect")
+    gw.stop()
+
+
+def test_sighup_with_a_changed_bridge_keeps_the_running_one_and_says_so(tmp_path, procs):
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "h/# out 1")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    gw.conf.write_text(gw.conf.read_text().replace("h/# out 1", "h/# out 2"))
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "bridge changes take effect after a restart" in gw.log(), TIMEOUT, what="the refusal")
+    cloud = up.client("cloud")
+    subscribe(cloud, ("h/#", 2))
+    publish_all(gw.client("sensor"), [("h/1", b"x", 2, False)])
+    assert [(m.payload, m.qos) for m in collect(cloud, 1)] == [(b"x", 1)]  # still the running line's QoS 1
+    gw.stop()
