@@ -51,6 +51,8 @@ class Sizes:
     #: of s7f_filters wildcard filters, each matching s7f_topics / s7f_filters of them (S7f).
     s7f_topics: int = 20_000
     s7f_filters: int = 1_000
+    #: S10: payload bytes of the one huge PUBLISH
+    s10_bytes: int = 200 * 1024 * 1024
     s8_count: int = 10_000
     s8_max_queued: int = 20_000
     #: S9: QoS 1 messages through a persistent session with the subscriber online (the S2 shape) ...
@@ -67,7 +69,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = replace(FULL, s1_per_pub=10_000, s2_count=20_000, s3_count=10_000, s4_count=2_000, s5_seconds=3.0,
-                s7f_topics=5_000, s7f_filters=200, s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0,
+                s7f_topics=5_000, s7f_filters=200, s10_bytes=50 * 1024 * 1024, s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0,
                 s9t_count=80)
 
 
@@ -439,6 +441,26 @@ def run_s7f(target: Any, sz: Sizes, timeout: float) -> Outcome:
     return run_s7(target, sz, timeout, "S7f")
 
 
+def run_s10(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    t0 = time.monotonic()
+    pool = Pool()
+    try:
+        pool.spawn("huge", workers.huge_worker, target.port, sz.s10_bytes, t0 + timeout - _soft(timeout))
+        if not pool.wait("result", ["huge"], t0 + timeout):
+            return _timeout_outcome(pool, "the huge publish")
+        r = pool.got("result", "huge") or {}
+        o = Outcome(gen_cpu=r.get("cpu", 0.0), wall=time.monotonic() - t0)
+        o.raw.update(r)
+        if r.get("error"):
+            return Outcome(status="ERROR", detail=r["error"], wall=o.wall)
+        _judge_counts(o, r.get("received", 0), 1, 1, 0, 0, "")
+        if o.status == "OK":
+            o.metrics["ms"] = r["seconds"] * 1e3
+        return o
+    finally:
+        pool.close()
+
+
 def run_s8(target: Any, sz: Sizes, timeout: float) -> Outcome:
     return _queued(target, sz, timeout, sz.s8_count)
 
@@ -620,6 +642,8 @@ def scenarios(sz: Sizes) -> List[Scenario]:
         Scenario("S7f", f"{sz.s7f_topics:,} retained messages, one SUBSCRIBE of {sz.s7f_filters:,} wildcard "
                         f"filters matching {sz.s7f_topics // sz.s7f_filters:,} each",
                  (Metric("ms", "SUBSCRIBE to last retained, ms", "lower", ms),), run_s7f),
+        Scenario("S10", f"one QoS 0 PUBLISH of {sz.s10_bytes >> 20} MiB to one subscriber (see the peak RSS column)",
+                 (Metric("ms", "first byte sent to last received, ms", "lower", ms),), run_s10),
         Scenario("S8", f"{sz.s8_count:,} QoS 1 queued for an offline persistent session, drained on reconnect",
                  (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8, max_queued=sz.s8_max_queued,
                  family="S8"),

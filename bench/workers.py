@@ -820,6 +820,50 @@ def retained_worker(wid: Any, q: Any, port: int, n: int, size: int, deadline: fl
     _put(q, "result", wid, out)
 
 
+# ---- S10: one huge PUBLISH --------------------------------------------------------------------------
+
+def huge_worker(wid: Any, q: Any, port: int, size: int, deadline: float) -> None:
+    """S10: one QoS 0 PUBLISH of `size` payload bytes, sent at full speed by one client to one subscriber
+    (which reads it into a preallocated buffer). Reports the seconds from the first byte sent to the
+    last received; the broker's peak RSS is the interesting figure (the run records it)."""
+    out: Dict[str, Any] = {"expected": 1}
+    pub = sub = None
+    try:
+        packet = wire.publish("bench/huge", b"\x5a" * size)
+        sub, _, _ = connect_client(port, "bench-huge-sub")
+        sub.sendall(wire.subscribe(1, [("bench/huge", 0)]))
+        _ping_barrier(sub, deadline)  # the SUBACK came before the PINGRESP
+        pub, _, _ = connect_client(port, "bench-huge-pub")
+        sink = bytearray(len(packet))
+        view = memoryview(sink)
+        c0 = cpu_now()
+        t0 = perf()
+        import threading
+        sender = threading.Thread(target=pub.sendall, args=(packet,))
+        sender.start()
+        got = 0
+        sub.settimeout(max(1.0, deadline - time.monotonic()))
+        while got < len(packet):
+            n = sub.recv_into(view[got:], min(RECV, len(packet) - got))
+            if not n:
+                raise wire.ProtocolError("broker closed the subscriber's connection")
+            got += n
+        elapsed = perf() - t0
+        sender.join(max(1.0, deadline - time.monotonic()))
+        whole = sink == packet
+        out.update(received=1 if whole else 0, dups=0, seconds=elapsed, cpu=cpu_now() - c0)
+        for s in (sub, pub):
+            s.sendall(wire.DISCONNECT_BYTES)
+    except Exception:
+        _fail(q, wid, out)
+        return
+    finally:
+        for s in (pub, sub):
+            if s is not None:
+                s.close()
+    _put(q, "result", wid, out)
+
+
 # ---- S8: queued messages for an offline persistent session --------------------------------------
 
 def queue_worker(wid: Any, q: Any, port: int, n: int, size: int, window: int, deadline: float,

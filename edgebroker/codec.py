@@ -28,6 +28,12 @@ MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
 
 _U16 = struct.Struct("!H")
 
+#: A packet at least this large, once its last byte has arrived, is decoded from the buffer it was
+#: gathered in, without a copy: a PUBLISH's payload is that buffer itself, its head cut off in place (a
+#: bytearray drops bytes at its front without moving the rest). One 200 MB PUBLISH then costs about
+#: 200 MB, not three copies of it (buffer, bytes of the buffer, payload slice).
+LARGE_PACKET = 1 << 20
+
 #: Levels a topic name or filter may have: 201, i.e. at most 200 `/` separators, Mosquitto 2.0's
 #: TOPIC_HIERARCHY_LIMIT. MQTT sets no limit; Mosquitto closes the connection of a client that sends a
 #: deeper one (SUBSCRIBE, UNSUBSCRIBE, PUBLISH, will topic), and so does this codec (MalformedPacket).
@@ -297,6 +303,43 @@ class Parser:
         self._need = 0  # size of the partial packet in _buf once its header is known, else 0
         self.max_packet_size = max_packet_size if max_packet_size > 0 else MAX_PACKET_SIZE
 
+    def _take_large(self) -> List[object]:
+        """The large packet at the front of the buffer is complete: decode it in place (see
+        LARGE_PACKET), then whatever followed it in the last read, as usual."""
+        buf = self._buf
+        need = self._need
+        rest = bytes(buf[need:])  # at most one read's worth
+        del buf[need:]
+        self._buf = bytearray()
+        self._need = 0
+        first = buf[0]
+        i = 1
+        while buf[i] & 0x80:  # the header was checked when it arrived
+            i += 1
+        i += 1
+        try:
+            if first >> 4 == 3:
+                # Topic and packet id are checked on a small copy of the packet's head; the payload is
+                # the buffer with that head removed.
+                head = _decode_publish_at(first & 0x0F, bytes(buf[:min(need, i + 65541)]), i,
+                                          min(need, i + 65541))
+                del buf[:min(need, i + 65541) - len(head.payload)]
+                packet: object = head._replace(payload=buf)
+            else:
+                packet = _DECODERS[first >> 4](first & 0x0F, bytes(buf[i:]))
+        except MalformedPacket:
+            raise
+        except Exception as exc:
+            raise MalformedPacket(f"undecodable packet ({exc.__class__.__name__})") from exc
+        out = [packet]
+        if rest:
+            try:
+                out += self.feed(rest)
+            except MalformedPacket as exc:
+                exc.packets = out + exc.packets
+                raise
+        return out
+
     def ack_run(self, data: bytes, first: int) -> Optional[Tuple[int, ...]]:
         """The packet ids of `data` when it is exactly a run of well-formed 4-byte acknowledgements
         with first byte `first` (a subscriber acknowledging what one write delivered) and no partial
@@ -323,6 +366,8 @@ class Parser:
             buf += data
             if len(buf) < self._need:
                 return []  # a large packet still arriving: append only, so its cost stays linear
+            if self._need >= LARGE_PACKET:
+                return self._take_large()
             view = bytes(buf)
         else:
             view = bytes(data)

@@ -53,6 +53,10 @@ ACCEPT_BATCH = 64
 #: Unread input drained before closing a socket, so the kernel sends FIN (not RST) and the peer gets
 #: what we flushed last (a refusing CONNACK).
 CLOSE_DRAIN_BYTES = 256 * 1024
+#: Output chunks this large are sent by themselves and what a send leaves of them is kept as a view, not
+#: copied: a 200 MB PUBLISH to a subscriber is not joined with what follows it, nor copied again at each
+#: partial send (which made its delivery quadratic: 11 s for 200 MB).
+LARGE_OUTPUT = 256 * 1024
 
 _WAKE = object()
 
@@ -636,7 +640,17 @@ class Server:
             if conn in self._writing:  # only a TLS connection's own records wait (a handshake flight)
                 self._tls_flush(conn, now)
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
+        n = len(out)
+        if n == 1:
+            data = out[0]
+        elif conn.out_size < LARGE_OUTPUT:
+            data = b"".join(out)
+        else:
+            n = 0  # the small chunks before the first large one, or that large one by itself
+            while n < len(out) and len(out[n]) < LARGE_OUTPUT:
+                n += 1
+            data = b"".join(out[:n]) if n else out[0]
+            n = n or 1
         try:
             sent = conn.handle.send(data)  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
@@ -647,7 +661,13 @@ class Server:
             self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
             return
         self.broker.stats.bytes_sent += sent
-        if sent == len(data):
+        if sent == len(data) and n < len(out):
+            del out[:n]  # more to send: the loop comes back when the socket has room
+            conn.out_size -= sent
+            if conn not in self._writing and not conn.closed:
+                self._writing[conn] = None
+                self._interest(conn)
+        elif sent == len(data):
             out.clear()
             conn.out_size = 0
             if conn.refill_held:
@@ -656,9 +676,9 @@ class Server:
                 del self._writing[conn]
                 self._interest(conn)
         else:
-            rest = data[sent:]
-            out[:] = [rest]
-            conn.out_size = len(rest)
+            rest = data[sent:] if len(data) - sent < LARGE_OUTPUT else memoryview(data)[sent:]
+            out[:n] = [rest]
+            conn.out_size -= sent
             if conn not in self._writing and not conn.closed:
                 self._writing[conn] = None
                 self._interest(conn)
