@@ -62,6 +62,9 @@ class Listener:
     max_connections: int = -1
     #: Path of a Unix domain socket (Mosquitto 2.0's `listener 0 PATH`); port must be 0 and address None.
     unix_socket: Optional[str] = None
+    #: Mosquitto's socket_domain: "ipv4" or "ipv6" binds only that family's addresses (of `address`, or
+    #: all of them); None = both.
+    socket_domain: Optional[str] = None
     # ---- security (per listener: only with per_listener_settings true; None = not set) ----------
     #: As Config.allow_anonymous, for this listener; None = false (a listener is configured).
     allow_anonymous: Optional[bool] = None
@@ -100,6 +103,8 @@ class Listener:
                               option="max_connections")
         _nonempty(self.address, "address")
         _nonempty(self.unix_socket, "unix_socket")
+        if self.socket_domain not in (None, "ipv4", "ipv6"):
+            raise ConfigError(f"must be ipv4 or ipv6, got {self.socket_domain!r}", option="socket_domain")
         if self.unix_socket is not None and (self.port != 0 or self.address is not None):
             raise ConfigError("a Unix socket listener has port 0 and no address", option="unix_socket")
         for name in ("password_file", "acl_file", "auto_id_prefix"):

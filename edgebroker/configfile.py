@@ -142,7 +142,7 @@ _BRIDGE = ("bridge_bind_address", "bridge_ciphers", "bridge_ciphers_tls1.3", "br
            "bridge_session_expiry_interval", "bridge_tcp_keepalive", "bridge_tcp_user_timeout")
 _OTHER_NOT_YET = {
     "mount_point": "listener mount points", "bind_interface": "binding to an interface by name",
-    "socket_domain": "restricting a listener to IPv4 or IPv6", "http_dir": "websockets",
+"http_dir": "websockets",
     "memory_limit": "a memory limit",
     "check_retain_source": "retained-message source checks", "max_qos": "a maximum QoS",
     "protocol": "protocols other than mqtt",
@@ -183,6 +183,8 @@ _TLS_FIELDS: Dict[str, str] = {
     "tls_version": _STR, "require_certificate": _BOOL, "use_identity_as_username": _BOOL,
     "use_subject_as_username": _BOOL,
 }
+#: socket_domain (ipv4 | ipv6) is a listener option read the same way, though it has nothing to do with TLS.
+_TLS_FIELDS["socket_domain"] = _STR
 _LISTENER_FIELDS = ("port", "address", "max_connections", "unix_socket") + tuple(_TLS_FIELDS)
 #: TOML arrays of tables for firmware_bridge: table name -> (schema class, option kinds).
 _DEVICE_TABLES: Dict[str, Tuple[Any, Dict[str, str]]] = {"serial": (SerialPort, SERIAL_FIELDS),
@@ -537,7 +539,7 @@ def _read_mosquitto(path: str, text: str, builder: _Builder, main: bool) -> None
             kind = _TLS_FIELDS[name]
             if kind == _BOOL:
                 draft.fields[name] = _m_bool(origin, rest)
-            elif name in ("ciphers", "tls_version"):
+            elif name in ("ciphers", "tls_version", "socket_domain"):
                 draft.fields[name] = _m_token(origin, rest)
             else:
                 draft.fields[name] = _m_string(origin, rest, builder)

@@ -196,6 +196,13 @@ class Server:
                         pairs = _addresses(listener.address, listener.port)
                     except OSError as exc:  # a host name that does not resolve
                         raise _listen_error(listener, None, exc) from None
+                    if listener.socket_domain is not None:
+                        family = socket.AF_INET if listener.socket_domain == "ipv4" else socket.AF_INET6
+                        pairs = [pair for pair in pairs if pair[0] == family]
+                        if not pairs:
+                            raise ListenError(f"cannot listen on address {listener.address} port {listener.port}: "
+                                              f"it has no {listener.socket_domain} address (socket_domain "
+                                              f"{listener.socket_domain})", listener)
                     for family, addr in pairs:
                         self._bind(listener, family, addr)
                 for ls in self._listening[first:]:

@@ -486,7 +486,7 @@ def test_unimplemented_bridge_options_are_refused(tmp_path, line):
 
 @pytest.mark.parametrize("line", ["protocol websockets", "max_qos 1", "memory_limit 1000000",
                                   "check_retain_source true", "mount_point gw/",
-                                  "bind_interface eth0", "socket_domain ipv4", "http_dir /www",
+                                  "bind_interface eth0", "http_dir /www",
                                   "use_username_as_clientid true"])
 def test_other_mosquitto_features_are_refused_as_not_supported_yet(tmp_path, line):
     error_at(tmp_path, f"listener 1883\n{line}\n", 2, line.split()[0], "not supported yet")

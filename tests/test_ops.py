@@ -536,3 +536,38 @@ def test_log_facility_sends_syslog_lines_to_local_n(tmp_path):
                     os.unlink("/dev/log")
     finally:
         listener.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# socket_domain: one address family per listener
+# ---------------------------------------------------------------------------------------------------------
+
+def test_socket_domain_binds_one_family(tmp_path):
+    """`listener PORT localhost` with socket_domain ipv4 binds 127.0.0.1 only; socket_domain ipv6 with an
+    IPv4 address is an error naming the listener; a bad value names file, line and option."""
+    from edgebroker.configfile import load_config
+    from edgebroker.errors import ConfigError, ListenError
+    from edgebroker.server import Server
+
+    conf = tmp_path / "d.conf"
+    toml = tmp_path / "d.toml"
+    toml.write_text('persistence = false\n[[listener]]\nport = 0\naddress = "localhost"\nsocket_domain = "ipv4"\n')
+    server = Server(load_config(str(toml)).config)
+    try:
+        assert [ls.family for ls in server._listening] == [socket_family("ipv4")]
+        assert server._listening[0].sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        server.close()
+    toml.write_text('persistence = false\n[[listener]]\nport = 0\naddress = "127.0.0.1"\nsocket_domain = "ipv6"\n')
+    with pytest.raises(ListenError) as info:
+        Server(load_config(str(toml)).config)
+    assert "cannot listen on address 127.0.0.1 port 0: it has no ipv6 address (socket_domain ipv6)" in str(info.value)
+    conf.write_text("listener 1883 127.0.0.1\nsocket_domain ipv5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(conf))
+    assert str(info.value).startswith(f"{conf}:2: socket_domain: must be ipv4 or ipv6"), str(info.value)
+
+
+def socket_family(domain: str) -> int:
+    import socket as so
+    return so.AF_INET if domain == "ipv4" else so.AF_INET6
