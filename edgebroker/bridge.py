@@ -268,6 +268,10 @@ class Bridge:
                     self.damaged += 1
                     store.bridge_remove(seq)
                     self.count -= 1
+                    try:  # its bytes as bridge_summary counted them, when its fields allow
+                        self.bytes -= len(str(topic).encode("utf-8")) + len(payload or b"")
+                    except TypeError:
+                        pass
                     self.log(L.ERR, f"Error: bridge {self.name}: damaged queue row {seq} skipped and deleted.")
                 else:
                     size = len(topic.encode("utf-8")) + len(payload)

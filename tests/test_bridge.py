@@ -702,3 +702,58 @@ def test_sighup_with_a_changed_bridge_keeps_the_running_one_and_says_so(tmp_path
     publish_all(gw.client("sensor"), [("h/1", b"x", 2, False)])
     assert [(m.payload, m.qos) for m in collect(cloud, 1)] == [(b"x", 1)]  # still the running line's QoS 1
     gw.stop()
+
+
+def test_the_will_on_the_remote_says_0_when_the_gateway_dies(tmp_path, procs):
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    cloud = up.client("cloud")
+    subscribe(cloud, ("$SYS/broker/connection/gw1.cloud/state", 1))
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "w/# out 1", extra="keepalive_interval = 5\n")).start()
+    procs.append(gw)
+    assert [m.payload for m in collect(cloud, 1)] == [b"1"]
+    gw.kill9()
+    assert [m.payload for m in collect(cloud, 1)] == [b"0"]  # Mosquitto publishes the bridge's will
+
+
+def test_fallback_address_after_the_primary_fails(tmp_path, procs):
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    dead = free_port()  # nothing listens there
+    block = bridge_block(up, "f/# out 1").replace(f'address = "127.0.0.1:{up.port}"',
+                                                   f'address = ["127.0.0.1:{dead}", "127.0.0.1:{up.port}"]')
+    gw = Gateway(tmp_path / "gw", block).start()
+    procs.append(gw)
+    wait_for(lambda: f"Bridge cloud connected to 127.0.0.1:{up.port}" in gw.log(), TIMEOUT, what="the fallback")
+    assert "ECONNREFUSED" in gw.log() or "refused" in gw.log().lower()
+    gw.stop()
+
+
+def test_a_damaged_queue_row_is_skipped_and_counted(tmp_path, procs):
+    import sqlite3
+
+    up = Upstream(tmp_path / "up", "allow_anonymous true\npersistence true\n"
+                  f"persistence_location {tmp_path / 'up'}/").start()
+    procs.append(up)
+    cloud = up.client("cloud", clean=False)
+    subscribe(cloud, ("d/#", 1))
+    cloud.disconnect()
+    up.stop()
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "d/# out 1")).start()
+    procs.append(gw)
+    publish_all(gw.client("sensor"), [("d/n", str(i).encode(), 1, False) for i in range(3)])
+    gw.stop()
+    db = sqlite3.connect(str(gw.dir / "db" / "edgebroker.db"))
+    db.execute("UPDATE bridge_queue SET qos = 7 WHERE seq = (SELECT min(seq) + 1 FROM bridge_queue)")
+    db.commit()
+    db.close()
+    gw.start()
+    up.start()
+    bridge_up(gw)
+    cloud = up.client("cloud", clean=False)
+    assert [m.payload for m in collect(cloud, 2)] == [b"0", b"2"]
+    assert "damaged queue row" in gw.log()
+    probe = gw.client("probe")
+    subscribe(probe, ("$SYS/broker/connection/gw1.cloud/#", 0))
+    sys_snapshot(probe, {"queue/damaged": b"1", "queue/messages": b"0"})
+    gw.stop()
