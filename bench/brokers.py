@@ -313,6 +313,9 @@ class Broker:
                 seed = edgebroker_seed_dir()
                 if seed is not None:
                     shutil.copytree(seed, self.data_dir)
+            if self.persists():
+                # A persistence_location must exist (Mosquitto's rule, and edgebroker's): the S9 rows name it.
+                os.makedirs(self.data_dir, exist_ok=True)
         if self.disk:
             # Flush everything dirty first (the seed copy above included), so that the device counter
             # below starts from a clean page cache; stop() syncs again before reading it.
