@@ -211,9 +211,17 @@ def _security(loaded: LoadedConfig) -> Tuple[Security, List[Optional[Security]]]
     try:
         return load_security(loaded.config)
     except ConfigError as exc:
-        if exc.file is not None:
-            raise
         key = exc.option or ""
+        if exc.file is not None:  # inside an ACL file: say also where the configuration names it
+            config = loaded.config
+            keys = (["acl_file"] if config.acl_file == exc.file else []) + [
+                f"listener[{i}].acl_file" for i, ls in enumerate(config.listeners) if ls.acl_file == exc.file]
+            origin = next((loaded.origins[k] for k in keys if k in loaded.origins), None)
+            if origin is None:
+                raise
+            text = str(exc)[len(f"{exc.file}:{exc.line}: {key}: "):]
+            raise ConfigError(f"{text} (the acl_file of {origin.file}:{origin.line})", exc.file, exc.line,
+                              key) from None
         text = str(exc)
         raise loaded.error(key, text[len(key) + 2:] if text.startswith(key + ": ") else text) from None
 
