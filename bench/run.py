@@ -280,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("mosquitto is not installed: apt-get install -y mosquitto (or --brokers edgebroker)")
         return 2
     nofile = raise_nofile()
-    if any(s.id == "S6" for s in scen) and nofile < sz.s6_conns + 200:
+    if any(s.id.startswith("S6") for s in scen) and nofile < sz.s6_conns + 200:
         say(f"open-file limit {nofile} too low for {sz.s6_conns} connections (S6)")
         return 2
 

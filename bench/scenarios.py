@@ -356,14 +356,14 @@ def run_s5(target: Any, sz: Sizes, timeout: float) -> Outcome:
 
 # ---- S6 idle connections --------------------------------------------------------------------------
 
-def run_s6(target: Any, sz: Sizes, timeout: float) -> Outcome:
+def run_s6(target: Any, sz: Sizes, timeout: float, auth: str = "") -> Outcome:
     t0 = time.monotonic()
     hard = t0 + timeout
     pool = Pool()
     try:
         go_connect, go_publish = CTX.Event(), CTX.Event()
         pool.spawn("idle", workers.idle_worker, target.port, sz.s6_conns, sz.s6_concurrency, sz.payload,
-                   go_connect, go_publish, hard - _soft(timeout))
+                   go_connect, go_publish, hard - _soft(timeout), auth)
         if not pool.wait("ready", ["idle"], hard):
             return _timeout_outcome(pool, "the idle-connection worker")
         time.sleep(0.2)
@@ -403,6 +403,50 @@ def run_s6(target: Any, sz: Sizes, timeout: float) -> Outcome:
         return o
     finally:
         pool.close()
+
+
+def run_s6_auth(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return run_s6(target, sz, timeout, "each")
+
+
+def run_s6_auth1(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return run_s6(target, sz, timeout, "one")
+
+
+_password_files: Dict[int, str] = {}
+
+
+def s6_password_file(n: int) -> str:
+    """A password file for S6-auth: the S6 users (workers.s6_credentials), each line `$7$` with 101
+    iterations as mosquitto_passwd 2.0 writes by default (hashed here with hashlib: bench/ shares no code
+    with edgebroker). World-readable in a directory of its own (Mosquitto started as root reads it as
+    user mosquitto); removed when the benchmark exits."""
+    path = _password_files.get(n)
+    if path is None:
+        import atexit
+        import base64
+        import hashlib
+        import shutil
+        import tempfile
+
+        from .brokers import data_root
+
+        directory = tempfile.mkdtemp(prefix="bench-passwd-", dir=data_root())
+        os.chmod(directory, 0o755)
+        atexit.register(shutil.rmtree, directory, True)
+        lines = []
+        for auth, ks in (("each", list(range(-1, n))), ("one", [0])):
+            for k in ks:
+                user, password = workers.s6_credentials(auth, k)  # type: ignore[misc]
+                salt = os.urandom(12)
+                digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+                lines.append(f"{user}:$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}")
+        path = os.path.join(directory, "passwd")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(path, 0o644)
+        _password_files[n] = path
+    return path
 
 
 # ---- S7 retained, S8 offline queue ---------------------------------------------------------------
@@ -634,7 +678,19 @@ def scenarios(sz: Sizes) -> List[Scenario]:
         Scenario("S6", f"{sz.s6_conns:,} idle connections, one subscription each",
                  (Metric("connect_s", "connect + subscribe all, s", "lower", "{:,.2f}"),
                   Metric("rss_per_conn", "RSS per connection, KiB", "lower", ms),
-                  Metric("deliver_ms", "1 msg to each, all received, ms", "lower", ms)), run_s6),
+                  Metric("deliver_ms", "1 msg to each, all received, ms", "lower", ms)), run_s6, family="S6"),
+        Scenario("S6-auth", f"S6 with a $7$ password file (101 iterations, mosquitto_passwd's default): each of "
+                            f"the {sz.s6_conns:,} connections logs in as its own user",
+                 (Metric("connect_s", "connect + subscribe all, s", "lower", "{:,.2f}"),
+                  Metric("rss_per_conn", "RSS per connection, KiB", "lower", ms),
+                  Metric("deliver_ms", "1 msg to each, all received, ms", "lower", ms)), run_s6_auth, family="S6",
+                 options={k: {"password_file": s6_password_file(sz.s6_conns)} for k in ("edgebroker", "mosquitto")}),
+        Scenario("S6-auth1", "S6-auth with every connection logging in as the same user (a fleet sharing one "
+                             "account; edgebroker verifies a password once, Mosquitto 2.0 each time)",
+                 (Metric("connect_s", "connect + subscribe all, s", "lower", "{:,.2f}"),
+                  Metric("rss_per_conn", "RSS per connection, KiB", "lower", ms),
+                  Metric("deliver_ms", "1 msg to each, all received, ms", "lower", ms)), run_s6_auth1, family="S6",
+                 options={k: {"password_file": s6_password_file(sz.s6_conns)} for k in ("edgebroker", "mosquitto")}),
         Scenario("S7", f"{sz.s7_topics:,} retained messages to a new bench/retained/# subscriber",
                  (Metric("ms", "SUBSCRIBE to last retained, ms", "lower", ms),), run_s7),
         Scenario("S7h", f"{sz.s7f_topics:,} retained messages to a new `#` subscriber",

@@ -45,10 +45,16 @@ def _str(s: str) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
-def connect(client_id: str, clean: bool = True, keepalive: int = 0) -> bytes:
-    """CONNECT for MQTT 3.1.1 without will, username or password. keepalive 0 = no keepalive, so idle
-    benchmark connections need no PINGREQ."""
-    body = _str("MQTT") + bytes((4, 0x02 if clean else 0x00)) + keepalive.to_bytes(2, "big") + _str(client_id)
+def connect(client_id: str, clean: bool = True, keepalive: int = 0, username: Optional[str] = None,
+            password: Optional[str] = None) -> bytes:
+    """CONNECT for MQTT 3.1.1 without will; username and password only where given (S6-auth).
+    keepalive 0 = no keepalive, so idle benchmark connections need no PINGREQ."""
+    flags = (0x02 if clean else 0x00) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = _str("MQTT") + bytes((4, flags)) + keepalive.to_bytes(2, "big") + _str(client_id)
+    if username is not None:
+        body += _str(username)
+    if password is not None:
+        body += _str(password)
     return b"\x10" + remaining_length(len(body)) + body
 
 

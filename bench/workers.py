@@ -34,11 +34,13 @@ cpu_now = time.process_time
 # ---- small blocking helpers (set-up phases only) ------------------------------------------------
 
 def connect_client(port: int, client_id: str, clean: bool = True, timeout: float = 10.0,
-                   expect_present: Optional[bool] = None) -> Tuple[socket.socket, bytes, int]:
+                   expect_present: Optional[bool] = None,
+                   credentials: Optional[Tuple[str, str]] = None) -> Tuple[socket.socket, bytes, int]:
     """A connected MQTT client: (socket, bytes received after the CONNACK, session-present flag)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(wire.connect(client_id, clean))
+    user, password = credentials or (None, None)
+    s.sendall(wire.connect(client_id, clean, username=user, password=password))
     buf = b""
     while len(buf) < 4:
         chunk = s.recv(RECV)
@@ -617,18 +619,28 @@ def latency_pub_worker(wid: Any, q: Any, port: int, rate: float, count: int, siz
 
 # ---- S6: many idle subscribers --------------------------------------------------------------------
 
+def s6_credentials(auth: str, k: int) -> Optional[Tuple[str, str]]:
+    """S6-auth: connection k logs in as its own user (auth "each"), or every one as the same user
+    ("one"); k = -1 is the publisher. "" = anonymous (plain S6)."""
+    if auth == "each":
+        return (f"bench-idle-{k}" if k >= 0 else "bench-idle-pub", f"pw-{k}")
+    if auth == "one":
+        return ("bench", "bench-pw")
+    return None
+
+
 def idle_worker(wid: Any, q: Any, port: int, n: int, concurrency: int, size: int, go_connect: Any,
-                go_publish: Any, deadline: float) -> None:
+                go_publish: Any, deadline: float, auth: str = "") -> None:
     """Open n connections (at most `concurrency` handshakes in progress at a time, so neither broker's
     listen backlog overflows), each CONNECT + SUBSCRIBE to its own topic bench/idle/<k>; report
     "connected"; then, on go_publish, one publisher sends one message to each topic and we time until
-    every connection has its own message."""
+    every connection has its own message. `auth`: see s6_credentials."""
     out: Dict[str, Any] = {"expected": n}
     socks: List[Optional[socket.socket]] = [None] * n
     pub = None
     sel = selectors.DefaultSelector()
     try:
-        pub, _, _ = connect_client(port, "bench-idle-pub")
+        pub, _, _ = connect_client(port, "bench-idle-pub", credentials=s6_credentials(auth, -1))
         _put(q, "ready", wid, {})
         while not go_connect.wait(0.5):
             if time.monotonic() > deadline:
@@ -636,8 +648,8 @@ def idle_worker(wid: Any, q: Any, port: int, n: int, concurrency: int, size: int
         c0 = cpu_now()
         t0 = perf()
         bufs = [b""] * n
-        handshake = [wire.connect(f"bench-idle-{k}") + wire.subscribe(1, [(f"bench/idle/{k}", 0)])
-                     for k in range(n)]
+        handshake = [wire.connect(f"bench-idle-{k}", True, 0, *(s6_credentials(auth, k) or ()))
+                     + wire.subscribe(1, [(f"bench/idle/{k}", 0)]) for k in range(n)]
         started = 0
         in_progress = 0
         connected = 0

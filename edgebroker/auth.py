@@ -49,6 +49,9 @@ NOT_AUTHORISED = 5
 SALT_BYTES = 12
 #: mosquitto_passwd 2.0's default iterations for sha512-pbkdf2.
 DEFAULT_ITERATIONS = 101
+#: PBKDF2 iterations up to which a hash is verified on the loop's thread (about 0.45 ms on the build
+#: machine, a few ms on a Pi Zero; see docs/security.md); more go to the hashing thread.
+INLINE_ITERATIONS = 200
 #: Entries of the cache of passwords already verified, per password file: a reconnecting client does not
 #: pay for PBKDF2 again. Bounded: the cache only ever holds users of the file, at most this many.
 VERIFIED_CACHE_SIZE = 4096
@@ -82,9 +85,10 @@ class PasswordEntry:
 
     @property
     def expensive(self) -> bool:
-        """Worth a trip to the hashing thread: every $7$ line (mosquitto_passwd's default 101 iterations
-        cost 0.2 ms here, a few ms on a Pi Zero; files may ask for millions). $6$ costs microseconds."""
-        return self.kind == "sha512-pbkdf2"
+        """Worth a trip to the hashing thread: a $7$ line with more than INLINE_ITERATIONS. Fewer (such
+        as mosquitto_passwd's default 101: 0.2 ms here) cost less than the trip itself, which waits for
+        the loop to let the thread have the interpreter (bench S6-auth); $6$ costs microseconds."""
+        return self.kind == "sha512-pbkdf2" and self.iterations > INLINE_ITERATIONS
 
 
 def hash_password(password: bytes, kind: str = "sha512-pbkdf2", iterations: int = DEFAULT_ITERATIONS,

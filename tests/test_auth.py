@@ -270,7 +270,7 @@ def test_a_tls_identity_is_the_username_and_no_password_is_checked(tmp_path):
 def test_a_pbkdf2_hash_is_verified_off_the_loop_and_the_connection_waits(tmp_path):
     """With a verifier (the loop's hashing thread), CONNECT pauses that one connection: what it sent
     after CONNECT waits, other clients are served, and the answer resumes it in order."""
-    core = core_with(tmp_path, flags=(), allow_anonymous=True)
+    core = core_with(tmp_path, flags=("-I", "1000"), allow_anonymous=True)
     jobs: List[Tuple[str, Callable[[], bool], object]] = []
     core.broker.verify_async = lambda key, job, token: jobs.append((key, job, token))
     c = core.open()
@@ -296,8 +296,16 @@ def test_a_pbkdf2_hash_is_verified_off_the_loop_and_the_connection_waits(tmp_pat
     assert c3.take() == [Connack(False, 4)] and c3.closed
 
 
+def test_a_cheap_hash_is_verified_at_once(tmp_path):
+    """mosquitto_passwd's default 101 iterations cost less than the trip to the hashing thread."""
+    core = core_with(tmp_path, flags=(), allow_anonymous=True)
+    core.broker.verify_async = lambda key, job, token: pytest.fail("sent to the hashing thread")
+    login(core, "c1", "alice", b"s3cret")
+    login(core, "c2", "alice", b"wrong", 4)
+
+
 def test_a_client_closed_while_its_hash_is_computed_is_forgotten(tmp_path):
-    core = core_with(tmp_path, flags=())
+    core = core_with(tmp_path, flags=("-I", "1000"))
     jobs: list = []
     core.broker.verify_async = lambda key, job, token: jobs.append((job, token))
     c = core.open()
