@@ -721,8 +721,12 @@ class SqliteStore(NullStore):
                     and (deferred is None or now < deferred + DEFER_MAX_AGE)):
                 return
         else:
+            self._waiting_since = None  # what waited was cancelled: the next change starts a new window
             since = self._deferred_since
             if since is None:
+                if not any(ops):  # only cancelled changes (deliveries acknowledged in the window)
+                    ops.clear()
+                    return
                 self._deferred_since = now
                 return
             if now < since + DEFER_MAX_AGE and len(ops) < DEFER_MAX_OPS:
