@@ -329,8 +329,9 @@ class Server:
                     next_timer = now
                     continue
                 broker.end_turn(now)
-                for flusher in self._flushers:
-                    self._call(flusher, now)
+                if self._flushers and store.settled():  # what they send may acknowledge what the
+                    for flusher in self._flushers:      # commit window still holds (a serial ACK)
+                        self._call(flusher, now)
                 wake = store.wake_at(now)  # deferred changes: commit them at the latest when due
                 if wake < next_timer:
                     next_timer = wake
@@ -475,7 +476,8 @@ class Server:
 
     def add_flusher(self, callback: Callback) -> None:
         """Call `callback(now)` after each turn's commit, where the loop flushes its connections: the
-        place for output that acknowledges what the turn made durable (a serial port's ACKs)."""
+        place for output that acknowledges what the turn made durable (a serial port's ACKs). While
+        the commit window holds changes it is not called; it is once they are committed."""
         self._flushers.append(callback)
 
     def _start_devices(self) -> None:

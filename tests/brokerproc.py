@@ -32,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--durability", default="crash", choices=DURABILITY_LEVELS)
     p.add_argument("--max-queued", type=int, default=20000, help="max_queued_messages")
     p.add_argument("--max-inflight", type=int, default=20, help="max_inflight_messages")
-    p.add_argument("--commit-window-ms", type=int, default=0, help="commit_window_ms")
+    p.add_argument("--commit-window-ms", type=int, default=Config.commit_window_ms, help="commit_window_ms")
     p.add_argument("-v", "--verbose", action="store_true", help="log every packet")
     args = p.parse_args(argv)
     os.makedirs(args.dir, exist_ok=True)  # persistence_location must exist (as in Mosquitto)
