@@ -64,7 +64,8 @@ _WAKE = object()
 #: that changes them logs which, and the running broker keeps their old values. So do the listeners'
 #: sockets (compared without their security settings, which a reload changes).
 RESTART_ONLY = ("persistence", "persistence_location", "persistence_file", "durability",
-                "autosave_interval", "autosave_on_changes", "pid_file", "user", "scheduling_policy")
+                "autosave_interval", "autosave_on_changes", "commit_window_ms", "pid_file", "user",
+                "scheduling_policy")
 
 #: What add_reader/add_writer take: an object with fileno(), or a file descriptor.
 FileLike = Union[int, Any]
