@@ -14,6 +14,7 @@ QoS 0 message sent before its row was committed costs no write at all.
 
 Messages from the remote (`in`/`both` lines) are published locally by the bridge's local client, which
 the core never delivers back to it (no-local): nothing that came in over a bridge goes out over it.
+Their acknowledgements to the remote wait for the commit of the turn that delivered them (`_holding`).
 
 The queue: rows in SQLite, the oldest ones (up to MEMORY_ROWS) also in memory, the rest read back in
 order when the memory part runs low; counts and bytes are kept in memory for the quotas
@@ -129,6 +130,9 @@ class Bridge:
         self._last_traffic = 0.0
         self._log_at = -LOG_INTERVAL
         self._log_skipped = 0
+        #: acknowledgements of messages from the remote wait for the commit that makes them durable
+        self._acks_held = False
+        self._acks_after = 0
         will = None
         if config.notifications and not config.notifications_local_only:
             will = Will(config.state_topic, b"0", 1, True)
@@ -347,8 +351,8 @@ class Bridge:
                 return float("inf")
             due = min(due, self._last_traffic + c.idle_timeout) if c.start_type == "lazy" else due
         self._flush(now)
-        if self.state == _UP and self.session.window_free and self.head and not self._writing:
-            return now  # more to send once this turn's output is out
+        if self._acks_held or (self.state == _UP and self.session.window_free and self.head and not self._writing):
+            return now  # more to send once this turn's output (or commit) is out
         return due
 
     def _start(self, now: float) -> None:
@@ -502,6 +506,9 @@ class Bridge:
         """A message from the remote: remapped and published locally (never back out: no-local)."""
         self.received += 1
         self._last_traffic = now
+        if event.qos:
+            self._acks_held = True
+            self._acks_after = self.store.commits
         topic = _remap(self.config.topics, event.topic, False) if self._remaps else event.topic
         try:
             self.local.publish(topic, event.payload, event.qos, event.retain)
@@ -581,14 +588,26 @@ class Bridge:
         self._tls = None
         self._backlog = b""
         self._writing = False
+        self._acks_held = False
         self.session.connection_lost()
+
+    def _holding(self) -> bool:
+        """The session's output includes acknowledgements of messages from the remote whose local
+        delivery (rows of persistent sessions, retained) is not committed yet: it waits for the turn's
+        commit, as a network publisher's PUBACK does."""
+        if self._acks_held:
+            store = self.store
+            if store.commits == self._acks_after and store.pending_durable():
+                return True
+            self._acks_held = False
+        return False
 
     def _flush(self, now: float) -> None:
         sock = self._sock
         if sock is None:
             self.session.take_output()
             return
-        if self.session.out:
+        if self.session.out and not self._holding():
             data = self.session.take_output()
             if self._tls is not None:
                 self._tls.write(data)

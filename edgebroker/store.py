@@ -312,8 +312,16 @@ class NullStore:
         """Up to `limit` rows (seq, topic, payload, qos, retain) of `bridge` with seq > after, in order."""
         return []
 
+    def pending_durable(self) -> bool:
+        """Changes an acknowledgement would depend on are not yet committed (a bridge holds its
+        acknowledgements to the remote until then)."""
+        return False
+
     def hold_until(self, now: float) -> float:
         return now
+
+    def pending_durable(self) -> bool:
+        return not self.periodic and not self._failing and (self._urgent or self.waiting > 0)
 
     def settled(self) -> bool:
         return True
