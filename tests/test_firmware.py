@@ -169,7 +169,7 @@ class MQTTClient:
 
 
 def test_wifi_variant_under_micropython():
-    files = firmware_files("wifi.py")
+    files = firmware_files("wifi.py", "node.py", "frames.py")
     files.update(_WIFI_STANDINS)
     files["/lib/machine.py"] = (HERE / "micropython" / "machine.py").read_bytes()
     program = """

@@ -107,27 +107,9 @@ class Node:
     def _command(self, topic, payload):
         if not topic.startswith("cmd/"):
             return
-        name = topic[4:]
-        self.commands += 1
-        if name == "period":
-            try:
-                self.period_ms = int(payload)
-            except ValueError:
-                self.log("bad period " + repr(payload))
-            return
-        actuator = self.actuators.get(name)
-        if actuator is None:
-            self.log("no actuator " + name)
-            return
-        if payload in ON:
-            actuator.value(1)
-        elif payload in OFF:
-            actuator.value(0)
-        else:
-            self.log("bad command " + repr(payload))
-            return
-        self.log("%s %d" % (name, actuator.value()))
-        self.publish(name, b"on" if actuator.value() else b"off")
+        state = command(self, topic[4:], payload)
+        if state is not None:
+            self.publish(topic[4:], state)
 
     def run(self, until=None, sleep_ms=10):
         """Loop forever, or until `until(self)` is true."""
@@ -135,6 +117,32 @@ class Node:
         while until is None or not until(self):
             self.step()
             time.sleep_ms(sleep_ms)
+
+
+def command(target, name, payload):
+    """Obey command NAME (shared with wifi.py): "period" sets target.period_ms; an actuator's name sets
+    it from 1/on/true or 0/off/false. Returns the state to publish back (b"on"/b"off"), or None.
+    `target` has period_ms, actuators, log and a `commands` count."""
+    target.commands += 1
+    if name == "period":
+        try:
+            target.period_ms = int(payload)
+        except ValueError:
+            target.log("bad period " + repr(payload))
+        return None
+    actuator = target.actuators.get(name)
+    if actuator is None:
+        target.log("no actuator " + name)
+        return None
+    if payload in ON:
+        actuator.value(1)
+    elif payload in OFF:
+        actuator.value(0)
+    else:
+        target.log("bad command " + repr(payload))
+        return None
+    target.log("%s %d" % (name, actuator.value()))
+    return b"on" if actuator.value() else b"off"
 
 
 def main(until=None):

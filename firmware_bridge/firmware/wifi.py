@@ -2,7 +2,7 @@
 
 For boards with Wi-Fi (ESP32, Pico W). Needs MicroPython's MQTT client from micropython-lib
 (`mpremote mip install umqtt.robust`, which brings umqtt.simple; umqtt.simple alone works too, without
-reconnecting by itself). Same topics as the serial node (node.py): the reading on PREFIX + "temp" at
+reconnecting by itself), and node.py and frames.py beside it. Same topics as the serial node (node.py): the reading on PREFIX + "temp" at
 QoS 1 every period, commands on PREFIX + "cmd/NAME" (1/on/true, 0/off/false; "cmd/period" in ms), the
 actuator's state published back on PREFIX + NAME, and "online"/"offline" (the will) on PREFIX +
 "status", retained.
@@ -13,8 +13,7 @@ file's logic, not umqtt against a broker.
 """
 import time
 
-ON = (b"1", b"on", b"true")
-OFF = (b"0", b"off", b"false")
+import node  # the commands, shared with the serial node (node.py needs frames.py beside it)
 
 
 def _client_class():
@@ -56,30 +55,13 @@ class WifiNode:
     def _on_message(self, topic, payload):
         topic = topic.decode() if isinstance(topic, bytes) else topic
         payload = bytes(payload).strip()
-        command = self.prefix + "cmd/"
-        if not topic.startswith(command):
+        prefix = self.prefix + "cmd/"
+        if not topic.startswith(prefix):
             return
-        name = topic[len(command):]
-        self.commands += 1
-        if name == "period":
-            try:
-                self.period_ms = int(payload)
-            except ValueError:
-                self.log("bad period " + repr(payload))
-            return
-        actuator = self.actuators.get(name)
-        if actuator is None:
-            self.log("no actuator " + name)
-            return
-        if payload in ON:
-            actuator.value(1)
-        elif payload in OFF:
-            actuator.value(0)
-        else:
-            self.log("bad command " + repr(payload))
-            return
-        self.log("%s %d" % (name, actuator.value()))
-        self.client.publish((self.prefix + name).encode(), b"on" if actuator.value() else b"off", True, 0)
+        name = topic[len(prefix):]
+        state = node.command(self, name, payload)
+        if state is not None:
+            self.client.publish((self.prefix + name).encode(), state, True, 0)
 
     def run(self, until=None, sleep_ms=50):
         self.start()
