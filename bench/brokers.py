@@ -23,6 +23,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import wire
+from .workers import TlsPort, open_socket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -224,18 +225,23 @@ class Broker:
     """One running broker process. `kind` is "edgebroker" or "mosquitto"."""
 
     def __init__(self, kind: str, max_queued_messages: Optional[int] = None, seed: bool = True,
-                 options: Optional[Dict[str, Any]] = None, disk: bool = False) -> None:
+                 options: Optional[Dict[str, Any]] = None, disk: bool = False, tls: bool = False) -> None:
         """max_queued_messages None: the benchmark's default setup (edgebroker through its CLI with its
         defaults; Mosquitto with max_queued_messages 100000). A number: both brokers queue that many.
         options: more configuration options (edgebroker: TOML keys; Mosquitto: conf lines, replacing
         the defaults below), where "{data}" in a string value stands for the broker's data directory.
-        disk: measure the disk writes of the broker's whole life (`final` after stop())."""
+        disk: measure the disk writes of the broker's whole life (`final` after stop()).
+        tls: the listener speaks TLS (tls_files(): a certificate for localhost and its key); `port` is
+        then a workers.TlsPort, which the generator's clients connect to over TLS."""
         self.kind = kind
         self.max_queued = max_queued_messages
         self.seed = seed
         self.options = dict(options or {})
         self.disk = disk
-        self.port = free_port()
+        self.tls = tls
+        self.port: int = free_port()
+        if tls:
+            self.port = TlsPort(self.port, tls_files()[0])
         self.dir = tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=data_root())
         #: The persistence directory: edgebroker's default (XDG_DATA_HOME/edgebroker), Mosquitto's
         #: persistence_location when the options set one.
@@ -268,6 +274,8 @@ class Broker:
             opts = {k: self._opt(v) for k, v in self.options.items()}
             if "persistence_location" in opts:
                 _mosquitto_owned_dir(self.dir, opts["persistence_location"])
+            if self.tls:
+                opts.update(zip(("certfile", "keyfile"), tls_files()))
             with open(conf, "w") as f:
                 f.write(mosquitto_config(self.port, self.max_queued or 100_000, opts))
             if opts:
@@ -275,7 +283,7 @@ class Broker:
             return [exe, "-c", conf]
         if self.kind == "edgebroker":
             base = [repo_python(), "-m", "edgebroker", "-p", str(self.port)] + edgebroker_extra_args()
-            if self.max_queued is None and not self.options:
+            if self.max_queued is None and not self.options and not self.tls:
                 return base
             if edgebroker_has_config_file():
                 conf = os.path.join(self.dir, "edgebroker.toml")
@@ -283,11 +291,18 @@ class Broker:
                 if self.max_queued is not None:
                     lines.append(f"max_queued_messages = {self.max_queued}")
                 lines += [f"{k} = {_toml_value(self._opt(v))}" for k, v in self.options.items()]
+                if self.tls:
+                    # A listener of its own replaces -p's; a configured listener refuses anonymous
+                    # clients unless told (Mosquitto 2.0), and the generator is anonymous.
+                    cert, key = tls_files()
+                    lines += ["allow_anonymous = true", "[[listener]]", f"port = {int(self.port)}",
+                              'address = "127.0.0.1"', f"certfile = {_toml_value(cert)}",
+                              f"keyfile = {_toml_value(key)}"]
                 with open(conf, "w") as f:
                     f.write("\n".join(lines) + "\n")
                 shown = ([f"max_queued_messages = {self.max_queued}"] if self.max_queued is not None else []) + \
                         [f"{k} = {_toml_value(v)}" for k, v in self.options.items()]
-                self.note = "-c with " + ", ".join(shown)
+                self.note = "-c with " + ", ".join(shown) if shown else ""
                 return base + ["-c", conf]
             if self.options:
                 raise RuntimeError("this edgebroker CLI has no --config-file: cannot set " + ", ".join(self.options))
@@ -494,9 +509,31 @@ def mosquitto_config(port: int, max_queued: int, options: Optional[Dict[str, Any
                       f"listener {port} 127.0.0.1"] + [f"{k} {_conf_value(v)}" for k, v in conf.items()] + [""])
 
 
+_tls_files: Optional[Tuple[str, str]] = None
+
+
+def tls_files() -> Tuple[str, str]:
+    """(certificate, key) for localhost and 127.0.0.1, made once per run with the openssl command:
+    self-signed, ECDSA P-256 (what a gateway's certificate usually is); the clients trust it as a CA."""
+    global _tls_files
+    if _tls_files is None:
+        d = tempfile.mkdtemp(prefix="bench-tls-", dir=data_root())
+        import atexit
+        atexit.register(shutil.rmtree, d, True)
+        cert, key = os.path.join(d, "server.pem"), os.path.join(d, "server.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        os.chmod(key, 0o644)  # Mosquitto reads it after switching to its own user
+        os.chmod(d, 0o755)
+        _tls_files = (cert, key)
+    return _tls_files
+
+
 def probe(port: int, timeout: float = 2.0) -> None:
     """One MQTT CONNECT/CONNACK round trip, then DISCONNECT: the broker is ready."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s = open_socket(port, timeout)
     try:
         s.sendall(wire.connect("bench-probe"))
         data = b""

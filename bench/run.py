@@ -156,7 +156,7 @@ def run_one(kind: str, sc: Scenario, sz: Sizes, timeout: float, rnd: int) -> Dic
     if sc.labels:
         rec["config"] = sc.labels.get(kind, "")
     disk = sc.disk_messages is not None
-    b = brokers.Broker(kind, sc.max_queued, options=sc.options.get(kind), disk=disk)
+    b = brokers.Broker(kind, sc.max_queued, options=sc.options.get(kind), disk=disk, tls=sc.tls)
     o = Outcome(status="ERROR", detail="not run")
     try:
         b.start()

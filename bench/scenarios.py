@@ -111,6 +111,8 @@ class Scenario:
     mq_same_as: Optional[str] = None
     #: S9 phase: "online", "queued" or "trickle".
     phase: str = ""
+    #: Both brokers listen with TLS (bench/brokers.py tls_files) and the generator connects over it.
+    tls: bool = False
 
 
 class Pool:
@@ -661,6 +663,10 @@ def scenarios(sz: Sizes) -> List[Scenario]:
                  (Metric("rate", "delivered msg/s", "higher"),), run_s1),
         Scenario("S2", f"QoS 1 end to end: 1 publisher (window {sz.window}) -> 1 subscriber, {sz.s2_count:,} msgs",
                  (Metric("rate", "msg/s", "higher"),), run_s2),
+        Scenario("S1-tls", "S1 over TLS (both brokers with a TLS listener, ECDSA P-256 certificate; the "
+                           "generator's clients verify it)",
+                 (Metric("rate", "delivered msg/s", "higher"),), run_s1, family="TLS", tls=True),
+        Scenario("S2-tls", "S2 over TLS", (Metric("rate", "msg/s", "higher"),), run_s2, family="TLS", tls=True),
         Scenario("S2q", f"S2 with max_queued_messages {sz.s2q_max_queued:,} in both brokers (edgebroker through "
                         f"bench/edge_launch.py; its CLI default is 1000)",
                  (Metric("rate", "msg/s", "higher"),), run_s2, max_queued=sz.s2q_max_queued),

@@ -33,12 +33,42 @@ cpu_now = time.process_time
 
 # ---- small blocking helpers (set-up phases only) ------------------------------------------------
 
+class TlsPort(int):
+    """A broker's port whose listener speaks TLS: the clients connect to it with `cafile` trusted (the
+    TLS scenarios give it to the workers in place of the plain int; everything else reads it as a port)."""
+    cafile: str
+
+    def __new__(cls, port: int, cafile: str) -> "TlsPort":
+        obj = super().__new__(cls, port)
+        obj.cafile = cafile
+        return obj
+
+
+def open_socket(port: int, timeout: float = 10.0) -> socket.socket:
+    """A TCP connection to 127.0.0.1:port, with Nagle off; over TLS (verifying the broker's certificate
+    for localhost) when the port is a TlsPort."""
+    s = socket.create_connection(("127.0.0.1", int(port)), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    cafile = getattr(port, "cafile", None)
+    if cafile is not None:
+        import ssl
+        s = ssl.create_default_context(cafile=cafile).wrap_socket(s, server_hostname="localhost")
+    return s
+
+
+def recv_more(sock: socket.socket, data: bytes) -> bytes:
+    """What a TLS socket holds decrypted beyond `data` (select does not see it); nothing for TCP."""
+    pending = getattr(sock, "pending", None)
+    while pending is not None and pending():
+        data += sock.recv(RECV)
+    return data
+
+
 def connect_client(port: int, client_id: str, clean: bool = True, timeout: float = 10.0,
                    expect_present: Optional[bool] = None,
                    credentials: Optional[Tuple[str, str]] = None) -> Tuple[socket.socket, bytes, int]:
     """A connected MQTT client: (socket, bytes received after the CONNACK, session-present flag)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s = open_socket(port, timeout)
     user, password = credentials or (None, None)
     s.sendall(wire.connect(client_id, clean, username=user, password=password))
     buf = b""
@@ -293,7 +323,7 @@ def sub_worker(wid: Any, q: Any, port: int, client_ids: List[str], topic_filter:
             now = perf()
             for key, _ in events:
                 st = key.data
-                data = st.sock.recv(RECV)
+                data = recv_more(st.sock, st.sock.recv(RECV))
                 if not data:
                     sel.unregister(st.sock)
                     closed += 1

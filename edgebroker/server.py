@@ -392,6 +392,7 @@ class Server:
         self.broker.set_security(*security)
         for level, line in security_lines(*security, config):
             self.log(level, line)
+        self._reload_tls()
         for service in self._services:
             reload = getattr(service, "reload", None)
             if reload is not None:
@@ -698,13 +699,27 @@ class Server:
     def _tls_context(self, listener: Listener) -> Any:
         """The listener's SSLContext (one per listener, shared by its IPv4 and IPv6 sockets); a file
         that cannot be used raises ConfigError, so the broker does not start."""
-        from .tls import server_context  # ssl only when a TLS listener exists
         for ls in self._listening:
             if ls.listener is listener and ls.tls is not None:
                 return ls.tls
-        return server_context(listener.certfile, listener.keyfile, listener.cafile,  # type: ignore[arg-type]
-                              listener.capath, listener.require_certificate, listener.tls_version,
-                              listener.ciphers, listener.crlfile)
+        return _server_context(listener)
+
+    def _reload_tls(self) -> None:
+        """SIGHUP: read each TLS listener's files again (a renewed certificate, a new revocation list),
+        as Mosquitto does; new connections get them, open ones keep theirs. A file that no longer
+        loads keeps the running context, logged."""
+        fresh: Dict[int, Any] = {}
+        for ls in self._listening:
+            if ls.tls is None:
+                continue
+            key = id(ls.listener)
+            if key not in fresh:
+                try:
+                    fresh[key] = _server_context(ls.listener)
+                except ConfigError as exc:
+                    fresh[key] = ls.tls
+                    self.log(L.ERR, f"Error: the {ls.listener.describe()} keeps its running certificate: {exc}")
+            ls.tls = fresh[key]
 
     def _tls_socket(self, sock: socket.socket, ls: _ListenSocket, conn: Connection) -> Any:
         from .tls import TlsEngine
@@ -834,6 +849,13 @@ def _resident_memory() -> int:
             return int(f.read().split()[1]) * _PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _server_context(listener: Listener) -> Any:
+    from .tls import server_context  # ssl only when a TLS listener exists
+    return server_context(listener.certfile, listener.keyfile, listener.cafile,  # type: ignore[arg-type]
+                          listener.capath, listener.require_certificate, listener.tls_version,
+                          listener.ciphers, listener.crlfile)
 
 
 def _sockets(listeners: List[Listener]) -> List[Listener]:

@@ -258,3 +258,75 @@ def test_mosquitto_clients_with_client_certificates(make_broker, certs):
                               "--cafile", certs.ca, "--cert", certs.revoked, "--key", certs.revoked_key],
                              capture_output=True, text=True, timeout=TIMEOUT)
     assert refused.returncode != 0
+
+
+# ---- the certificate's name as the username, with password and ACL files (docs/security.md) -----------
+
+def test_identity_username_meets_the_acl_and_skips_the_password(make_broker, certs, tmp_path):
+    """A listener with use_identity_as_username and a configuration that refuses anonymous clients: the
+    sensor's certificate (CN sensor-1) gets it in without username or password, and the ACL lines of
+    user sensor-1 decide what it may read and write; a username and wrong password in its CONNECT are
+    ignored, as in Mosquitto."""
+    acl = tmp_path / "acl"
+    acl.write_text("user sensor-1\ntopic readwrite greenhouse/sensor-1/#\n", encoding="utf-8")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("", encoding="utf-8")
+    broker = make_broker(listeners=[mtls_listener(certs, use_identity_as_username=True)], allow_anonymous=False,
+                         acl_file=str(acl), password_file=str(passwd))
+    c = tls_raw(broker, client_ctx(certs, certs.client, certs.client_key))
+    assert c.connect("sensor", username="mallory", password=b"wrong") == w.connack(False, 0)
+    c.send(w.subscribe(1, [("greenhouse/sensor-1/#", 1), ("greenhouse/sensor-2/#", 1)]))
+    assert c.read_raw_packet() == w.suback(1, [1, 0x80])
+    c.send(w.publish("greenhouse/sensor-2/t", b"not mine", qos=1, packet_id=2))  # acknowledged, dropped
+    assert c.read_raw_packet() == w.puback(2)
+    c.send(w.publish("greenhouse/sensor-1/t", b"mine", qos=1, packet_id=3))
+    got = {c.read_raw_packet() for _ in range(2)}
+    assert w.puback(3) in got
+    (delivered,) = got - {w.puback(3)}
+    assert delivered[0] >> 4 == w.PUBLISH and delivered.endswith(b"mine")
+    assert [conn.username for conn in broker.server.broker.connections] == ["sensor-1"]
+
+
+def test_sighup_reloads_the_certificate(make_broker, certs, tmp_path):
+    """A renewed certificate (same file names) is served to connections made after a SIGHUP reload, as
+    in Mosquitto; a certificate file that no longer loads keeps the running one, logged."""
+    import shutil
+    cert, key = str(tmp_path / "gw.pem"), str(tmp_path / "gw.key")
+    shutil.copy(certs.server, cert)
+    shutil.copy(certs.server_key, key)
+    broker = make_broker(listeners=[Listener(port=0, address="127.0.0.1", certfile=cert, keyfile=key)])
+    server = broker.server
+    lines: List[str] = []
+    server.reloader = lambda: server.config
+    server.log = lambda level, line: lines.append(line)
+
+    def served() -> bytes:
+        c = tls_raw(broker, client_ctx(certs))
+        try:
+            return c.sock.getpeercert(binary_form=True)
+        finally:
+            c.close()
+
+    first = served()
+    renewed = make_certs(str(tmp_path / "renewed"))  # another CA: trust both
+    shutil.copy(renewed.server, cert)
+    shutil.copy(renewed.server_key, key)
+    old = client_ctx(certs)
+    old.load_verify_locations(renewed.ca)
+    kept = tls_raw(broker, old)  # a connection made before the reload keeps working
+    assert kept.connect("kept") == w.connack(False, 0)
+    server.request_reload()
+    wait_for(lambda: "Reloaded configuration." in lines, TIMEOUT)
+    c = tls_raw(broker, old)
+    assert c.sock.getpeercert(binary_form=True) not in (None, first)
+    c.close()
+    roundtrip(kept)
+    # a broken file: the running certificate stays
+    with open(key, "w") as f:
+        f.write("not a key\n")
+    lines.clear()
+    server.request_reload()
+    wait_for(lambda: "Reloaded configuration." in lines, TIMEOUT)
+    assert any("keeps its running certificate" in line and "gw.key" in line for line in lines), lines
+    c = tls_raw(broker, old)
+    assert c.connect("after") == w.connack(False, 0)
