@@ -10,6 +10,7 @@ certificate, an unreadable file.
 """
 from __future__ import annotations
 
+import getpass
 import queue
 import socket
 import ssl
@@ -330,3 +331,36 @@ def test_sighup_reloads_the_certificate(make_broker, certs, tmp_path):
     assert any("keeps its running certificate" in line and "gw.key" in line for line in lines), lines
     c = tls_raw(broker, old)
     assert c.connect("after") == w.connack(False, 0)
+
+
+# ---- beside Mosquitto: the same username from the same certificate -------------------------------------
+
+@pytest.mark.parametrize("option", ["use_identity_as_username", "use_subject_as_username"])
+def test_username_from_certificate_equals_mosquittos(make_broker, certs, tmp_path, option):
+    """Mosquitto logs the username it took from the certificate (u'...' in its connection line); the same
+    certificate gives edgebroker the same username."""
+    from test_tools import MOSQUITTO, _accepts, _free_port
+    port = _free_port()
+    log = tmp_path / "mosquitto.log"
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\ncertfile {certs.server}\nkeyfile {certs.server_key}\n"
+                    f"cafile {certs.ca}\nrequire_certificate true\n{option} true\nallow_anonymous false\n"
+                    f"log_dest file {log}\nuser {getpass.getuser()}\n", encoding="utf-8")  # it reads our files
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: proc.poll() is not None or _accepts(port), TIMEOUT, what="mosquitto to listen")
+        assert proc.poll() is None, log.read_text()
+        r = subprocess.run(["mosquitto_pub", "-h", "localhost", "-p", str(port), "-t", "a", "-m", "x",
+                            "--cafile", certs.ca, "--cert", certs.client, "--key", certs.client_key],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        assert r.returncode == 0, r.stderr
+        line = wait_for(lambda: [ln for ln in log.read_text().splitlines() if "New client connected" in ln],
+                        TIMEOUT)[0]
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)
+    mosquittos = line[line.index("u'") + 2:line.rindex("')")]
+    broker = make_broker(listeners=[mtls_listener(certs, **{option: True})])
+    c = tls_raw(broker, client_ctx(certs, certs.client, certs.client_key))
+    assert c.connect("sensor") == w.connack(False, 0)
+    assert [conn.tls_username for conn in broker.server.broker.connections] == [mosquittos]
