@@ -351,6 +351,10 @@ class Bridge:
                 return float("inf")
             due = min(due, self._last_traffic + c.idle_timeout) if c.start_type == "lazy" else due
         self._flush(now)
+        if self._acks_held and self.store.window:
+            # The commit they wait for comes with the commit window: look again every tenth of it
+            # rather than at every turn (a busy loop for the window's length).
+            return min(due, now + self.store.window / 10)
         if self._acks_held or (self.state == _UP and self.session.window_free and self.head and not self._writing):
             return now  # more to send once this turn's output (or commit) is out
         return due

@@ -320,9 +320,6 @@ class NullStore:
     def hold_until(self, now: float) -> float:
         return now
 
-    def pending_durable(self) -> bool:
-        return not self.periodic and not self._failing and (self._urgent or self.waiting > 0)
-
     def settled(self) -> bool:
         return True
 
@@ -683,6 +680,11 @@ class SqliteStore(NullStore):
         the core held may leave. Also while commits fail (disk full), as without a window: the broker
         keeps serving, and the error says that acknowledged messages are not safe meanwhile."""
         return self.waiting == 0 or self._failing
+
+    def pending_durable(self) -> bool:
+        """Changes an acknowledgement would depend on are not yet committed (a bridge holds its
+        acknowledgements to the remote until then)."""
+        return not self.periodic and not self._failing and (self._urgent or self.waiting > 0)
 
     def wake_at(self, now: float) -> float:
         """When the loop must come back to commit even if nothing happens: changes held by the commit

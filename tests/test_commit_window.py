@@ -26,7 +26,7 @@ from edgebroker.broker import Broker, Connection
 from edgebroker.config import Config, Listener
 from edgebroker.configfile import load_config
 from edgebroker.errors import ConfigError
-from edgebroker.store import COMMIT_BATCH, SqliteStore
+from edgebroker.store import COMMIT_BATCH, NullStore, SqliteStore
 
 WINDOW = 0.2
 
@@ -243,3 +243,10 @@ def test_commit_window_ms_in_files(tmp_path):
     periodic.write_text('durability = "periodic"\ncommit_window_ms = 100\n')
     warnings = [str(x) for x in load_config(str(periodic)).warnings]
     assert any("commit_window_ms" in x and "no effect" in x for x in warnings), warnings
+
+
+def test_without_persistence_nothing_waits():
+    """persistence false: no window, nothing pending, always settled (a bridge asks before it sends its
+    acknowledgements to the remote)."""
+    store = NullStore()
+    assert (store.window, store.waiting, store.pending_durable(), store.settled()) == (0.0, 0, False, True)
