@@ -16,8 +16,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -167,18 +168,21 @@ def procs() -> Iterator[List]:
             pass
 
 
-def bridge_block(upstream: Upstream, *topics: str, extra: str = "") -> str:
+def bridge_block(upstream: Any, *topics: str, extra: str = "") -> str:
+    """A [[bridge]] table to `upstream` (anything with the loopback port it listens on: `port` or
+    `mqtt_port`)."""
+    port = getattr(upstream, "mqtt_port", None) or upstream.port
     lines = ", ".join(f'"{t}"' for t in topics)
-    return (f'connection = "cloud"\naddress = "127.0.0.1:{upstream.port}"\ntopic = [{lines}]\n'
+    return (f'connection = "cloud"\naddress = "127.0.0.1:{port}"\ntopic = [{lines}]\n'
             f'remote_clientid = "gw1.cloud"\nrestart_timeout = 1\n{extra}')
 
 
 def collect(client: Client, n: int, timeout: float = TIMEOUT) -> List[Message]:
     """Messages until `n` arrived (or the deadline: the caller's assertion shows what came)."""
     got: List[Message] = []
-    deadline = __import__("time").monotonic() + timeout
+    deadline = time.monotonic() + timeout
     while len(got) < n:
-        remaining = deadline - __import__("time").monotonic()
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         got.extend(e for e in client.loop(min(remaining, 0.5)) if isinstance(e, Message))
@@ -201,8 +205,8 @@ def publish_all(client: Client, messages: List[Tuple[str, bytes, int, bool]]) ->
         mid = client.publish(topic, payload, qos, retain)
         if qos:
             pending.add(mid)
-    deadline = __import__("time").monotonic() + TIMEOUT
-    while pending and __import__("time").monotonic() < deadline:
+    deadline = time.monotonic() + TIMEOUT
+    while pending and time.monotonic() < deadline:
         for e in client.loop(0.5):
             if isinstance(e, Published):
                 pending.discard(e.mid)
@@ -628,9 +632,7 @@ def rabbit(tmp_path_factory) -> Iterator[Rabbit]:
 def test_rabbitmq_upstream_refuses_the_bridge_flag_and_gets_a_plain_connect(tmp_path, procs, rabbit):
     """RabbitMQ does not accept protocol level 0x84 (it closes the connection): the bridge connects again
     at once without it, and messages flow both ways."""
-    up = Upstream.__new__(Upstream)  # only for bridge_block's address
-    up.port = rabbit.mqtt_port
-    gw = Gateway(tmp_path / "gw", bridge_block(up, "s/# out 1", "c/# in 1")).start()
+    gw = Gateway(tmp_path / "gw", bridge_block(rabbit, "s/# out 1", "c/# in 1")).start()
     procs.append(gw)
     bridge_up(gw)
     assert "connecting again without it" in gw.log(), gw.log()
