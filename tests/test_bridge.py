@@ -759,3 +759,22 @@ def test_a_damaged_queue_row_is_skipped_and_counted(tmp_path, procs):
     subscribe(probe, ("$SYS/broker/connection/gw1.cloud/#", 0))
     sys_snapshot(probe, {"queue/damaged": b"1", "queue/messages": b"0"})
     gw.stop()
+
+
+def test_without_persistence_the_bridge_queues_in_memory(tmp_path, procs):
+    """persistence false: the queue lives in memory only (nothing survives a restart), both directions work."""
+    up = Upstream(tmp_path / "up", "allow_anonymous true").start()
+    procs.append(up)
+    cloud = up.client("cloud")
+    subscribe(cloud, ("m/#", 1))
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "m/# out 1", "n/# in 1"), "persistence = false").start()
+    procs.append(gw)
+    bridge_up(gw)
+    local = gw.client("local")
+    subscribe(local, ("n/#", 1))
+    publish_all(gw.client("sensor"), [("m/1", b"up", 1, False)])
+    assert [m.payload for m in collect(cloud, 1)] == [b"up"]
+    wait_for(lambda: "Received SUBSCRIBE from gw1.cloud" in up.log(), TIMEOUT, what="the bridge's SUBSCRIBE")
+    cloud.publish("n/1", b"down", 1)
+    assert [m.payload for m in collect(local, 1)] == [b"down"]
+    gw.stop()
