@@ -95,10 +95,20 @@ def _load_chain(ctx: ssl.SSLContext, certfile: str, keyfile: Optional[str], now:
         der = ssl.PEM_cert_to_DER_cert(pem[pem.index("-----BEGIN CERTIFICATE-----"):])
     except ValueError:
         raise ConfigError(f"{certfile} holds no PEM certificate", option="certfile") from None
+    asked: List[bool] = []
+
+    def no_passphrase() -> bytes:  # never OpenSSL's prompt on the terminal: a service has nobody to ask
+        asked.append(True)
+        return b""
+
     try:
-        ctx.load_cert_chain(certfile, keyfile)
+        ctx.load_cert_chain(certfile, keyfile, password=no_passphrase)
     except ssl.SSLError as exc:
         reason = _reason(exc)
+        if asked:
+            raise ConfigError(f"the key in {keyfile or certfile} is encrypted with a passphrase; give an "
+                              "unencrypted key (openssl pkey -in KEY -out NEWKEY), readable by the broker only",
+                              option="keyfile" if keyfile else "certfile") from None
         if "mismatch" in reason:
             raise ConfigError(f"the key in {keyfile or certfile} does not belong to the certificate in {certfile}",
                               option="keyfile" if keyfile else "certfile") from None

@@ -206,3 +206,13 @@ def test_subject_string_escapes():
     assert subject_string(cert) == "CN=\\ x+UID=7,O=A\\, B\\+C,C=GB"
     assert common_name(cert) == " x"
     assert common_name({"subject": ((("organizationName", "o"),),)}) is None
+
+
+def test_encrypted_key_is_refused_without_a_prompt(certs, tmp_path):
+    """An encrypted key would make OpenSSL ask for its passphrase on the terminal: refused instead."""
+    import subprocess
+    key = str(tmp_path / "enc.key")
+    subprocess.run(["openssl", "pkey", "-in", certs.server_key, "-out", key, "-aes256", "-passout", "pass:secret"],
+                   check=True, capture_output=True)
+    e = _error(certfile=certs.server, keyfile=key)
+    assert e.option == "keyfile" and "encrypted with a passphrase" in str(e)
