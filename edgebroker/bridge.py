@@ -56,6 +56,9 @@ BACKLOG_LIMIT = 256 * 1024
 RECV_SIZE = 65536
 #: Seconds a TCP connect (and TLS handshake) may take before it counts as failed.
 CONNECT_TIMEOUT = 30.0
+#: While connected to a fallback address (round_robin false), seconds between attempts to reach the
+#: primary again; when it answers, the bridge reconnects to it (Mosquitto 2.0 probes every 5 s).
+PRIMARY_RETRY = 5.0
 #: Log lines about connection failures: at most one per this many seconds per bridge (a link that is
 #: down for days must not fill the log); the number left out is said in the next one.
 LOG_INTERVAL = 60.0
@@ -130,6 +133,8 @@ class Bridge:
         self._last_traffic = 0.0
         self._log_at = -LOG_INTERVAL
         self._log_skipped = 0
+        self._probe: Optional[socket.socket] = None  # a connect to the primary while on a fallback
+        self._probe_at = float("inf")
         #: acknowledgements of messages from the remote wait for the commit that makes them durable
         self._acks_held = False
         self._acks_after = 0
@@ -350,6 +355,9 @@ class Bridge:
                 self._retry_at = float("inf")
                 return float("inf")
             due = min(due, self._last_traffic + c.idle_timeout) if c.start_type == "lazy" else due
+            if self._probe_at <= now and self._probe is None:
+                self._start_probe(now)
+            due = min(due, self._probe_at)
         self._flush(now)
         if self._acks_held and self.store.window:
             # The commit they wait for comes with the commit window: look again every tenth of it
@@ -393,6 +401,9 @@ class Bridge:
                 gen, result = self._results.get_nowait()
             except queue.Empty:
                 return
+            if gen == -self._gen and self.state == _UP:  # the primary's address, for a probe
+                self._probe_resolved(result, now)
+                continue
             if gen != self._gen or self.state != _RESOLVING:
                 continue  # an old lookup
             if isinstance(result, BaseException):
@@ -506,6 +517,70 @@ class Bridge:
         # Acknowledgements free the window: the timer, which runs after every read of this turn, refills
         # it and writes once, so the publishers' input read in the same turn goes out in the same send.
 
+    # ---- back to the primary address -------------------------------------------------------------
+
+    def _start_probe(self, now: float) -> None:
+        """Try the primary address (a TCP connect only) while connected to a fallback."""
+        host, port = self.config.addresses[0]
+        self._probe_at = now + PRIMARY_RETRY  # the next try, unless this one succeeds
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            results, wake, gen = self._results, self.server.wake, -self._gen
+
+            def lookup() -> None:
+                try:
+                    result: Any = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+                except (OSError, UnicodeError) as exc:
+                    result = exc
+                results.put((gen, result))
+                wake()
+
+            threading.Thread(target=lookup, name=f"resolve-{self.name}", daemon=True).start()
+            return
+        family = socket.AF_INET if literal.version == 4 else socket.AF_INET6
+        self._probe_resolved([(family, socket.SOCK_STREAM, 0, "", (host, port) if literal.version == 4
+                               else (host, port, 0, 0))], now)
+
+    def _probe_resolved(self, result: Any, now: float) -> None:
+        if isinstance(result, BaseException) or not result or self._probe is not None:
+            return
+        family, kind, proto, _, address = result[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        if sock.connect_ex(address) not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            sock.close()
+            return
+        self._probe = sock
+        self.server.add_writer(sock, self._probe_done)
+
+    def _probe_done(self, now: float) -> None:
+        sock = self._probe
+        if sock is None:
+            return
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._end_probe()
+        if err or self.state != _UP:
+            return
+        host, port = self.config.addresses[0]
+        self._note(L.NOTICE, f"Bridge {self.name}: the primary address {host}:{port} answers again; "
+                             "reconnecting to it.", now)
+        self.session.out.append(b"\xe0\x00")  # DISCONNECT: the remote drops our will
+        self._flush(now)
+        self._close(now)
+        if self.config.notifications:
+            self.local.publish(self.config.state_topic, b"0", 1, True)
+        self._address = 0
+        self.state = _IDLE
+        self._retry_at = now
+
+    def _end_probe(self) -> None:
+        sock = self._probe
+        if sock is not None:
+            self._probe = None
+            self.server.remove_writer(sock)
+            sock.close()
+
     def _on_remote(self, event: Received, now: float) -> None:
         """A message from the remote: remapped and published locally (never back out: no-local)."""
         self.received += 1
@@ -529,6 +604,8 @@ class Bridge:
                              f"{' (bridge protocol)' if self.session.private else ''}.", now)
         self.last_error = ""
         self._log_at = -LOG_INTERVAL  # the next failure is logged at once
+        if self._address and not c.round_robin:
+            self._probe_at = now + PRIMARY_RETRY
         session = self.session
         session.resend(now)  # what was in flight when the last connection ended, first, in order
         subs = [(t.remote_topic, t.qos) for t in c.topics if t.direction != "out"]
@@ -593,6 +670,8 @@ class Bridge:
         self._backlog = b""
         self._writing = False
         self._acks_held = False
+        self._end_probe()
+        self._probe_at = float("inf")
         self.session.connection_lost()
 
     def _holding(self) -> bool:

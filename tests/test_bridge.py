@@ -778,3 +778,24 @@ def test_without_persistence_the_bridge_queues_in_memory(tmp_path, procs):
     cloud.publish("n/1", b"down", 1)
     assert [m.payload for m in collect(local, 1)] == [b"down"]
     gw.stop()
+
+
+def test_back_to_the_primary_once_it_answers(tmp_path, procs):
+    """round_robin false: connected to the fallback, the bridge probes the primary and returns to it."""
+    fallback = Upstream(tmp_path / "fallback", "allow_anonymous true").start()
+    procs.append(fallback)
+    primary = Upstream(tmp_path / "primary", "allow_anonymous true")  # not started yet
+    procs.append(primary)
+    block = bridge_block(fallback, "p/# out 1").replace(
+        f'address = "127.0.0.1:{fallback.port}"', f'address = ["127.0.0.1:{primary.port}", "127.0.0.1:{fallback.port}"]')
+    gw = Gateway(tmp_path / "gw", block).start()
+    procs.append(gw)
+    wait_for(lambda: f"connected to 127.0.0.1:{fallback.port}" in gw.log(), TIMEOUT, what="the fallback")
+    primary.start()
+    wait_for(lambda: f"connected to 127.0.0.1:{primary.port}" in gw.log(), TIMEOUT, what="the primary again")
+    assert "answers again; reconnecting to it" in gw.log()
+    cloud = primary.client("cloud")
+    subscribe(cloud, ("p/#", 1))
+    publish_all(gw.client("sensor"), [("p/1", b"primary", 1, False)])
+    assert [m.payload for m in collect(cloud, 1)] == [b"primary"]
+    gw.stop()
