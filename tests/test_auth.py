@@ -583,3 +583,82 @@ def test_sighup_rereads_the_files_and_a_broken_one_keeps_the_running_ones(tmp_pa
     finally:
         p.terminate()
         p.wait(10)
+
+
+# ---- per_listener_settings in files, and on a real server -------------------------------------------------
+
+def test_mosquitto_conf_per_listener_settings_go_to_the_listener_they_follow(tmp_path):
+    from edgebroker.configfile import load_config
+
+    conf = tmp_path / "m.conf"
+    conf.write_text("per_listener_settings true\nlistener 1883 127.0.0.1\nallow_anonymous true\n"
+                    "auto_id_prefix open-\nlistener 1884\npassword_file /etc/pw\nacl_file /etc/acl\n")
+    loaded = load_config(str(conf))
+    first, second = loaded.config.listeners
+    assert (first.allow_anonymous, first.auto_id_prefix, first.password_file) == (True, "open-", None)
+    assert (second.allow_anonymous, second.password_file, second.acl_file) == (None, "/etc/pw", "/etc/acl")
+    assert loaded.config.password_file is None and loaded.config.auto_id_prefix == "auto-"
+    # per_listener_settings false (the default): the same lines are global, wherever they are
+    conf.write_text("listener 1883\npassword_file /etc/pw\nlistener 1884\nallow_anonymous true\n")
+    config = load_config(str(conf)).config
+    assert config.password_file == "/etc/pw" and config.allow_anonymous is True
+    assert all(not ls.security_fields() for ls in config.listeners)
+    # Mosquitto's rule: it must come first
+    conf.write_text("password_file /etc/pw\nper_listener_settings true\nlistener 1883\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(conf))
+    assert (info.value.line, info.value.option) == (2, "per_listener_settings")
+    assert "before every other security option" in str(info.value)
+    # before any listener: the default listener's (port), else a warning that it applies to none
+    conf.write_text("per_listener_settings true\nallow_anonymous true\nport 1885\n")
+    (default,) = load_config(str(conf)).config.listeners
+    assert default.port == 1885 and default.allow_anonymous is True
+    conf.write_text("per_listener_settings true\nallow_anonymous true\nlistener 1883\n")
+    loaded = load_config(str(conf))
+    assert loaded.config.listeners[0].allow_anonymous is None
+    assert [(w_.line, w_.option) for w_ in loaded.warnings] == [(2, "allow_anonymous")]
+
+
+def test_two_listeners_with_their_own_settings(tmp_path):
+    pw = password_file(tmp_path, [("alice", "a")], "-H", "sha512")
+    config = Config(per_listener_settings=True, persistence=False, sys_interval=0, listeners=[
+        Listener(0, "127.0.0.1", allow_anonymous=True, auto_id_prefix="open-"),
+        Listener(0, "127.0.0.1", password_file=pw, allow_zero_length_clientid=False)])
+    logs: List[str] = []
+    server = Server(config, log=lambda level, msg: logs.append(msg))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        open_port, closed_port = server.ports
+        with RawClient("127.0.0.1", open_port) as c:
+            assert c.connect("") == w.connack(False, 0)
+            wait_for(lambda: any(s.startswith("open-") for s in server.broker.sessions), what="open- client")
+        with RawClient("127.0.0.1", closed_port) as c:
+            assert c.connect("x") == w.connack(False, 5)
+        with RawClient("127.0.0.1", closed_port) as c:
+            assert c.connect("", username="alice", password=b"a") == w.connack(False, 2)  # no empty ids here
+        with RawClient("127.0.0.1", closed_port) as c:
+            assert c.connect("y", username="alice", password=b"a") == w.connack(False, 0)
+        assert any(m.startswith("Listener on port") and "Anonymous clients are allowed" in m for m in logs)
+        assert any("Anonymous clients are refused" in m and pw in m for m in logs)
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_local_clients_are_checked_by_their_username_and_client_id(tmp_path):
+    acl = ("user bridge\ntopic write up/#\ntopic read down/#\n"
+           "user bob\ntopic readwrite down/#\ntopic read up/#\ntopic write own/#\n"
+           "pattern read own/%c\n")
+    core = core_with(tmp_path, acl, USERS, allow_anonymous=True)
+    got: List[Tuple[str, bytes]] = []
+    local = core.broker.attach_local("bridge1", lambda t, p, q, r: got.append((t, p)), username="bridge")
+    assert local.subscribe("down/#", 0) == 0 and local.subscribe("up/#", 0) == 0x80
+    assert local.subscribe("own/+", 0) == 0  # own/bridge1 through the %c pattern
+    bob = login(core, "bob", "bob", b"b")
+    bob.subscribe(1, ("up/#", 0), ("down/#", 0))
+    local.publish("up/x", b"1")    # the bridge may write up/#: bob gets it
+    local.publish("down/x", b"2")  # it may not write down/#: dropped
+    assert [(p.topic, p.payload) for p in bob.publishes()] == [("up/x", b"1")]
+    bob.send(w.publish("down/y", b"3") + w.publish("own/bridge1", b"4") + w.publish("own/other", b"5"))
+    assert got == [("down/y", b"3"), ("own/bridge1", b"4")]  # own/other: not the bridge's to read

@@ -433,3 +433,24 @@ def test_paho_reports_bad_credentials_and_a_refused_subscription(tmp_path, broke
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def test_edgebroker_pub_and_sub_log_in_with_u_and_P(tmp_path, brokers):
+    pw, acl = _security_files(tmp_path)
+    e = brokers("edgebroker", f"password_file {pw}\nacl_file {acl}\nlog_type all\n")
+    hp = ["-h", "127.0.0.1", "-p", str(e.port)]
+    tool = [sys.executable, "-m", "edgebroker"]
+    sub = subprocess.Popen(tool + ["sub"] + hp + ["-u", "bob", "-P", "bob-pw", "-t", "bob/#", "-C", "1", "-i", "eb-sub"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        wait_for(lambda: "Sending SUBACK to eb-sub" in e.log_path.read_text() or sub.poll() is not None,
+                 TIMEOUT, what="the subscriber")
+        run(tool + ["pub"] + hp + ["-u", "bob", "-P", "bob-pw", "-t", "bob/n", "-m", "hello"])
+        out, err = sub.communicate(timeout=TIMEOUT)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert out == "hello\n", err
+    bad = run(tool + ["pub"] + hp + ["-u", "bob", "-P", "nope", "-t", "bob/n", "-m", "x"], check=False)
+    assert bad.returncode != 0 and "bad user name or password" in bad.stderr.lower(), bad.stderr
