@@ -440,7 +440,8 @@ def test_edgebroker_pub_and_sub_log_in_with_u_and_P(tmp_path, brokers):
     e = brokers("edgebroker", f"password_file {pw}\nacl_file {acl}\nlog_type all\n")
     hp = ["-h", "127.0.0.1", "-p", str(e.port)]
     tool = [sys.executable, "-m", "edgebroker"]
-    sub = subprocess.Popen(tool + ["sub"] + hp + ["-u", "bob", "-P", "bob-pw", "-t", "bob/#", "-C", "1", "-i", "eb-sub"],
+    sub = subprocess.Popen(tool + ["sub"] + hp + ["-u", "bob", "-P", "bob-pw", "-t", "bob/#", "-C", "1",
+                                                  "-i", "eb-sub"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         wait_for(lambda: "Sending SUBACK to eb-sub" in e.log_path.read_text() or sub.poll() is not None,
