@@ -37,6 +37,8 @@ class Sizes:
     #: S3b: the QoS 2 run again with a window equal to both brokers' max_inflight_messages (20), where
     #: Mosquitto 2.0.11 does not lose messages (at window 64 it acknowledges them all and drops some).
     s3b_window: int = 20
+    #: S3w: S3 with both brokers' max_inflight_messages equal to the window (64) and this queue limit.
+    s3w_max_queued: int = 1_000_000
     #: S2q: S2 again with both brokers allowed this many queued messages per client.
     s2q_max_queued: int = 100_000
     s4_subs: int = 100
@@ -675,6 +677,12 @@ def scenarios(sz: Sizes) -> List[Scenario]:
         Scenario("S3b", f"QoS 2 end to end, publisher window {sz.s3b_window} (= max_inflight_messages), "
                         f"{sz.s3_count:,} msgs",
                  (Metric("rate", "msg/s", "higher"),), run_s3b),
+        Scenario("S3w", f"QoS 2 end to end, publisher window {sz.window} answering each PUBREC at once, both "
+                        f"brokers with max_inflight_messages {sz.window} and max_queued_messages "
+                        f"{sz.s3w_max_queued:,}, {sz.s3_count:,} msgs",
+                 (Metric("rate", "msg/s", "higher"),), run_s3, max_queued=sz.s3w_max_queued,
+                 options={"edgebroker": {"max_inflight_messages": sz.window},
+                          "mosquitto": {"max_inflight_messages": sz.window}}),
         Scenario("S4", f"fan-out QoS 0: 1 publisher -> {sz.s4_subs} subscribers, {sz.s4_count:,} msgs "
                        f"({sz.s4_count * sz.s4_subs:,} deliveries)",
                  (Metric("rate", "deliveries/s", "higher"),), run_s4),
