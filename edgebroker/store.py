@@ -323,6 +323,10 @@ class NullStore:
     def settled(self) -> bool:
         return True
 
+    def output_waits(self) -> bool:
+        """Output written now may depend on changes not yet committed (it must wait for end_turn)."""
+        return False
+
     def wake_at(self, now: float) -> float:
         return float("inf")
 
@@ -674,6 +678,9 @@ class SqliteStore(NullStore):
         if self.periodic or not self._due_now():
             return now
         return max(now, self._last_commit + GROUP_COMMIT_WAIT)
+
+    def output_waits(self) -> bool:
+        return not self.periodic and self._due_now()
 
     def settled(self) -> bool:
         """No change an acknowledgement may depend on waits for the commit window: acknowledgements
