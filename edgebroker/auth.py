@@ -19,10 +19,6 @@ return code 0x80 (Mosquitto 2.0 grants it and delivers nothing).
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import os
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -77,6 +73,8 @@ class PasswordEntry:
     def verify(self, password: bytes) -> bool:
         """Does `password` hash to this entry? Compared in constant time. Costs `iterations` rounds of
         HMAC-SHA512 for $7$ (see docs/security.md for the cost): call it off the loop."""
+        import hashlib  # here, not at the top: OpenSSL's libcrypto is ~3.7 MiB of RSS a broker
+        import hmac     # without a password file does not need
         if self.kind == "sha512-pbkdf2":
             computed = hashlib.pbkdf2_hmac("sha512", password, self.salt, self.iterations, len(self.digest))
         else:
@@ -94,6 +92,8 @@ class PasswordEntry:
 def hash_password(password: bytes, kind: str = "sha512-pbkdf2", iterations: int = DEFAULT_ITERATIONS,
                   salt: Optional[bytes] = None) -> str:
     """The hash part of a password file line, as mosquitto_passwd writes it."""
+    import base64
+    import hashlib
     salt = os.urandom(SALT_BYTES) if salt is None else salt
     b64 = base64.b64encode
     if kind == "sha512-pbkdf2":
@@ -105,6 +105,8 @@ def hash_password(password: bytes, kind: str = "sha512-pbkdf2", iterations: int 
 
 
 def _b64(text: str) -> Optional[bytes]:
+    import base64
+    import binascii
     try:
         return base64.b64decode(text, validate=True) if text else None
     except (binascii.Error, ValueError):
@@ -150,11 +152,14 @@ class PasswordFile:
 
     def known_good(self, username: str, entry: PasswordEntry, password: bytes) -> bool:
         """Has this exact password been verified for this user before (cheap: one SHA-256)?"""
+        import hashlib
+        import hmac
         seen = self._verified.get(username)
         return seen is not None and hmac.compare_digest(seen, hashlib.sha256(entry.salt + password).digest())
 
     def remember(self, username: str, entry: PasswordEntry, password: bytes) -> None:
         """Record a successful verification (only successes: every wrong guess costs the full hash)."""
+        import hashlib
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
         self._verified[username] = hashlib.sha256(entry.salt + password).digest()

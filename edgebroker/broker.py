@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import log as L
@@ -42,7 +42,7 @@ from .packets import (
     Subscribe, Unsubscribe, Will,
 )
 from .local import LocalClient, OnMessage
-from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, QUEUED, Message, Session
+from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, NO_ONE, QUEUED, Message, Session, queue_of
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
 from .retained import RetainedTree
@@ -77,6 +77,16 @@ FLOW_LOW_WATER = 50
 FLOW_STALL = 2.0
 
 _PINGRESP = b"\xd0\x00"
+_NOTHING = ()
+
+
+def _add(owner: object, name: str, member: object) -> None:
+    """Add to a flow-control set (Connection.paused_by, Session.blocking), given one of its own first."""
+    members = getattr(owner, name)
+    if members is NO_ONE:
+        members = set()
+        setattr(owner, name, members)
+    members.add(member)
 _PROTOCOLS = {("MQTT", 4): "p2", ("MQIsdp", 3): "p1"}
 
 
@@ -111,8 +121,9 @@ class Connection:
         self._dirty = dirty
         self.close_reason = ""
         #: flow control: sessions whose full queues pause this publisher; packets read but not yet handled
-        self.paused_by: set = set()
-        self.stash: List[object] = []
+        #: (NO_ONE until paused: a set of its own then; an empty tuple while nothing is stashed)
+        self.paused_by: AbstractSet[object] = NO_ONE
+        self.stash: Sequence[object] = ()
         self.stash_error: Optional[MalformedPacket] = None
         #: a refill stopped at REFILL_BYTES: the loop calls `Broker.output_drained` once out is sent
         self.refill_held = False
@@ -132,7 +143,7 @@ class Connection:
         #: CONNECT's username and no password is checked, as in Mosquitto. None otherwise.
         self.tls_username: Optional[str] = None
         #: acknowledgements waiting for the store's commit window (Broker._send_ack), in order
-        self.held: List[bytes] = []
+        self.held: List[bytes] = _NOTHING  # type: ignore[assignment]  # a list of its own when one is held
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);
@@ -284,7 +295,7 @@ class Broker:
                 continue
             msg = shared[msg_id] if msg_id is not None else Message(topic, payload, qos, bool(retain), -1)
             if packet_id is None or st == QUEUED:
-                session.queue.append((msg, qos, seq, packet_id or 0))
+                queue_of(session).append((msg, qos, seq, packet_id or 0))
                 session.queued_bytes += len(msg.payload)
                 if client_id in crashed:
                     session.dup_prefix += 1  # perhaps sent before the crash: its row says nothing
@@ -316,7 +327,7 @@ class Broker:
                 if not conn.closed:
                     for data in conn.held:
                         conn.write(data)
-                conn.held = []
+                conn.held = _NOTHING  # type: ignore[assignment]
             self.held.clear()
 
     def output_drained(self, conn: Connection) -> None:
@@ -360,10 +371,10 @@ class Broker:
         conn.last_rx = now
         if not (conn.stash or conn.stash_error):
             return
-        packets, conn.stash = conn.stash, []
+        packets, conn.stash = conn.stash, ()
         self._handle(conn, packets, now)
 
-    def _handle(self, conn: Connection, packets: List[object], now: float) -> None:
+    def _handle(self, conn: Connection, packets: Sequence[object], now: float) -> None:
         # PUBACK/PUBCOMP handlers return True when they freed room in the inflight window of a session
         # with queued messages: the window is refilled once after a run of them, not once per ack, and
         # before any other packet is handled (so a PINGRESP still follows what the acks let out).
@@ -428,9 +439,10 @@ class Broker:
         self.closing.append(conn)
         self.connections.pop(conn, None)
         for session in conn.paused_by:
-            session.blocking.discard(conn)
-        conn.paused_by.clear()
-        conn.stash = []
+            if conn in session.blocking:
+                session.blocking.discard(conn)  # type: ignore[attr-defined]
+        conn.paused_by = NO_ONE
+        conn.stash = ()
         if not conn.connected:
             if reason != "closed its connection" and self.config.connection_messages:
                 self.log(L.NOTICE, f"Client {conn.client_id} from {conn.peer} disconnected: {reason}.")
@@ -570,7 +582,7 @@ class Broker:
             password: bytes = p.password  # type: ignore[assignment]
             if self.verify_async is not None and entry.expensive:
                 pending = PendingAuth(conn, p, sec, entry, username)  # type: ignore[arg-type]
-                conn.paused_by.add(pending)
+                _add(conn, "paused_by", pending)
                 self.flow_changed.append(conn)
                 self.verify_async(conn.peer.rsplit(":", 1)[0], lambda: entry.verify(password), pending)
                 return
@@ -589,7 +601,8 @@ class Broker:
             pending.security.passwords.remember(pending.username, pending.entry, pending.packet.password or b"")
         if conn.closed:
             return
-        conn.paused_by.discard(pending)
+        if pending in conn.paused_by:
+            conn.paused_by.discard(pending)  # type: ignore[attr-defined]
         if ok:
             self._connected(conn, pending.packet, pending.username, pending.security, now)  # type: ignore
         else:
@@ -807,7 +820,9 @@ class Broker:
             # PUBREC, PUBREL or PUBCOMP; after any held one, the next too, to keep their order.
             if not conn.held:
                 self.held.append(conn)
-            conn.held.append(data)
+                conn.held = [data]
+            else:
+                conn.held.append(data)
         else:
             conn.write(data)
         self.stats.messages_sent += 1
@@ -911,7 +926,7 @@ class Broker:
             if qos:
                 pid = session.next_packet_id()
             self.store.delivery_add(seq, session.client_id, msg, qos, pid or None, QUEUED)
-        session.queue.append((msg, qos, seq, pid))
+        queue_of(session).append((msg, qos, seq, pid))
         session.queued_bytes += len(msg.payload)
         source = self._source
         if (source is not None and len(session.queue) >= self._flow_high and session.conn is not None
@@ -920,8 +935,8 @@ class Broker:
                 session.last_progress = self._now  # the stall clock starts when it first holds someone back
             if not source.paused_by:
                 self.flow_changed.append(source)
-            source.paused_by.add(session)
-            session.blocking.add(source)
+            _add(source, "paused_by", session)
+            _add(session, "blocking", source)
 
     def _drop(self, session: Session, why: str) -> None:
         self.stats.publish_dropped += 1
@@ -1008,11 +1023,12 @@ class Broker:
     def _release(self, session: Session) -> None:
         """Resume the publishers this session was holding back."""
         for conn in session.blocking:
-            conn.paused_by.discard(session)
+            if session in conn.paused_by:
+                conn.paused_by.discard(session)
             if not conn.paused_by:
                 conn.last_rx = self._now  # its keepalive clock restarts: it was not being read
                 self.flow_changed.append(conn)
-        session.blocking.clear()
+        session.blocking = NO_ONE
 
     def _on_puback(self, conn: Connection, p: Puback, now: float) -> bool:
         """Returns True when the window has room again and messages wait (see _handle)."""

@@ -9,7 +9,7 @@ for QoS > 0 only the packet identifier differs.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Tuple
 
 from .codec import publish_head
 
@@ -66,6 +66,19 @@ class Message:
                 packet_id.to_bytes(2, "big"), self.payload)
 
 
+#: The shared empty value of the flow-control sets (Session.blocking, Connection.paused_by) until they
+#: get a member: a set of their own is created then (an empty set costs 216 bytes per connection).
+NO_ONE: AbstractSet[object] = frozenset()
+
+
+def queue_of(session: "Session") -> "Deque[Tuple[Message, int, int, int]]":
+    """The session's queue, made a deque on first use."""
+    queue = session.queue
+    if queue.__class__ is not deque:
+        queue = session.queue = deque()
+    return queue
+
+
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
                  "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since", "blocking",
@@ -81,7 +94,9 @@ class Session:
         #: (message, qos, seq, packet id) waiting for the client or for room in the inflight window. A
         #: persistent session's message gets its packet id when queued, stored with it, so that sending
         #: it changes nothing on disk; 0 = none yet (clean session, or a row of an older database).
-        self.queue: Deque[Tuple[Message, int, int, int]] = deque()
+        #: An empty tuple until the first message is queued (`queue_of`): an empty deque costs 624
+        #: bytes, and most sessions of a gateway never queue.
+        self.queue: Deque[Tuple[Message, int, int, int]] = ()  # type: ignore[assignment]
         #: how many messages at the head of the queue go out with DUP set: restored after a crash while
         #: the client was connected, they may have been sent before it [MQTT-3.3.1-1]
         self.dup_prefix = 0
@@ -100,7 +115,7 @@ class Session:
         #: flow control: publishing connections paused because this session's queue is over the
         #: high-water mark; when its client last acknowledged; stalled = stopped acknowledging, so it
         #: throttles no one and its bounded queue drops instead
-        self.blocking: Set[object] = set()
+        self.blocking: AbstractSet[object] = NO_ONE  # a set of its own once it holds someone back
         self.last_progress = 0.0
         self.stalled = False
         #: an in-process client's delivery callback (edgebroker.local); None for network clients
