@@ -42,7 +42,8 @@ from .packets import (
     Subscribe, Unsubscribe, Will,
 )
 from .local import LocalClient, OnMessage
-from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, NO_ONE, QUEUED, Message, Session, queue_of
+from .session import (INFLIGHT_RELEASED, INFLIGHT_SENT, NO_ONE, QUEUED, Message, Session, awaiting_of,
+                      queue_of)
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
 from .retained import RetainedTree
@@ -306,7 +307,7 @@ class Broker:
         for client_id, packet_id, topic, payload, retain in state.inbound_qos2:
             session = self.sessions.get(client_id)
             if session is not None:
-                session.awaiting_rel[packet_id] = None if topic is None else (topic, payload or b"", bool(retain))
+                awaiting_of(session)[packet_id] = None if topic is None else (topic, payload or b"", bool(retain))
         if state.sessions or state.retained:
             self.log(L.NOTICE, f"Restored {len(state.retained)} retained messages and {len(state.sessions)} "
                                f"persistent sessions ({len(state.deliveries)} queued or in-flight messages).")
@@ -744,7 +745,7 @@ class Broker:
         before the PUBREC leaves. A resend of an id held already is only acknowledged again: the
         message goes to subscribers once."""
         session: Session = conn.session  # type: ignore[assignment]
-        awaiting = session.awaiting_rel
+        awaiting = awaiting_of(session)
         pid = p.packet_id
         if pid not in awaiting:
             held: Optional[Tuple[str, bytes, bool]] = (p.topic, p.payload, p.retain)

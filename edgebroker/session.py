@@ -79,6 +79,18 @@ def queue_of(session: "Session") -> "Deque[Tuple[Message, int, int, int]]":
     return queue
 
 
+#: Session.awaiting_rel until the client publishes at QoS 2: shared, never written to.
+NONE_AWAITING: Dict[int, Optional[Tuple[str, bytes, bool]]] = {}
+
+
+def awaiting_of(session: "Session") -> Dict[int, Optional[Tuple[str, bytes, bool]]]:
+    """The session's inbound QoS 2 ids, a dict of its own once it needs one."""
+    awaiting = session.awaiting_rel
+    if awaiting is NONE_AWAITING:
+        awaiting = session.awaiting_rel = {}
+    return awaiting
+
+
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
                  "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since", "blocking",
@@ -103,7 +115,7 @@ class Session:
         self.queued_bytes = 0
         #: inbound QoS 2 packet ids whose PUBREC went out and whose PUBREL has not come [MQTT-4.3.3-2],
         #: each with the message released at PUBREL, (topic, payload, retain), or None: nothing to release
-        self.awaiting_rel: Dict[int, Optional[Tuple[str, bytes, bool]]] = {}
+        self.awaiting_rel: Dict[int, Optional[Tuple[str, bytes, bool]]] = NONE_AWAITING  # see awaiting_of
         self._next_pid = 0
         self.conn: Optional[object] = None
         #: the client's auth.AclSubject, set when it connects while an acl_file is in use; None = not
