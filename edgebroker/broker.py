@@ -321,9 +321,12 @@ class Broker:
             for conn in drained:
                 if not conn.closed:
                     self._refill(conn)
-        store = self.store
-        store.commit(now)
-        if self.held and store.settled():
+        self.store.commit(now)
+        self.release_held()
+
+    def release_held(self) -> None:
+        """Acknowledgements held for the commit window leave once nothing they may depend on waits."""
+        if self.held and self.store.settled():
             for conn in self.held:
                 if not conn.closed:
                     for data in conn.held:

@@ -294,11 +294,12 @@ class Server:
                             continue
                         if mask & read_event:
                             self._read(data, now)
-                            if data.out and len(events) > 1 and not store.output_waits() \
-                                    and data not in self._writing and not data.closed:
+                            if len(events) > 1 and not store.output_waits():
                                 # Its answers leave now, not after the other connections of this
                                 # turn: the client works on them while the loop handles the rest.
-                                self._flush(data, now)
+                                broker.release_held()
+                                if data.out and data not in self._writing and not data.closed:
+                                    self._flush(data, now)
                         if mask & write_event and not data.closed:
                             self._flush(data, now)
                     elif data is _WAKE:
