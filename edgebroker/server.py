@@ -29,7 +29,6 @@ import os
 import selectors
 import socket
 import time
-import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import __version__
@@ -523,6 +522,7 @@ class Server:
             self._failed(callback)
 
     def _failed(self, callback: Any) -> None:
+        import traceback  # only when a hosted callback fails (linecache, tokenize: 270 KiB at start)
         lines = traceback.format_exc().rstrip().splitlines()
         self.log(L.ERR, f"Error in {getattr(callback, '__qualname__', callback)!s}: {lines[-1]}")
         for line in lines[:-1]:

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 OPTIONAL = ["hashlib", "_hashlib", "base64", "ssl", "sqlite_utils", "firmware_bridge", "serial", "gpiozero",
-            "edgebroker.bridge", "edgebroker.tls", "edgebroker.uplink"]
+            "edgebroker.bridge", "edgebroker.tls", "edgebroker.uplink", "traceback"]
 
 PROBE = """
 import json, sys
