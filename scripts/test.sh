@@ -7,6 +7,8 @@
 #      leave a mosquitto service running on port 1883;
 #   1b. installs node/npm (Debian packages) and MicroPython's WebAssembly port (npm) when missing;
 #   1c. installs rabbitmq-server (an upstream for the bridge tests) when missing, service stopped;
+#   1d. installs shellcheck, systemd-analyze, debootstrap, qemu-user-static and binfmt-support for the
+#      pi-image tests, and registers qemu's arm64 interpreter with binfmt_misc when run as root;
 #   2. creates the virtualenv .venv (if missing) and installs edgebroker with its test extras;
 #   3. checks that edgebroker/, firmware_bridge/ and bench/ still run on Python 3.9 (vermin);
 #   4. runs pytest with the given arguments and exits with pytest's exit code.
@@ -80,8 +82,10 @@ if ! command -v mosquitto_sub >/dev/null 2>&1 ||
             sleep 1
         done
     fi
-    command -v mosquitto_sub >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1 &&
-        have_mosquitto_broker || die "mosquitto-clients/mosquitto installed but not found"
+    if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1 ||
+       ! have_mosquitto_broker; then
+        die "mosquitto-clients/mosquitto installed but not found"
+    fi
 fi
 
 # --- 1b. node and MicroPython ----------------------------------------------------------------
@@ -111,6 +115,32 @@ if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
         as_root systemctl disable --now rabbitmq-server epmd.socket epmd.service >/dev/null 2>&1 || true
     fi
     as_root update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
+fi
+
+# --- 1d. what the pi-image tests use ----------------------------------------------------------
+# tests/test_pi_image.py lints every shell script with shellcheck, checks the unit with systemd-analyze,
+# runs the pi-gen stage in a Debian root file system made by debootstrap, and its arm64 twin through
+# qemu-user-static and binfmt-support.
+pi_tools=""
+command -v shellcheck >/dev/null 2>&1 || pi_tools="$pi_tools shellcheck"
+command -v systemd-analyze >/dev/null 2>&1 || pi_tools="$pi_tools systemd"
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || pi_tools="$pi_tools debootstrap"
+if [ "$(dpkg --print-architecture 2>/dev/null || echo unknown)" != arm64 ]; then
+    command -v qemu-aarch64-static >/dev/null 2>&1 || pi_tools="$pi_tools qemu-user-static"
+    command -v update-binfmts >/dev/null 2>&1 || [ -x /usr/sbin/update-binfmts ] ||
+        pi_tools="$pi_tools binfmt-support"
+fi
+if [ -n "$pi_tools" ]; then
+    # shellcheck disable=SC2086  # a list of package names
+    apt_install $pi_tools
+fi
+# Register qemu's arm64 interpreter with binfmt_misc (mounting it first) where the kernel lets root do
+# so; where it cannot, the arm64 chroot test is skipped and says why.
+if [ "$(id -u)" -eq 0 ] && [ -x /usr/sbin/update-binfmts ] && [ -d /proc/sys/fs/binfmt_misc ]; then
+    [ -e /proc/sys/fs/binfmt_misc/status ] ||
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] ||
+        /usr/sbin/update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 fi
 
 # --- 2. virtualenv with the test extras -----------------------------------------------------
