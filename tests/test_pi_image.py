@@ -183,6 +183,50 @@ def test_default_config_passes_the_broker_check_and_has_the_defaults(tmp_path):
     assert "# [[serial]]" in text  # the commented serial example
 
 
+def _uncomment(text: str, first_line: str) -> str:
+    """The commented block starting at `first_line` ("# [[listener]]") made live: its "# " prefixes go."""
+    lines = text.split("\n")
+    start = next(i for i, line in enumerate(lines) if line == first_line and lines[i + 1].startswith("# "))
+    i = start
+    while i < len(lines) and lines[i].startswith("# "):
+        lines[i] = lines[i][2:]
+        i += 1
+    return "\n".join(lines)
+
+
+def test_default_config_commented_examples_work_when_uncommented(tmp_path):
+    """The commented TLS listener and serial sensor, uncommented with a real certificate (trustme) and a
+    real pseudo-terminal standing for the sensor, pass the broker's check."""
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("gateway.local", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "gateway.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "gateway.key"))
+    master, slave = os.openpty()
+    try:
+        text = (PI / "edgebroker.toml").read_text()
+        live = _uncomment(_uncomment(text, "# [[listener]]"), "# [[serial]]")
+        assert "\n[[listener]]\nport = 8883\n" in live and "\n[[serial]]\nport = " in live
+        (tmp_path / "passwd").write_text("")
+        live = (live.replace('"/var/lib/edgebroker"', f'"{tmp_path}"')
+                .replace('"/etc/edgebroker/passwd"', f'"{tmp_path}/passwd"')
+                .replace('"/etc/edgebroker/certs/', f'"{tmp_path}/')
+                .replace('"/dev/serial/by-id/usb-Silicon_Labs_CP2102-if00-port0"', f'"{os.ttyname(slave)}"')
+                .replace("port = 1883\n", 'port = 0\naddress = "127.0.0.1"\n')
+                .replace("port = 8883\n", 'port = 0\naddress = "127.0.0.1"\n'))
+        conf = tmp_path / "live.toml"
+        conf.write_text(live)
+        result = run([sys.executable, "-m", "edgebroker", "--check-config", "-c", str(conf)], cwd=str(REPO))
+        assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), result.stdout + live
+        from edgebroker.configfile import load_config
+        config = load_config(str(conf)).config
+        assert [bool(listener.certfile) for listener in config.listeners] == [False, True]
+        assert [s.port for s in config.serial] == [os.ttyname(slave)]
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 def test_installer_refuses_bad_usage():
     bogus = run(["sh", str(PI / "install.sh"), "--bogus"])
     assert bogus.returncode == 2 and "unknown option --bogus" in bogus.stdout
