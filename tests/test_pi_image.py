@@ -459,19 +459,15 @@ LOGIN = ("-u", "sensor", "-P", "greenhouse-secret")
 
 
 def add_user(root: Path, user: str, password: str) -> None:
-    """Add a user to the installed password file: with the installed edgebroker-passwd when this version
-    has it, else with Mosquitto's mosquitto_passwd (same file format) from outside the chroot."""
+    """Add a user to the installed password file with the installed edgebroker-passwd, run as root as the
+    README says; the file must stay readable by the broker (root:edgebroker, 0640)."""
     passwd = root / "etc/edgebroker/passwd"
     assert passwd.exists() and passwd.read_text() == ""  # the installer made it, empty
-    if (root / "opt/edgebroker/bin/edgebroker-passwd").exists():
-        result = in_chroot(root, "/opt/edgebroker/bin/edgebroker-passwd", "-b", "/etc/edgebroker/passwd", user,
-                           password)
-    else:
-        result = run(["mosquitto_passwd", "-b", str(passwd), user, password])
-        os.chown(str(passwd), 0, ids_in(root, "edgebroker")[1])  # as the installer left it
-        passwd.chmod(0o640)
+    result = in_chroot(root, "/usr/local/bin/edgebroker-passwd", "-b", "/etc/edgebroker/passwd", user, password)
     assert result.returncode == 0, result.stdout
     assert passwd.read_text().startswith(f"{user}:$7$")
+    st = passwd.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, ids_in(root, "edgebroker")[1], 0o640)
 
 
 def mosquitto(tool: str, port: int, *args: str) -> str:

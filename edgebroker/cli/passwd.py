@@ -7,7 +7,8 @@
 Without -b the password is asked for twice on the terminal, without echo. The file is what
 mosquitto_passwd 2.0 writes (`user:$7$ITERATIONS$SALT$HASH` by default), so Mosquitto reads it too, and
 this tool edits files mosquitto_passwd wrote. Other lines (comments, other users) are kept as they are;
-the file is replaced atomically (written beside it, then renamed), keeping its permissions.
+the file is replaced atomically (written beside it, then renamed), keeping its permissions, and its owner
+and group when run as root.
 
 One difference: -U hashes the plaintext passwords of a file and leaves lines that already hold a hash
 alone (mosquitto_passwd -U would hash the hash, locking those users out).
@@ -111,8 +112,11 @@ def _read_lines(path: str) -> List[str]:
 def _write_lines(path: str, lines: List[str]) -> None:
     """Write beside the file, then rename over it (a crash leaves the old file or the new one)."""
     directory = os.path.dirname(os.path.abspath(path))
+    owner = None
     try:
-        mode = os.stat(path).st_mode & 0o7777
+        st = os.stat(path)
+        mode = st.st_mode & 0o7777
+        owner = (st.st_uid, st.st_gid)
     except OSError:
         mask = os.umask(0)
         os.umask(mask)
@@ -126,6 +130,13 @@ def _write_lines(path: str, lines: List[str]) -> None:
             f.write("".join(line + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
+        if owner is not None and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != owner:
+            # Keep the owner and group too (root:edgebroker 0640 on a gateway, so the broker can read it),
+            # as mosquitto_passwd does by rewriting in place. Only root may give a file away.
+            try:
+                os.chown(tmp, owner[0], owner[1])
+            except PermissionError:
+                pass
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as exc:
