@@ -27,46 +27,33 @@ persistent sessions carry a `seq`, the key of their row; 0 means "not stored".
 """
 from __future__ import annotations
 
-import os
-from collections import deque
-from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import log as L
-from .auth import ALLOW, BAD_CREDENTIALS, AclSubject, PendingAuth, Security, load_security, refusal
-from .codec import MAX_PACKET_SIZE, Parser, encode_remaining_length, valid_topic_filter, valid_topic_name
+from .auth import ALLOW, AclSubject, Security, load_security
+from .codec import valid_topic_filter, valid_topic_name
 from .config import Config
+from .connection import (
+    OUT_BUFFER_LIMIT, PRE_CONNECT_MAX_BYTES, REFILL_BYTES, REPLAY_LIVE_MAX, Connection,
+)
 from .errors import MalformedPacket
 from .packets import (
-    Connect, ConnackCode, Disconnect, Pingreq, Puback, Pubcomp, Publish, Pubrec, Pubrel,
-    Subscribe, Unsubscribe, Will,
+    Connect, Disconnect, Pingreq, Puback, Pubcomp, Publish, Pubrec, Pubrel, Subscribe, Unsubscribe, Will,
 )
+from .handle_acks import AckHandlers
+from .handle_connect import ConnectHandlers
+from .handle_subscribe import SubscribeHandlers
 from .local import LocalClient, OnMessage
-from .session import (INFLIGHT_RELEASED, INFLIGHT_SENT, NO_ONE, QUEUED, Message, Session, awaiting_of,
-                      queue_of)
+from .session import INFLIGHT_SENT, NO_ONE, QUEUED, Message, Session, add_member, awaiting_of, queue_of
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
 from .retained import RetainedTree
 from .topics import TopicTree
 
-__all__ = ["Broker", "Connection"]
+__all__ = ["Broker", "Connection", "OUT_BUFFER_LIMIT", "PRE_CONNECT_MAX_BYTES", "REFILL_BYTES",
+           "REPLAY_LIVE_MAX"]
 
-#: Bytes a connection may send before its CONNECT is complete. The largest valid CONNECT is five
-#: 64 KiB fields plus headers (~320 KiB); anything bigger before CONNECT is not MQTT.
-PRE_CONNECT_MAX_BYTES = 512 * 1024
-#: Output bytes buffered for one connection beyond which QoS 0 messages to it are dropped (and
-#: counted): a subscriber that stops reading must not make the broker grow without bound. QoS 1/2 are
-#: bounded by the inflight window and the queue instead.
-OUT_BUFFER_LIMIT = 8 * 1024 * 1024
-#: Output bytes a refill of the inflight window (or the resend on reconnect) stops at: it goes on after
-#: the loop has handed what is buffered to the socket (`output_drained`, then the next turn's
-#: `end_turn`). With a large window (max_inflight_messages 0) a queue of thousands is then sent in
-#: slices: its first bytes leave at once instead of after all of it is encoded, other clients are served
-#: between slices, and what waits stays in the queue rather than as encoded bytes in memory.
-REFILL_BYTES = 64 * 1024
-#: Live QoS 0 messages that may wait behind a connection's retained replay (see `_send_retained`); past
-#: it they are dropped as with a full output buffer.
-REPLAY_LIVE_MAX = 10_000
 #: How often connect deadlines and keepalives are checked, in seconds.
 CHECK_INTERVAL = 0.5
 #: Flow control marks, in messages queued for an online session (capped at half of max_queued_messages):
@@ -81,86 +68,9 @@ _PINGRESP = b"\xd0\x00"
 _NOTHING = ()
 
 
-def _add(owner: object, name: str, member: object) -> None:
-    """Add to a flow-control set (Connection.paused_by, Session.blocking), given one of its own first."""
-    members = getattr(owner, name)
-    if members is NO_ONE:
-        members = set()
-        setattr(owner, name, members)
-    members.add(member)
-_PROTOCOLS = {("MQTT", 4): "p2", ("MQIsdp", 3): "p1"}
 
 
-class Connection:
-    """The core's side of one network connection. The loop owns the socket (`handle`)."""
-
-    __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
-                 "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
-                 "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
-                 "replay", "q0_limit", "replay_live",
-                 "security", "username", "tls_username", "bridge",
-                 "held")
-
-    def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
-        self.peer = peer
-        self.port = port
-        self.parser = Parser(PRE_CONNECT_MAX_BYTES)
-        self.out: List[bytes] = []
-        self.out_size = 0
-        self.session: Optional[Session] = None
-        self.client_id = "<unknown>"
-        self.connected = False
-        self.closed = False
-        self.keepalive = 0
-        self.last_rx = now
-        self.accepted_at = now
-        self.will: Optional[Will] = None
-        self.protocol_level = 0
-        #: the peer connected with the bridge flag (protocol level | 0x80, Mosquitto's try_private)
-        self.bridge = False
-        self.handle: object = None
-        self._dirty = dirty
-        self.close_reason = ""
-        #: flow control: sessions whose full queues pause this publisher; packets read but not yet handled
-        #: (NO_ONE until paused: a set of its own then; an empty tuple while nothing is stashed)
-        self.paused_by: AbstractSet[object] = NO_ONE
-        self.stash: Sequence[object] = ()
-        self.stash_error: Optional[MalformedPacket] = None
-        #: a refill stopped at REFILL_BYTES: the loop calls `Broker.output_drained` once out is sent
-        self.refill_held = False
-        #: a resend on reconnect stopped there: (packet ids in resend order, index of the next)
-        self.resend_at: Optional[Tuple[List[int], int]] = None
-        #: retained QoS 0 messages (and live ones behind them) still to send after a SUBSCRIBE; while
-        #: there are any, q0_limit is -1 so that live QoS 0 deliveries take the slow path in _route
-        self.replay: Optional[Deque[object]] = None
-        self.q0_limit = OUT_BUFFER_LIMIT
-        self.replay_live = 0
-        #: the auth.Security of the listener it came in on (set by the loop; None = the broker-wide one),
-        #: and the username it connected with
-        self.security: Optional[Security] = None
-        self.username: Optional[str] = None
-        #: The username a TLS listener with use_identity_as_username / use_subject_as_username took from
-        #: the client's verified certificate (set by the loop before CONNECT is read); it replaces the
-        #: CONNECT's username and no password is checked, as in Mosquitto. None otherwise.
-        self.tls_username: Optional[str] = None
-        #: acknowledgements waiting for the store's commit window (Broker._send_ack), in order
-        self.held: List[bytes] = _NOTHING  # type: ignore[assignment]  # a list of its own when one is held
-
-    def buffer(self) -> List[bytes]:
-        """The output buffer, for a caller that appends many packets itself (and adds to out_size);
-        the connection is listed for the flush."""
-        if not self.out:
-            self._dirty.append(self)
-        return self.out
-
-    def write(self, data: bytes) -> None:
-        if not self.out:
-            self._dirty.append(self)
-        self.out.append(data)
-        self.out_size += len(data)
-
-
-class Broker:
+class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
     def __init__(self, config: Config, now: float, log: Optional[Callable[[int, str], None]] = None,
                  store: Optional[NullStore] = None, memory_probe: Optional[Callable[[], int]] = None,
                  security: Optional[Tuple[Security, List[Optional[Security]]]] = None) -> None:
@@ -530,154 +440,6 @@ class Broker:
 
     # ---- CONNECT --------------------------------------------------------------------------------
 
-    def _refuse(self, conn: Connection, code: int, now: float, reason: str) -> None:
-        conn.write(_connack(False, code))
-        self.stats.messages_sent += 1
-        if self.debug:
-            self.log(L.DEBUG, f"Sending CONNACK to {conn.client_id} (0, {code})")
-        self._close(conn, now, reason)
-
-    def _on_connect(self, conn: Connection, p: Connect, now: float) -> None:
-        cfg = self.config
-        if p.protocol_level & 0x80:
-            # A bridge (Mosquitto's try_private): its own messages do not come back to it and retained
-            # ones keep their flag, as Mosquitto treats bridges.
-            conn.bridge = True
-            p = p._replace(protocol_level=p.protocol_level & 0x7F)
-        proto = _PROTOCOLS.get((p.protocol_name, p.protocol_level))
-        if proto is None:
-            if p.protocol_name in ("MQTT", "MQIsdp"):
-                self._refuse(conn, ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION, now,
-                             f"unsupported protocol level {p.protocol_level} [MQTT-3.1.2-2]")
-            else:
-                self._close(conn, now, f"invalid protocol name {p.protocol_name!r} [MQTT-3.1.2-1]")
-            return
-        sec = conn.security or self.security
-        client_id = p.client_id
-        if not client_id:
-            if p.protocol_level == 3 or not p.clean_session or not sec.allow_zero_length_clientid:
-                self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
-                             "empty client id not allowed [MQTT-3.1.3-8]")
-                return
-            client_id = sec.auto_id_prefix + _random_uuid()  # [MQTT-3.1.3-6]
-        conn.client_id = client_id
-        if cfg.clientid_prefixes and not client_id.startswith(cfg.clientid_prefixes):
-            self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
-                         f"client id does not start with clientid_prefixes {cfg.clientid_prefixes!r}")
-            return
-        if p.keepalive > cfg.max_keepalive:
-            self._refuse(conn, ConnackCode.IDENTIFIER_REJECTED, now,
-                         f"keepalive {p.keepalive} above max_keepalive {cfg.max_keepalive}")
-            return
-        if p.will is not None and cfg.message_size_limit and len(p.will.payload) > cfg.message_size_limit:
-            # Mosquitto refuses such a CONNECT with return code 5 (not authorized): a will it would
-            # drop when publishing it must not be accepted.
-            self._refuse(conn, ConnackCode.NOT_AUTHORIZED, now,
-                         f"will payload of {len(p.will.payload)} bytes over message_size_limit "
-                         f"{cfg.message_size_limit}")
-            return
-        identity = conn.tls_username is not None
-        username = conn.tls_username if identity else p.username
-        code, entry = sec.connect(username, p.password, identity)
-        if code != ALLOW:
-            self._refuse_auth(conn, code, username, now)
-            return
-        if entry is not None:
-            password: bytes = p.password  # type: ignore[assignment]
-            if self.verify_async is not None and entry.expensive:
-                pending = PendingAuth(conn, p, sec, entry, username)  # type: ignore[arg-type]
-                _add(conn, "paused_by", pending)
-                self.flow_changed.append(conn)
-                self.verify_async(conn.peer.rsplit(":", 1)[0], lambda: entry.verify(password), pending)
-                return
-            if not entry.verify(password):
-                self._refuse_auth(conn, BAD_CREDENTIALS, username, now)
-                return
-            sec.passwords.remember(username, entry, password)  # type: ignore[union-attr,arg-type]
-        self._connected(conn, p, username, sec, now)
-
-    def password_checked(self, token: object, ok: bool, now: float) -> None:
-        """The loop hands back the answer of a `verify_async` job."""
-        pending: PendingAuth = token  # type: ignore[assignment]
-        conn: Connection = pending.conn  # type: ignore[assignment]
-        self._now = now
-        if ok and pending.security.passwords is not None:
-            pending.security.passwords.remember(pending.username, pending.entry, pending.packet.password or b"")
-        if conn.closed:
-            return
-        if pending in conn.paused_by:
-            conn.paused_by.discard(pending)  # type: ignore[attr-defined]
-        if ok:
-            self._connected(conn, pending.packet, pending.username, pending.security, now)  # type: ignore
-        else:
-            self._refuse_auth(conn, BAD_CREDENTIALS, pending.username, now)
-        if not conn.closed and not conn.paused_by:
-            self.flow_changed.append(conn)  # the loop reads it again and handles what it stashed
-
-    def _refuse_auth(self, conn: Connection, code: int, username: Optional[str], now: float) -> None:
-        self._refuse(conn, code, now, refusal(code, username))
-
-    def _connected(self, conn: Connection, p: Connect, username: Optional[str], sec: Security,
-                   now: float) -> None:
-        """The rest of CONNECT, once the client is let in."""
-        cfg = self.config
-        client_id = conn.client_id
-        conn.username = username
-        proto = _PROTOCOLS[(p.protocol_name, p.protocol_level)]
-        session = self.sessions.get(client_id)
-        if session is not None and session.conn is not None:
-            # Takeover: the server MUST disconnect the existing client [MQTT-3.1.4-2].
-            old = session.conn
-            self.log(L.NOTICE, f"Client {client_id} already connected, closing old connection.")
-            self._close(old, now, "session taken over")  # type: ignore[arg-type]
-            session = self.sessions.get(client_id)
-        if p.clean_session and session is not None:
-            self._discard_session(session)  # [MQTT-3.1.2-6]
-            session = None
-        present = session is not None
-        if session is None:
-            session = Session(client_id, p.clean_session)
-            self.sessions[client_id] = session
-        if not session.clean:
-            self.store.session_online(client_id)
-        session.conn = conn
-        session.drop_logged = False
-        if self._acl_on:
-            acl = session.acl = sec.subject(username, client_id)
-            if acl.dangerous:
-                self.log(L.NOTICE, acl.dangerous)
-        conn.session = session
-        conn.connected = True
-        conn.keepalive = p.keepalive
-        conn.will = p.will
-        conn.protocol_level = p.protocol_level
-        conn.parser.max_packet_size = cfg.max_packet_size or MAX_PACKET_SIZE
-        stats = self.stats
-        stats.connections += 1
-        stats.clients_connected += 1
-        if stats.clients_connected > stats.clients_maximum:
-            stats.clients_maximum = stats.clients_connected
-        if conn.bridge:
-            self._rap.add(session)
-        if cfg.connection_messages:
-            self.log(L.NOTICE, f"New {'bridge' if conn.bridge else 'client'} connected from {conn.peer} as {client_id} "
-                               f"({proto}, c{int(p.clean_session)}, k{p.keepalive}"
-                               f"{', u' + repr(username) if username is not None else ''}).")
-        if self.debug:
-            if p.will is None:
-                self.log(L.DEBUG, "No will message specified.")
-            else:
-                self.log(L.DEBUG, f"Will message specified ({len(p.will.payload)} bytes) "
-                                  f"(r{int(p.will.retain)}, q{p.will.qos}).")
-                self.log(L.DEBUG, f"\t{p.will.topic}")
-            self.log(L.DEBUG, f"Sending CONNACK to {client_id} ({int(present and p.protocol_level == 4)}, 0)")
-        # Session present: 0 for a clean session [MQTT-3.2.2-1], 1 when one is resumed [MQTT-3.2.2-2];
-        # MQTT 3.1 has no such flag: that byte is 0 (as Mosquitto sends it).
-        conn.write(_connack(present and p.protocol_level == 4, 0))
-        stats.messages_sent += 1
-        if present:
-            self._resend(session, conn)
-
     def _resend(self, session: Session, conn: Connection, pids: Optional[List[int]] = None, i: int = 0) -> None:
         """On reconnect, resend unacknowledged PUBLISH (DUP set) and PUBREL packets in their original
         order [MQTT-4.4.0-1], then continue with the queue. Like a refill it stops at REFILL_BYTES of
@@ -939,8 +701,8 @@ class Broker:
                 session.last_progress = self._now  # the stall clock starts when it first holds someone back
             if not source.paused_by:
                 self.flow_changed.append(source)
-            _add(source, "paused_by", session)
-            _add(session, "blocking", source)
+            add_member(source, "paused_by", session)
+            add_member(session, "blocking", source)
 
     def _drop(self, session: Session, why: str) -> None:
         self.stats.publish_dropped += 1
@@ -1034,196 +796,7 @@ class Broker:
                 self.flow_changed.append(conn)
         session.blocking = NO_ONE
 
-    def _on_puback(self, conn: Connection, p: Puback, now: float) -> bool:
-        """Returns True when the window has room again and messages wait (see _handle)."""
-        return self._acked(conn, (p.packet_id,), now)
-
-    def _acked(self, conn: Connection, ids: Tuple[int, ...], now: float) -> bool:
-        """PUBACKs for `ids` (one packet, or a read of nothing else): each frees the slot of a QoS 1
-        message in flight. True when one did and messages wait: the caller refills the window once."""
-        session: Session = conn.session  # type: ignore[assignment]
-        inflight = session.inflight
-        get = inflight.get
-        remove = self.store.delivery_remove
-        debug = self.debug
-        done = False
-        for pid in ids:
-            if debug:
-                self.log(L.DEBUG, f"Received PUBACK from {conn.client_id} (Mid: {pid}, RC:0)")
-            entry = get(pid)
-            if entry is not None:
-                if entry[1] != 1:
-                    self._wrong_ack(conn, "PUBACK", pid, "QoS 2 message", now)
-                    return False
-                del inflight[pid]
-                done = True
-                if entry[3]:
-                    remove(entry[3], entry[0])
-        if done:
-            session.last_progress = now
-            session.stalled = False
-            return bool(session.queue)
-        return False
-
-    def _on_pubrec(self, conn: Connection, p: Pubrec, now: float) -> None:
-        session = conn.session
-        entry = session.inflight.get(p.packet_id)  # type: ignore[union-attr]
-        if self.debug:
-            self.log(L.DEBUG, f"Received PUBREC from {conn.client_id} (Mid: {p.packet_id})")
-        if entry is not None:
-            if entry[1] != 2:
-                self._wrong_ack(conn, "PUBREC", p.packet_id, "QoS 1 message", now)
-                return
-            if entry[2] == INFLIGHT_SENT:
-                entry[2] = INFLIGHT_RELEASED
-                if entry[3]:
-                    self.store.delivery_update(entry[3], p.packet_id, INFLIGHT_RELEASED)
-        self._send_ack(conn, 0x62, p.packet_id, "PUBREL")  # [MQTT-4.3.3-3]
-
-    def _on_pubrel(self, conn: Connection, p: Pubrel, now: float) -> None:
-        session: Session = conn.session  # type: ignore[assignment]
-        if self.debug:
-            self.log(L.DEBUG, f"Received PUBREL from {conn.client_id} (Mid: {p.packet_id})")
-        awaiting = session.awaiting_rel
-        if p.packet_id in awaiting:
-            held = awaiting.pop(p.packet_id)
-            if not session.clean:
-                self.store.inbound_remove(session.client_id, p.packet_id)
-            # [MQTT-4.3.3-2]; with a commit window it waits for the deliveries the release makes
-            self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP", hold=held is not None)
-            if held is not None:  # released now, after the PUBCOMP as Mosquitto sends them
-                self._source = conn
-                self._incoming(conn.client_id, held[0], held[1], 2, held[2], False, p.packet_id,
-                               exclude=session if conn.bridge else None)
-                self._source = None
-            return
-        self._send_ack(conn, 0x70, p.packet_id, "PUBCOMP")  # [MQTT-4.3.3-2]
-
-    def _on_pubcomp(self, conn: Connection, p: Pubcomp, now: float) -> bool:
-        """Returns True when the window has room again and messages wait (see _handle)."""
-        session: Session = conn.session  # type: ignore[assignment]
-        entry = session.inflight.get(p.packet_id)
-        if self.debug:
-            self.log(L.DEBUG, f"Received PUBCOMP from {conn.client_id} (Mid: {p.packet_id}, RC:0)")
-        if entry is None:
-            return False
-        if entry[1] != 2 or entry[2] != INFLIGHT_RELEASED:
-            self._wrong_ack(conn, "PUBCOMP", p.packet_id,
-                            "QoS 1 message" if entry[1] != 2 else "QoS 2 message whose PUBREC has not come", now)
-            return False
-        del session.inflight[p.packet_id]
-        session.last_progress = now
-        session.stalled = False
-        if entry[3]:
-            self.store.delivery_remove(entry[3], entry[0])
-        return bool(session.queue)
-
-    def _wrong_ack(self, conn: Connection, name: str, pid: int, what: str, now: float) -> None:
-        """An acknowledgement of the wrong kind for a message in flight: a protocol violation, so the
-        connection closes [MQTT-4.8.0-1], as Mosquitto does. QoS 1 is acknowledged by PUBACK alone
-        [MQTT-4.3.2-1]; QoS 2 by PUBREC, then PUBCOMP for the PUBREL [MQTT-4.3.3-1]. The message stays
-        in flight: a persistent session gets it again on reconnect."""
-        self._close(conn, now, f"protocol error: {name} for packet id {pid}, a {what}")
-
     # ---- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------------------------------
-
-    def _on_subscribe(self, conn: Connection, p: Subscribe, now: float) -> None:
-        session: Session = conn.session  # type: ignore[assignment]
-        debug = self.debug
-        if debug:
-            self.log(L.DEBUG, f"Received SUBSCRIBE from {conn.client_id}")
-        codes = []
-        granted = []
-        for topic_filter, qos in p.topics:
-            if self._acl_on and not session.acl.may_subscribe(topic_filter):  # type: ignore[union-attr]
-                codes.append(0x80)  # [MQTT-3.9.3-1]: failure; Mosquitto 2.0's acl_file grants it instead
-                self.log(L.NOTICE, f"Denied SUBSCRIBE from {conn.client_id} to '{topic_filter}': the ACL lets it read "
-                         "nothing there")
-                continue
-            granted.append((topic_filter, qos))
-            self.tree.subscribe(topic_filter, session, qos)  # replaces an identical filter [MQTT-3.8.4-3]
-            session.subscriptions[topic_filter] = qos
-            if not session.clean:
-                self.store.subscription_add(session.client_id, topic_filter, qos)
-            codes.append(qos)
-            if debug:
-                self.log(L.DEBUG, f"\t{topic_filter} (QoS {qos})")
-            self.log(L.SUBSCRIBE, f"{conn.client_id} {qos} {topic_filter}")
-        # SUBACK with the same packet id [MQTT-3.8.4-2], one return code per filter [MQTT-3.8.4-5].
-        conn.write(b"".join((b"\x90", encode_remaining_length(2 + len(codes)),
-                             p.packet_id.to_bytes(2, "big"), bytes(codes))))
-        self.stats.messages_sent += 1
-        if debug:
-            self.log(L.DEBUG, f"Sending SUBACK to {conn.client_id}")
-        for topic_filter, qos in granted:
-            self._send_retained(session, conn, topic_filter, qos)
-
-    def _send_retained(self, session: Session, conn: Connection, topic_filter: str, sub_qos: int) -> None:
-        """Retained messages matching a new subscription, with the retain flag set [MQTT-3.3.1-6]
-        [MQTT-3.3.1-8]. QoS 1/2 ones go the way of any delivery (window, queue, store); QoS 0 ones join
-        the connection's replay, sent in slices of REFILL_BYTES (`_replay`), so that a subscription to
-        thousands of them does not hold every other client for the whole replay."""
-        matches = self.retained.matching(topic_filter)
-        if self._acl_on and session.acl is not None:
-            matches = [m for m in matches if session.acl.may_read(m.topic)]  # type: ignore[attr-defined]
-        if not matches:
-            return
-        replay = conn.replay
-        if replay is None:
-            replay = conn.replay = deque()
-            conn.q0_limit = -1  # live QoS 0 messages now queue behind the replay (see _route)
-        for msg in matches:
-            qos = sub_qos if sub_qos < msg.qos else msg.qos
-            if qos == 0:
-                replay.append(msg)
-            else:
-                self._deliver(session, msg, qos)
-        self._replay(conn)
-
-    def _replay(self, conn: Connection) -> None:
-        """Send the connection's pending QoS 0 replay up to REFILL_BYTES of output; the rest goes on
-        after the loop has sent that (`output_drained`), like a refill."""
-        replay = conn.replay
-        assert replay is not None
-        out = conn.buffer()
-        size = 0
-        budget = REFILL_BYTES - conn.out_size
-        sent = pbytes = 0
-        debug = self.debug
-        while replay:
-            if size >= budget:
-                conn.refill_held = True
-                break
-            msg = replay.popleft()
-            data = msg.q0()
-            out.append(data)
-            size += len(data)
-            sent += 1
-            pbytes += len(msg.payload)
-            if debug:
-                self._log_sent(conn, msg, 0, 0, False)
-        conn.out_size += size
-        stats = self.stats
-        stats.publish_sent += sent
-        stats.messages_sent += sent
-        stats.publish_bytes_sent += pbytes
-        if not replay:
-            conn.replay = None
-            conn.q0_limit = OUT_BUFFER_LIMIT
-            conn.replay_live = 0
-
-    def _on_unsubscribe(self, conn: Connection, p: Unsubscribe, now: float) -> None:
-        session: Session = conn.session  # type: ignore[assignment]
-        if self.debug:
-            self.log(L.DEBUG, f"Received UNSUBSCRIBE from {conn.client_id}")
-        for topic_filter in p.topics:
-            if session.subscriptions.pop(topic_filter, None) is not None:
-                self.tree.unsubscribe(topic_filter, session)
-                if not session.clean:
-                    self.store.subscription_remove(session.client_id, topic_filter)
-            self.log(L.UNSUBSCRIBE, f"{conn.client_id} {topic_filter}")
-        # UNSUBACK even when nothing matched [MQTT-3.10.4-4] [MQTT-3.10.4-5].
-        self._send_ack(conn, 0xB0, p.packet_id, "UNSUBACK")
 
     def _on_pingreq(self, conn: Connection, p: Pingreq, now: float) -> None:
         if self.debug:
@@ -1347,20 +920,6 @@ class Broker:
                 payload = value.encode()
                 self._set_retained(topic, payload, 0, durable=False)  # recomputed at start-up
                 self._route(Message(topic, payload, 0))
-
-
-def _random_uuid() -> str:
-    """A random (version 4) UUID in upper-case hex, as Mosquitto forms client ids; without the uuid
-    module, which costs the broker about half a MiB of memory for this one use."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex().upper()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _connack(session_present: bool, return_code: int) -> bytes:
-    return bytes((0x20, 2, 1 if session_present else 0, return_code))
 
 
 def _inflight_bytes(session: Session) -> int:

@@ -71,6 +71,15 @@ class Message:
 NO_ONE: AbstractSet[object] = frozenset()
 
 
+def add_member(owner: object, name: str, member: object) -> None:
+    """Add to a flow-control set (Connection.paused_by, Session.blocking), given one of its own first."""
+    members = getattr(owner, name)
+    if members is NO_ONE:
+        members = set()
+        setattr(owner, name, members)
+    members.add(member)
+
+
 def queue_of(session: "Session") -> "Deque[Tuple[Message, int, int, int]]":
     """The session's queue, made a deque on first use."""
     queue = session.queue

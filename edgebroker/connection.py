@@ -1,0 +1,101 @@
+"""The core's side of one network connection (`Connection`) and the output bounds it carries. The loop
+owns the socket; the core (broker.py and its handle_*.py mixins) owns everything else on it."""
+from __future__ import annotations
+
+from typing import AbstractSet, Deque, List, Optional, Sequence, Tuple
+
+from .auth import Security
+from .codec import Parser
+from .errors import MalformedPacket
+from .packets import Will
+from .session import NO_ONE, Session
+
+_NOTHING = ()
+
+__all__ = ["Connection", "PRE_CONNECT_MAX_BYTES", "OUT_BUFFER_LIMIT", "REFILL_BYTES", "REPLAY_LIVE_MAX"]
+
+#: Bytes a connection may send before its CONNECT is complete. The largest valid CONNECT is five
+#: 64 KiB fields plus headers (~320 KiB); anything bigger before CONNECT is not MQTT.
+PRE_CONNECT_MAX_BYTES = 512 * 1024
+#: Output bytes buffered for one connection beyond which QoS 0 messages to it are dropped (and
+#: counted): a subscriber that stops reading must not make the broker grow without bound. QoS 1/2 are
+#: bounded by the inflight window and the queue instead.
+OUT_BUFFER_LIMIT = 8 * 1024 * 1024
+#: Output bytes a refill of the inflight window (or the resend on reconnect) stops at: it goes on after
+#: the loop has handed what is buffered to the socket (`output_drained`, then the next turn's
+#: `end_turn`). With a large window (max_inflight_messages 0) a queue of thousands is then sent in
+#: slices: its first bytes leave at once instead of after all of it is encoded, other clients are served
+#: between slices, and what waits stays in the queue rather than as encoded bytes in memory.
+REFILL_BYTES = 64 * 1024
+#: Live QoS 0 messages that may wait behind a connection's retained replay (see `_send_retained`); past
+#: it they are dropped as with a full output buffer.
+REPLAY_LIVE_MAX = 10_000
+
+
+class Connection:
+    """The core's side of one network connection. The loop owns the socket (`handle`)."""
+
+    __slots__ = ("peer", "port", "parser", "out", "out_size", "session", "client_id", "connected",
+                 "closed", "keepalive", "last_rx", "accepted_at", "will", "protocol_level", "handle",
+                 "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
+                 "replay", "q0_limit", "replay_live",
+                 "security", "username", "tls_username", "bridge",
+                 "held")
+
+    def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
+        self.peer = peer
+        self.port = port
+        self.parser = Parser(PRE_CONNECT_MAX_BYTES)
+        self.out: List[bytes] = []
+        self.out_size = 0
+        self.session: Optional[Session] = None
+        self.client_id = "<unknown>"
+        self.connected = False
+        self.closed = False
+        self.keepalive = 0
+        self.last_rx = now
+        self.accepted_at = now
+        self.will: Optional[Will] = None
+        self.protocol_level = 0
+        #: the peer connected with the bridge flag (protocol level | 0x80, Mosquitto's try_private)
+        self.bridge = False
+        self.handle: object = None
+        self._dirty = dirty
+        self.close_reason = ""
+        #: flow control: sessions whose full queues pause this publisher; packets read but not yet handled
+        #: (NO_ONE until paused: a set of its own then; an empty tuple while nothing is stashed)
+        self.paused_by: AbstractSet[object] = NO_ONE
+        self.stash: Sequence[object] = ()
+        self.stash_error: Optional[MalformedPacket] = None
+        #: a refill stopped at REFILL_BYTES: the loop calls `Broker.output_drained` once out is sent
+        self.refill_held = False
+        #: a resend on reconnect stopped there: (packet ids in resend order, index of the next)
+        self.resend_at: Optional[Tuple[List[int], int]] = None
+        #: retained QoS 0 messages (and live ones behind them) still to send after a SUBSCRIBE; while
+        #: there are any, q0_limit is -1 so that live QoS 0 deliveries take the slow path in _route
+        self.replay: Optional[Deque[object]] = None
+        self.q0_limit = OUT_BUFFER_LIMIT
+        self.replay_live = 0
+        #: the auth.Security of the listener it came in on (set by the loop; None = the broker-wide one),
+        #: and the username it connected with
+        self.security: Optional[Security] = None
+        self.username: Optional[str] = None
+        #: The username a TLS listener with use_identity_as_username / use_subject_as_username took from
+        #: the client's verified certificate (set by the loop before CONNECT is read); it replaces the
+        #: CONNECT's username and no password is checked, as in Mosquitto. None otherwise.
+        self.tls_username: Optional[str] = None
+        #: acknowledgements waiting for the store's commit window (Broker._send_ack), in order
+        self.held: List[bytes] = _NOTHING  # type: ignore[assignment]  # a list of its own when one is held
+
+    def buffer(self) -> List[bytes]:
+        """The output buffer, for a caller that appends many packets itself (and adds to out_size);
+        the connection is listed for the flush."""
+        if not self.out:
+            self._dirty.append(self)
+        return self.out
+
+    def write(self, data: bytes) -> None:
+        if not self.out:
+            self._dirty.append(self)
+        self.out.append(data)
+        self.out_size += len(data)
