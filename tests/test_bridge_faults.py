@@ -1,0 +1,266 @@
+"""Bridges over a bad network, end to end: a loopback TCP proxy in the test sits between the gateway
+(edgebroker, its own process) and Debian's Mosquitto, and misbehaves on command.
+
+Theory of operation: `Proxy` accepts on an ephemeral loopback port and relays each connection to the
+upstream's port from one thread of its own (a selector). On command it cuts every relayed connection
+with a RST (SO_LINGER 0), optionally once a given number of bytes went up (mid-stream, mid-packet); it
+stops relaying existing connections while keeping their sockets open (a remote gone without a FIN); or
+it holds what the upstream answers until released (a remote that answers slowly). It counts the
+connections it accepted: the bridge's connect attempts. The gateway, upstream and clients are the
+fixtures of tests/test_bridge.py. Waits are on conditions with deadlines, never sleeps.
+"""
+from __future__ import annotations
+
+import selectors
+import socket
+import struct
+import threading
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+from test_bridge import (TIMEOUT, Gateway, Upstream, bridge_block, bridge_up, collect, procs,  # noqa: F401
+                         publish_all, subscribe)
+from util import wait_for
+
+
+class Proxy:
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.cuts = 0                       # connections cut by reset_after
+        self.up_bytes = 0                   # bytes relayed towards the upstream, all connections
+        self.held: List[bytes] = []         # upstream answers held while `holding`
+        self.holding = False
+        self._cut_at: Optional[int] = None  # cut when up_bytes reaches this
+        self._peer: Dict[socket.socket, socket.socket] = {}
+        self._frozen: List[socket.socket] = []
+        self._commands: List[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel.register(self.listener, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._running = True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    # ---- commands from the test (run on the proxy's thread) ----
+
+    def _do(self, command: Callable[[], None]) -> None:
+        done = threading.Event()
+
+        def run() -> None:
+            command()
+            done.set()
+
+        with self._lock:
+            self._commands.append(run)
+        self._wake_w.send(b"x")
+        assert done.wait(TIMEOUT)
+
+    def reset(self) -> None:
+        """Cut every relayed connection now, with a RST to the gateway."""
+        self._do(self._reset_all)
+
+    def reset_after(self, up_bytes: int) -> None:
+        """Cut every relayed connection once `up_bytes` more bytes went towards the upstream."""
+        def arm() -> None:
+            self._cut_at = self.up_bytes + up_bytes
+        self._do(arm)
+
+    def freeze(self) -> None:
+        """Stop relaying the existing connections; keep their sockets open (no FIN, no RST)."""
+        def run() -> None:
+            for s in list(self._peer):
+                self._sel.unregister(s)
+                self._frozen.append(s)
+                del self._peer[s]
+        self._do(run)
+
+    def hold(self) -> None:
+        """Keep what the upstream sends until `release`."""
+        def run() -> None:
+            self.holding = True
+        self._do(run)
+
+    def release(self) -> None:
+        def run() -> None:
+            self.holding = False
+            for s, data in self.held:  # type: ignore[misc]
+                if s.fileno() != -1:
+                    s.sendall(data)
+            self.held = []
+        self._do(run)
+
+    def close(self) -> None:
+        def run() -> None:
+            self._running = False
+            self._reset_all()
+            for s in self._frozen:
+                s.close()
+            self._frozen = []
+        self._do(run)
+        self._thread.join(TIMEOUT)
+        self._sel.close()
+        for s in (self.listener, self._wake_r, self._wake_w):
+            s.close()
+
+    # ---- the relay ----
+
+    def _reset_all(self) -> None:
+        for s in list(self._peer):
+            self._sel.unregister(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        self._peer.clear()
+        self._cut_at = None
+
+    def _drop(self, s: socket.socket) -> None:
+        other = self._peer.pop(s, None)
+        self._sel.unregister(s)
+        s.close()
+        if other is not None:
+            self._peer.pop(other, None)
+            self._sel.unregister(other)
+            other.close()
+
+    def _run(self) -> None:
+        while self._running:
+            for key, _ in self._sel.select():
+                if key.data == "wake":
+                    self._wake_r.recv(4096)
+                    with self._lock:
+                        commands, self._commands = self._commands, []
+                    for command in commands:
+                        command()
+                elif key.data == "accept":
+                    try:
+                        gw, _ = self.listener.accept()
+                    except BlockingIOError:
+                        continue
+                    self.accepted += 1
+                    up = socket.create_connection(("127.0.0.1", self.target), timeout=TIMEOUT)
+                    self._peer[gw] = up
+                    self._peer[up] = gw
+                    self._sel.register(gw, selectors.EVENT_READ, "up")     # gateway -> upstream
+                    self._sel.register(up, selectors.EVENT_READ, "down")   # upstream -> gateway
+                else:
+                    s = key.fileobj
+                    assert isinstance(s, socket.socket)
+                    if s not in self._peer:
+                        continue  # cut or frozen earlier in this round
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._drop(s)
+                        continue
+                    dst = self._peer[s]
+                    if key.data == "down":
+                        if self.holding:
+                            self.held.append((dst, data))  # type: ignore[arg-type]
+                        else:
+                            dst.sendall(data)
+                        continue
+                    if self._cut_at is not None and self.up_bytes + len(data) >= self._cut_at:
+                        part = data[:self._cut_at - self.up_bytes]  # up to the cut, mid-packet
+                        dst.sendall(part)
+                        self.up_bytes += len(part)
+                        self.cuts += 1
+                        self._reset_all()
+                        continue
+                    dst.sendall(data)
+                    self.up_bytes += len(data)
+
+
+@pytest.fixture
+def proxies() -> List[Proxy]:
+    made: List[Proxy] = []
+    yield made  # type: ignore[misc]
+    for p in made:
+        p.close()
+
+
+def upstream(tmp_path, procs, name: str = "up") -> Upstream:  # noqa: F811
+    # A subscriber that is slow or away gets everything (no queue limit), in order (one in flight).
+    up = Upstream(tmp_path / name, "allow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0").start()
+    procs.append(up)
+    return up
+
+
+def first_occurrences(payloads: List[int]) -> List[int]:
+    seen = set()
+    out = []
+    for p in payloads:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+# ---- 1. a reset in the middle of a QoS 1 stream ------------------------------------------------------
+
+def test_reset_mid_stream_reconnects_and_loses_nothing(tmp_path, procs, proxies):  # noqa: F811
+    """The proxy cuts the bridge's connection with a RST after 10 KB went up, in the middle of 2,000 QoS 1
+    messages (mid-packet): the bridge backs off, reconnects, resends what was in flight, and every message
+    reaches the upstream subscriber; duplicates are allowed (QoS 1), the order of first arrivals is kept."""
+    n = 2000
+    up = upstream(tmp_path, procs)
+    cloud = up.client("cloud")
+    subscribe(cloud, ("s/#", 1))
+    proxy = Proxy(up.port)
+    proxies.append(proxy)
+    gw = Gateway(tmp_path / "gw", bridge_block(proxy, "s/# out 1", extra="notifications = false\n")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    assert proxy.accepted == 1
+    proxy.reset_after(10_000)  # a message is ~13 bytes on the wire: cut near message 750
+    sensor = gw.client("sensor")
+    publish_all(sensor, [("s/n", str(i).encode(), 1, False) for i in range(n)])
+    wait_for(lambda: proxy.cuts, TIMEOUT, what="the cut")
+    got = collect(cloud, n, timeout=60.0)
+    more = collect(cloud, 10 ** 6, timeout=0.5)  # duplicates still on their way, if any
+    payloads = [int(m.payload) for m in got + more]
+    wait_for(lambda: gw.log().count("Bridge cloud connected") >= 2, TIMEOUT, what="the reconnect in the log")
+    assert proxy.accepted >= 2
+    assert "next attempt in" in gw.log(), gw.log()
+    assert "Connection reset by peer" in gw.log() or "Broken pipe" in gw.log(), gw.log()
+    assert first_occurrences(payloads) == list(range(n)), payloads[:50]
+    sensor.close()
+    cloud.close()
+    gw.stop()
+
+
+# ---- 2. a remote gone without a FIN -------------------------------------------------------------------
+
+def test_remote_gone_silent_is_noticed_by_keepalive(tmp_path, procs, proxies):  # noqa: F811
+    """The proxy stops relaying but keeps the sockets open: no FIN, no RST. The bridge's keepalive (5 s)
+    notices no answer to its PINGREQ, reconnects, and the message published meanwhile arrives."""
+    up = upstream(tmp_path, procs)
+    cloud = up.client("cloud")
+    subscribe(cloud, ("k/#", 1))
+    proxy = Proxy(up.port)
+    proxies.append(proxy)
+    gw = Gateway(tmp_path / "gw", bridge_block(proxy, "k/# out 1", extra="notifications = false\n"
+                                               "keepalive_interval = 5\n")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    sensor = gw.client("sensor")
+    publish_all(sensor, [("k/1", b"before", 1, False)])
+    assert [m.payload for m in collect(cloud, 1)] == [b"before"]
+    proxy.freeze()
+    publish_all(sensor, [("k/2", b"during", 1, False)])  # sent into the silent link, never acknowledged
+    wait_for(lambda: "no answer to PINGREQ" in gw.log(), 4 * TIMEOUT, what="the keepalive to notice")
+    wait_for(lambda: gw.log().count("Bridge cloud connected") >= 2, TIMEOUT, what="the reconnect")
+    assert proxy.accepted == 2
+    assert [m.payload for m in collect(cloud, 1)] == [b"during"]
+    sensor.close()
+    cloud.close()
+    gw.stop()
