@@ -11,10 +11,13 @@ fixtures of tests/test_bridge.py. Waits are on conditions with deadlines, never 
 """
 from __future__ import annotations
 
+import os
+import re
 import selectors
 import socket
 import struct
 import threading
+import time
 from typing import Callable, Dict, List, Optional
 
 import pytest
@@ -263,4 +266,150 @@ def test_remote_gone_silent_is_noticed_by_keepalive(tmp_path, procs, proxies):  
     assert [m.payload for m in collect(cloud, 1)] == [b"during"]
     sensor.close()
     cloud.close()
+    gw.stop()
+
+
+# ---- 3. start_type once, round_robin, notifications_local_only -------------------------------------------
+
+def sys_values(probe, until: Callable[[Dict[str, bytes]], bool], what: str) -> Dict[str, bytes]:
+    """$SYS values by topic (the probe subscribed to them) once `until` holds for all seen so far."""
+    values: Dict[str, bytes] = {}
+
+    def seen() -> bool:
+        for m in collect(probe, 1, 0.3):
+            values[m.topic] = m.payload
+        return until(values)
+
+    wait_for(seen, TIMEOUT, what=what)
+    return values
+
+
+def uptime(values: Dict[str, bytes]) -> int:
+    return int(values.get("$SYS/broker/uptime", b"0 seconds").split()[0])
+
+
+def test_start_type_once_does_not_reconnect(tmp_path, procs, proxies):  # noqa: F811
+    up = upstream(tmp_path, procs)
+    proxy = Proxy(up.port)
+    proxies.append(proxy)
+    gw = Gateway(tmp_path / "gw", bridge_block(proxy, "o/# out 1", extra='start_type = "once"\n')).start()
+    procs.append(gw)
+    bridge_up(gw)
+    probe = gw.client("probe")
+    subscribe(probe, ("$SYS/broker/connection/gw1.cloud/#", 0), ("$SYS/broker/uptime", 0))
+    start = uptime(sys_values(probe, lambda v: "$SYS/broker/uptime" in v, "$SYS uptime"))
+    proxy.reset()
+    wait_for(lambda: "start_type once: not reconnecting" in gw.log(), TIMEOUT, what="the bridge to give up")
+    publish_all(gw.client("sensor"), [("o/1", b"kept", 1, False)])
+    # restart_timeout is 1 s: by an uptime 4 s later, a bridge that reconnects would have tried.
+    base = "$SYS/broker/connection/gw1.cloud/"
+    values = sys_values(probe, lambda v: uptime(v) >= start + 4 and v.get(base + "queue/messages") == b"1",
+                        "4 s of uptime and the queued message")
+    assert proxy.accepted == 1
+    assert values[base + "connects"] == b"1" and values[base + "state"] == b"0", values
+    assert gw.log().count("Bridge cloud connected") == 1
+    gw.stop()
+
+
+def test_round_robin_takes_the_next_address_even_when_the_first_is_up(tmp_path, procs, proxies):  # noqa: F811
+    """round_robin true: after a connection ends the next attempt goes to the next address, even though
+    the first one still answers (round_robin false would go back to the primary)."""
+    a, b = upstream(tmp_path, procs, "a"), upstream(tmp_path, procs, "b")
+    pa, pb = Proxy(a.port), Proxy(b.port)
+    proxies.extend([pa, pb])
+    block = bridge_block(pa, "r/# out 1", extra="round_robin = true\n").replace(
+        f'address = "127.0.0.1:{pa.port}"', f'address = ["127.0.0.1:{pa.port}", "127.0.0.1:{pb.port}"]')
+    on_a, on_b = a.client("on-a"), b.client("on-b")
+    subscribe(on_a, ("r/#", 1))
+    subscribe(on_b, ("r/#", 1))
+    gw = Gateway(tmp_path / "gw", block).start()
+    procs.append(gw)
+    wait_for(lambda: f"connected to 127.0.0.1:{pa.port}" in gw.log(), TIMEOUT, what="the first address")
+    sensor = gw.client("sensor")
+    publish_all(sensor, [("r/1", b"to-a", 1, False)])
+    assert [m.payload for m in collect(on_a, 1)] == [b"to-a"]
+    pa.reset()
+    wait_for(lambda: f"connected to 127.0.0.1:{pb.port}" in gw.log(), TIMEOUT, what="the second address")
+    assert pa.accepted == 1 and pb.accepted == 1
+    publish_all(sensor, [("r/2", b"to-b", 1, False)])
+    assert [m.payload for m in collect(on_b, 1)] == [b"to-b"]
+    pb.reset()
+    wait_for(lambda: gw.log().count(f"connected to 127.0.0.1:{pa.port}") == 2, TIMEOUT, what="the first again")
+    assert pa.accepted == 2 and pb.accepted == 1
+    publish_all(sensor, [("r/3", b"to-a-again", 1, False)])
+    assert [m.payload for m in collect(on_a, 1)] == [b"to-a-again"]
+    gw.stop()
+
+
+def test_notifications_local_only_publishes_the_state_here_only(tmp_path, procs):  # noqa: F811
+    """No state publish on the remote and no will there (kill -9 leaves nothing); the local state topic
+    says 1 while connected."""
+    up = upstream(tmp_path, procs)
+    cloud = up.client("cloud")
+    subscribe(cloud, ("$SYS/broker/connection/#", 1), ("n/#", 1))
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "n/# out 1", extra="notifications_local_only = true\n")).start()
+    procs.append(gw)
+    bridge_up(gw)
+    local = gw.client("local")
+    subscribe(local, ("$SYS/broker/connection/gw1.cloud/state", 1))
+    assert [(m.payload, m.retain) for m in collect(local, 1)] == [(b"1", True)]
+    # Had the bridge published its state on the remote, it would have come first (sent on connect).
+    publish_all(gw.client("sensor"), [("n/1", b"first", 1, False)])
+    assert [(m.topic, m.payload) for m in collect(cloud, 1)] == [("n/1", b"first")]
+    gw.kill9()
+    wait_for(lambda: re.search(r"[Cc]lient gw1\.cloud .*(closed its connection|disconnecting)", up.log()),
+             TIMEOUT, what="Mosquitto to notice the gateway is gone")
+    # A will would be published as Mosquitto handles the disconnect: before this marker.
+    pub = up.client("marker")
+    pub.publish("n/marker", b"m", 1)
+    assert [(m.topic, m.payload) for m in collect(cloud, 1)] == [("n/marker", b"m")]
+    pub.close()
+    cloud.close()
+
+
+# ---- 4. a remote that answers slowly ---------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_ping(port: int) -> bytes:
+    """CONNECT, PINGREQ on a plain socket: returns the PINGRESP."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        s.sendall(b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04ping")
+        assert s.recv(4) == b"\x20\x02\x00\x00"
+        s.sendall(b"\xc0\x00")
+        return s.recv(2)
+
+
+def test_slow_remote_is_waited_for_without_a_tight_loop(tmp_path, procs, proxies):  # noqa: F811
+    """The proxy holds the remote's CONNACK (and all it says) until the test releases it: the bridge makes
+    one connect attempt and waits; meanwhile the loop serves local clients (CONNECT, PINGREQ, QoS 1
+    publishes) and burns little CPU; once released, the queued messages go up in order."""
+    up = upstream(tmp_path, procs)
+    cloud = up.client("cloud")
+    subscribe(cloud, ("w/#", 1))
+    proxy = Proxy(up.port)
+    proxies.append(proxy)
+    proxy.hold()
+    gw = Gateway(tmp_path / "gw", bridge_block(proxy, "w/# out 1", extra="notifications = false\n")).start()
+    procs.append(gw)
+    assert gw.proc is not None
+    wait_for(lambda: proxy.held, TIMEOUT, what="the CONNACK, held by the proxy")
+    cpu0, wall0 = cpu_seconds(gw.proc.pid), time.monotonic()
+    assert raw_ping(gw.port) == b"\xd0\x00"
+    publish_all(gw.client("sensor"), [("w/n", str(i).encode(), 1, False) for i in range(50)])
+    probe = gw.client("probe")
+    subscribe(probe, ("$SYS/broker/uptime", 0))
+    start = uptime(sys_values(probe, lambda v: "$SYS/broker/uptime" in v, "$SYS uptime"))
+    sys_values(probe, lambda v: uptime(v) >= start + 3, "3 s of uptime")
+    used, wall = cpu_seconds(gw.proc.pid) - cpu0, time.monotonic() - wall0
+    assert used < wall / 2, (used, wall)  # a loop spinning while it waits would use about all of it
+    assert proxy.accepted == 1
+    assert "Bridge cloud connected" not in gw.log()
+    proxy.release()
+    bridge_up(gw)
+    assert [int(m.payload) for m in collect(cloud, 50)] == list(range(50))
+    assert proxy.accepted == 1
     gw.stop()
