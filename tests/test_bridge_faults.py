@@ -438,3 +438,20 @@ def test_reset_mid_qos2_stream_delivers_exactly_once(tmp_path, procs, proxies): 
     sensor.close()
     cloud.close()
     gw.stop()
+
+
+def test_a_connack_that_never_comes_ends_the_attempt_after_the_keepalive(tmp_path, procs, proxies):  # noqa: F811
+    """The proxy holds the CONNACK for good: the attempt ends after keepalive_interval (5 s), is logged,
+    and the next one comes after restart_timeout, through a new connection (the old one closed)."""
+    up = upstream(tmp_path, procs)
+    proxy = Proxy(up.port)
+    proxies.append(proxy)
+    proxy.hold()
+    gw = Gateway(tmp_path / "gw", bridge_block(proxy, "x/# out 1", extra="keepalive_interval = 5\n")).start()
+    procs.append(gw)
+    wait_for(lambda: "no CONNACK within the keepalive period" in gw.log(), 3 * TIMEOUT, what="the attempt to end")
+    wait_for(lambda: proxy.accepted >= 2, TIMEOUT, what="the next attempt")
+    assert "Bridge cloud connected" not in gw.log()
+    proxy.release()  # the current attempt's CONNACK goes through: connected at last
+    bridge_up(gw)
+    gw.stop()
