@@ -216,11 +216,15 @@ def test_will_from_killed_mosquitto_sub_MQTT_3_1_2_8(broker, procs):
     [MQTT-3.14.4-3]."""
     watcher = procs("mosquitto_sub", *hp(broker), "-v", "-t", "will/+", "-t", "probe")
     wait_subscribed(broker, watcher)
-    polite = procs("mosquitto_sub", *hp(broker), "-i", "polite", "-t", "anything",
+    polite = procs("mosquitto_sub", *hp(broker), "-i", "polite", "-v", "-t", "anything", "-t", "polite/probe",
                    "--will-topic", "will/polite", "--will-payload", "should not appear")
     dying = procs("mosquitto_sub", *hp(broker), "-i", "dying", "-t", "anything",
                   "--will-topic", "will/dying", "--will-payload", "gone", "--will-qos", "1")
     wait_for(lambda: broker.server.broker.stats.clients_connected >= 3, TIMEOUT, what="3 clients connected")
+    # SIGINT only once polite has its SUBACK and a message behind it: mosquitto_sub's SIGINT handler
+    # calls mosquitto_disconnect, which can deadlock on the library's packet lock if the signal lands
+    # while the main thread queues its SUBSCRIBE right after the CONNACK (seen once: a 10 s hang).
+    wait_subscribed(broker, polite, "polite/probe")
     polite.p.send_signal(signal.SIGINT)
     assert polite.p.wait(TIMEOUT) == 0
     wait_for(lambda: broker.server.broker.stats.clients_connected == 2, TIMEOUT, what="polite disconnected")
