@@ -371,15 +371,22 @@ class Bridge:
         host, port = self.config.addresses[self._address]
         self._gen += 1
         self._deadline = now + CONNECT_TIMEOUT
+        infos = self._resolve(host, port, self._gen)
+        if infos is None:
+            self.state = _RESOLVING
+            return
+        self._infos = infos
+        self._connect_next(now)
+
+    def _resolve(self, host: str, port: int, gen: int) -> Optional[List[Tuple]]:
+        """The address of a literal host at once; None for a host name, whose getaddrinfo (which
+        blocks) runs on a thread of its own and comes back as (gen, result) through the loop's wake."""
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:
-            self.state = _RESOLVING
-            gen = self._gen
-            results = self._results
-            wake = self.server.wake
+            results, wake = self._results, self.server.wake
 
-            def lookup() -> None:  # on its own thread: getaddrinfo blocks
+            def lookup() -> None:
                 try:
                     result: Any = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
                 except (OSError, UnicodeError) as exc:
@@ -388,11 +395,10 @@ class Bridge:
                 wake()
 
             threading.Thread(target=lookup, name=f"resolve-{self.name}", daemon=True).start()
-            return
-        family = socket.AF_INET if literal.version == 4 else socket.AF_INET6
-        address: Tuple = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
-        self._infos = [(family, socket.SOCK_STREAM, 0, "", address)]
-        self._connect_next(now)
+            return None
+        if literal.version == 4:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 0, "", (host, port))]
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 0, "", (host, port, 0, 0))]
 
     def on_wake(self, now: float) -> None:
         """A lookup finished (on the loop's thread)."""
@@ -523,24 +529,9 @@ class Bridge:
         """Try the primary address (a TCP connect only) while connected to a fallback."""
         host, port = self.config.addresses[0]
         self._probe_at = now + PRIMARY_RETRY  # the next try, unless this one succeeds
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            results, wake, gen = self._results, self.server.wake, -self._gen
-
-            def lookup() -> None:
-                try:
-                    result: Any = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-                except (OSError, UnicodeError) as exc:
-                    result = exc
-                results.put((gen, result))
-                wake()
-
-            threading.Thread(target=lookup, name=f"resolve-{self.name}", daemon=True).start()
-            return
-        family = socket.AF_INET if literal.version == 4 else socket.AF_INET6
-        self._probe_resolved([(family, socket.SOCK_STREAM, 0, "", (host, port) if literal.version == 4
-                               else (host, port, 0, 0))], now)
+        infos = self._resolve(host, port, -self._gen)  # a negative gen marks the probe's answer
+        if infos is not None:
+            self._probe_resolved(infos, now)
 
     def _probe_resolved(self, result: Any, now: float) -> None:
         if isinstance(result, BaseException) or not result or self._probe is not None:
