@@ -144,6 +144,7 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
         self.security = default
         self.listener_security = per_listener
         self._acl_on = any(s is not None and s.acl is not None for s in [default] + per_listener)
+        self._update_intake()
         for conn in list(self.connections):
             if conn.security is not None:
                 conn.security = self.security_for(conn.security.index)
@@ -177,6 +178,11 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             high = max(1, min(high, config.max_queued_messages // 2))
         self._flow_high = high
         self._flow_low = min(FLOW_LOW_WATER, high // 4)
+        self._update_intake()
+
+    def _update_intake(self) -> None:
+        """Whether a network client's PUBLISH may skip _incoming's checks (see _on_publish)."""
+        self._plain_intake = not (self._acl_on or self.config.message_size_limit)
 
     def _restore(self, state: Loaded, now: float) -> None:
         """Rebuild retained messages and persistent sessions (all offline) from the store."""
@@ -486,6 +492,14 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             self._hold(conn, p, now)
             return
         self._source = conn
+        if self._plain_intake and not p.retain and not conn.bridge and not p.topic.startswith("$SYS"):
+            # What _incoming would do for this message (no ACL, no size limit, not retained, not from
+            # a bridge peer), without its checks: the hot path.
+            self._route(Message(p.topic, p.payload, qos, False, 0, p.wire))
+            self._source = None
+            if qos:
+                self._send_ack(conn, 0x40, p.packet_id, "PUBACK")  # [MQTT-4.3.2-2]
+            return
         if p.topic.startswith("$SYS"):
             # The broker's own tree: a network client's PUBLISH there is acknowledged and discarded,
             # retained or not, as Mosquitto does (it matches the same prefix, "$SYS" with no slash).

@@ -180,9 +180,10 @@ def _decode_connack(flags: int, body: bytes) -> Connack:
     return Connack(bool(body[0] & 1), body[1])
 
 
-def _decode_publish_at(flags: int, data: bytes, start: int, end: int) -> Publish:
+def _decode_publish_at(flags: int, data: bytes, start: int, end: int, head: int = -1) -> Publish:
     """PUBLISH, the hot path: decoded straight from the read buffer by offsets (no body copy, no
-    reader object)."""
+    reader object). `head`: where the packet starts in `data`, to keep its bytes as `wire` (see
+    Publish) when it is a QoS 0 PUBLISH without RETAIN."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise MalformedPacket("PUBLISH QoS 3", "[MQTT-3.3.1-4]")
@@ -202,7 +203,7 @@ def _decode_publish_at(flags: int, data: bytes, start: int, end: int) -> Publish
         raise MalformedPacket("PUBLISH topic name empty or with wildcards", "[MQTT-3.3.2-2] [MQTT-4.7.3-1]")
     if "\x00" in topic:
         raise MalformedPacket("string contains U+0000", "[MQTT-1.5.3-2]")
-    if len(topic) >= MAX_TOPIC_LEVELS and _too_deep(topic):
+    if topic_end - start > MAX_TOPIC_LEVELS and _too_deep(topic):  # its UTF-8 length bounds its levels
         raise MalformedPacket(f"topic name of more than {MAX_TOPIC_LEVELS} levels")
     if qos:
         if topic_end + 2 > end:
@@ -211,7 +212,9 @@ def _decode_publish_at(flags: int, data: bytes, start: int, end: int) -> Publish
         if packet_id == 0:
             raise MalformedPacket("packet identifier 0", "[MQTT-2.3.1-1]")
         return Publish(topic, data[topic_end + 2:end], qos, bool(flags & 0x01), bool(dup), packet_id)
-    return Publish(topic, data[topic_end:end], 0, bool(flags & 0x01), False, 0)
+    if flags:
+        return Publish(topic, data[topic_end:end], 0, True)
+    return Publish(topic, data[topic_end:end], 0, False, False, 0, data[head:end] if head >= 0 else None)
 
 
 def _decode_publish(flags: int, body: bytes) -> Publish:
@@ -420,7 +423,7 @@ class Parser:
                     self._need = end - pos
                     break  # body incomplete
                 if ptype == 3:
-                    out.append(_decode_publish_at(flags, view, i, end))
+                    out.append(_decode_publish_at(flags, view, i, end, pos))
                 else:
                     out.append(decoder(flags, view[i:end]))
                 pos = end

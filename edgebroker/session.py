@@ -33,12 +33,13 @@ class Message:
 
     __slots__ = ("topic", "payload", "qos", "retain", "_q0", "_head", "store_id")
 
-    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False, store_id: int = 0) -> None:
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False, store_id: int = 0,
+                 q0: Optional[bytes] = None) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
-        self._q0: Optional[bytes] = None
+        self._q0 = q0  # the QoS 0 PUBLISH when known already (Publish.wire), else encoded on first use
         self._head: Optional[bytes] = None
         self.store_id = store_id
 
