@@ -27,6 +27,7 @@ persistent sessions carry a `seq`, the key of their row; 0 means "not stored".
 """
 from __future__ import annotations
 
+import struct
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
@@ -65,6 +66,7 @@ FLOW_LOW_WATER = 50
 FLOW_STALL = 2.0
 
 _PINGRESP = b"\xd0\x00"
+_ACK = struct.Struct(">BBH").pack  # PUBACK, PUBREC, PUBREL, PUBCOMP: first byte, 2, packet id
 _NOTHING = ()
 
 
@@ -594,7 +596,7 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
     def _send_ack(self, conn: Connection, first: int, packet_id: int, name: str, hold: bool = False) -> None:
         """hold: with a commit window, wait for the store to settle even if nothing waits yet (what
         is written after this acknowledgement, in the same handler, may need the commit)."""
-        data = bytes((first, 2)) + packet_id.to_bytes(2, "big")
+        data = _ACK(first, 2, packet_id)
         if self._hold_acks and (hold or conn.held or self.store.waiting):
             # Changes wait for the commit window (this message's or others'): so does this PUBACK,
             # PUBREC, PUBREL or PUBCOMP; after any held one, the next too, to keep their order.
