@@ -496,8 +496,8 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
         self._source = conn
         if self._plain_intake and not p.retain and not conn.bridge and not p.topic.startswith("$SYS"):
             # What _incoming would do for this message (no ACL, no size limit, not retained, not from
-            # a bridge peer), without its checks: the hot path.
-            self._route(Message(p.topic, p.payload, qos, False, 0, p.wire))
+            # a bridge peer), without its checks: the hot path. The packet is the routed Message.
+            self._route(p)
             self._source = None
             if qos:
                 self._send_ack(conn, 0x40, p.packet_id, "PUBACK")  # [MQTT-4.3.2-2]

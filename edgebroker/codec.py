@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .errors import MalformedPacket
 from .packets import (
     Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
-    Suback, Subscribe, Unsuback, Unsubscribe, Will,
+    Suback, Subscribe, Unsuback, Unsubscribe, Will, encode_remaining_length, publish_head,
 )
 
 __all__ = ["Parser", "encode", "encode_remaining_length", "publish_head", "valid_topic_name", "valid_topic_filter",
@@ -383,20 +383,21 @@ class Parser:
         try:
             while pos < n:
                 first = view[pos]
-                ack = acks.get(first)
-                if ack is not None and pos + 4 <= n and view[pos + 1] == 2 and (view[pos + 2] or view[pos + 3]):
-                    out.append(ack((view[pos + 2] << 8) | view[pos + 3]))
-                    pos += 4
-                    continue
                 ptype = first >> 4
                 flags = first & 0x0F
-                decoder = decoders.get(ptype)
-                if decoder is None:
-                    raise MalformedPacket(f"reserved packet type {ptype}", "[MQTT-2.2.1]")
-                required = _REQUIRED_FLAGS.get(ptype)
-                if required is not None and flags != required:
-                    raise MalformedPacket(f"packet type {ptype} with reserved flags {flags:#x}",
-                                          "[MQTT-2.2.2-2]")
+                if ptype != 3:  # PUBLISH, the hot path, has no fixed flags to check
+                    ack = acks.get(first)
+                    if (ack is not None and pos + 4 <= n and view[pos + 1] == 2
+                            and (view[pos + 2] or view[pos + 3])):
+                        out.append(ack((view[pos + 2] << 8) | view[pos + 3]))
+                        pos += 4
+                        continue
+                    if ptype not in decoders:
+                        raise MalformedPacket(f"reserved packet type {ptype}", "[MQTT-2.2.1]")
+                    required = _REQUIRED_FLAGS.get(ptype)
+                    if required is not None and flags != required:
+                        raise MalformedPacket(f"packet type {ptype} with reserved flags {flags:#x}",
+                                              "[MQTT-2.2.2-2]")
                 # Remaining length: at most four bytes, seven bits each (section 2.2.3).
                 length = 0
                 shift = 0
@@ -425,7 +426,7 @@ class Parser:
                 if ptype == 3:
                     out.append(_decode_publish_at(flags, view, i, end, pos))
                 else:
-                    out.append(decoder(flags, view[i:end]))
+                    out.append(decoders[ptype](flags, view[i:end]))
                 pos = end
         except MalformedPacket as exc:
             exc.packets = out
@@ -444,32 +445,6 @@ class Parser:
         return out
 
 
-def encode_remaining_length(length: int) -> bytes:
-    if length < 128:
-        return bytes((length,))
-    out = bytearray()
-    while True:
-        byte = length & 0x7F
-        length >>= 7
-        if length:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-_HEAD_1 = struct.Struct(">BH").pack   # remaining length < 128, topic length
-_HEAD_2 = struct.Struct(">BBH").pack  # remaining length < 16,384 in two bytes, topic length
-
-
-def publish_head(body_len: int, raw_topic: bytes) -> bytes:
-    """The bytes of a PUBLISH between its first byte and its packet id (or payload): remaining length
-    `body_len`, then the topic as a UTF-8 string. One pack for the sizes sensors send."""
-    if body_len < 128:
-        return _HEAD_1(body_len, len(raw_topic)) + raw_topic
-    if body_len < 16384:
-        return _HEAD_2((body_len & 0x7F) | 0x80, body_len >> 7, len(raw_topic)) + raw_topic
-    return encode_remaining_length(body_len) + _U16.pack(len(raw_topic)) + raw_topic
 
 
 def _string(text: str) -> bytes:

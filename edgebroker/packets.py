@@ -1,11 +1,12 @@
 """MQTT 3.1/3.1.1 control packets as immutable typed values, and the protocol's enumerations.
 
 Packets are `typing.NamedTuple`s: immutable, cheap to build on the hot path, and comparable in tests
-(Publish is a small class that compares the same way: see its docstring).
+(Publish is a class that compares the same way and is also the Message it carries: see its docstring).
 A packet identifier of 0 means "none" (QoS 0 PUBLISH); on the wire 0 is never valid [MQTT-2.3.1-1].
 """
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 from typing import Iterator, NamedTuple, Optional, Tuple
 
@@ -13,6 +14,7 @@ __all__ = [
     "PacketType", "QoS", "ConnackCode", "SUBACK_FAILURE",
     "Will", "Connect", "Connack", "Publish", "Puback", "Pubrec", "Pubrel", "Pubcomp",
     "Subscribe", "Suback", "Unsubscribe", "Unsuback", "Pingreq", "Pingresp", "Disconnect", "Packet",
+    "Message", "publish_head", "encode_remaining_length",
 ]
 
 
@@ -53,6 +55,79 @@ class ConnackCode(IntEnum):
 SUBACK_FAILURE = 0x80
 
 
+#: PUBLISH first bytes by their flags (DUP, QoS, RETAIN), shared instead of built per message
+_FIRST = [bytes((0x30 | flags,)) for flags in range(16)]
+_U16 = struct.Struct("!H").pack
+_HEAD_1 = struct.Struct(">BH").pack   # remaining length < 128, topic length
+_HEAD_2 = struct.Struct(">BBH").pack  # remaining length < 16,384 in two bytes, topic length
+
+
+def encode_remaining_length(length: int) -> bytes:
+    if length < 128:
+        return bytes((length,))
+    out = bytearray()
+    while True:
+        byte = length & 0x7F
+        length >>= 7
+        if length:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def publish_head(body_len: int, raw_topic: bytes) -> bytes:
+    """The bytes of a PUBLISH between its first byte and its packet id (or payload): remaining length
+    `body_len`, then the topic as a UTF-8 string. One pack for the sizes sensors send."""
+    if body_len < 128:
+        return _HEAD_1(body_len, len(raw_topic)) + raw_topic
+    if body_len < 16384:
+        return _HEAD_2((body_len & 0x7F) | 0x80, body_len >> 7, len(raw_topic)) + raw_topic
+    return encode_remaining_length(body_len) + _U16(len(raw_topic)) + raw_topic
+
+
+class Message:
+    """One application message as it is routed: topic, payload, QoS it was published with, and the
+    retain flag it carries on the wire (set only for retained messages sent on subscribe). `store_id`
+    belongs to the store: where the message's copy is on disk (see edgebroker/store.py). It encodes its
+    PUBLISH bytes once and shares them between subscribers; for QoS > 0 only the packet id differs.
+    Compared by identity (the store keys messages by id())."""
+
+    __slots__ = ("topic", "payload", "qos", "retain", "_q0", "_head", "store_id")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False, store_id: int = 0) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self._q0: Optional[bytes] = None
+        self._head: Optional[bytes] = None
+        self.store_id = store_id
+
+    def q0(self) -> bytes:
+        """The QoS 0 PUBLISH, encoded once and shared by every QoS 0 subscriber."""
+        data = self._q0
+        if data is None:
+            raw = self.topic.encode("utf-8")
+            data = self._q0 = b"".join((_FIRST[1 if self.retain else 0],
+                                        publish_head(2 + len(raw) + len(self.payload), raw), self.payload))
+        return data
+
+    def wire(self, qos: int, packet_id: int, dup: bool = False) -> bytes:
+        """The PUBLISH for a QoS 1/2 delivery: shared remaining-length + topic, per-client packet id."""
+        return b"".join(self.parts(qos, packet_id, dup))
+
+    def parts(self, qos: int, packet_id: int, dup: bool = False) -> Tuple[bytes, bytes, bytes, bytes]:
+        """wire() unjoined, for a caller that joins many packets at once: first byte, the shared
+        remaining length + topic, the packet id, the shared payload."""
+        head = self._head
+        if head is None:
+            raw = self.topic.encode("utf-8")
+            head = self._head = publish_head(4 + len(raw) + len(self.payload), raw)
+        return (_FIRST[(qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)], head,
+                packet_id.to_bytes(2, "big"), self.payload)
+
+
 class Will(NamedTuple):
     topic: str
     payload: bytes
@@ -76,13 +151,15 @@ class Connack(NamedTuple):
     return_code: int
 
 
-class Publish:
-    """A PUBLISH. Not a NamedTuple like the others, for one extra that takes no part in comparisons:
-    `wire`, the packet's own bytes, which the parser keeps for a QoS 0 PUBLISH without RETAIN (first
-    byte 0x30): they are exactly what a QoS 0 subscriber is sent, so the hot path forwards them
-    instead of encoding the message again. None otherwise. Treat it as immutable, as the tuples."""
+class Publish(Message):
+    """A PUBLISH packet, and the Message it carries: the core routes the packet it decoded as that
+    message when it can (not retained), so a message costs one object from the read to the subscriber's
+    buffer. The parser passes `wire`, the packet's own bytes, for a QoS 0 PUBLISH without RETAIN (first
+    byte 0x30): exactly what a QoS 0 subscriber is sent, kept as the message's QoS 0 encoding. Unlike
+    Message it compares (and iterates, and hashes) by value, as the other packets do; treat it as
+    immutable, as they are."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "dup", "packet_id", "wire")
+    __slots__ = ("dup", "packet_id")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, dup: bool = False,
                  packet_id: int = 0, wire: Optional[bytes] = None) -> None:
@@ -92,7 +169,9 @@ class Publish:
         self.retain = retain
         self.dup = dup
         self.packet_id = packet_id
-        self.wire = wire
+        self._q0 = wire
+        self._head = None
+        self.store_id = 0
 
     def _key(self) -> Tuple[str, bytes, int, bool, bool, int]:
         return (self.topic, self.payload, self.qos, self.retain, self.dup, self.packet_id)
@@ -102,21 +181,20 @@ class Publish:
             return NotImplemented
         return self._key() == other._key()  # type: ignore[attr-defined]
 
-    def __iter__(self) -> Iterator[object]:  # as a tuple of its six fields
-        return iter(self._key())
-
     def __hash__(self) -> int:
         return hash(self._key())
+
+    def __iter__(self) -> Iterator[object]:  # as a tuple of its six fields
+        return iter(self._key())
 
     def __repr__(self) -> str:
         return (f"Publish(topic={self.topic!r}, payload={self.payload!r}, qos={self.qos}, retain={self.retain}, "
                 f"dup={self.dup}, packet_id={self.packet_id})")
 
     def _replace(self, **changes: object) -> "Publish":
-        fields = dict(zip(self.__slots__, self._key() + (self.wire,)))
+        fields = dict(zip(("topic", "payload", "qos", "retain", "dup", "packet_id"), self._key()))
         fields.update(changes)
         return Publish(**fields)  # type: ignore[arg-type]
-
 
 class Puback(NamedTuple):
     packet_id: int

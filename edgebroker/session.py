@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Tuple
 
-from .codec import publish_head
+from .packets import Message
 
 __all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED"]
 
@@ -20,51 +20,6 @@ __all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED"]
 INFLIGHT_SENT = 0
 INFLIGHT_RELEASED = 1
 QUEUED = 2
-
-
-#: PUBLISH first bytes by their flags (DUP, QoS, RETAIN), shared instead of built per message
-_FIRST = [bytes((0x30 | flags,)) for flags in range(16)]
-
-
-class Message:
-    """One application message as it is routed: topic, payload, QoS it was published with, and the
-    retain flag it carries on the wire (set only for retained messages sent on subscribe). `store_id`
-    belongs to the store: where the message's copy is on disk (see edgebroker/store.py)."""
-
-    __slots__ = ("topic", "payload", "qos", "retain", "_q0", "_head", "store_id")
-
-    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False, store_id: int = 0,
-                 q0: Optional[bytes] = None) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self._q0 = q0  # the QoS 0 PUBLISH when known already (Publish.wire), else encoded on first use
-        self._head: Optional[bytes] = None
-        self.store_id = store_id
-
-    def q0(self) -> bytes:
-        """The QoS 0 PUBLISH, encoded once and shared by every QoS 0 subscriber."""
-        data = self._q0
-        if data is None:
-            raw = self.topic.encode("utf-8")
-            data = self._q0 = b"".join((_FIRST[1 if self.retain else 0],
-                                        publish_head(2 + len(raw) + len(self.payload), raw), self.payload))
-        return data
-
-    def wire(self, qos: int, packet_id: int, dup: bool = False) -> bytes:
-        """The PUBLISH for a QoS 1/2 delivery: shared remaining-length + topic, per-client packet id."""
-        return b"".join(self.parts(qos, packet_id, dup))
-
-    def parts(self, qos: int, packet_id: int, dup: bool = False) -> Tuple[bytes, bytes, bytes, bytes]:
-        """wire() unjoined, for a caller that joins many packets at once: first byte, the shared
-        remaining length + topic, the packet id, the shared payload."""
-        head = self._head
-        if head is None:
-            raw = self.topic.encode("utf-8")
-            head = self._head = publish_head(4 + len(raw) + len(self.payload), raw)
-        return (_FIRST[(qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)], head,
-                packet_id.to_bytes(2, "big"), self.payload)
 
 
 #: The shared empty value of the flow-control sets (Session.blocking, Connection.paused_by) until they
