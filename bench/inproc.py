@@ -1,0 +1,215 @@
+"""The broker core's cost per message, in process: no sockets, no loop, no Mosquitto; for A/B comparisons
+of changes to the hot path on a machine whose wall-clock figures are noisy.
+
+    .venv/bin/python -m bench.inproc                       # CPU microseconds per message, best of 3
+    .venv/bin/python -m bench.inproc --callgrind           # instructions per message (valgrind)
+    .venv/bin/python -m bench.inproc --callgrind --tree /path/to/other/checkout    # another version
+
+Each case drives `edgebroker.broker.Broker` directly with packets encoded by bench/wire.py, as the
+loop would (data_received with what one read holds, then the output buffers taken away as a flush
+would), and counts only the broker's calls:
+
+- Q0: S1's shape, 8 publishers each sending reads of 500 QoS 0 PUBLISHes of 64 B to one QoS 0 subscriber.
+- Q1: S2's shape, one publisher with 64 QoS 1 PUBLISHes per read, one QoS 1 subscriber acknowledging
+  every read it gets (the broker's window of 20 queues the rest and refills on each PUBACK run).
+- FAN: S4's shape, one publisher, 100 QoS 0 subscribers on the topic; cost per delivery.
+- Q1P: Q1 through a persistent session into a real SQLite file (durability crash, no commit window):
+  the store's share is Q1P minus Q1.
+
+`--callgrind` runs each case under `valgrind --tool=callgrind` twice, with N and 2N messages, and
+divides the difference of the instruction counts by N: start-up, imports and set-up cancel out, and
+the figure does not depend on what else the machine runs (within about 1%). Wall time is what the
+main benchmark (`python -m bench`) measures, beside Mosquitto; this says only which of two versions of
+the core does less work per message.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import wire  # noqa: E402
+
+PUBLISH_READ = 500   # Q0: QoS 0 PUBLISHes per publisher read
+WINDOW = 64          # Q1: the publisher's window
+FAN_SUBSCRIBERS = 100
+
+
+def _broker(persistent_dir: str = ""):  # type: ignore[no-untyped-def]
+    from edgebroker.broker import Broker
+    from edgebroker.config import Config
+    if not persistent_dir:
+        return Broker(Config(persistence=False), now=0.0)
+    from edgebroker.store import SqliteStore
+    options = {"persistence": True, "persistence_location": persistent_dir}
+    if "commit_window_ms" in Config.__dataclass_fields__:  # not in versions before the commit window
+        options["commit_window_ms"] = 0
+    config = Config(**options)
+    store = SqliteStore(os.path.join(persistent_dir, "inproc.db"), config.durability, config.autosave_interval,
+                        config.autosave_on_changes)
+    return Broker(config, 0.0, None, store)
+
+
+def _client(broker, client_id: str, extra: bytes = b"", clean: bool = True):  # type: ignore[no-untyped-def]
+    conn = broker.connection_made("127.0.0.1:1", 1883, 0.0)
+    broker.data_received(conn, wire.connect(client_id, clean) + extra, 0.0)
+    broker.end_turn(0.0)
+    _taken(conn)
+    return conn
+
+
+def _taken(conn) -> None:  # type: ignore[no-untyped-def]
+    """What a flush does to the connection's buffer."""
+    conn.out.clear()
+    conn.out_size = 0
+
+
+def case_q0(n: int) -> float:
+    broker = _broker()
+    sub = _client(broker, "sub", wire.subscribe(1, [("bench/#", 0)]))
+    pubs = [_client(broker, f"pub{i}") for i in range(8)]
+    reads = [b"".join(wire.publish(f"bench/p{i}", b"x" * 64) for _ in range(PUBLISH_READ)) for i in range(8)]
+    spent = 0.0
+    done = 0
+    clock = time.process_time
+    while done < n:
+        for pub, data in zip(pubs, reads):
+            t0 = clock()
+            broker.data_received(pub, data, 1.0)
+            spent += clock() - t0
+            _taken(sub)
+            done += PUBLISH_READ
+    return spent / done
+
+
+_PUBLISHES: List[bytes] = []
+_PUBACKS: List[bytes] = []
+
+
+def _qos1_packets() -> None:
+    if not _PUBLISHES:
+        _PUBLISHES.extend([b""] + [wire.publish("bench/q", b"x" * 64, 1, pid) for pid in range(1, 65536)])
+        _PUBACKS.extend([b""] + [wire.puback(pid) for pid in range(1, 65536)])
+
+
+def _qos1(n: int, persistent_dir: str = "") -> float:
+    _qos1_packets()
+    broker = _broker(persistent_dir)
+    sub = _client(broker, "sub", wire.subscribe(1, [("bench/#", 1)]), clean=not persistent_dir)
+    pub = _client(broker, "pub")
+    inflight = sub.session.inflight
+    spent = 0.0
+    done = 0
+    pid = 0
+    clock = time.process_time
+    while done < n:
+        if pid + WINDOW > 65535:
+            pid = 0
+        data = b"".join(_PUBLISHES[pid + 1:pid + 1 + WINDOW])
+        pid += WINDOW
+        t0 = clock()
+        broker.data_received(pub, data, 1.0)
+        broker.end_turn(1.0)
+        spent += clock() - t0
+        _taken(pub)
+        while inflight:
+            acks = b"".join([_PUBACKS[i] for i in inflight])
+            _taken(sub)
+            t0 = clock()
+            broker.data_received(sub, acks, 1.0)
+            broker.end_turn(1.0)
+            spent += clock() - t0
+        _taken(sub)
+        done += WINDOW
+    return spent / done
+
+
+def case_q1(n: int) -> float:
+    return _qos1(n)
+
+
+def case_q1p(n: int) -> float:
+    directory = tempfile.mkdtemp(prefix="edgebroker-inproc-")
+    try:
+        return _qos1(n, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def case_fan(n: int) -> float:
+    broker = _broker()
+    subs = [_client(broker, f"sub{i}", wire.subscribe(1, [("bench/t", 0)])) for i in range(FAN_SUBSCRIBERS)]
+    pub = _client(broker, "pub")
+    data = b"".join(wire.publish("bench/t", b"x" * 64) for _ in range(50))
+    spent = 0.0
+    done = 0
+    clock = time.process_time
+    while done < n:
+        t0 = clock()
+        broker.data_received(pub, data, 1.0)
+        spent += clock() - t0
+        for sub in subs:
+            _taken(sub)
+        done += 50 * FAN_SUBSCRIBERS
+    return spent / done
+
+
+CASES: Dict[str, Callable[[int], float]] = {"Q0": case_q0, "Q1": case_q1, "FAN": case_fan, "Q1P": case_q1p}
+#: messages (deliveries for FAN) per timed run; callgrind runs are a tenth of these
+SIZES = {"Q0": 200_000, "Q1": 50_000, "FAN": 500_000, "Q1P": 20_000}
+
+
+def _instructions(case: str, n: int, tree: str) -> int:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                          "-m", "bench.inproc", "--tree", tree, "--once", case, str(n)],
+                         capture_output=True, text=True, cwd=here, timeout=600)
+    found = re.search(r"Collected\s*:\s*([\d,]+)", out.stderr)
+    if out.returncode != 0 or found is None:
+        raise RuntimeError(f"valgrind failed for {case}: {out.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    p.add_argument("--callgrind", action="store_true", help="instructions per message, under valgrind")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
+    p.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                   help="the checkout whose edgebroker/ is measured (default: this one)")
+    p.add_argument("--once", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.tree = os.path.abspath(args.tree)
+    sys.path.insert(0, args.tree)  # before anything imports edgebroker
+    if args.once:
+        CASES[args.once[0]](int(args.once[1]))
+        return 0
+    import edgebroker
+    print(f"edgebroker {edgebroker.__version__} from {os.path.dirname(edgebroker.__file__)}")
+    for case in args.cases.split(","):
+        n = max(100, int(SIZES[case] * args.scale))
+        if args.callgrind:
+            n //= 10
+            a = _instructions(case, n, args.tree)
+            b = _instructions(case, 2 * n, args.tree)
+            print(f"{case:4} {(b - a) / n:10,.0f} instructions per message")
+        else:
+            CASES[case](n // 10)  # warm-up
+            gc.disable()
+            best = min(CASES[case](n) for _ in range(3))
+            gc.enable()
+            print(f"{case:4} {best * 1e6:10.3f} CPU microseconds per message")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
