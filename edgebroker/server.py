@@ -147,6 +147,8 @@ class Server:
         self._fd_paused: List[_ListenSocket] = []
         self._fd_retry_at = float("inf")
         self._fd_episode: Optional[int] = None  # connections_refused when the episode began
+        #: scheduling_policy auto: whether the loop may run on one CPU only (None: the policy is not auto's)
+        self._one_cpu: Optional[bool] = None
         try:
             self._bind_all(default_port)
             if after_bind is not None:
@@ -275,7 +277,7 @@ class Server:
         read_event = selectors.EVENT_READ
         write_event = selectors.EVENT_WRITE
         self.log(L.NOTICE, f"edgebroker version {__version__} running")
-        set_scheduling_policy(self.config.scheduling_policy, self.log)
+        self._one_cpu = set_scheduling_policy(self.config.scheduling_policy, self.log)
         notifier = self.notifier
         try:
             now = monotonic()
@@ -566,6 +568,8 @@ class Server:
     # ---- per-socket work ----------------------------------------------------------------------
 
     def _accept(self, ls: _ListenSocket, now: float) -> None:
+        if self._one_cpu is not None:  # scheduling_policy auto: the CPUs are looked at as clients come
+            self._one_cpu = follow_cpus(self._one_cpu, self.log)
         limit = ls.listener.max_connections
         for _ in range(ACCEPT_BATCH):
             try:
@@ -820,18 +824,37 @@ class Server:
             self._fd_resume()  # a descriptor is free again
 
 
-def set_scheduling_policy(policy: str, log: L.LogFunc) -> None:
+def set_scheduling_policy(policy: str, log: L.LogFunc) -> Optional[bool]:
     """Give the calling thread (the loop's) the CPU scheduling policy of Config.scheduling_policy, and
-    log it when that changes anything."""
+    log it when that changes anything. Returns, for `auto` when the thread had the normal policy, whether
+    it may run on one CPU only (then `follow_cpus` keeps the choice up to date); None otherwise (a
+    policy named in the configuration, or one a service manager chose: they stand)."""
     if not hasattr(os, "sched_setscheduler"):
-        return  # not Linux: the platform's default
-    current = os.sched_getscheduler(0)
+        return None  # not Linux: the platform's default
     if policy == "auto":
-        if current != os.SCHED_OTHER or len(os.sched_getaffinity(0)) != 1:
-            return  # several CPUs, or a policy the service manager chose
-        policy = "batch"
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            return None  # a policy the service manager chose
+        one_cpu = len(os.sched_getaffinity(0)) == 1
+        if one_cpu:
+            _set_policy("batch", log)
+        return one_cpu
+    _set_policy(policy, log)
+    return None
+
+
+def follow_cpus(one_cpu: bool, log: L.LogFunc) -> bool:
+    """`auto` while the broker runs: the CPUs it may use can change (`taskset -p` on its pid, a cgroup
+    cpuset changed). Given what was last seen, set the policy the CPUs now call for; return whether it
+    may run on one CPU only."""
+    now_one = len(os.sched_getaffinity(0)) == 1
+    if now_one != one_cpu:
+        _set_policy("batch" if now_one else "other", log)
+    return now_one
+
+
+def _set_policy(policy: str, log: L.LogFunc) -> None:
     target = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
-    if current == target:
+    if os.sched_getscheduler(0) == target:
         return
     try:
         os.sched_setscheduler(0, target, os.sched_param(0))

@@ -434,6 +434,40 @@ def test_scheduling_policy_auto_is_batch_on_one_cpu_only():
         _stop(server, thread)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to take one away")
+def test_scheduling_policy_auto_follows_the_cpus_while_the_broker_runs():
+    """The CPUs the broker may use can change while it runs (taskset -p): auto
+    looks again when a client connects, so a broker pinned to one CPU after its start runs as one
+    started there (SCHED_BATCH), and goes back to the normal policy when it gets more CPUs again."""
+    config = Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
+    cpus = os.sched_getaffinity(0)
+    server, thread, lines = _serve_in_thread(config)
+    try:
+        assert _policy_of(server, thread) == os.SCHED_OTHER
+        os.sched_setaffinity(thread.native_id, {min(cpus)})
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_OTHER  # nothing changes until a client comes
+        assert _policy_of(server, thread) == os.SCHED_BATCH
+        assert any("SCHED_BATCH" in line for line in lines), lines
+        os.sched_setaffinity(thread.native_id, cpus)
+        assert _policy_of(server, thread) == os.SCHED_OTHER
+        assert any("SCHED_OTHER" in line for line in lines), lines
+    finally:
+        _stop(server, thread)
+
+
+def test_scheduling_policy_named_does_not_follow_the_cpus():
+    """A policy named in the configuration stands whatever the CPUs: other stays other on one CPU."""
+    config = Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")], persistence=False,
+                    scheduling_policy="other")
+    server, thread, lines = _serve_in_thread(config)
+    try:
+        assert _policy_of(server, thread) == os.SCHED_OTHER
+        os.sched_setaffinity(thread.native_id, {min(os.sched_getaffinity(0))})
+        assert _policy_of(server, thread) == os.SCHED_OTHER
+    finally:
+        _stop(server, thread)
+
+
 def test_scheduling_policy_auto_keeps_a_policy_set_before_start():
     """A service manager's choice (systemd CPUSchedulingPolicy=) stands, even on one CPU."""
     config = Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")], persistence=False)
