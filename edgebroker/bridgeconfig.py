@@ -15,10 +15,10 @@ Matching and remapping live with the bridge (edgebroker/bridge.py), which may us
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .errors import ConfigError
+from .record import record
 
 __all__ = ["BridgeConfig", "BridgeTopic", "DIRECTIONS", "START_TYPES", "PROTOCOL_VERSIONS", "QUEUE_DROP",
            "TLS_VERSIONS"]
@@ -46,7 +46,7 @@ def _no_wildcards(text: str) -> bool:
     return "+" not in text and "#" not in text and "\0" not in text
 
 
-@dataclass(frozen=True)
+@record
 class BridgeTopic:
     """One `topic` line. pattern None is Mosquitto's `""`; a prefix None means no prefix."""
     pattern: Optional[str]
@@ -84,7 +84,7 @@ class BridgeTopic:
         return self.local_prefix is not None or self.remote_prefix is not None
 
 
-@dataclass(frozen=True)
+@record
 class BridgeConfig:
     # ---- the connection -------------------------------------------------------------------------
     #: The name after `connection`; names the bridge in logs and $SYS.

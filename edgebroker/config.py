@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .bridgeconfig import BridgeConfig
 from .devices import GpioDevice, SerialPort
 from .errors import ConfigError
+from .record import field, record
 
 __all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS", "LOG_TYPES",
            "DEFAULT_LOG_TYPES", "LISTENER_SECURITY", "MAX_PACKET_SIZE_LIMIT", "MAX_PAYLOAD", "default_data_dir",
@@ -49,7 +49,7 @@ def _nonempty(value: Optional[str], option: str) -> None:
         raise ConfigError("must be a non-empty string without NUL characters", option=option)
 
 
-@dataclass(frozen=True)
+@record
 class Listener:
     """One listening socket. address None binds every address, IPv4 and IPv6 (Mosquitto 2.0's
     `listener PORT`); an address is an IPv4/IPv6 literal or a host name to bind."""
@@ -167,7 +167,7 @@ class Listener:
                 + (f"address {self.address}" if self.address else "all addresses"))
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     # ---- listeners ------------------------------------------------------------------------------
     #: Empty means the built-in default: loopback only (127.0.0.1 and ::1) on port 1883 (or -p), as

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 if sys.version_info >= (3, 11):
@@ -41,6 +40,7 @@ from .config import (
 )
 from .devices import GPIO_FIELDS, SERIAL_FIELDS, GpioDevice, SerialPort
 from .errors import ConfigError, ConfigErrors
+from .record import record
 
 __all__ = ["load_config", "LoadedConfig", "ConfigWarning", "Origin", "parse_duration", "MOSQUITTO_DEFAULTS"]
 
@@ -57,7 +57,7 @@ class Origin(NamedTuple):
     option: str
 
 
-@dataclass(frozen=True)
+@record
 class ConfigWarning:
     """An accepted option that does not do what the file may expect; str() reads like a ConfigError."""
     message: str
@@ -70,7 +70,7 @@ class ConfigWarning:
         return where + (f"{self.option}: " if self.option else "") + self.message
 
 
-@dataclass(frozen=True)
+@record
 class LoadedConfig:
     """What `load_config` returns: the Config, the warnings, and where each option came from."""
     config: Config

@@ -10,10 +10,10 @@ imports edgebroker.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
 from .errors import ConfigError
+from .record import field, record
 
 __all__ = ["SerialPort", "GpioDevice", "SERIAL_FORMATS", "ON_MISSING", "GPIO_INPUTS", "GPIO_OUTPUTS",
            "SERIAL_FIELDS", "GPIO_FIELDS"]
@@ -56,7 +56,7 @@ def _check_topic(value: Optional[str], option: str) -> None:
             raise ConfigError(problem, option=option)
 
 
-@dataclass(frozen=True)
+@record
 class SerialPort:
     """One serial port whose lines or frames become publishes (`[[serial]]`)."""
     #: The device: a path such as /dev/serial/by-id/usb-...-port0 (a udev symlink, followed at every
@@ -151,7 +151,7 @@ class SerialPort:
         return self.status_topic or self.prefix + "status"
 
 
-@dataclass(frozen=True)
+@record
 class GpioDevice:
     """One GPIO device through gpiozero (`[[gpio]]`): an input publishing its state and events, or an
     output following a command topic."""

@@ -23,7 +23,6 @@ goes on: one hosted device must not stop the broker.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import selectors
@@ -33,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import __version__
 from . import log as L
+from . import record
 from .auth import Security, load_security, security_lines
 from .broker import Broker, Connection
 from .config import DEFAULT_PORT, LISTENER_SECURITY, Config, Listener
@@ -392,7 +392,7 @@ class Server:
                                 "takes effect after a restart; the rest of the configuration is reloaded.")
             # The running broker keeps them: its config says what it does. (Listeners keep the sockets
             # they have; their security settings are reloaded.)
-            config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in changed
+            config = record.replace(config, **{name: getattr(self.config, name) for name in changed
                                                     if name != "listeners"})
         self.config = config
         self.broker.reconfigure(config)
@@ -889,7 +889,7 @@ def _server_context(listener: Listener) -> Any:
 
 def _sockets(listeners: List[Listener]) -> List[Listener]:
     """Listeners without their security settings, which a reload does change."""
-    return [dataclasses.replace(ls, **{name: None for name in LISTENER_SECURITY}) for ls in listeners]
+    return [record.replace(ls, **{name: None for name in LISTENER_SECURITY}) for ls in listeners]
 
 
 def _drain_and_close(sock: socket.socket) -> None:

@@ -99,6 +99,27 @@ DEFER_MAX_OPS = 20_000
 PAGE_SIZE = 512
 
 
+def _run_child(argv: List[str]) -> Tuple[int, str]:
+    """Run argv to its end, its output discarded: its exit status and what it wrote to stderr. Not
+    `subprocess`, which would stay imported for the broker's life with shutil, bz2 and lzma (1.1 MiB
+    of resident memory on a first start, bench/README.md "Issue 19")."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, write_end, 2)])
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    with open(read_end, "rb") as errors:
+        text = errors.read()  # to its end: the child has exited, or closed its stderr
+    status = os.waitpid(pid, 0)[1]
+    return os.waitstatus_to_exitcode(status), text.decode("utf-8", "replace")
+
+
 class Loaded(NamedTuple):
     retained: List[Tuple[str, bytes, int]]
     #: (client_id, seconds offline or None when the broker stopped while it was connected)
@@ -448,12 +469,9 @@ class SqliteStore(NullStore):
         if "sqlite_utils" in sys.modules:  # already paid for (tools, tests): no need for a child
             migrate(self.path)
         else:
-            import subprocess  # here, not at the top: only a migration needs it
-
-            done = subprocess.run([sys.executable, "-m", "edgebroker.store", "migrate", self.path],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            status, errors = _run_child([sys.executable, "-m", "edgebroker.store", "migrate", self.path])
+            if status != 0:
+                detail = (errors.strip().splitlines() or ["no output"])[-1]
                 raise self._fail(f"its schema could not be created or migrated ({detail})",
                                  "Check the file and its directory, or move the file aside.")
         reached = conn.execute("PRAGMA user_version").fetchone()[0]

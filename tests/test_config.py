@@ -10,7 +10,6 @@ checked to be implemented, warned about, or refused as "not supported yet". CLI 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
 import re
@@ -25,6 +24,7 @@ from typing import List, Optional
 
 import pytest
 
+from edgebroker import record
 from edgebroker.cli import broker as cli
 from edgebroker.config import DEFAULT_LOG_TYPES, LOG_TYPES, Config, Listener
 from edgebroker.configfile import MOSQUITTO_DEFAULTS, LoadedConfig, load_config, parse_duration
@@ -932,7 +932,7 @@ def test_example_toml_mentions_every_option():
     text = EXAMPLE.read_text(encoding="utf-8")
     mentioned = set(re.findall(r"^#? ?([a-z0-9_]+) = ", text, re.M))
     mentioned |= set(re.findall(r"^# \[\[([a-z]+)\]\]", text, re.M))  # [[serial]], [[gpio]] tables
-    fields = {f.name for f in dataclasses.fields(Config)} - {"listeners", "verbose", "bridges"}
+    fields = {f.name for f in record.fields(Config)} - {"listeners", "verbose", "bridges"}
     assert fields <= mentioned, fields - mentioned
     assert {"port", "address", "max_connections", "include_dir", "log_file", "allow_anonymous"} <= mentioned
     assert {"connection", "topic", "restart_timeout", "bridge_max_queued_messages"} <= mentioned

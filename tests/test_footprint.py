@@ -12,10 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 OPTIONAL = ["hashlib", "_hashlib", "base64", "ssl", "sqlite_utils", "firmware_bridge", "serial", "gpiozero",
-            "edgebroker.bridge", "edgebroker.tls", "edgebroker.uplink", "traceback"]
+            "edgebroker.bridge", "edgebroker.tls", "edgebroker.uplink", "traceback",
+            # Never needed by a running broker (bench/README.md, "Issue 19"): dataclasses imports inspect
+            # (ast, dis, tokenize: 1.2 MiB), argparse's help formatter shutil (zlib, bz2, lzma) and
+            # gettext's locale, subprocess (for the schema migration's child) shutil too.
+            "dataclasses", "inspect", "argparse", "gettext", "locale", "shutil", "subprocess", "bz2", "lzma"]
 
 PROBE = """
 import json, sys
@@ -50,3 +56,42 @@ def test_a_password_file_loads_its_decoder(tmp_path):
     pw.write_text("carol:" + auth.hash_password(b"pw", "sha512", 0) + "\n")
     loaded = _loaded({"persistence_location": str(tmp_path), "password_file": str(pw)})
     assert "base64" in loaded and "hashlib" not in loaded
+
+
+CLI_PROBE = """
+import json, sys
+from edgebroker.cli import broker
+code = broker.main(sys.argv[3:])
+print(json.dumps([code, sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)]))
+"""
+
+
+def test_the_command_line_loads_no_optional_module(tmp_path):
+    # The broker's own command line as a service starts it (-c FILE), here stopped after the checks
+    # (-t): everything a start reads, the configuration file and the command-line flags, without
+    # argparse, tomllib's fellow travellers or dataclasses.
+    conf = tmp_path / "edgebroker.toml"
+    conf.write_text(f"persistence_location = {json.dumps(str(tmp_path))}\nmax_queued_messages = 5000\n")
+    for argv in (["-c", str(conf), "-t", "-p", "1884"], [f"--config-file={conf}", "--check-config", "-v"]):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-c", CLI_PROBE, "", json.dumps(OPTIONAL)] + argv, env=env,
+                             cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        code, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+        assert (code, loaded) == (0, []), argv
+
+
+def test_unusual_flags_still_get_argparse(tmp_path, capsys):
+    # Anything but the plain forms goes to argparse, which parses or reports it as before.
+    from edgebroker.cli import broker
+    assert broker._plain_args(["-c", "x.toml", "--port=1884", "-d", "-v"]).__dict__ == {
+        "config_file": "x.toml", "check_config": False, "port": 1884, "daemon": True, "verbose": True}
+    for argv in (["--help"], ["--version"], ["-p", "x"], ["-p"], ["-cx.toml"], ["--conf", "x"], ["-dv"],
+                 ["-c", "-t"], ["extra"]):
+        assert broker._plain_args(argv) is None, argv
+    with pytest.raises(SystemExit) as stop:
+        broker.main(["-p", "x"])
+    assert stop.value.code == 2 and "invalid int value: 'x'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        broker.main(["-t"])
+    assert stop.value.code == 2 and "--check-config needs -c FILE" in capsys.readouterr().err

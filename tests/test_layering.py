@@ -30,6 +30,8 @@ LAYERS: Dict[str, int] = {
     "errors": 0,
     "packets": 0,
     "log": 0,
+    # Frozen record classes for the configuration (dataclasses without its inspect import): a leaf.
+    "record": 0,
     # A bridge's typed configuration (a leaf like errors, so config can hold it).
     "bridgeconfig": 0,
     "codec": 1,
@@ -77,8 +79,8 @@ LAYERS: Dict[str, int] = {
     "__main__": 8,
 }
 
-# Leaf modules of typed values, exceptions and the version: every layer may use them.
-IMPORTABLE_BY_ALL = frozenset({"__init__", "errors", "packets"})
+# Leaf modules of typed values, exceptions, the version and the record decorator: every layer may use them.
+IMPORTABLE_BY_ALL = frozenset({"__init__", "errors", "packets", "record"})
 
 
 def unit_of(module: str, package: str = PACKAGE) -> str:

@@ -7,7 +7,6 @@ it opens the port.
 """
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import threading
 
 import pytest
 
+from edgebroker import record
 from edgebroker.configfile import load_config
 from edgebroker.devices import SerialPort
 from edgebroker.errors import ConfigError
@@ -353,7 +353,7 @@ def test_reload_keeps_unchanged_ports_and_adds_new_ones(make_broker, device, tmp
     try:
         config = broker.server.config
         added = SerialPort(port=second_device.path, topic_prefix="sensors/uart1/")
-        new = dataclasses.replace(config, serial=config.serial + (added,))
+        new = record.replace(config, serial=config.serial + (added,))
         broker.server.reloader = lambda: new
         sub = procs("mosquitto_sub", *hp(broker), "-v", "-t", "sensors/uart1/#")
         broker.server.request_reload()

@@ -12,15 +12,15 @@ process), and the exit status is 1.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, List, Optional, Tuple
+import types
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .. import __version__
 from .. import log as L
+from .. import record
 from ..auth import Security, load_security, security_lines
 from ..config import DEFAULT_PORT, Config
 from ..errors import ConfigError, ListenError
@@ -30,10 +30,14 @@ from ..store import StoreError
 from . import startup
 
 if TYPE_CHECKING:
+    import argparse
+
     from ..configfile import LoadedConfig
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="edgebroker",
         description="An MQTT 3.1/3.1.1 broker for edge gateways. With no options it listens on "
@@ -57,11 +61,53 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The flags _plain_args knows: those taking a value, and the switches, by spelling.
+_VALUE_FLAGS = {"-c": "config_file", "--config-file": "config_file", "-p": "port", "--port": "port"}
+_SWITCHES = {"-t": "check_config", "--check-config": "check_config", "-d": "daemon", "--daemon": "daemon",
+             "-v": "verbose", "--verbose": "verbose"}
+
+
+def _plain_args(argv: List[str]) -> Optional[Any]:
+    """The command line when it has only the flags' plain forms (`-c FILE`, `--port=1883`, `-d`), parsed
+    without argparse: its help formatter imports shutil (and with it zlib, bz2 and lzma) and gettext
+    imports locale, 1.5 MiB of resident memory kept for the broker's whole life (bench/README.md,
+    "Issue 19"). None for anything else (help, --version, an abbreviation, a missing or bad value), which
+    argparse then parses and reports as always."""
+    values: Dict[str, Any] = {"config_file": None, "check_config": False, "port": None, "daemon": False,
+                              "verbose": False}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in _SWITCHES:
+            values[_SWITCHES[arg]] = True
+            continue
+        name, sep, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name not in _VALUE_FLAGS:
+            return None
+        if not sep:
+            if i == len(argv):
+                return None
+            value = argv[i]
+            i += 1
+        if not value or value.startswith("-"):
+            return None
+        if _VALUE_FLAGS[name] == "port":
+            try:
+                values["port"] = int(value)
+            except ValueError:
+                return None
+        else:
+            values["config_file"] = value
+    return types.SimpleNamespace(**values)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _plain_args(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        args = _parser().parse_args(argv)
     if args.check_config and not args.config_file:
-        parser.error("--check-config needs -c FILE")
+        _parser().error("--check-config needs -c FILE")
     loaded: Optional[LoadedConfig] = None
     security = None
     if args.config_file:
@@ -91,7 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         config = Config()
     if args.verbose:
-        config = dataclasses.replace(config, verbose=True)
+        config = record.replace(config, verbose=True)
     log = L.Logger()
     try:
         configure_logger(log, config)
@@ -121,7 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _security(new)  # an unreadable password or ACL file: the error names where the option is set
         for warning in new.warnings:
             log(L.WARNING, f"Warning: {warning}")
-        return dataclasses.replace(new.config, verbose=True) if args.verbose else new.config
+        return record.replace(new.config, verbose=True) if args.verbose else new.config
 
     report: List[int] = []  # with -d, in the daemon: the pipe to the foreground process waiting on it
     # A SIGTERM during start-up (a service manager stopping us at once) stops the broker once it runs.
