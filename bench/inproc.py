@@ -51,7 +51,10 @@ def _broker(persistent_dir: str = ""):  # type: ignore[no-untyped-def]
         return Broker(Config(persistence=False), now=0.0)
     from edgebroker.store import SqliteStore
     options = {"persistence": True, "persistence_location": persistent_dir}
-    if "commit_window_ms" in Config.__dataclass_fields__:  # not in versions before the commit window
+    # Config's fields (a dataclass in versions before edgebroker.record); commit_window_ms is not in
+    # versions before the commit window.
+    known = getattr(Config, "__record_fields__", None) or getattr(Config, "__dataclass_fields__", {})
+    if "commit_window_ms" in known:
         options["commit_window_ms"] = 0
     config = Config(**options)
     store = SqliteStore(os.path.join(persistent_dir, "inproc.db"), config.durability, config.autosave_interval,
