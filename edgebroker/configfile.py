@@ -5,6 +5,7 @@ every option, with the file and line it came from, into one `_Builder`. Both syn
 option table below (Mosquitto's names), so an option means the same in either. At the end the builder
 constructs `Listener`s and the `Config`, whose `__post_init__` holds every range check; a ConfigError it
 raises names only the option, and the builder adds the file and line where that option was set.
+Bridge blocks are read by configbridge.py, values of each kind by configread.py (split by concern).
 
 The syntax is chosen by extension (`.conf` mosquitto, `.toml` TOML), else by content: TOML first, and a
 file TOML cannot parse whose lines all look like `option value` is read as mosquitto.conf.
@@ -23,17 +24,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.9/3.10 only
     import tomli as tomllib
 
-from .bridgeconfig import (
-    BridgeConfig, BridgeTopic, PROTOCOL_VERSIONS, QUEUE_DROP, START_TYPES, TLS_VERSIONS,
-)
-from .codec import valid_topic_filter
 from .config import (
     DEFAULT_PORT, DURABILITY_LEVELS, LISTENER_SECURITY, LOG_TYPES, SCHEDULING_POLICIES, Config, Listener,
     listener_clash,
@@ -41,6 +38,15 @@ from .config import (
 from .devices import GPIO_FIELDS, SERIAL_FIELDS, GpioDevice, SerialPort
 from .errors import ConfigError, ConfigErrors
 from .record import record
+# The bridge blocks and the value readers live in modules of their own (split by concern); Origin and
+# parse_duration are part of this module's API and stay importable from it.
+from .configbridge import (
+    _BRIDGE, _BRIDGE_NOT_YET, _BRIDGE_OPTIONS, _BridgeDraft, _build_bridges, _m_bridge_option, _t_bridges,
+)
+from .configread import (
+    _BOOL, _DURATION, _ENUM, _FLOAT, _INT, _STR, Origin, _bare, _error, _m_bool, _m_int, _m_string, _m_token,
+    _relocate, _t_describe, _t_strings, _t_value, _TomlLines, _unknown, parse_duration,
+)
 
 __all__ = ["load_config", "LoadedConfig", "ConfigWarning", "Origin", "parse_duration", "MOSQUITTO_DEFAULTS"]
 
@@ -48,13 +54,6 @@ __all__ = ["load_config", "LoadedConfig", "ConfigWarning", "Origin", "parse_dura
 #: changes what the broker keeps or does: Mosquitto does not persist unless told to.
 MOSQUITTO_DEFAULTS: Dict[str, Any] = {"persistence": False}
 _DEFAULTS = Config()
-
-
-class Origin(NamedTuple):
-    """Where an option was set: file, line (None when unknown) and the option as the file spells it."""
-    file: str
-    line: Optional[int]
-    option: str
 
 
 @record
@@ -95,10 +94,6 @@ class LoadedConfig:
 
 # ---- the option table ---------------------------------------------------------------------------
 
-# Kinds of value. Mosquitto's syntax has one whitespace-free token for numbers and booleans, and the rest
-# of the line for strings (paths may contain spaces); TOML has typed values.
-_INT, _FLOAT, _BOOL, _STR, _DURATION, _ENUM = "int", "float", "bool", "str", "duration", "enum"
-
 #: Config fields a file may set directly, by kind.
 _SCALARS: Dict[str, str] = {
     "max_inflight_messages": _INT, "max_inflight_bytes": _INT, "max_queued_messages": _INT, "max_queued_bytes": _INT,
@@ -136,10 +131,6 @@ _OBSOLETE = {
 _TLS = ("psk_hint", "ciphers_tls1.3", "dhparamfile", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform")
 _AUTH = ("psk_file", "auth_plugin", "plugin", "auth_plugin_deny_special_chars",
          "use_username_as_clientid")
-#: Mosquitto bridge options edgebroker does not implement (any other bridge_* is refused the same way).
-_BRIDGE = ("bridge_bind_address", "bridge_ciphers", "bridge_ciphers_tls1.3", "bridge_identity", "bridge_psk",
-           "bridge_require_ocsp", "bridge_max_topic_alias", "bridge_receive_maximum",
-           "bridge_session_expiry_interval", "bridge_tcp_keepalive", "bridge_tcp_user_timeout")
 _OTHER_NOT_YET = {
     "mount_point": "listener mount points", "bind_interface": "binding to an interface by name",
 "http_dir": "websockets",
@@ -162,7 +153,7 @@ def _not_yet(option: str) -> Optional[str]:
     elif option in _AUTH or option.startswith(("auth_opt_", "plugin_opt_")):
         what = "authentication is planned"
     elif option in _BRIDGE or option.startswith("bridge_"):
-        what = "this bridge option is not implemented; see docs/bridge.md"
+        what = _BRIDGE_NOT_YET
     elif option in _OTHER_NOT_YET:
         reason = _OTHER_NOT_YET[option]
         accepted = _ACCEPTED_VALUES.get(option)
@@ -193,18 +184,6 @@ _KNOWN_GLOBAL = sorted(set(_SCALARS) | {"log_dest", "log_type", "log_file", "inc
                                          "bridge"}
                        | set(_DEVICE_TABLES)
                        | set(_OBSOLETE) | {"port", "bind_address", "max_connections"} | set(_TLS_FIELDS))
-
-
-def parse_duration(text: str) -> int:
-    """Mosquitto's duration syntax, in seconds: a whole number and one of h d w m y (hour, day, week,
-    month = 30 days, year = 365 days), e.g. `2d`. ValueError otherwise, and for 0."""
-    m = re.fullmatch(r"(\d+)([hdwmy])", text)
-    if not m:
-        raise ValueError(text)
-    seconds = int(m.group(1)) * {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}[m.group(2)]
-    if seconds <= 0:
-        raise ValueError(text)
-    return seconds
 
 
 # ---- the builder both syntaxes feed ---------------------------------------------------------------
@@ -355,28 +334,6 @@ def _check_tls_files(draft: _ListenerDraft, listener: Listener) -> None:
         origin = draft.field_origins.get(exc.option or "", draft.origin)
         assert origin is not None
         raise _relocate(exc, origin) from None
-
-
-def _bare(exc: ConfigError) -> str:
-    """The message of a ConfigError without its `option: ` prefix (Config raises without file/line)."""
-    text = str(exc)
-    prefix = f"{exc.option}: " if exc.option else ""
-    return text[len(prefix):] if prefix and text.startswith(prefix) else text
-
-
-def _relocate(exc: ConfigError, origin: Origin) -> ConfigError:
-    return ConfigError(_bare(exc), origin.file, origin.line, origin.option)
-
-
-def _error(origin: Origin, message: str) -> ConfigError:
-    return ConfigError(message, origin.file, origin.line, origin.option)
-
-
-def _unknown(origin: Origin, known: List[str]) -> ConfigError:
-    import difflib  # only for an unknown option: not worth its memory for the broker's whole life
-
-    close = difflib.get_close_matches(origin.option, known, n=1, cutoff=0.7)
-    return _error(origin, "unknown option" + (f" (did you mean {close[0]}?)" if close else ""))
 
 
 # ---- reading files --------------------------------------------------------------------------------
@@ -604,41 +561,6 @@ def _m_unsupported(name: str, origin: Origin, rest: str, builder: _Builder) -> N
     builder.refused.append(_error(origin, message))
 
 
-def _m_token(origin: Origin, rest: str) -> str:
-    """The one whitespace-free value of a line. A `# comment` after it is allowed (Mosquitto reads one
-    token and ignores the rest); any other extra text is an error (Mosquitto would ignore it silently)."""
-    if not rest:
-        raise _error(origin, "missing value")
-    parts = rest.split(None, 1)
-    if len(parts) > 1 and not parts[1].startswith("#"):
-        raise _error(origin, f"expected one value, got {rest!r}")
-    return parts[0]
-
-
-def _m_string(origin: Origin, rest: str, builder: _Builder) -> str:
-    """The rest of the line, as Mosquitto takes strings (paths may contain spaces)."""
-    if not rest:
-        raise _error(origin, "missing value")
-    if " #" in rest or "\t#" in rest:
-        builder.warn(origin, f"the value is {rest!r}: for this option Mosquitto and edgebroker take the "
-                             "whole rest of the line, so a trailing comment is part of it")
-    return rest
-
-
-def _m_int(origin: Origin, rest: str) -> int:
-    token = _m_token(origin, rest)
-    if not re.fullmatch(r"[+-]?\d+", token):
-        raise _error(origin, f"expected a whole number, got {token!r}")
-    return int(token)
-
-
-def _m_bool(origin: Origin, rest: str) -> bool:
-    token = _m_token(origin, rest)
-    if token not in ("true", "false"):
-        raise _error(origin, f"expected true or false, got {token!r}")
-    return token == "true"
-
-
 def _m_scalar(name: str, origin: Origin, rest: str, builder: _Builder) -> Any:
     kind = _SCALARS[name]
     if kind == _INT:
@@ -756,58 +678,6 @@ def _toml_error(path: str, exc: Exception, text: str) -> ConfigError:
     return ConfigError(f"not valid TOML: {message}", path, line)
 
 
-class _TomlLines:
-    """Finds the line of a key by a plain text search (tomllib does not report positions): top-level
-    keys live before the first table header, a table's keys between its header and the next."""
-
-    _HEADER = re.compile(r"\s*\[")
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.split("\n")
-
-    @staticmethod
-    def _key_re(key: str) -> "re.Pattern[str]":
-        k = re.escape(key)
-        return re.compile(rf"\s*(?:{k}|\"{k}\"|'{k}')\s*[=.]")
-
-    def top(self, key: str) -> Optional[int]:
-        """The line of a top-level `key = ...`, else of a `[key]` or `[[key]]` header."""
-        pattern = self._key_re(key)
-        for number, line in enumerate(self.lines, 1):
-            if self._HEADER.match(line):
-                break
-            if pattern.match(line):
-                return number
-        header = re.compile(rf"\s*\[\[?\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*[].]")
-        for number, line in enumerate(self.lines, 1):
-            if header.match(line):
-                return number
-        return None
-
-    def header(self, table: str, index: int) -> Optional[int]:
-        pattern = re.compile(rf"\s*\[\[\s*{re.escape(table)}\s*\]\]")
-        seen = -1
-        for number, line in enumerate(self.lines, 1):
-            if pattern.match(line):
-                seen += 1
-                if seen == index:
-                    return number
-        return None
-
-    def in_table(self, table: str, index: int, key: str) -> Optional[int]:
-        start = self.header(table, index)
-        if start is None:
-            return None
-        pattern = self._key_re(key)
-        for number in range(start + 1, len(self.lines) + 1):
-            line = self.lines[number - 1]
-            if self._HEADER.match(line):
-                return None
-            if pattern.match(line):
-                return number
-        return None
-
-
 def _read_toml(path: str, text: str, builder: _Builder, main: bool) -> None:
     builder.files.append(path)
     try:
@@ -849,11 +719,11 @@ def _read_toml(path: str, text: str, builder: _Builder, main: bool) -> None:
                     raise _error(origin, f"expected {', '.join(LOG_TYPES)}, all or none; got {kind!r}")
                 builder.add_log_type(kind, origin)
         elif name == "log_file":
-            builder.set("log_file", _t_value("log_file", _STR, origin, value), origin)
+            builder.set("log_file", _t_value(_STR, origin, value), origin)
         elif name in _OBSOLETE:
             builder.warn(origin, _OBSOLETE[name])
         elif name in _SCALARS:
-            builder.set(name, _t_value(name, _SCALARS[name], origin, value), origin)
+            builder.set(name, _t_value(_SCALARS[name], origin, value, _ENUMS.get(name, ())), origin)
         else:
             _t_unsupported(name, origin, value, builder)
     # A TOML file's keys have no order to honour across tables: included files are read after the whole
@@ -874,10 +744,10 @@ def _t_listeners(path: str, value: Any, origin: Origin, lines: _TomlLines, build
             key_origin = Origin(path, line if line is not None else draft.origin.line, key)
             if key in _LISTENER_FIELDS:
                 kind = _STR if key in ("address", "unix_socket") else _TLS_FIELDS.get(key, _INT)
-                draft.fields[key] = _t_value(key, kind, key_origin, item)
+                draft.fields[key] = _t_value(kind, key_origin, item)
                 draft.field_origins[key] = key_origin
             elif key in LISTENER_SECURITY:
-                draft.fields[key] = _t_value(key, _SCALARS[key], key_origin, item)
+                draft.fields[key] = _t_value(_SCALARS[key], key_origin, item, _ENUMS.get(key, ()))
                 draft.field_origins[key] = key_origin
             elif _not_yet(key) is not None:
                 _t_unsupported(key, key_origin, item, builder)
@@ -913,7 +783,7 @@ def _t_devices(path: str, table: str, value: Any, origin: Origin, lines: _TomlLi
                     raise _error(key_origin, f"expected a pin number or name, got {_t_describe(item)}")
                 fields[key] = item
             else:
-                fields[key] = _t_value(key, {"int": _INT, "float": _FLOAT, "bool": _BOOL, "str": _STR}[kind],
+                fields[key] = _t_value({"int": _INT, "float": _FLOAT, "bool": _BOOL, "str": _STR}[kind],
                                        key_origin, item)
         required = [name for name in ("port",) if table == "serial"] or ["pin", "device", "topic"]
         for name in required:
@@ -938,270 +808,3 @@ def _t_unsupported(name: str, origin: Origin, value: Any, builder: _Builder) -> 
         builder.origins[name] = origin
         return
     builder.refused.append(_error(origin, message))
-
-
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-               dict: "a table"}
-
-
-def _t_describe(value: Any) -> str:
-    return f"{value!r} ({_TYPE_NAMES.get(type(value), type(value).__name__)})"
-
-
-def _t_value(name: str, kind: str, origin: Origin, value: Any) -> Any:
-    if kind == _INT:
-        if type(value) is not int:
-            raise _error(origin, f"expected an integer, got {_t_describe(value)}")
-        return value
-    if kind == _FLOAT:
-        if type(value) not in (int, float):
-            raise _error(origin, f"expected a number of seconds, got {_t_describe(value)}")
-        return float(value)
-    if kind == _BOOL:
-        if type(value) is not bool:
-            raise _error(origin, f"expected true or false, got {_t_describe(value)}")
-        return value
-    if kind == _DURATION:
-        if type(value) in (int, float):
-            return float(value)
-        if type(value) is str:
-            try:
-                return float(parse_duration(value))
-            except ValueError:
-                pass
-        raise _error(origin, "expected seconds or a duration such as \"2d\" (h d w m y: hour, day, week, "
-                             f"month, year), got {_t_describe(value)}")
-    if type(value) is not str:
-        raise _error(origin, f"expected a string, got {_t_describe(value)}")
-    if kind == _ENUM and value not in _ENUMS[name]:
-        raise _error(origin, f"expected one of {', '.join(_ENUMS[name])}, got {value!r}")
-    return value
-
-
-def _t_strings(origin: Origin, value: Any) -> List[str]:
-    """A string or an array of strings."""
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(type(v) is str for v in items):
-        raise _error(origin, f"expected a string or an array of strings, got {_t_describe(value)}")
-    return list(items)
-
-
-
-# ---- bridges: `connection NAME` blocks and [[bridge]] tables ---------------------------------------
-
-#: Bridge options by their Mosquitto name: (BridgeConfig field, kind). address, topic, restart_timeout and
-#: the enums are read by their own code below.
-_BRIDGE_OPTIONS: Dict[str, Tuple[str, str]] = {
-    "address": ("addresses", "address"), "addresses": ("addresses", "address"), "topic": ("topics", "topic"),
-    "restart_timeout": ("restart_timeout", "restart"), "round_robin": ("round_robin", _BOOL),
-    "bridge_protocol_version": ("protocol_version", _ENUM), "cleansession": ("cleansession", _BOOL),
-    "local_cleansession": ("local_cleansession", _BOOL), "keepalive_interval": ("keepalive_interval", _INT),
-    "start_type": ("start_type", _ENUM), "threshold": ("threshold", _INT), "idle_timeout": ("idle_timeout", _INT),
-    "notifications": ("notifications", _BOOL), "notification_topic": ("notification_topic", _STR),
-    "notifications_local_only": ("notifications_local_only", _BOOL), "try_private": ("try_private", _BOOL),
-    "remote_clientid": ("remote_clientid", _STR), "clientid": ("remote_clientid", _STR),
-    "local_clientid": ("local_clientid", _STR), "remote_username": ("remote_username", _STR),
-    "username": ("remote_username", _STR), "remote_password": ("remote_password", _STR),
-    "password": ("remote_password", _STR), "local_username": ("local_username", _STR),
-    "local_password": ("local_password", _STR), "bridge_attempt_unsubscribe": ("attempt_unsubscribe", _BOOL),
-    "bridge_outgoing_retain": ("outgoing_retain", _BOOL), "bridge_max_packet_size": ("max_packet_size", _INT),
-    "bridge_cafile": ("cafile", _STR), "bridge_capath": ("capath", _STR), "bridge_certfile": ("certfile", _STR),
-    "bridge_keyfile": ("keyfile", _STR), "bridge_insecure": ("insecure", _BOOL),
-    "bridge_tls_version": ("tls_version", _ENUM), "bridge_alpn": ("alpn", _STR),
-    "bridge_max_queued_messages": ("max_queued_messages", _INT),
-    "bridge_max_queued_bytes": ("max_queued_bytes", _INT), "bridge_queue_drop": ("queue_drop", _ENUM),
-    "bridge_queue_qos0_messages": ("queue_qos0_messages", _BOOL),
-    "bridge_max_inflight_messages": ("max_inflight_messages", _INT),
-}
-_BRIDGE_ENUMS: Dict[str, Tuple[str, ...]] = {
-    "bridge_protocol_version": tuple(PROTOCOL_VERSIONS), "start_type": START_TYPES, "bridge_queue_drop": QUEUE_DROP,
-    "bridge_tls_version": TLS_VERSIONS,
-}
-#: BridgeConfig field -> the option name errors use (the file's spelling wins when it set the field).
-_BRIDGE_FIELD_OPTION = {field: option for option, (field, _) in reversed(list(_BRIDGE_OPTIONS.items()))}
-
-
-class _BridgeDraft:
-    """A bridge being read: its fields, where each was set, its topic lines."""
-    __slots__ = ("origin", "fields", "field_origins", "topics")
-
-    def __init__(self, origin: Origin, name: str) -> None:
-        self.origin = origin
-        self.fields: Dict[str, Any] = {"name": name}
-        self.field_origins: Dict[str, Origin] = {}
-        self.topics: List[BridgeTopic] = []
-
-    def set(self, field: str, value: Any, origin: Origin, builder: _Builder) -> None:
-        if field in self.field_origins and field not in ("topics",):
-            where = self.field_origins[field]
-            if field == "addresses":
-                raise _error(origin, f"a second address line for bridge {self.fields['name']} (the first is at "
-                                     f"{where.file}:{where.line}; list every address on one line)")
-            builder.warn(origin, f"given twice for bridge {self.fields['name']} (also at {where.file}:{where.line}); "
-                                 "the last one is used")
-        self.fields[field] = value
-        self.field_origins[field] = origin
-
-
-def _parse_addresses(origin: Origin, tokens: List[str]) -> Tuple[Tuple[str, int], ...]:
-    """`host[:port] ...` as Mosquitto reads it: the port after the last colon (an IPv6 address needs one)."""
-    out = []
-    for token in tokens:
-        host, port = token, 1883
-        if ":" in token:
-            host, _, text = token.rpartition(":")
-            if not re.fullmatch(r"\d+", text) or not 1 <= int(text) <= 65535:
-                raise _error(origin, f"invalid port in {token!r} (1-65535)")
-            port = int(text)
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not host:
-            raise _error(origin, f"no host in {token!r}")
-        out.append((host, port))
-    if not out:
-        raise _error(origin, "missing value: address HOST[:PORT] [HOST[:PORT] ...]")
-    return tuple(out)
-
-
-def _parse_topic(origin: Origin, rest: str) -> BridgeTopic:
-    """`topic PATTERN [out|in|both [QOS [LOCAL_PREFIX [REMOTE_PREFIX]]]]`; `""` is an empty pattern or
-    prefix; from the QoS on, a token starting with # ends the line (Mosquitto's reading)."""
-    tokens = rest.split()
-    if not tokens:
-        raise _error(origin, "missing value: topic PATTERN [out|in|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]")
-    for i in range(2, len(tokens)):
-        if tokens[i].startswith("#"):
-            del tokens[i:]
-            break
-    if len(tokens) > 5:
-        raise _error(origin, f"unexpected {' '.join(tokens[5:])!r} after the remote prefix")
-    pattern: Optional[str] = None if tokens[0] == '""' else tokens[0]
-    direction = tokens[1].lower() if len(tokens) > 1 else "out"
-    if direction not in ("out", "in", "both"):
-        raise _error(origin, f"invalid bridge topic direction {tokens[1]!r}: out, in or both")
-    qos = 0
-    if len(tokens) > 2:
-        if tokens[2] not in ("0", "1", "2"):
-            raise _error(origin, f"invalid bridge QoS level {tokens[2]!r}: 0, 1 or 2")
-        qos = int(tokens[2])
-    prefixes = [None if t == '""' else t for t in tokens[3:5]] + [None, None]
-    if pattern is not None and not valid_topic_filter(pattern):
-        raise _error(origin, f"invalid pattern {pattern!r}: not a topic filter")
-    try:
-        topic = BridgeTopic(pattern, direction, qos, prefixes[0], prefixes[1])
-    except ConfigError as exc:
-        raise _error(origin, _bare(exc)) from None
-    for side, full in (("local", topic.local_topic), ("remote", topic.remote_topic)):
-        if not valid_topic_filter(full):
-            raise _error(origin, f"invalid {side} prefix and pattern combination {full!r}")
-    return topic
-
-
-def _parse_restart(origin: Origin, tokens: List[Any]) -> Tuple[float, Optional[float]]:
-    """restart_timeout BASE [CAP]: Mosquitto takes a value below 1 as 1 second."""
-    if not 1 <= len(tokens) <= 2 or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in tokens):
-        raise _error(origin, "expected restart_timeout BASE [CAP], whole seconds")
-    base = max(1.0, float(tokens[0]))
-    cap = float(tokens[1]) if len(tokens) == 2 else None
-    if cap is not None and cap < base:
-        raise _error(origin, "the backoff cap is lower than the base")
-    return base, cap
-
-
-def _m_bridge_option(draft: _BridgeDraft, name: str, origin: Origin, rest: str, builder: _Builder) -> None:
-    field, kind = _BRIDGE_OPTIONS[name]
-    if kind == "address":
-        tokens = rest.split()
-        for i, t in enumerate(tokens):
-            if t.startswith("#"):
-                del tokens[i:]
-                break
-        draft.set(field, _parse_addresses(origin, tokens), origin, builder)
-    elif kind == "topic":
-        draft.topics.append(_parse_topic(origin, rest))
-        draft.field_origins.setdefault("topics", origin)
-    elif kind == "restart":
-        tokens = rest.split("#", 1)[0].split()
-        if not all(re.fullmatch(r"[+-]?\d+", t) for t in tokens):
-            raise _error(origin, f"expected restart_timeout BASE [CAP], whole seconds; got {rest!r}")
-        base, cap = _parse_restart(origin, [int(t) for t in tokens])
-        draft.set("restart_timeout", base, origin, builder)
-        draft.set("restart_timeout_cap", cap, origin, builder)
-    elif kind == _ENUM:
-        token = _m_token(origin, rest)
-        if token not in _BRIDGE_ENUMS[name]:
-            raise _error(origin, f"expected one of {', '.join(_BRIDGE_ENUMS[name])}, got {token!r}")
-        draft.set(field, token, origin, builder)
-    elif kind == _INT:
-        value = _m_int(origin, rest)
-        if name == "bridge_max_packet_size" and value < 0:
-            value = 0  # Mosquitto: negative means no limit
-        draft.set(field, value, origin, builder)
-    elif kind == _BOOL:
-        draft.set(field, _m_bool(origin, rest), origin, builder)
-    else:
-        draft.set(field, _m_string(origin, rest, builder), origin, builder)
-
-
-def _t_bridges(path: str, value: Any, origin: Origin, lines: _TomlLines, builder: _Builder) -> None:
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise _error(origin, "must be [[bridge]] tables (an array of tables)")
-    for index, table in enumerate(value):
-        header = lines.header("bridge", index)
-        where = Origin(path, header if header is not None else origin.line, "bridge")
-        name = table.get("connection")
-        if type(name) is not str:
-            raise _error(where, "a [[bridge]] table needs connection = \"NAME\"")
-        draft = _BridgeDraft(where, name)
-        for key, item in table.items():
-            line = lines.in_table("bridge", index, key)
-            at = Origin(path, line if line is not None else where.line, key)
-            if key == "connection":
-                continue
-            if key not in _BRIDGE_OPTIONS:
-                if _not_yet(key) is not None and (key in _BRIDGE or key.startswith("bridge_")):
-                    raise _error(at, _not_yet(key) or "")
-                raise _unknown(at, list(_BRIDGE_OPTIONS) + ["connection"])
-            field, kind = _BRIDGE_OPTIONS[key]
-            if kind == "address":
-                draft.set(field, _parse_addresses(at, _t_strings(at, item)), at, builder)
-            elif kind == "topic":
-                for text in _t_strings(at, item):
-                    draft.topics.append(_parse_topic(at, text))
-                draft.field_origins.setdefault("topics", at)
-            elif kind == "restart":
-                base, cap = _parse_restart(at, item if isinstance(item, list) else [item])
-                draft.set("restart_timeout", base, at, builder)
-                draft.set("restart_timeout_cap", cap, at, builder)
-            elif kind == _ENUM:
-                text = _t_value(key, _STR, at, item)
-                if text not in _BRIDGE_ENUMS[key]:
-                    raise _error(at, f"expected one of {', '.join(_BRIDGE_ENUMS[key])}, got {text!r}")
-                draft.set(field, text, at, builder)
-            else:
-                draft.set(field, _t_value(key, kind, at, item), at, builder)
-        builder.bridges.append(draft)
-
-
-def _build_bridges(drafts: List[_BridgeDraft], origins: Dict[str, Origin]) -> Tuple[BridgeConfig, ...]:
-    bridges: List[BridgeConfig] = []
-    for i, draft in enumerate(drafts):
-        origins[f"bridge[{i}]"] = draft.origin
-        try:
-            bridge = BridgeConfig(topics=tuple(draft.topics), **draft.fields)
-        except ConfigError as exc:
-            field = next((f for f, o in _BRIDGE_FIELD_OPTION.items() if o == exc.option), exc.option or "")
-            at = draft.field_origins.get(field)
-            if at is None:  # a missing option, or a default that clashes: located at the block's start
-                at = draft.origin
-                raise ConfigError(_bare(exc), at.file, at.line, at.option) from None
-            raise ConfigError(_bare(exc), at.file, at.line, exc.option or at.option) from None
-        for earlier, other in zip(drafts, bridges):
-            if other.name == bridge.name:
-                raise _error(draft.origin, f"a second bridge named {bridge.name!r}; the first is at "
-                                           f"{earlier.origin.file}:{earlier.origin.line}")
-            if other.local_id == bridge.local_id:
-                raise _error(draft.field_origins.get("local_clientid", draft.origin),
-                             f"bridge local_clientid {bridge.local_id!r} is not unique (also the bridge at "
-                             f"{earlier.origin.file}:{earlier.origin.line}); set local_clientid for one of them")
-        bridges.append(bridge)
-    return tuple(bridges)

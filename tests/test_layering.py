@@ -46,7 +46,11 @@ LAYERS: Dict[str, int] = {
     # clients (tools, bridges) drive it.
     "tls": 1,
     # Reads TOML and mosquitto.conf files into config's schema: above config, below everything that runs.
-    "configfile": 2,
+    # configread: Origin, value kinds and the two syntaxes' value readers; configbridge: bridge blocks,
+    # read with configread; configfile: the option tables and the builder, using both.
+    "configread": 2,
+    "configbridge": 3,
+    "configfile": 4,
     "topics": 2,
     "retained": 2,
     "session": 2,
