@@ -1,7 +1,7 @@
 """Bridge scenarios: edgebroker and Mosquitto as the gateway, each bridging to the same kind of upstream
-Mosquitto, in one run.
-
-    .venv/bin/python -m bench.bridge [--quick] [--rounds N]
+Mosquitto, in one run. They are scenarios B1, B2, B3 of the main runner (`python -m bench --scenarios B`,
+`scenarios()` below); `python -m bench.bridge [--quick] [--rounds N]` is a thin entry point that runs
+just them and prints the main runner's table.
 
 B1  throughput: one publisher on the gateway sends N QoS 1 messages (window 64) on bench/..., the bridge
     (`topic bench/# out 1`) forwards them, a QoS 1 subscriber on the upstream counts them. Messages
@@ -19,15 +19,19 @@ Mosquitto's bridge queue in memory under max_queued_messages 1000 (its default) 
 The only settings given are the bridge block (identical text: connection, address, topic, cleansession
 false, restart_timeout 1) and the listener. Everything on 127.0.0.1, ports found by binding port 0;
 every process started is killed at the end.
+
+In the main runner's table the broker columns (peak RSS, CPU) are the gateway's: its VmHWM (the highest
+over its processes in B3) and its CPU time over the scenario (both processes in B3); the generator CPU
+is this process's (the publisher and the subscriber run in it). A gateway that loses acknowledged
+messages (Mosquitto's bridge queue is bounded and in memory) is marked LOSSY, its figures counting only
+what arrived; messages out of order make a FAIL.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +39,10 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from . import wire
-from .brokers import data_root, free_port, mosquitto_binary, read_io, repo_python
+from .brokers import (
+    compile_bytecode, cpu_seconds, data_root, edgebroker_seed_dir, free_port, mosquitto_binary, read_io, repo_python, status_kib,
+)
+from .scenarios import Metric, Outcome, Scenario, Sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STARTED: List[subprocess.Popen] = []
@@ -60,13 +67,24 @@ def _wait(cond, timeout: float, what: str) -> None:
 class Proc:
     def __init__(self, cmd: List[str], log: str) -> None:
         env = dict(os.environ, PYTHONPATH=ROOT)
+        env.pop("PYTHONDEVMODE", None)
         self.log = log
         self.p = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
         STARTED.append(self.p)
 
+    def cpu_s(self) -> float:
+        """utime + stime of the process (all its threads); readable until it is reaped."""
+        return cpu_seconds(self.p.pid)
+
+    def hwm_kib(self) -> int:
+        """VmHWM, the peak RSS (gone once the process has exited)."""
+        return status_kib(self.p.pid, "VmHWM")
+
     def stop(self, sig: int = signal.SIGTERM) -> Dict[str, int]:
-        """Stop; returns /proc/PID/io read at the zombie state (the whole life's writes)."""
+        """Stop; returns /proc/PID/io read at the zombie state (the whole life's writes). Sets `hwm`
+        (read just before the signal) and `cpu` (the whole life's, read at the zombie state)."""
         p = self.p
+        self.hwm = self.hwm_kib()
         if p.poll() is None:
             p.send_signal(sig)
             deadline = time.monotonic() + 15
@@ -79,6 +97,7 @@ class Proc:
                     break
                 time.sleep(0.005)
         io = read_io(p.pid)
+        self.cpu = self.cpu_s()
         p.wait(15)
         return io
 
@@ -116,6 +135,11 @@ class Gateway:
             self.conf = os.path.join(directory, "gateway.conf")
             text = f"listener {self.port} 127.0.0.1\n{user}allow_anonymous true\n{block}"
         else:
+            # Seeded with the database a first start creates (brokers.edgebroker_seed_dir), as every
+            # other edgebroker run of the benchmark: it measures a broker in service, not its first migration.
+            seed = edgebroker_seed_dir()
+            if seed is not None:
+                shutil.copytree(seed, os.path.join(directory, "db"))
             os.makedirs(os.path.join(directory, "db"), exist_ok=True)
             self.conf = os.path.join(directory, "gateway.conf")
             text = (f"persistence true\npersistence_location {directory}/db\nlistener {self.port} 127.0.0.1\n"
@@ -123,14 +147,34 @@ class Gateway:
         with open(self.conf, "w") as f:
             f.write(text)
         self.proc: Optional[Proc] = None
+        #: Over every process of this gateway so far: CPU seconds since `mark()`, the highest VmHWM.
+        self.cpu = 0.0
+        self.hwm = 0
+        self._cpu0 = 0.0
 
     def start(self) -> None:
         if self.kind == "mosquitto":
             cmd = [mosquitto_binary() or "mosquitto", "-c", self.conf]
         else:
+            compile_bytecode()  # as every edgebroker run of the benchmark (brokers.compile_bytecode)
             cmd = [repo_python(), "-m", "edgebroker", "-c", self.conf]
         self.proc = Proc(cmd, os.path.join(self.dir, "gateway.log"))
+        self._cpu0 = 0.0
         _wait(lambda: _accepts(self.port), 15, f"the {self.kind} gateway")
+
+    def mark(self) -> None:
+        """Start counting CPU time here (the start-up before it is not the scenario's)."""
+        assert self.proc is not None
+        self.cpu = 0.0
+        self._cpu0 = self.proc.cpu_s()
+
+    def stop(self, sig: int = signal.SIGTERM) -> Dict[str, int]:
+        assert self.proc is not None
+        io = self.proc.stop(sig)
+        self.cpu += self.proc.cpu - self._cpu0
+        self.hwm = max(self.hwm, self.proc.hwm)
+        self.proc = None
+        return io
 
 
 def _read_packets(sock: socket.socket, buf: bytearray) -> List[Tuple[int, int, int]]:
@@ -164,10 +208,12 @@ class Subscriber:
                 if want(f):
                     return
 
-    def collect(self, n: int, timeout: float) -> None:
+    def collect(self, n: int, timeout: float, quiet: float = 5.0, quiet_from: Optional[float] = None) -> None:
+        """Until n messages arrived, or `quiet` seconds passed without one (from the last one, or from
+        `quiet_from` before the first: the rest is lost), or the timeout."""
         self.sock.settimeout(0.2)
         deadline = time.monotonic() + timeout
-        quiet_until = time.monotonic() + timeout
+        quiet_until = time.monotonic() + timeout if quiet_from is None else quiet_from + quiet
         while len(self.seqs) < n and time.monotonic() < min(deadline, quiet_until):
             try:
                 packets = _read_packets(self.sock, self.buf)
@@ -183,7 +229,7 @@ class Subscriber:
             if acks:
                 self.sock.sendall(b"".join(acks))
                 self.last = time.monotonic()
-                quiet_until = self.last + 5.0  # nothing more for 5 s: the rest is lost
+                quiet_until = self.last + quiet  # nothing more for so long: the rest is lost
 
     def close(self) -> None:
         self.sock.close()
@@ -210,7 +256,21 @@ def publish(port: int, n: int, size: int = 64, window: int = 64) -> float:
     return t0
 
 
-def throughput(kind: str, n: int) -> Dict[str, object]:
+def _bridge_up(up: Upstream, timeout: float = 15.0) -> float:
+    """Wait until the gateway's bridge (client id gw.cloud) has connected to the upstream; when it did."""
+    assert up.proc is not None
+    log = up.proc.log
+    _wait(lambda: "gw.cloud" in open(log, errors="replace").read(), timeout, "the bridge")
+    return time.monotonic()
+
+
+def _delivery(seqs: List[int]) -> Dict[str, object]:
+    """Unique messages that arrived, duplicates, and whether their first arrivals kept the order."""
+    firsts = list(dict.fromkeys(seqs))
+    return {"delivered": len(firsts), "dups": len(seqs) - len(firsts), "in order": firsts == sorted(firsts)}
+
+
+def throughput(kind: str, n: int, timeout: float = 120.0, quiet: float = 5.0) -> Dict[str, object]:
     d = tempfile.mkdtemp(prefix=f"bench-bridge-{kind}-", dir=data_root())
     up = Upstream(d)
     up.start()
@@ -218,21 +278,26 @@ def throughput(kind: str, n: int) -> Dict[str, object]:
     try:
         sub = Subscriber(up.port, "bench-sub", True)
         gw.start()
-        _wait(lambda: "gw.cloud" in open(up.proc.log, errors="replace").read(), 15, "the bridge")  # type: ignore
+        _bridge_up(up)
+        gw.mark()
         t0 = publish(gw.port, n)
-        sub.collect(n, 120)
+        sub.collect(n, timeout, quiet)
         elapsed = sub.last - t0
         sub.close()
+        out = _delivery(sub.seqs)
         # Delivered messages per second: a gateway that drops some is not credited for them.
-        return {"msg/s": len(set(sub.seqs)) / elapsed if sub.seqs else 0.0, "delivered": len(set(sub.seqs))}
+        out["msg/s"] = out["delivered"] / elapsed if sub.seqs else 0.0  # type: ignore[operator]
+        gw.stop()
+        out.update(gateway_cpu=gw.cpu, gateway_hwm_kib=gw.hwm)
+        return out
     finally:
         if gw.proc:
-            gw.proc.stop()
+            gw.stop()
         up.stop()
         shutil.rmtree(d, ignore_errors=True)
 
 
-def outage(kind: str, n: int, kill: bool) -> Dict[str, object]:
+def outage(kind: str, n: int, kill: bool, timeout: float = 120.0, quiet: float = 5.0) -> Dict[str, object]:
     d = tempfile.mkdtemp(prefix=f"bench-bridge-{kind}-", dir=data_root())
     up = Upstream(d)
     up.start()
@@ -241,74 +306,123 @@ def outage(kind: str, n: int, kill: bool) -> Dict[str, object]:
     gw = Gateway(kind, d, up.port)
     try:
         gw.start()
+        gw.mark()
         publish(gw.port, n)
         written = 0
         assert gw.proc is not None
         if kill:
             written += read_io(gw.proc.p.pid).get("write_bytes", 0)
-            gw.proc.stop(signal.SIGKILL)
-            gw.start()
+            gw.stop(signal.SIGKILL)
+            gw.start()  # this process's CPU counts from its start: the recovery is part of B3
+        assert gw.proc is not None
         pid = gw.proc.p.pid
         io0 = read_io(pid).get("write_bytes", 0)
         up.start()
         t0 = time.monotonic()
         sub = Subscriber(up.port, "bench-sub", False)
-        sub.collect(n, 120)
+        try:
+            connected: Optional[float] = _bridge_up(up, min(30.0, timeout))
+        except RuntimeError:
+            connected = time.monotonic()  # never reconnected: wait `quiet` more, then count what came
+        sub.collect(n, timeout, quiet, quiet_from=connected)
         drain = (sub.last - t0) if sub.seqs else float("nan")
-        got = sorted(set(sub.seqs))
         sub.close()
-        final = gw.proc.stop()
-        gw.proc = None
+        final = gw.stop()
+        out = _delivery(sub.seqs)
         # Disk bytes of the whole gateway life (before the drain for the queueing cost).
         queued_bytes = written + io0
-        return {"delivered": len(got), "lost": n - len(got), "drain s": drain,
-                "disk B/msg": queued_bytes / n, "in order": sub.seqs == sorted(sub.seqs),
-                "total disk B": final.get("write_bytes", 0) + written}
+        out.update({"lost": n - out["delivered"], "drain s": drain,  # type: ignore[operator]
+                    "disk B/msg": queued_bytes / n, "total disk B": final.get("write_bytes", 0) + written,
+                    "gateway_cpu": gw.cpu, "gateway_hwm_kib": gw.hwm})
+        return out
     finally:
         if gw.proc:
-            gw.proc.stop()
+            gw.stop()
         up.stop()
         shutil.rmtree(d, ignore_errors=True)
 
 
+def kill_started() -> None:
+    """Last resort: kill every process this module started that is still running (each by its pid)."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# ---- as scenarios of the main runner (bench/run.py) -----------------------------------------------
+
+def _outcome(res: Dict[str, object], n: int, t0: float, cpu0: float) -> Outcome:
+    o = Outcome(gen_cpu=time.process_time() - cpu0, wall=time.monotonic() - t0)
+    o.broker_cpu = float(res["gateway_cpu"])  # type: ignore[arg-type]
+    o.hwm_kib = int(res["gateway_hwm_kib"])  # type: ignore[call-overload]
+    delivered = int(res["delivered"])  # type: ignore[call-overload]
+    o.raw.update(received=delivered, expected=n, dups=res["dups"])
+    o.notes.append(f"delivered {delivered:,} of {n:,}")
+    if res["dups"]:
+        o.notes.append(f"{res['dups']:,} duplicates (QoS 1 allows them)")
+    if not res["in order"]:
+        o.status, o.detail = "FAIL", "messages out of order at the upstream subscriber"
+    elif delivered < n:
+        o.status, o.detail = "LOSSY", f"delivered {delivered:,} of {n:,} acknowledged messages ({n - delivered:,} lost)"
+    return o
+
+
+def run_b1(kind: str, sz: Sizes, timeout: float) -> Outcome:
+    t0, cpu0 = time.monotonic(), time.process_time()
+    res = throughput(kind, sz.b1_count, timeout, sz.bridge_quiet_s)
+    o = _outcome(res, sz.b1_count, t0, cpu0)
+    if res["delivered"]:
+        o.metrics["rate"] = float(res["msg/s"])  # type: ignore[arg-type]
+    return o
+
+
+def _run_outage(kind: str, sz: Sizes, timeout: float, kill: bool) -> Outcome:
+    t0, cpu0 = time.monotonic(), time.process_time()
+    res = outage(kind, sz.b2_count, kill, timeout, sz.bridge_quiet_s)
+    o = _outcome(res, sz.b2_count, t0, cpu0)
+    o.metrics["delivered"] = float(res["delivered"])  # type: ignore[arg-type]
+    if res["delivered"]:
+        o.metrics["drain_s"] = float(res["drain s"])  # type: ignore[arg-type]
+    o.metrics["disk_b"] = float(res["disk B/msg"])  # type: ignore[arg-type]
+    o.notes.append(f"gateway wrote {res['total disk B']:,} B to disk in all")
+    return o
+
+
+def run_b2(kind: str, sz: Sizes, timeout: float) -> Outcome:
+    return _run_outage(kind, sz, timeout, kill=False)
+
+
+def run_b3(kind: str, sz: Sizes, timeout: float) -> Outcome:
+    return _run_outage(kind, sz, timeout, kill=True)
+
+
+def scenarios(sz: Sizes) -> List[Scenario]:
+    n = sz.b2_count
+    outage_metrics = (Metric("delivered", f"delivered of {n:,}", "higher"),
+                      Metric("drain_s", "upstream back to last delivered, s", "lower", "{:,.2f}"),
+                      Metric("disk_b", "gateway disk bytes per queued msg", "lower", "{:,.1f}"))
+    return [
+        Scenario("B1", f"bridge throughput: {sz.b1_count:,} QoS 1 msgs (window {sz.window}) published on the "
+                       "gateway, forwarded by its bridge (`topic bench/# out 1`) to an upstream Mosquitto's "
+                       "QoS 1 subscriber", (Metric("rate", "delivered msg/s", "higher"),), run_b1,
+                 family="B", hosted=True, max_rounds=sz.bridge_rounds),
+        Scenario("B2", f"bridge outage: {n:,} QoS 1 msgs acknowledged by the gateway while the upstream is "
+                       "down, then the upstream comes back", outage_metrics, run_b2,
+                 family="B", hosted=True, max_rounds=sz.bridge_rounds),
+        Scenario("B3", "B2 with the gateway killed (SIGKILL) after the messages were acknowledged and "
+                       "restarted before the upstream comes back", outage_metrics, run_b3,
+                 family="B", hosted=True, max_rounds=sz.bridge_rounds),
+    ]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="bench.bridge")
-    p.add_argument("--quick", action="store_true", help="1 round, smaller sizes")
-    p.add_argument("--rounds", type=int, default=None)
-    args = p.parse_args(argv)
-    if mosquitto_binary() is None:
-        sys.exit("mosquitto not found: apt-get install -y mosquitto")
-    rounds = args.rounds or (1 if args.quick else 3)
-    n_tp, n_out = (5_000, 5_000) if args.quick else (20_000, 10_000)
-    rows: List[Tuple[str, str, Dict[str, List[object]]]] = []
-    try:
-        for sid, what, fn in (("B1", f"throughput, {n_tp} QoS 1", lambda k: throughput(k, n_tp)),
-                              ("B2", f"outage, {n_out} QoS 1 queued", lambda k: outage(k, n_out, False)),
-                              ("B3", f"outage + kill -9, {n_out} QoS 1", lambda k: outage(k, n_out, True))):
-            for kind in ("mosquitto", "edgebroker"):
-                results: Dict[str, List[object]] = {}
-                for r in range(rounds):
-                    print(f"{sid} {kind} round {r + 1}", file=sys.stderr, flush=True)
-                    for key, value in fn(kind).items():
-                        results.setdefault(key, []).append(value)
-                rows.append((sid, f"{what}: {kind}", results))
-    finally:
-        for proc in STARTED:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    print("| scenario | " + " | ".join(["metric (median over rounds)"]) + " |")
-    print("|---|---|")
-    for sid, what, results in rows:
-        parts = []
-        for key, values in results.items():
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                med = statistics.median(values)  # type: ignore[type-var]
-                parts.append(f"{key} {med:,.1f}" if isinstance(med, float) else f"{key} {med:,}")
-            else:
-                parts.append(f"{key} {values}")
-        print(f"| {sid} {what} | {'; '.join(parts)} |")
-    return 0
+    """`python -m bench.bridge [--quick] [--rounds N] ...`: the main runner with --scenarios B."""
+    from .run import main as run_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_main(["--scenarios", "B", "--no-calibration"] + argv)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,30 @@ def read_io(pid: int) -> Dict[str, int]:
     return out
 
 
+def status_kib(pid: int, key: str) -> int:
+    """A VmXXX line of /proc/PID/status in KiB (0 when the process is gone: VmHWM must be read before
+    it exits)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc/PID/stat, readable until it is reaped
+    (0.0 after)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def proc_state(pid: int) -> str:
     """The state letter of /proc/PID/stat (R, S, Z, ...), "" when the process is gone."""
     try:
@@ -478,33 +502,18 @@ class Broker:
 
     # ---- measurements ------------------------------------------------------------------------
 
-    def _status(self, key: str) -> int:
-        """A VmXXX line of /proc/PID/status in KiB (0 when the process is gone)."""
-        assert self.proc is not None
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
     def rss_kib(self) -> int:
-        return self._status("VmRSS")
+        assert self.proc is not None
+        return status_kib(self.proc.pid, "VmRSS")
 
     def hwm_kib(self) -> int:
-        return self._status("VmHWM")
+        assert self.proc is not None
+        return status_kib(self.proc.pid, "VmHWM")
 
     def cpu_seconds(self) -> float:
         """utime + stime of the broker process (all its threads), from /proc/PID/stat."""
         assert self.proc is not None
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / CLK_TCK
-        except (OSError, IndexError, ValueError):
-            return 0.0
+        return cpu_seconds(self.proc.pid)
 
     def mark_cpu(self) -> None:
         self._cpu0 = self.cpu_seconds()

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     __package__ = "bench"
 
-from bench import brokers, report  # noqa: E402
+from bench import bridge, brokers, report  # noqa: E402
 from bench.scenarios import FULL, QUICK, Outcome, Scenario, Sizes, calibrate, scenarios  # noqa: E402
 
 ROOT = brokers.ROOT
@@ -155,6 +155,8 @@ def run_one(kind: str, sc: Scenario, sz: Sizes, timeout: float, rnd: int) -> Dic
     rec: Dict[str, Any] = {"round": rnd, "scenario": sc.id, "broker": kind}
     if sc.labels:
         rec["config"] = sc.labels.get(kind, "")
+    if sc.hosted:
+        return _run_hosted(rec, kind, sc, sz, timeout)
     disk = sc.disk_messages is not None
     b = brokers.Broker(kind, sc.max_queued, options=sc.options.get(kind), disk=disk, tls=sc.tls)
     o = Outcome(status="ERROR", detail="not run")
@@ -189,6 +191,24 @@ def run_one(kind: str, sc: Scenario, sz: Sizes, timeout: float, rnd: int) -> Dic
             rec["status"] = "ERROR"
             rec["detail"] = "broker log: " + " | ".join(errs)
         _disk_metrics(rec, sc.disk_messages(sz), kind)  # type: ignore[misc]
+    return rec
+
+
+def _run_hosted(rec: Dict[str, Any], kind: str, sc: Scenario, sz: Sizes, timeout: float) -> Dict[str, Any]:
+    """A scenario that starts its own processes (Scenario.hosted: bridges, serial ports)."""
+    assert sc.run is not None
+    try:
+        o = sc.run(kind, sz, timeout)
+    except Exception as exc:  # a process that cannot start, or a bug here: one ERROR row, not a crash
+        o = Outcome(status="ERROR", detail=f"{type(exc).__name__}: {exc}"[:600])
+    finally:
+        bridge.kill_started()  # what an exception left running (a serial run stops its broker itself)
+    if o.broker_cpu is not None:
+        rec["broker_cpu"] = o.broker_cpu
+    if o.hwm_kib:
+        rec["hwm_kib"] = o.hwm_kib
+    rec.update(note="", status=o.status, metrics=o.metrics, detail=o.detail, notes=o.notes, gen_cpu=o.gen_cpu,
+               wall=o.wall, raw=o.raw)
     return rec
 
 
@@ -310,7 +330,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             order = [k for k in order if k in kinds]
             say(f"round {rnd}/{rounds}: {' then '.join(order)} per scenario")
             for sc in scen:
-                if sc.run is None:
+                if sc.run is None or (sc.max_rounds and rnd > sc.max_rounds):
                     continue
                 for kind in order:
                     rec = (_shared(records, rnd, sc) if kind == "mosquitto" else None) or \
@@ -322,6 +342,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("interrupted: reporting what ran")
     finally:
         brokers.kill_all()
+        bridge.kill_started()
     elapsed = time.time() - started
     busy1, steal1 = _cpu_busy()
     other = max(0.0, (busy1 - busy0) - (_own_cpu() - own0)) / max(elapsed, 1e-9)
@@ -400,7 +421,11 @@ goes first each round. Cells are medians over the rounds. How each scenario work
   generator together).
 - FAIL means the scenario lost messages its QoS promises to deliver (or broke order), TIMEOUT that it
   did not finish within the hard timeout, ERROR that something broke (details below); such a cell has
-  no number. `(lossy)` marks a QoS 0 number where some messages were dropped (allowed at QoS 0).
+  no number. `(lossy)` marks a QoS 0 number where some messages were dropped (allowed at QoS 0), and in
+  the bridge rows (B1-B3) a gateway that dropped acknowledged QoS 1 messages by design (Mosquitto's
+  bridge queue: max_queued_messages 1000, in memory): its figures count what arrived.
+- B1-B3 and SER-\\* start their own processes: their broker columns are the gateway's (B) or the
+  receiving side's (SER: edgebroker; Mosquitto plus the pyserial+paho script that feeds it).
 
 ## Results
 

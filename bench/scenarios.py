@@ -67,12 +67,25 @@ class Sizes:
     #: before the next, so every message is a loop turn (and a commit) of its own: the SD card's case.
     s9t_count: int = 200
     s9t_rate: float = 40.0
+    #: B1: QoS 1 messages through each gateway's bridge; B2, B3: messages queued during the outage.
+    b1_count: int = 10_000
+    b2_count: int = 5_000
+    #: B*: a gateway that sent nothing for this long has lost the rest (Mosquitto's bounded queue).
+    bridge_quiet_s: float = 3.0
+    #: SER-lines: lines written at once to the pseudo-terminal; SER-latency: lines one at a time;
+    #: SER-S1: seconds of S1-shaped load while lines are written.
+    ser_lines: int = 30_000
+    ser_latency_n: int = 1_000
+    ser_load_s: float = 4.0
+    #: The B* and SER-* scenarios run at most this many rounds (each starts two brokers, or a broker
+    #: and a script: seconds apiece), so that a full run stays near 10 minutes on 2 cores.
+    bridge_rounds: int = 2
 
 
 FULL = Sizes()
 QUICK = replace(FULL, s1_per_pub=10_000, s2_count=20_000, s3_count=10_000, s4_count=2_000, s5_seconds=3.0,
                 s7f_topics=5_000, s7f_filters=200, s10_bytes=50 * 1024 * 1024, s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0,
-                s9t_count=80)
+                s9t_count=80, b1_count=5_000, b2_count=2_000, ser_lines=10_000, ser_latency_n=200, ser_load_s=3.0)
 
 
 @dataclass
@@ -84,6 +97,10 @@ class Outcome:
     gen_cpu: float = 0.0
     wall: float = 0.0
     raw: Dict[str, Any] = field(default_factory=dict)
+    #: Set by hosted scenarios (Scenario.hosted), which start their own processes: the measured broker's
+    #: CPU seconds over the scenario and peak RSS (KiB), for the table's broker columns.
+    broker_cpu: Optional[float] = None
+    hwm_kib: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,12 @@ class Scenario:
     phase: str = ""
     #: Both brokers listen with TLS (bench/brokers.py tls_files) and the generator connects over it.
     tls: bool = False
+    #: `run(kind, sizes, timeout)` starts and stops its own processes (a bridge's gateway and upstream, a
+    #: serial port's pseudo-terminal and script) instead of getting one started broker; its Outcome
+    #: carries the measured broker's CPU and peak RSS. bench/bridge.py and bench/serial.py.
+    hosted: bool = False
+    #: Run in at most this many of the rounds (0: every round).
+    max_rounds: int = 0
 
 
 class Pool:
@@ -735,7 +758,14 @@ def scenarios(sz: Sizes) -> List[Scenario]:
         Scenario("S8-paho-shared", "S8-paho with the broker and paho pinned to the same CPU",
                  (Metric("ms", "CONNECT to last message, ms", "lower", ms),), run_s8_paho_shared,
                  max_queued=sz.s8_max_queued, family="S8"),
-    ] + s9_scenarios(sz)
+    ] + s9_scenarios(sz) + _hosted_scenarios(sz)
+
+
+def _hosted_scenarios(sz: Sizes) -> List[Scenario]:
+    """Bridges (B1-B3) and serial ports (SER-*): their modules import this one, hence the late import."""
+    from . import bridge, serial
+
+    return bridge.scenarios(sz) + serial.scenarios(sz)
 
 
 # ---- calibration: the generator against a sink that does nothing ----------------------------------

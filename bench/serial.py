@@ -1,7 +1,8 @@
 """Serial ports beside Mosquitto: lines and frames decoded and published per CPU-second, with and without
 the S1 load, and the latency from the last byte on the UART to a subscriber.
 
-    .venv/bin/python -m bench.serial [--quick]
+    .venv/bin/python -m bench --scenarios SER [--quick]    # SER-lines, SER-S1, SER-latency in the main table
+    .venv/bin/python -m bench.serial [--quick]             # all three phases per receiver, frames included
 
 The UART is a pseudo-terminal (no line speed: the broker reads as fast as it can) behind a symlink, as a
 /dev/serial/by-id path. edgebroker reads it in its loop (a `[[serial]]` table). Mosquitto has no serial
@@ -19,6 +20,12 @@ it (blocking readline, paho's network thread), written here for the comparison.
 - SER-latency: one line at a time (the next once the previous arrived); from the write of its last byte
   to its arrival at the subscriber: p50, p99, max in ms.
 Every process is killed at the end; loopback only; bounded counts.
+
+In the main runner (`scenarios()` below) each of SER-lines, SER-S1 and SER-latency is a run of its own
+(a fresh broker, one phase), edgebroker reading lines beside the script + Mosquitto; its broker columns
+are the receiving side's: CPU seconds over the scenario and peak RSS of edgebroker, of Mosquitto plus
+the script for the other (the two processes a Mosquitto user runs). Frames have no Mosquitto
+equivalent: only this module's own table (`python -m bench.serial`) has them.
 """
 from __future__ import annotations
 
@@ -34,7 +41,8 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from . import wire
-from .brokers import Broker, kill_all, repo_python
+from .brokers import Broker, cpu_seconds, kill_all, repo_python, status_kib
+from .scenarios import Metric, Outcome, Scenario, Sizes
 
 LINE = b"t 21.5\n"
 UART_BYTES_PER_S = 115200 // 10  # 8N1: 10 bits per byte
@@ -144,13 +152,11 @@ def _load(port: int, role: str, seconds: float, counter) -> None:
         pass
 
 
-def _script_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_one(kind: str, fmt: str, n: int, latency_n: int, load_s: float, tmp: str) -> Dict[str, float]:
+    """One receiver (edgebroker, or the script + Mosquitto) through the phases whose size is not 0:
+    throughput (n lines at once), latency (latency_n one at a time), under load (load_s seconds).
+    Also `cpu` (the receiving side's CPU seconds from its start to the end of the phases) and `hwm_kib`
+    (its peak RSS: the broker's, plus the script's)."""
     pty = Pty(tmp)
     result: Dict[str, float] = {}
     script = None
@@ -162,6 +168,7 @@ def run_one(kind: str, fmt: str, n: int, latency_n: int, load_s: float, tmp: str
         broker = Broker("mosquitto")
     try:
         broker.start()
+        cpu_start = broker.cpu_seconds()
         if kind == "mosquitto":
             script = __import__("subprocess").Popen([repo_python(), "-c", SCRIPT, pty.link, str(broker.port), "ser/"],
                                                      stdout=__import__("subprocess").PIPE)
@@ -179,27 +186,29 @@ def run_one(kind: str, fmt: str, n: int, latency_n: int, load_s: float, tmp: str
         sub.wait_count(100 + (1 if kind == "edgebroker" else 0))
         base = sub.count
         # Throughput per CPU-second.
-        broker.mark_cpu()
-        cpu_script0 = _script_cpu(script.pid) if script else 0.0
-        t0 = time.perf_counter()
-        pty.write(unit * n)
-        sub.wait_count(base + n)
-        wall = time.perf_counter() - t0
-        cpu = broker.cpu_since_mark() + ((_script_cpu(script.pid) - cpu_script0) if script else 0.0)
-        result["per_cpu_s"] = n / cpu if cpu > 0 else float("inf")
-        result["per_wall_s"] = n / wall
-        result["uart_bytes_per_cpu_s"] = n * len(unit) / cpu if cpu > 0 else float("inf")
+        if n:
+            broker.mark_cpu()
+            cpu_script0 = cpu_seconds(script.pid) if script else 0.0
+            t0 = time.perf_counter()
+            pty.write(unit * n)
+            sub.wait_count(base + n)
+            wall = time.perf_counter() - t0
+            cpu = broker.cpu_since_mark() + ((cpu_seconds(script.pid) - cpu_script0) if script else 0.0)
+            result["per_cpu_s"] = n / cpu if cpu > 0 else float("inf")
+            result["per_wall_s"] = n / wall
+            result["uart_bytes_per_cpu_s"] = n * len(unit) / cpu if cpu > 0 else float("inf")
         # Latency, one at a time.
-        lat: List[float] = []
-        for _ in range(latency_n):
-            pty.write(unit)
-            t_written = time.perf_counter_ns()
-            t_arrived = sub.next_publish()
-            lat.append((t_arrived - t_written) / 1e6)
-        lat.sort()
-        result["lat_p50_ms"] = statistics.median(lat)
-        result["lat_p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        result["lat_max_ms"] = lat[-1]
+        if latency_n:
+            lat: List[float] = []
+            for _ in range(latency_n):
+                pty.write(unit)
+                t_written = time.perf_counter_ns()
+                t_arrived = sub.next_publish()
+                lat.append((t_arrived - t_written) / 1e6)
+            lat.sort()
+            result["lat_p50_ms"] = statistics.median(lat)
+            result["lat_p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            result["lat_max_ms"] = lat[-1]
         # Under S1-shaped load.
         if load_s > 0:
             counter = multiprocessing.Value("q", 0)
@@ -225,6 +234,8 @@ def run_one(kind: str, fmt: str, n: int, latency_n: int, load_s: float, tmp: str
                 if p.is_alive():
                     p.kill()
         sub.close()
+        result["cpu"] = broker.cpu_seconds() - cpu_start + (cpu_seconds(script.pid) if script else 0.0)
+        result["hwm_kib"] = broker.hwm_kib() + (status_kib(script.pid, "VmHWM") if script else 0)
     finally:
         if script is not None:
             script.kill()
@@ -232,6 +243,58 @@ def run_one(kind: str, fmt: str, n: int, latency_n: int, load_s: float, tmp: str
         broker.stop()
         pty.close()
     return result
+
+
+# ---- as scenarios of the main runner (bench/run.py) -----------------------------------------------
+
+def _run_phase(kind: str, sz: Sizes, n: int, latency_n: int, load_s: float) -> Outcome:
+    t0, cpu0 = time.monotonic(), time.process_time()
+    tmp = tempfile.mkdtemp(prefix="bench-serial-")
+    try:
+        r = run_one(kind, "line", n, latency_n, load_s, tmp)
+    finally:
+        os.rmdir(tmp)
+    o = Outcome(metrics={k: v for k, v in r.items() if k not in ("cpu", "hwm_kib", "uart_bytes_per_cpu_s")},
+                wall=time.monotonic() - t0, broker_cpu=r["cpu"], hwm_kib=int(r["hwm_kib"]))
+    # The generator here: this process (pseudo-terminal writer, subscriber); the load's processes are
+    # not counted (they are the load, not the measuring side).
+    o.gen_cpu = time.process_time() - cpu0
+    if "per_cpu_s" in r:
+        o.notes.append(f"{r['per_cpu_s'] / (UART_BYTES_PER_S / len(LINE)):,.0f}x the lines a 115200-baud UART "
+                       f"carries, per CPU-second; {r['uart_bytes_per_cpu_s']:,.0f} UART bytes per CPU-second")
+    return o
+
+
+def run_lines(kind: str, sz: Sizes, timeout: float) -> Outcome:
+    return _run_phase(kind, sz, sz.ser_lines, 0, 0.0)
+
+
+def run_under_s1(kind: str, sz: Sizes, timeout: float) -> Outcome:
+    return _run_phase(kind, sz, 0, 0, sz.ser_load_s)
+
+
+def run_latency(kind: str, sz: Sizes, timeout: float) -> Outcome:
+    return _run_phase(kind, sz, 0, sz.ser_latency_n, 0.0)
+
+
+def scenarios(sz: Sizes) -> List[Scenario]:
+    who = "edgebroker reading a pseudo-terminal in its loop ([[serial]]) vs a pyserial+paho script publishing to Mosquitto"
+    return [
+        Scenario("SER-lines", f"{sz.ser_lines:,} lines `t 21.5` written at once to a serial port: {who}",
+                 (Metric("per_cpu_s", "lines per CPU-second of the receiving side", "higher"),
+                  Metric("per_wall_s", "lines/s", "higher")), run_lines, family="SER", hosted=True,
+                 max_rounds=sz.bridge_rounds),
+        Scenario("SER-S1", f"serial lines while 4 processes flood QoS 0 messages to a subscriber for "
+                           f"{sz.ser_load_s:g} s (S1's shape): {who}",
+                 (Metric("S1_serial_per_s", "serial lines/s under load", "higher"),
+                  Metric("S1_load_msg_per_s", "load msgs/s meanwhile", "higher")), run_under_s1, family="SER",
+                 hosted=True, max_rounds=sz.bridge_rounds),
+        Scenario("SER-latency", f"{sz.ser_latency_n:,} lines one at a time, from the write of the last byte "
+                                f"to the subscriber: {who}",
+                 (Metric("lat_p50_ms", "p50 ms", "lower", "{:,.3f}"), Metric("lat_p99_ms", "p99 ms", "lower", "{:,.3f}"),
+                  Metric("lat_max_ms", "max ms", "lower", "{:,.2f}")), run_latency, family="SER", hosted=True,
+                 max_rounds=sz.bridge_rounds),
+    ]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
