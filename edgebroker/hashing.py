@@ -13,10 +13,12 @@ hashlib releases the GIL while it hashes, so the loop keeps serving meanwhile.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from collections import OrderedDict, deque
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    import queue
+    import threading
 
 __all__ = ["Verifier"]
 
@@ -25,10 +27,12 @@ class Verifier:
     """A service of the server (start/stop): the thread starts with the first job."""
 
     def __init__(self) -> None:
-        self._lock = threading.Condition()
+        # The lock and the answers' queue come with the first job: a broker without a password file
+        # never imports threading and queue (0.3 MiB of resident memory, bench/README.md "Issue 19").
+        self._lock: Optional[threading.Condition] = None
         #: address -> jobs, in the order addresses first had one waiting (round robin)
         self._waiting: "OrderedDict[str, Deque[Tuple[Callable[[], bool], object]]]" = OrderedDict()
-        self._done: "queue.SimpleQueue[Tuple[object, bool]]" = queue.SimpleQueue()
+        self._done: "Optional[queue.SimpleQueue[Tuple[object, bool]]]" = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self._server: Any = None
@@ -39,6 +43,9 @@ class Verifier:
         server.broker.verify_async = self.submit
 
     def stop(self) -> None:
+        if self._lock is None:  # never had a job
+            self._stopping = True
+            return
         with self._lock:
             self._stopping = True
             self._waiting.clear()
@@ -49,20 +56,31 @@ class Verifier:
 
     def submit(self, key: str, job: Callable[[], bool], token: object) -> None:
         """Called on the loop's thread."""
+        if self._lock is None:
+            import queue
+            import threading
+
+            self._lock = threading.Condition()
+            self._done = queue.SimpleQueue()
         with self._lock:
             if self._stopping:
                 return
             self._waiting.setdefault(key, deque()).append((job, token))
             self._lock.notify()
         if self._thread is None:
+            import threading
+
             self._thread = threading.Thread(target=self._run, name="edgebroker-hashing", daemon=True)
             self._thread.start()
 
     def pending(self) -> int:
+        if self._lock is None:
+            return 0
         with self._lock:
             return sum(len(jobs) for jobs in self._waiting.values())
 
     def _next(self) -> Optional[Tuple[Callable[[], bool], object]]:
+        assert self._lock is not None  # the thread starts after the first job made it
         with self._lock:
             while not self._waiting and not self._stopping:
                 self._lock.wait()
@@ -85,17 +103,16 @@ class Verifier:
                 ok = bool(job())
             except Exception:  # a hash that cannot be computed refuses the client, it does not crash
                 ok = False
-            self._done.put((token, ok))
+            self._done.put((token, ok))  # type: ignore[union-attr]
             self._server.wake()
 
     def _deliver(self, now: float) -> None:
         """Wake handler, on the loop's thread: hand every answer to the core."""
+        if self._done is None:  # no job yet: another handler's wake
+            return
         broker = self._server.broker
         answers: List[Tuple[object, bool]] = []
-        while True:
-            try:
-                answers.append(self._done.get_nowait())
-            except queue.Empty:
-                break
+        while not self._done.empty():  # only this thread takes from it
+            answers.append(self._done.get_nowait())
         for token, ok in answers:
             broker.password_checked(token, ok, now)

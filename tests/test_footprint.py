@@ -21,7 +21,9 @@ OPTIONAL = ["hashlib", "_hashlib", "base64", "ssl", "sqlite_utils", "firmware_br
             # Never needed by a running broker (bench/README.md, "Issue 19"): dataclasses imports inspect
             # (ast, dis, tokenize: 1.2 MiB), argparse's help formatter shutil (zlib, bz2, lzma) and
             # gettext's locale, subprocess (for the schema migration's child) shutil too.
-            "dataclasses", "inspect", "argparse", "gettext", "locale", "shutil", "subprocess", "bz2", "lzma"]
+            "dataclasses", "inspect", "argparse", "gettext", "locale", "shutil", "subprocess", "bz2", "lzma",
+            # the password hashes' worker thread, only with a password file (hashing.Verifier)
+            "threading", "queue"]
 
 PROBE = """
 import json, sys
