@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional
 import pytest
 
 from test_bridge import (TIMEOUT, Gateway, Upstream, bridge_block, bridge_up, collect, procs,  # noqa: F401
-                         publish_all, subscribe)
+                         publish_all, subscribe, sys_snapshot)
 from util import wait_for
 
 
@@ -326,13 +326,19 @@ def test_round_robin_takes_the_next_address_even_when_the_first_is_up(tmp_path, 
     procs.append(gw)
     wait_for(lambda: f"connected to 127.0.0.1:{pa.port}" in gw.log(), TIMEOUT, what="the first address")
     sensor = gw.client("sensor")
+    # Each cut waits until the gateway has the remote's PUBACK (its messages/sent counts it): cut before
+    # that, the bridge rightly sends the message again, to the next address (at least once).
+    sent = gw.client("sys")
+    subscribe(sent, ("$SYS/broker/connection/gw1.cloud/messages/sent", 0))
     publish_all(sensor, [("r/1", b"to-a", 1, False)])
     assert [m.payload for m in collect(on_a, 1)] == [b"to-a"]
+    sys_snapshot(sent, {"messages/sent": b"1"})
     pa.reset()
     wait_for(lambda: f"connected to 127.0.0.1:{pb.port}" in gw.log(), TIMEOUT, what="the second address")
     assert pa.accepted == 1 and pb.accepted == 1
     publish_all(sensor, [("r/2", b"to-b", 1, False)])
     assert [m.payload for m in collect(on_b, 1)] == [b"to-b"]
+    sys_snapshot(sent, {"messages/sent": b"2"})
     pb.reset()
     wait_for(lambda: gw.log().count(f"connected to 127.0.0.1:{pa.port}") == 2, TIMEOUT, what="the first again")
     assert pa.accepted == 2 and pb.accepted == 1
