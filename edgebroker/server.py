@@ -41,6 +41,7 @@ from .errors import ConfigError, ListenError
 from .fdreserve import OUT_OF_DESCRIPTORS, RETRY, DescriptorReserve, descriptor_limit
 from .hashing import Verifier
 from .notify import Notifier
+from .poller import Poller
 from .store import NullStore, SqliteStore
 
 __all__ = ["Server"]
@@ -132,7 +133,7 @@ class Server:
         self._closed = False
         self.store: NullStore = NullStore()
         self._db_lock: Optional[DatabaseLock] = None
-        self._sel = selectors.DefaultSelector()
+        self._sel = Poller()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -267,9 +268,15 @@ class Server:
     # ---- the loop ---------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        sel = self._sel
+        poll = self._sel.poll
         broker = self.broker
         store = self.store
+        # The store's uncommitted changes (a list it never replaces): while it is empty, and nothing
+        # else waits for the end of the turn (held acknowledgements, refills, flushers), the store's
+        # per-turn calls have nothing to do and the turn goes straight to the flush. At a low rate
+        # every message is a turn of its own, so this is per-message work.
+        buffered = store.buffered
+        flushers = self._flushers
         # log_dest topic: the logger's list is cleared in place, never replaced, so look it up once.
         log_lines = self.log.topic_lines if isinstance(self.log, L.Logger) else None
         monotonic = time.monotonic
@@ -286,10 +293,9 @@ class Server:
                 notifier.ready(monotonic(), broker.stats.clients_connected)
             while not self._stop:
                 timeout = next_timer - monotonic()
-                events = sel.select(timeout if timeout > 0 else 0)
+                events = poll(timeout if timeout > 0 else 0)
                 now = monotonic()
-                for key, mask in events:
-                    data = key.data
+                for data, mask in events:
                     if data.__class__ is conn_class:
                         if data.closed:
                             continue
@@ -329,20 +335,21 @@ class Server:
                     next_timer = self._run_timers(now, next_timer)
                 if broker.flow_changed:
                     self._apply_flow(now)
-                if events and store.hold_until(now) > now:
-                    # Group commit: this turn's output waits on changes not yet committed, and more
-                    # input may already be waiting. Look again without blocking: if there is more,
-                    # handle it in the same commit (up to the window); if not, commit and flush now,
-                    # so a client waiting for our answer never waits on the window.
-                    next_timer = now
-                    continue
-                broker.end_turn(now)
-                if self._flushers and store.settled():  # what they send may acknowledge what the
-                    for flusher in self._flushers:      # commit window still holds (a serial ACK)
-                        self._call(flusher, now)
-                wake = store.wake_at(now)  # deferred changes: commit them at the latest when due
-                if wake < next_timer:
-                    next_timer = wake
+                if buffered or broker.held or broker.drained or flushers:
+                    if events and store.hold_until(now) > now:
+                        # Group commit: this turn's output waits on changes not yet committed, and
+                        # more input may already be waiting. Look again without blocking: if there is
+                        # more, handle it in the same commit (up to the window); if not, commit and
+                        # flush now, so a client waiting for our answer never waits on the window.
+                        next_timer = now
+                        continue
+                    broker.end_turn(now)
+                    if flushers and store.settled():  # what they send may acknowledge what the
+                        for flusher in flushers:      # commit window still holds (a serial ACK)
+                            self._call(flusher, now)
+                    wake = store.wake_at(now)  # deferred changes: commit them at the latest when due
+                    if wake < next_timer:
+                        next_timer = wake
                 if broker.dirty:
                     self._flush_dirty(now)
                     if broker.drained:

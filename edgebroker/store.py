@@ -54,7 +54,7 @@ import os
 import sqlite3
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import log as L
 from .errors import StoreError
@@ -268,6 +268,9 @@ class NullStore:
     #: commit window in seconds (0: none) and the changes it holds (see the module's docstring)
     window = 0.0
     waiting = 0
+    #: the changes not yet committed (never replaced, cleared in place): while it is empty the loop
+    #: skips the per-turn calls below (hold_until, commit, wake_at), which would have nothing to do
+    buffered: Sequence = ()
 
     def load(self) -> Loaded:
         return Loaded([], [], [], [], [], {})
@@ -375,6 +378,7 @@ class SqliteStore(NullStore):
         self.autosave_interval = autosave_interval
         self.autosave_on_changes = autosave_on_changes
         self._ops: List[Optional[Tuple[str, tuple]]] = []
+        self.buffered = self._ops
         #: something waits on the buffered changes (an acknowledgement of ours); False when all of them
         #: can be deferred; since when deferred changes wait (None: none do)
         self._urgent = False
@@ -840,6 +844,8 @@ class SqliteStore(NullStore):
             self._bridge_inserts.clear()
             self.waiting = 0
             self._waiting_since = None
+            self._urgent = False
+            self._deferred_since = None
 
     def close(self) -> None:
         if self._conn is None:

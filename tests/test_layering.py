@@ -42,6 +42,8 @@ LAYERS: Dict[str, int] = {
     "notify": 1,
     # accept() out of file descriptors: a spare descriptor and the errno values; nothing of ours.
     "fdreserve": 1,
+    # The loop's selector (epoll, or the standard library's where there is none): nothing of ours.
+    "poller": 1,
     # TLS as bytes in, bytes out (MemoryBIO + SSLObject): sans-IO like the codec; the loop and the
     # clients (tools, bridges) drive it.
     "tls": 1,

@@ -1,0 +1,101 @@
+"""The loop's selector (edgebroker/poller.py): the parts of `selectors`' interface the loop uses, and what
+`poll` reports, checked on real socket pairs (and on the standard library's selector behind the same
+face, where a platform has no epoll)."""
+from __future__ import annotations
+
+import selectors
+import socket
+from typing import Iterator, Tuple
+
+import pytest
+
+from edgebroker.poller import EVENT_READ, EVENT_WRITE, Poller
+
+
+@pytest.fixture(params=["epoll", "fallback"])
+def poller(request: pytest.FixtureRequest) -> Iterator[Poller]:
+    p = Poller()
+    if request.param == "fallback":
+        if p._epoll is not None:
+            p._epoll.close()
+        p._epoll = None
+        p._fallback = selectors.DefaultSelector()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_nothing_ready_returns_nothing_at_timeout_zero(poller: Poller, pair) -> None:
+    a, _ = pair
+    poller.register(a, EVENT_READ, "a")
+    assert poller.poll(0) == []
+
+
+def test_readable_socket_is_reported_with_its_data(poller: Poller, pair) -> None:
+    a, b = pair
+    poller.register(a, EVENT_READ, "a")
+    b.send(b"x")
+    assert poller.poll(1.0) == [("a", EVENT_READ)]
+
+
+def test_modify_changes_events_and_data(poller: Poller, pair) -> None:
+    a, b = pair
+    poller.register(a, EVENT_READ, "old")
+    poller.modify(a, EVENT_READ | EVENT_WRITE, "new")
+    assert poller.get_key(a).events == EVENT_READ | EVENT_WRITE
+    assert poller.poll(1.0) == [("new", EVENT_WRITE)]  # an empty send buffer: writable, nothing to read
+    poller.modify(a, EVENT_READ, "same events, new data")
+    b.send(b"x")
+    assert poller.poll(1.0) == [("same events, new data", EVENT_READ)]
+
+
+def test_registering_twice_is_an_error(poller: Poller, pair) -> None:
+    a, _ = pair
+    poller.register(a, EVENT_READ)
+    with pytest.raises(KeyError):
+        poller.register(a, EVENT_WRITE)
+
+
+def test_unregistered_socket_is_no_longer_reported(poller: Poller, pair) -> None:
+    a, b = pair
+    poller.register(a, EVENT_READ, "a")
+    poller.unregister(a)
+    b.send(b"x")
+    assert poller.poll(0) == []
+    with pytest.raises(KeyError):
+        poller.get_key(a)
+
+
+def test_a_socket_closed_while_registered_can_still_be_unregistered(poller: Poller, pair) -> None:
+    a, _ = pair
+    fd = a.fileno()
+    poller.register(a, EVENT_READ, "a")
+    a.close()  # fileno() is -1 now: found by identity, as selectors does
+    assert poller.unregister(a).fd == fd
+    with pytest.raises(KeyError):
+        poller.get_key(fd)
+
+
+def test_peer_hang_up_wakes_a_reader_only_with_the_events_it_asked_for(poller: Poller, pair) -> None:
+    a, b = pair
+    poller.register(a, EVENT_READ, "a")
+    b.close()
+    assert poller.poll(1.0) == [("a", EVENT_READ)]  # the read then sees end of file
+    assert a.recv(10) == b""
+
+
+def test_file_descriptor_numbers_work_like_objects(poller: Poller, pair) -> None:
+    a, b = pair
+    poller.register(a.fileno(), EVENT_READ, "by number")
+    b.send(b"x")
+    assert poller.poll(1.0) == [("by number", EVENT_READ)]
+    assert poller.get_key(a).data == "by number"
