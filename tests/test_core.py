@@ -1111,6 +1111,26 @@ def test_topic_tree_count_and_pruning():
     assert tree._root.children == {}, "empty branches are pruned"
 
 
+def test_topic_tree_literal_filters_match_only_their_own_topic_and_are_dropped_when_empty():
+    """Filters without a wildcard are kept by the topic name they match (not in the trie): with or
+    without wildcard filters beside them, each matches its own topic only, with the highest QoS."""
+    tree = TopicTree()
+    for k in range(3):
+        tree.subscribe(f"dev/{k}/cmd", f"s{k}", k)
+    assert tree.match("dev/1/cmd") == {"s1": 1}
+    assert tree.match("dev/1") == {} and tree.match("dev/1/cmd/x") == {}
+    tree.subscribe("dev/+/cmd", "s1", 2)
+    tree.subscribe("dev/#", "log", 0)
+    assert tree.match("dev/1/cmd") == {"s1": 2, "log": 0}
+    assert tree.match("dev/2/cmd") == {"s1": 2, "s2": 2, "log": 0}
+    assert tree.unsubscribe("dev/+/cmd", "s1") and tree.unsubscribe("dev/#", "log")
+    assert tree.match("dev/1/cmd") == {"s1": 1}
+    assert not tree.unsubscribe("dev/1/cmd", "s2")
+    for k in range(3):
+        assert tree.unsubscribe(f"dev/{k}/cmd", f"s{k}")
+    assert tree.count == 0 and tree._literal == {} and tree._root.children == {}
+
+
 LEVELS_T = ["a", "b", "$s", ""]
 LEVELS_F = LEVELS_T + ["+"]
 
