@@ -165,22 +165,32 @@ class Proxy:
                     if not data:
                         self._drop(s)
                         continue
-                    dst = self._peer[s]
-                    if key.data == "down":
-                        if self.holding:
-                            self.held.append((dst, data))  # type: ignore[arg-type]
-                        else:
-                            dst.sendall(data)
-                        continue
-                    if self._cut_at is not None and self.up_bytes + len(data) >= self._cut_at:
-                        part = data[:self._cut_at - self.up_bytes]  # up to the cut, mid-packet
-                        dst.sendall(part)
-                        self.up_bytes += len(part)
-                        self.cuts += 1
-                        self._reset_all()
-                        continue
-                    dst.sendall(data)
-                    self.up_bytes += len(data)
+                    try:
+                        self._relay(s, key.data, data)
+                    except OSError:
+                        # The other side went away while we relayed to it (a gateway that stopped
+                        # with the remote's answers unread resets its socket): drop the pair, as the
+                        # network would, rather than end the proxy's thread.
+                        if s in self._peer:
+                            self._drop(s)
+
+    def _relay(self, s: socket.socket, direction: str, data: bytes) -> None:
+        dst = self._peer[s]
+        if direction == "down":
+            if self.holding:
+                self.held.append((dst, data))  # type: ignore[arg-type]
+            else:
+                dst.sendall(data)
+            return
+        if self._cut_at is not None and self.up_bytes + len(data) >= self._cut_at:
+            part = data[:self._cut_at - self.up_bytes]  # up to the cut, mid-packet
+            dst.sendall(part)
+            self.up_bytes += len(part)
+            self.cuts += 1
+            self._reset_all()
+            return
+        dst.sendall(data)
+        self.up_bytes += len(data)
 
 
 @pytest.fixture
