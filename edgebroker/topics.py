@@ -25,6 +25,12 @@ MATCH_CACHE_SIZE = 10_000
 _LEAF: Dict[str, "_Node"] = {}
 
 
+#: The match of every topic no filter matches: one shared empty dict, never written to (callers do not
+#: modify what match returns), so each such topic in the cache costs its entry only, not a dict of 64 bytes
+#: (a gateway's sensors publish on many topics that only a few filters match; bench S7: 10,000 retained).
+_NO_MATCH: Dict[Hashable, int] = {}
+
+
 class _Node:
     __slots__ = ("children", "subscribers")
 
@@ -108,8 +114,9 @@ class TopicTree:
                 result = self._walk(topic.split("/"), topic.startswith("$"))
                 if exact:
                     _merge(result, exact)
+                result = result or _NO_MATCH
             else:
-                result = dict(exact) if exact else {}  # a copy: the cached dict never changes
+                result = dict(exact) if exact else _NO_MATCH  # a copy: the cached dict never changes
             if len(self._cache) >= MATCH_CACHE_SIZE:
                 self._cache.clear()
             self._cache[topic] = result

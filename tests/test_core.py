@@ -1099,6 +1099,18 @@ def test_topic_tree_match_cache_invalidated_on_subscribe_and_unsubscribe():
     assert tree.count == 0
 
 
+def test_topic_tree_caches_every_unmatched_topic_as_one_shared_empty_result():
+    # Memory (issue 19): thousands of topics nobody subscribes to (retained sensor readings) cost their
+    # cache entry only, not an empty dict each; a subscription that matches them still shows.
+    tree = TopicTree()
+    tree.subscribe("a/+", "s1", 1)
+    misses = [tree.match(f"b/{k}") for k in range(50)]
+    assert all(m == {} for m in misses) and len({id(m) for m in misses}) == 1
+    assert tree.match("a/x") == {"s1": 1} and tree.match("a/x") is not misses[0]
+    tree.subscribe("b/#", "s2", 0)
+    assert tree.match("b/7") == {"s2": 0} and misses[0] == {}
+
+
 def test_topic_tree_count_and_pruning():
     tree = TopicTree()
     assert tree.subscribe("a/b/c", "s", 0)
