@@ -7,8 +7,8 @@ error names the option, and the file reader adds the file and line.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
+import socket
 from typing import List, Optional, Tuple
 
 from .bridgeconfig import BridgeConfig
@@ -17,7 +17,7 @@ from .errors import ConfigError
 from .record import field, record
 
 __all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS", "LOG_TYPES",
-           "DEFAULT_LOG_TYPES", "LISTENER_SECURITY", "MAX_PACKET_SIZE_LIMIT", "MAX_PAYLOAD", "default_data_dir",
+           "DEFAULT_LOG_TYPES", "LISTENER_SECURITY", "literal_family", "MAX_PACKET_SIZE_LIMIT", "MAX_PAYLOAD", "default_data_dir",
            "listener_clash"]
 
 DEFAULT_PORT = 1883
@@ -42,6 +42,18 @@ MAX_PAYLOAD = 268435455
 LISTENER_SECURITY = ("allow_anonymous", "password_file", "acl_file", "auto_id_prefix", "allow_zero_length_clientid")
 #: Bytes of the UUID the broker appends to auto_id_prefix; a client id is at most 65535 bytes of UTF-8.
 _ASSIGNED_ID_SUFFIX = 36
+
+
+def literal_family(address: str) -> int:
+    """AF_INET or AF_INET6 for an IPv4 or IPv6 literal, 0 for anything else (a host name). Not
+    `ipaddress`: 0.3 MiB of resident memory for the broker's whole life (bench/README.md, "Issue 19")."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, address)
+        except (OSError, ValueError):
+            continue
+        return family
+    return 0
 
 
 def _nonempty(value: Optional[str], option: str) -> None:
@@ -154,9 +166,10 @@ class Listener:
             return ("unix", self.unix_socket)
         address = self.address
         if address is not None:
-            try:
-                address = str(ipaddress.ip_address(address.strip("[]")))
-            except ValueError:
+            family = literal_family(address.strip("[]"))
+            if family:  # one spelling of each address (::1 and 0:0::1 are one)
+                address = socket.inet_ntop(family, socket.inet_pton(family, address.strip("[]")))
+            else:
                 address = address.lower()  # a host name
         return ("tcp", self.port, address)
 

@@ -23,7 +23,6 @@ goes on: one hosted device must not stop the broker.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import selectors
 import socket
@@ -35,7 +34,7 @@ from . import log as L
 from . import record
 from .auth import Security, load_security, security_lines
 from .broker import Broker, Connection
-from .config import DEFAULT_PORT, LISTENER_SECURITY, Config, Listener
+from .config import DEFAULT_PORT, LISTENER_SECURITY, Config, Listener, literal_family
 from .dblock import DatabaseLock, check_directory
 from .errors import ConfigError, ListenError
 from .fdreserve import OUT_OF_DESCRIPTORS, RETRY, DescriptorReserve, descriptor_limit
@@ -935,13 +934,9 @@ def _addresses(address: Optional[str], port: int) -> List[Tuple[int, Tuple]]:
         if socket.has_ipv6:
             pairs.append((socket.AF_INET6, ("::", port, 0, 0)))
         return pairs
-    try:
-        literal = ipaddress.ip_address(address)  # a literal address needs no resolver
-    except ValueError:
-        pass
-    else:
-        if literal.version == 4:
-            return [(socket.AF_INET, (address, port))]
+    if literal_family(address) == socket.AF_INET:  # a literal address needs no resolver
+        return [(socket.AF_INET, (address, port))]
+    if literal_family(address) == socket.AF_INET6:
         return [(socket.AF_INET6, (address, port, 0, 0))]
     infos = socket.getaddrinfo(address, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     seen = []

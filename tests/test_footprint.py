@@ -50,6 +50,18 @@ def test_a_plain_broker_loads_no_optional_module(tmp_path):
     assert _loaded({"persistence_location": str(tmp_path)}) == []
 
 
+def test_without_site_hooks_a_plain_broker_loads_no_ipaddress(tmp_path):
+    # An installed broker has no editable-install finder, whose imports (pathlib, urllib.parse and with
+    # it ipaddress) would hide the broker's own here: -S keeps `site` out of the probe. Listener
+    # addresses are told apart with socket.inet_pton (config.literal_family) instead.
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-S", "-c", PROBE, json.dumps({"persistence_location": str(tmp_path)}),
+                          json.dumps(OPTIONAL + ["ipaddress", "urllib", "pathlib"])],
+                         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
 def test_a_password_file_loads_its_decoder(tmp_path):
     # The probe sees what a configuration that needs them loads (reading a password file decodes its
     # base64 salts; hashlib comes with the first password checked): the check above is not vacuous.
