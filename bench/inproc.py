@@ -15,6 +15,10 @@ would), and counts only the broker's calls:
 - FAN: S4's shape, one publisher, 100 QoS 0 subscribers on the topic; cost per delivery.
 - Q1P: Q1 through a persistent session into a real SQLite file (durability crash, no commit window):
   the store's share is Q1P minus Q1.
+- DRAIN: S8's drain, a persistent session (no persistence) reconnecting to N queued QoS 1 messages and
+  acknowledging each turn's in one read (window 20, as S8); DRAINU the same with max_inflight_messages 0
+  (S8-nolimit); DRAIN1 one PUBACK per turn (paho's way). With `--callgrind` these count the queueing
+  too: DRAINQ is the queueing alone, to subtract.
 
 `--callgrind` runs each case under `valgrind --tool=callgrind` twice, with N and 2N messages, and
 divides the difference of the instruction counts by N: start-up, imports and set-up cancel out, and
@@ -166,9 +170,48 @@ def case_fan(n: int) -> float:
     return spent / done
 
 
-CASES: Dict[str, Callable[[int], float]] = {"Q0": case_q0, "Q1": case_q1, "FAN": case_fan, "Q1P": case_q1p}
+def _drain(n: int, window: int = 20, one: bool = False, drain: bool = True) -> float:
+    from edgebroker.broker import Broker
+    from edgebroker.config import Config
+    _qos1_packets()
+    broker = Broker(Config(persistence=False, max_queued_messages=n + 1000, max_inflight_messages=window), 0.0)
+    sub = _client(broker, "sub", wire.subscribe(1, [("bench/#", 1)]), clean=False)
+    broker.connection_lost(sub, 0.0)
+    pub = _client(broker, "pub")
+    for i in range(0, n, WINDOW):
+        broker.data_received(pub, b"".join(_PUBLISHES[1 + i % 65000:1 + i % 65000 + min(WINDOW, n - i)]), 0.5)
+        broker.end_turn(0.5)
+        _taken(pub)
+    if not drain:
+        return 0.0
+    clock = time.process_time
+    t0 = clock()
+    conn = broker.connection_made("127.0.0.1:2", 1883, 1.0)
+    broker.data_received(conn, wire.connect("sub", False), 1.0)
+    broker.end_turn(1.0)
+    spent = clock() - t0
+    inflight = conn.session.inflight
+    while True:
+        _taken(conn)
+        if conn.refill_held:
+            broker.output_drained(conn)
+        if not inflight and not conn.session.queue:
+            break
+        acks = _PUBACKS[next(iter(inflight))] if one else b"".join([_PUBACKS[i] for i in inflight])
+        t0 = clock()
+        broker.data_received(conn, acks, 1.0)
+        broker.end_turn(1.0)
+        spent += clock() - t0
+    return spent / n
+
+
+CASES: Dict[str, Callable[[int], float]] = {
+    "Q0": case_q0, "Q1": case_q1, "FAN": case_fan, "Q1P": case_q1p,
+    "DRAIN": _drain, "DRAINU": lambda n: _drain(n, 0), "DRAIN1": lambda n: _drain(n, one=True),
+    "DRAINQ": lambda n: _drain(n, drain=False)}
 #: messages (deliveries for FAN) per timed run; callgrind runs are a tenth of these
-SIZES = {"Q0": 200_000, "Q1": 50_000, "FAN": 500_000, "Q1P": 20_000}
+SIZES = {"Q0": 200_000, "Q1": 50_000, "FAN": 500_000, "Q1P": 20_000, "DRAIN": 20_000, "DRAINU": 20_000,
+         "DRAIN1": 10_000, "DRAINQ": 20_000}
 
 
 def _instructions(case: str, n: int, tree: str) -> int:
@@ -184,7 +227,7 @@ def _instructions(case: str, n: int, tree: str) -> int:
 
 def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    p.add_argument("--cases", default="Q0,Q1,FAN,Q1P", help="comma-separated: " + ", ".join(CASES))
     p.add_argument("--callgrind", action="store_true", help="instructions per message, under valgrind")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
     p.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

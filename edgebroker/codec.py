@@ -349,6 +349,11 @@ class Parser:
         packet is buffered; else None, and nothing changes: the caller then uses feed. The stream stays
         in sync either way. It spares the per-packet objects of the commonest read a broker gets."""
         n = len(data)
+        if n == 4:  # one acknowledgement: a client that answers each message by itself (paho)
+            if data[0] != first or data[1] != 2 or self._buf or self.max_packet_size < 4:
+                return None
+            pid = (data[2] << 8) | data[3]
+            return (pid,) if pid else None
         if not n or n & 3 or self._buf or self.max_packet_size < 4:
             return None
         words = struct.unpack(">%dH" % (n >> 1), data)

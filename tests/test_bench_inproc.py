@@ -37,3 +37,7 @@ def test_the_cases_deliver_what_they_count(monkeypatch):
     delivered.clear()
     inproc.case_q1(640)
     assert sum(delivered) >= 640
+    for case in ("DRAIN", "DRAINU", "DRAIN1"):
+        delivered.clear()
+        inproc.CASES[case](300)
+        assert sum(delivered) >= 300, case

@@ -618,6 +618,7 @@ def test_ack_run_returns_the_packet_ids_in_order():
     data = w.puback(1) + w.puback(65535) + w.puback(1) + w.puback(258)
     assert Parser().ack_run(data, 0x40) == (1, 65535, 1, 258)
     assert Parser().ack_run(w.pubcomp(7) + w.pubcomp(8), 0x70) == (7, 8)
+    assert Parser().ack_run(w.puback(258), 0x40) == (258,)  # one by itself, as paho answers each message
 
 
 @pytest.mark.parametrize("data", [
@@ -625,10 +626,11 @@ def test_ack_run_returns_the_packet_ids_in_order():
     w.puback(1) + w.pubrec(2),                  # another packet type in the run
     w.puback(1) + w.puback(2)[:3],              # a trailing partial packet
     w.puback(1) + b"\x40\x02\x00\x00",          # packet id 0 [MQTT-2.3.1-1]
+    b"\x40\x02\x00\x00",                        # one acknowledgement, packet id 0
     b"\x40\x03\x00\x01",                        # wrong remaining length
     b"\x41\x02\x00\x01",                        # reserved flags set [MQTT-2.2.2-2]
     w.pingreq() + w.pingreq(),                  # four bytes, not acknowledgements
-], ids=["empty", "mixed", "partial", "id-0", "length", "flags", "pingreqs"])
+], ids=["empty", "mixed", "partial", "id-0", "one-id-0", "length", "flags", "pingreqs"])
 def test_ack_run_declines_anything_else_and_feed_then_decides(data):
     parser = Parser()
     assert parser.ack_run(data, 0x40) is None

@@ -630,6 +630,42 @@ def test_queue_qos0_messages(queue_qos0):
     assert core.broker.stats.publish_dropped == 0
 
 
+def test_a_drain_of_mixed_qos_keeps_the_queue_order_and_its_counts():
+    """The refill sends QoS 1/2 messages that got their packet id when queued in a loop of its own; a
+    QoS 0 message among them (queue_qos0_messages) is handed to the general one, which goes on with the
+    rest: the client gets the queue in its order, each QoS 1/2 message with a packet id of its own, and
+    the queue's byte count and the sent counters come out right."""
+    core = Core(queue_qos0_messages=True, max_inflight_messages=4)
+    _offline_subscriber(core, qos=2)
+    pub = core.connect("pub")
+    sent = [(b"a", 1), (b"b", 2), (b"c", 0), (b"d", 1), (b"e", 1), (b"f", 0), (b"g", 2)]
+    for i, (payload, qos) in enumerate(sent):
+        if qos == 0:
+            pub.send(w.publish("off/t", payload))
+        elif qos == 1:
+            publish_qos1(pub, "off/t", payload, packet_id=i + 1)
+        else:
+            publish_qos2(pub, "off/t", payload, packet_id=i + 1)
+    stats = core.broker.stats
+    before = stats.publish_sent
+    sub = core.connect("away", clean=False, present=True)
+    got = sub.publishes()
+    # the window of 4 holds the QoS 1/2 messages; the QoS 0 one between them goes with them
+    assert [(x.payload, x.qos) for x in got] == [(b"a", 1), (b"b", 2), (b"c", 0), (b"d", 1), (b"e", 1)]
+    assert len({x.packet_id for x in got if x.qos}) == 4
+    session = core.broker.sessions["away"]
+    assert session.queued_bytes == 2 and len(session.queue) == 2
+    for x in got:
+        if x.qos == 1:
+            sub.send(w.puback(x.packet_id))
+        elif x.qos == 2:
+            sub.send(w.pubrec(x.packet_id))
+    rest = [x for x in sub.take() if isinstance(x, Publish)]
+    assert [(x.payload, x.qos) for x in rest] == [(b"f", 0), (b"g", 2)]
+    assert session.queued_bytes == 0 and not session.queue
+    assert stats.publish_sent - before == 7
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Routing
 # ---------------------------------------------------------------------------------------------------------
