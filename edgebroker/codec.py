@@ -180,6 +180,34 @@ def _decode_connack(flags: int, body: bytes) -> Connack:
     return Connack(bool(body[0] & 1), body[1])
 
 
+#: Topic names seen lately, by their bytes: decoded and checked once, and one string shared by every
+#: message on that topic (a queued message does not carry a copy of its own). Bounded: emptied when it
+#: holds TOPIC_CACHE_SIZE names, and names longer than TOPIC_CACHE_LONGEST bytes are not kept (at most
+#: about 300 KiB then, against 64 MiB for 512 names of the longest a packet can carry).
+_topics: Dict[bytes, str] = {}
+TOPIC_CACHE_SIZE = 512
+TOPIC_CACHE_LONGEST = 256
+
+
+def _topic_name(raw: bytes) -> str:
+    """A PUBLISH's topic name from its bytes, checked, and remembered in _topics."""
+    try:
+        topic = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacket("string is not valid UTF-8", "[MQTT-1.5.3-1]") from None
+    if not topic or "+" in topic or "#" in topic:
+        raise MalformedPacket("PUBLISH topic name empty or with wildcards", "[MQTT-3.3.2-2] [MQTT-4.7.3-1]")
+    if "\x00" in topic:
+        raise MalformedPacket("string contains U+0000", "[MQTT-1.5.3-2]")
+    if len(raw) >= MAX_TOPIC_LEVELS and _too_deep(topic):  # its UTF-8 length bounds its levels
+        raise MalformedPacket(f"topic name of more than {MAX_TOPIC_LEVELS} levels")
+    if len(raw) <= TOPIC_CACHE_LONGEST:
+        if len(_topics) >= TOPIC_CACHE_SIZE:
+            _topics.clear()
+        _topics[raw] = topic
+    return topic
+
+
 def _decode_publish_at(flags: int, data: bytes, start: int, end: int, head: int = -1) -> Publish:
     """PUBLISH, the hot path: decoded straight from the read buffer by offsets (no body copy, no
     reader object). `head`: where the packet starts in `data`, to keep its bytes as `wire` (see
@@ -195,16 +223,10 @@ def _decode_publish_at(flags: int, data: bytes, start: int, end: int, head: int 
     topic_end = start + 2 + ((data[start] << 8) | data[start + 1])
     if topic_end > end:
         raise MalformedPacket("length prefix runs past the end of the packet")
-    try:
-        topic = data[start + 2:topic_end].decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedPacket("string is not valid UTF-8", "[MQTT-1.5.3-1]") from None
-    if not topic or "+" in topic or "#" in topic:
-        raise MalformedPacket("PUBLISH topic name empty or with wildcards", "[MQTT-3.3.2-2] [MQTT-4.7.3-1]")
-    if "\x00" in topic:
-        raise MalformedPacket("string contains U+0000", "[MQTT-1.5.3-2]")
-    if topic_end - start > MAX_TOPIC_LEVELS and _too_deep(topic):  # its UTF-8 length bounds its levels
-        raise MalformedPacket(f"topic name of more than {MAX_TOPIC_LEVELS} levels")
+    raw = data[start + 2:topic_end]
+    topic = _topics.get(raw)
+    if topic is None:
+        topic = _topic_name(raw)
     if qos:
         if topic_end + 2 > end:
             raise MalformedPacket("packet shorter than its fields")

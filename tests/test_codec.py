@@ -681,3 +681,21 @@ def test_property_publish_head_is_remaining_length_then_topic_string(body_len, t
     mqttwire's independent encoder; the one- and two-byte lengths take a shorter path."""
     raw = topic.encode("utf-8")
     assert publish_head(body_len, raw) == w.remaining_length(body_len) + w.utf8(topic)
+
+
+def test_publish_topic_names_are_checked_once_and_shared_but_the_cache_stays_bounded():
+    """A topic name seen before is the same string object (decoded and checked once); a bad name is
+    refused every time, never remembered; the cache of names is bounded in count and name length."""
+    from edgebroker import codec
+    codec._topics.clear()
+    a, b = Parser().feed(w.publish("s/1/t", b"1") + w.publish("s/1/t", b"2"))
+    assert a.topic == "s/1/t" and a.topic is b.topic
+    for _ in range(2):
+        with pytest.raises(MalformedPacket):
+            Parser().feed(w.publish("s/+/t", b"x"))
+    assert b"s/+/t" not in codec._topics
+    long_name = "x" * (codec.TOPIC_CACHE_LONGEST + 1)
+    Parser().feed(w.publish(long_name, b"x"))
+    assert long_name.encode() not in codec._topics
+    Parser().feed(b"".join(w.publish(f"n/{i}", b"x") for i in range(codec.TOPIC_CACHE_SIZE * 2)))
+    assert len(codec._topics) <= codec.TOPIC_CACHE_SIZE
