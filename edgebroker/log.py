@@ -2,11 +2,19 @@
 
 A log call with a type that is not enabled costs one bit test; per-packet lines are additionally
 guarded by the caller (`if broker.debug:`) so the hot path builds no strings when -v is off.
+
+While the loop runs it holds its lines (`hold_lines`): they are kept and written to each stream in one
+write at the end of the loop turn (`flush`), not one write system call each (stderr, the default
+destination, writes through). A connect storm logs two lines per connection, and a write per line was
+a tenth of the broker's work per connection. A line waits at most for the end of its turn (the loop
+wakes at least every half second); what a SIGKILL takes is what the turn in progress logged. Lines
+from other threads are written at once.
 """
 from __future__ import annotations
 
 import sys
 import time
+from _thread import get_ident  # not threading: a plain broker does not load it (tests/test_footprint.py)
 from typing import Callable, Iterable, List, Optional, TextIO, Tuple
 
 __all__ = ["ERR", "WARNING", "NOTICE", "INFO", "DEBUG", "SUBSCRIBE", "UNSUBSCRIBE", "ALL", "DEFAULT_TYPES",
@@ -57,12 +65,18 @@ class Logger:
         self.topic = False
         self.topic_lines: List[Tuple[int, str]] = []
         self._file: Optional[TextIO] = None
+        #: the thread whose lines are held until `flush` (the loop's; see hold_lines), and those lines
+        self._holder: Optional[int] = None
+        self._held: List[str] = []
+        #: lines held and not written yet
+        self.pending = False
 
     def configure(self, types: int, dests: Iterable[str], file_path: Optional[str] = None,
                   timestamp: bool = True, timestamp_format: Optional[str] = None,
                   facility: Optional[int] = None) -> None:
         """Apply log_type/log_dest/log_timestamp(_format); used at start-up and on reload. Raises
         OSError when the log file cannot be opened (the caller keeps the old settings then)."""
+        self.flush()  # lines held so far go where they were logged for
         dests = tuple(dests)
         new_file = open(file_path, "a", encoding="utf-8") if "file" in dests and file_path else None
         if self._file is not None:
@@ -100,19 +114,40 @@ class Logger:
             line = f"{stamp}: {message}"
         else:
             line = message
-        for stream in self.streams:
-            try:
-                stream.write(line + "\n")
-                stream.flush()
-            except (OSError, ValueError):
-                pass  # a closed terminal or a full disk must not take the broker down
+        if self._holder is not None and self._holder == get_ident():
+            self._held.append(line + "\n")
+            self.pending = True
+        else:
+            self._write(line + "\n")
         if self.syslog:
             import syslog
             syslog.syslog(_SYSLOG_PRIORITY.get(level, 6), message)
         if self.topic and len(self.topic_lines) < 10_000:  # bounded if the loop falls behind
             self.topic_lines.append((level, line))
 
+    def _write(self, text: str) -> None:
+        for stream in self.streams:
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed terminal or a full disk must not take the broker down
+
+    def hold_lines(self, on: bool) -> None:
+        """On: the calling thread's lines are kept until `flush` (the loop calls it once per turn);
+        off: written at once again, what was kept first."""
+        self.flush()
+        self._holder = get_ident() if on else None
+
+    def flush(self) -> None:
+        """Write the lines held since the last flush, in one write per stream."""
+        if self._held:
+            held, self._held = self._held, []
+            self._write("".join(held))
+        self.pending = False
+
     def close(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -277,7 +277,8 @@ class Server:
         buffered = store.buffered
         flushers = self._flushers
         # log_dest topic: the logger's list is cleared in place, never replaced, so look it up once.
-        log_lines = self.log.topic_lines if isinstance(self.log, L.Logger) else None
+        logger = self.log if isinstance(self.log, L.Logger) else None
+        log_lines = logger.topic_lines if logger is not None else None
         monotonic = time.monotonic
         conn_class = Connection
         read_event = selectors.EVENT_READ
@@ -285,6 +286,8 @@ class Server:
         self.log(L.NOTICE, f"edgebroker version {__version__} running")
         self._one_cpu = set_scheduling_policy(self.config.scheduling_policy, self.log)
         notifier = self.notifier
+        if logger is not None:
+            logger.hold_lines(True)  # flushed once per turn, at its end (see log.py)
         try:
             now = monotonic()
             next_timer = self._run_timers(now, broker.tick(now))
@@ -355,6 +358,8 @@ class Server:
                         next_timer = now  # a held refill goes on in the next turn: do not block
                 if broker.closing:
                     self._finish_closing()
+                if logger is not None and logger.pending:
+                    logger.flush()
             if notifier is not None:
                 notifier.stopping()
             self._stop_services()
@@ -364,6 +369,8 @@ class Server:
             self._flush_dirty(now)
             self._finish_closing()
         finally:
+            if logger is not None:
+                logger.hold_lines(False)
             self.close()
 
     def request_reload(self) -> None:

@@ -132,6 +132,84 @@ def test_log_dest_topic_publishes_log_lines_to_sys_broker_log(make_broker):
         thread.join(10)
 
 
+class _FlushCounting(io.StringIO):
+    """A log stream that remembers what had been flushed, and how often."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.flushed = ""
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed = self.getvalue()
+
+
+def test_logger_held_by_the_loop_flushes_once_when_asked_and_each_line_otherwise():
+    out = _FlushCounting()
+    logger = L.Logger(stream=out, timestamp=False)
+    logger.hold_lines(True)
+    before = out.flushes
+    logger(L.NOTICE, "one")
+    logger(L.NOTICE, "two")
+    assert out.getvalue() == "" and out.flushes == before and logger.pending
+    logger.flush()
+    assert out.flushed == "one\ntwo\n" and out.flushes == before + 1 and not logger.pending
+    logger.hold_lines(False)
+    logger(L.NOTICE, "three")
+    assert out.flushed == "one\ntwo\nthree\n" and not logger.pending
+
+
+def test_lines_held_before_a_reconfigure_go_to_the_destination_they_were_logged_for(tmp_path):
+    first = _FlushCounting()
+    logger = L.Logger(stream=first, timestamp=False)
+    logger.hold_lines(True)
+    logger(L.NOTICE, "before the reload")
+    logger.configure(L.DEFAULT_TYPES, ("file",), str(tmp_path / "new.log"), timestamp=False)
+    logger(L.NOTICE, "after the reload")
+    logger.hold_lines(False)
+    logger.close()
+    assert first.flushed == "before the reload\n"
+    assert (tmp_path / "new.log").read_text() == "after the reload\n"
+
+
+def test_lines_of_other_threads_are_not_held():
+    out = _FlushCounting()
+    logger = L.Logger(stream=out, timestamp=False)
+    logger.hold_lines(True)
+    thread = threading.Thread(target=logger, args=(L.NOTICE, "from another thread"))
+    thread.start()
+    thread.join()
+    assert out.flushed == "from another thread\n" and not logger.pending
+    logger.hold_lines(False)
+
+
+def test_running_loop_flushes_its_log_lines_by_the_end_of_their_turn():
+    """While the loop runs it holds its lines (one write per turn, not one per line): a connection's
+    lines are written once it is served, nothing is left held after the loop stops, and lines are
+    written at once again then."""
+    out = _FlushCounting()
+    logger = L.Logger(stream=out)
+    server = Server(Config(allow_anonymous=True, persistence=False, listeners=[Listener(0, "127.0.0.1")]),
+                    log=logger)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        probe = w.RawClient("127.0.0.1", server.ports[0])
+        probe.send(w.connect("held-lines"))
+        probe.read_packet(5)
+        wait_for(lambda: "New client connected from" in out.flushed and "as held-lines" in out.flushed,
+                 what="the connect line, flushed")
+        probe.close()
+        wait_for(lambda: "Client held-lines" in out.flushed, what="its disconnect line, flushed")
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert not logger.pending and out.flushed == out.getvalue()
+    logger(L.NOTICE, "after the loop")
+    assert out.flushed.endswith("after the loop\n")  # the loop has stopped: written at once
+
+
 def test_connection_messages_false_silences_connect_lines():
     out = io.StringIO()
     logger = L.Logger(stream=out)
