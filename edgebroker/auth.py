@@ -20,11 +20,16 @@ return code 0x80 (Mosquitto 2.0 grants it and delivers nothing).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from . import log as L
 from .config import Config, Listener
 from .errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, NamedTuple, Optional, Tuple
+else:
+    from .record import NamedTuple
 
 __all__ = ["PasswordEntry", "PasswordFile", "AclFile", "AclSubject", "Security", "READ", "WRITE",
            "parse_password_file", "parse_acl_file", "load_password_file", "load_acl_file", "load_security",

@@ -36,13 +36,16 @@ import random
 import socket
 import threading
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from . import log as L
 from .bridgeconfig import BridgeConfig, BridgeTopic
 from .packets import Will
 from .topics import filter_matches
 from .uplink import Acked, Connected, Lost, Received, Refused, Subscribed, UplinkSession
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Deque, Dict, List, Optional, Tuple
 
 __all__ = ["Bridge", "start_bridges", "MEMORY_ROWS"]
 

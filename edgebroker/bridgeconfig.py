@@ -15,10 +15,13 @@ Matching and remapping live with the bridge (edgebroker/bridge.py), which may us
 from __future__ import annotations
 
 import socket
-from typing import Optional, Tuple
 
 from .errors import ConfigError
 from .record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Tuple
 
 __all__ = ["BridgeConfig", "BridgeTopic", "DIRECTIONS", "START_TYPES", "PROTOCOL_VERSIONS", "QUEUE_DROP",
            "TLS_VERSIONS"]

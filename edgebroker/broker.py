@@ -28,7 +28,6 @@ persistent sessions carry a `seq`, the key of their row; 0 means "not stored".
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import log as L
@@ -45,12 +44,18 @@ from .packets import (
 from .handle_acks import AckHandlers
 from .handle_connect import ConnectHandlers
 from .handle_subscribe import SubscribeHandlers
-from .local import LocalClient, OnMessage
+from .local import LocalClient
 from .session import INFLIGHT_SENT, NO_ONE, QUEUED, Message, Session, add_member, awaiting_of, queue_of
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
 from .retained import RetainedTree
 from .topics import TopicTree
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+    from .local import OnMessage
 
 __all__ = ["Broker", "Connection", "OUT_BUFFER_LIMIT", "PRE_CONNECT_MAX_BYTES", "REFILL_BYTES",
            "REPLAY_LIVE_MAX"]

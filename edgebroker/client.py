@@ -28,7 +28,6 @@ import socket
 import string
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from .codec import Parser, encode
 from .errors import EdgebrokerError, MalformedPacket
@@ -37,8 +36,12 @@ from .packets import (
     Subscribe, Unsuback, Unsubscribe, Will,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
+    from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
+else:
+    from .record import NamedTuple
 
 __all__ = [
     "Client", "ClientError", "ConnectFailed", "ConnectionRefused", "ConnectionLost", "ProtocolError",
@@ -145,7 +148,8 @@ class Unsubscribed(NamedTuple):
     mid: int
 
 
-Event = Union[Message, Published, Subscribed, Unsubscribed]
+if TYPE_CHECKING:
+    Event = Union[Message, Published, Subscribed, Unsubscribed]
 
 
 class Client:

@@ -11,13 +11,16 @@ accepted, client id policy) belong to the broker core, not here.
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import MalformedPacket
 from .packets import (
     Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
     Suback, Subscribe, Unsuback, Unsubscribe, Will, encode_remaining_length, publish_head,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = ["Parser", "encode", "encode_remaining_length", "publish_head", "valid_topic_name", "valid_topic_filter",
            "encode_publish", "MAX_PACKET_SIZE", "MAX_TOPIC_LEVELS"]

@@ -8,7 +8,6 @@ so that a BridgeConfig's own checks are located at the line that set the option 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from .bridgeconfig import (
     BridgeConfig, BridgeTopic, PROTOCOL_VERSIONS, QUEUE_DROP, START_TYPES, TLS_VERSIONS,
@@ -20,6 +19,10 @@ from .configread import (
 )
 from .errors import ConfigError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Protocol, Tuple
+
 #: Mosquitto bridge options edgebroker does not implement (any other bridge_* is refused the same way).
 _BRIDGE = ("bridge_bind_address", "bridge_ciphers", "bridge_ciphers_tls1.3", "bridge_identity", "bridge_psk",
            "bridge_require_ocsp", "bridge_max_topic_alias", "bridge_receive_maximum",
@@ -28,12 +31,12 @@ _BRIDGE = ("bridge_bind_address", "bridge_ciphers", "bridge_ciphers_tls1.3", "br
 _BRIDGE_NOT_YET = "this bridge option is not implemented; see docs/bridge.md"
 
 
-class _BridgeBuilder(Protocol):
-    """What this module needs of configfile's builder: its list of bridge drafts and its warnings."""
-    bridges: List["_BridgeDraft"]
+if TYPE_CHECKING:
+    class _BridgeBuilder(Protocol):
+        """What this module needs of configfile's builder: its list of bridge drafts and its warnings."""
+        bridges: List["_BridgeDraft"]
 
-    def warn(self, origin: Origin, message: str) -> None: ...
-
+        def warn(self, origin: Origin, message: str) -> None: ...
 
 #: Bridge options by their Mosquitto name: (BridgeConfig field, kind). address, topic, restart_timeout and
 #: the enums are read by their own code below.

@@ -7,9 +7,14 @@ files with these. The names keep their leading underscore: they are the readers'
 from __future__ import annotations
 
 import re
-from typing import Any, List, NamedTuple, Optional, Protocol, Tuple
 
 from .errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, List, NamedTuple, Optional, Protocol, Tuple
+else:
+    from .record import NamedTuple
 
 
 class Origin(NamedTuple):
@@ -19,11 +24,11 @@ class Origin(NamedTuple):
     option: str
 
 
-class _Warns(Protocol):
-    """What the value readers need of the builder: somewhere to put a warning."""
+if TYPE_CHECKING:
+    class _Warns(Protocol):
+        """What the value readers need of the builder: somewhere to put a warning."""
 
-    def warn(self, origin: Origin, message: str) -> None: ...
-
+        def warn(self, origin: Origin, message: str) -> None: ...
 
 # Kinds of value. Mosquitto's syntax has one whitespace-free token for numbers and booleans, and the rest
 # of the line for strings (paths may contain spaces); TOML has typed values.

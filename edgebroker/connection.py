@@ -2,13 +2,15 @@
 owns the socket; the core (broker.py and its handle_*.py mixins) owns everything else on it."""
 from __future__ import annotations
 
-from typing import AbstractSet, Deque, List, Optional, Sequence, Tuple
-
 from .auth import Security
 from .codec import Parser
 from .errors import MalformedPacket
 from .packets import Will
 from .session import NO_ONE, Session
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import AbstractSet, Deque, List, Optional, Sequence, Tuple
 
 _NOTHING = ()
 

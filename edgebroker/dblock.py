@@ -21,9 +21,12 @@ import errno
 import fcntl
 import os
 import pwd
-from typing import Optional
 
 from .errors import StoreError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 __all__ = ["DatabaseLock", "DatabaseInUse", "lock_path", "check_directory"]
 

@@ -10,10 +10,13 @@ imports edgebroker.
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple, Union
 
 from .errors import ConfigError
 from .record import field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Tuple, Union
 
 __all__ = ["SerialPort", "GpioDevice", "SERIAL_FORMATS", "ON_MISSING", "GPIO_INPUTS", "GPIO_OUTPUTS",
            "SERIAL_FIELDS", "GPIO_FIELDS"]

@@ -5,7 +5,9 @@ closing that one connection [MQTT-4.8.0-1]. Configuration errors carry the file,
 """
 from __future__ import annotations
 
-from typing import List, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 __all__ = ["EdgebrokerError", "MalformedPacket", "ConfigError", "ConfigErrors", "StoreError", "ListenError"]
 

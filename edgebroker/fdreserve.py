@@ -13,7 +13,10 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 __all__ = ["DescriptorReserve", "OUT_OF_DESCRIPTORS", "RETRY", "descriptor_limit"]
 

@@ -5,12 +5,14 @@ A mixin of `edgebroker.broker.Broker` (one file per concern, as Mosquitto keeps 
 handler): its methods run on the Broker and use its state; see broker.py's theory of operation."""
 from __future__ import annotations
 
-from typing import Tuple
-
 from . import log as L
 from .connection import Connection
 from .packets import Puback, Pubcomp, Pubrec, Pubrel
 from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, Session
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Tuple
 
 __all__ = ["AckHandlers"]
 

@@ -6,7 +6,6 @@ handler): its methods run on the Broker and use its state; see broker.py's theor
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from . import log as L
 from .auth import ALLOW, BAD_CREDENTIALS, PendingAuth, Security, refusal
@@ -14,6 +13,10 @@ from .codec import MAX_PACKET_SIZE
 from .connection import Connection
 from .packets import Connect, ConnackCode
 from .session import Session, add_member
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 __all__ = ["ConnectHandlers"]
 

@@ -14,11 +14,12 @@ hashlib releases the GIL while it hashes, so the loop keeps serving meanwhile.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Tuple
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import queue
     import threading
+    from typing import Any, Callable, Deque, List, Optional, Tuple
 
 __all__ = ["Verifier"]
 

@@ -15,13 +15,15 @@ sessions), without the acknowledgement.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
-__all__ = ["LocalClient", "OnMessage"]
+    #: on_message(topic, payload, qos, retain): qos is min(published QoS, subscription QoS); retain is
+    #: set only for retained messages sent when the client subscribes.
+    OnMessage = Callable[[str, bytes, int, bool], None]
 
-#: on_message(topic, payload, qos, retain): qos is min(published QoS, subscription QoS); retain is set
-#: only for retained messages sent when the client subscribes.
-OnMessage = Callable[[str, bytes, int, bool], None]
+__all__ = ["LocalClient"]
 
 
 class LocalClient:

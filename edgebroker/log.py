@@ -15,10 +15,15 @@ from __future__ import annotations
 import sys
 import time
 from _thread import get_ident  # not threading: a plain broker does not load it (tests/test_footprint.py)
-from typing import Callable, Iterable, List, Optional, TextIO, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, List, Optional, TextIO, Tuple
+
+    LogFunc = Callable[[int, str], None]
 
 __all__ = ["ERR", "WARNING", "NOTICE", "INFO", "DEBUG", "SUBSCRIBE", "UNSUBSCRIBE", "ALL", "DEFAULT_TYPES",
-           "TYPE_BITS", "TOPIC_SEVERITY", "type_bits", "Logger", "LogFunc", "null_log"]
+           "TYPE_BITS", "TOPIC_SEVERITY", "type_bits", "Logger", "null_log"]
 
 ERR = 0x01
 WARNING = 0x02
@@ -30,8 +35,6 @@ DEBUG = 0x40
 ALL = 0xFF
 #: Mosquitto's default log_type: error, warning, notice, information.
 DEFAULT_TYPES = ERR | WARNING | NOTICE | INFO
-
-LogFunc = Callable[[int, str], None]
 
 
 #: log_type names (Mosquitto's) and their bits.

@@ -18,7 +18,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Mapping, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping, Optional
 
 __all__ = ["Notifier", "STATUS_INTERVAL"]
 

@@ -1,14 +1,20 @@
 """MQTT 3.1/3.1.1 control packets as immutable typed values, and the protocol's enumerations.
 
-Packets are `typing.NamedTuple`s: immutable, cheap to build on the hot path, and comparable in tests
-(Publish is a class that compares the same way and is also the Message it carries: see its docstring).
+Packets are named tuples (`record.NamedTuple` at run time, `typing.NamedTuple` to a type checker):
+immutable, cheap to build on the hot path, and comparable in tests (Publish is a class that compares the
+same way and is also the Message it carries: see its docstring).
 A packet identifier of 0 means "none" (QoS 0 PUBLISH); on the wire 0 is never valid [MQTT-2.3.1-1].
 """
 from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Iterator, NamedTuple, Optional, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator, NamedTuple, Optional, Tuple
+else:
+    from .record import NamedTuple
 
 __all__ = [
     "PacketType", "QoS", "ConnackCode", "SUBACK_FAILURE",

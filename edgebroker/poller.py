@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import select
 import selectors
-from typing import Any, Dict, List, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Tuple
 
 __all__ = ["Poller", "EVENT_READ", "EVENT_WRITE"]
 

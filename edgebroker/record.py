@@ -9,14 +9,24 @@ reads the class's annotations as `@dataclass(frozen=True)` does and gives it the
 compare true, and assignment refused (`FrozenInstanceError`, an AttributeError). `replace()` and
 `fields()` are `dataclasses.replace` and `dataclasses.fields`. What it does not do: `ClassVar`/`InitVar`
 fields, `init=False` fields, ordering, slots, keyword-only fields.
+
+`NamedTuple` is `typing.NamedTuple`'s class syntax for the packets and other tuple records, without
+importing `typing` (2.0 MiB of resident memory with `re` and the rest it imports, for a name that is
+otherwise only in annotations). Modules import it as the type checker's `typing.NamedTuple` under
+`if TYPE_CHECKING:` and as this one otherwise; the classes it makes are what typing.NamedTuple makes:
+`collections.namedtuple` classes with the body's defaults, docstring and methods.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple, TypeVar
+from collections import namedtuple
 
-__all__ = ["record", "field", "fields", "replace", "FrozenInstanceError", "Field"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Tuple, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
+__all__ = ["record", "field", "fields", "replace", "FrozenInstanceError", "Field", "NamedTuple"]
 
 
 class _Missing:
@@ -136,3 +146,33 @@ def record(cls: type) -> type:
         setattr(cls, name, method)
     cls.__record_fields__ = found  # type: ignore[attr-defined]
     return cls
+
+
+#: What a NamedTuple class body may not set: the names collections.namedtuple defines (as typing refuses).
+_PROHIBITED = frozenset({"__new__", "__init__", "__slots__", "__getnewargs__", "_fields", "_field_defaults",
+                         "_make", "_replace", "_asdict", "_source"})
+
+
+class _NamedTupleMeta(type):
+    def __new__(mcls, name: str, bases: Tuple[type, ...], namespace: Dict[str, Any]) -> Any:
+        if bases != (NamedTuple,):
+            raise TypeError("a NamedTuple class derives from NamedTuple alone")
+        annotations = namespace.get("__annotations__", {})
+        defaults = []
+        for field_name in annotations:
+            if field_name in namespace:
+                defaults.append(namespace[field_name])
+            elif defaults:
+                raise TypeError(f"non-default namedtuple field {field_name} cannot follow default fields")
+        cls = namedtuple(name, list(annotations), defaults=defaults,  # type: ignore[misc]
+                         module=namespace["__module__"])
+        cls.__annotations__ = dict(annotations)
+        for key, value in namespace.items():
+            if key in _PROHIBITED:
+                raise AttributeError(f"cannot overwrite NamedTuple attribute {key}")
+            if key not in ("__module__", "__annotations__") and key not in annotations:
+                setattr(cls, key, value)
+        return cls
+
+
+NamedTuple = type.__new__(_NamedTupleMeta, "NamedTuple", (), {})

@@ -11,11 +11,21 @@ The values are opaque here (the core stores its Message objects); `size` is what
 """
 from __future__ import annotations
 
-from typing import Dict, Generic, Iterator, List, Optional, Tuple, TypeVar
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Generic, Iterator, List, Optional, Tuple, TypeVar
+
+    V = TypeVar("V")
+else:
+    V = None
+
+    class Generic:
+        """`Generic[V]` for the type checker; at run time (no `typing`) the tree derives from object."""
+
+        def __class_getitem__(cls, item: object) -> type:
+            return object
 
 __all__ = ["RetainedTree"]
-
-V = TypeVar("V")
 
 
 class _Node:

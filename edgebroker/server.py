@@ -27,7 +27,6 @@ import os
 import selectors
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import __version__
 from . import log as L
@@ -42,6 +41,15 @@ from .hashing import Verifier
 from .notify import Notifier
 from .poller import Poller
 from .store import NullStore, SqliteStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+    #: What add_reader/add_writer take: an object with fileno(), or a file descriptor.
+    FileLike = Union[int, Any]
+    #: A hosted callback: called with the loop's monotonic time.
+    Callback = Callable[[float], Any]
 
 __all__ = ["Server"]
 
@@ -65,11 +73,6 @@ _WAKE = object()
 RESTART_ONLY = ("persistence", "persistence_location", "persistence_file", "durability",
                 "autosave_interval", "autosave_on_changes", "commit_window_ms", "pid_file", "user",
                 "scheduling_policy")
-
-#: What add_reader/add_writer take: an object with fileno(), or a file descriptor.
-FileLike = Union[int, Any]
-#: A hosted callback: called with the loop's monotonic time.
-Callback = Callable[[float], Any]
 
 
 class _Watch:

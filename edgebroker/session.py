@@ -9,9 +9,12 @@ for QoS > 0 only the packet identifier differs.
 from __future__ import annotations
 
 from collections import deque
-from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Tuple
 
 from .packets import Message
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Tuple
 
 __all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED"]
 

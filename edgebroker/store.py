@@ -54,10 +54,15 @@ import os
 import sqlite3
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import log as L
 from .errors import StoreError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+else:
+    from .record import NamedTuple
 
 __all__ = ["SqliteStore", "NullStore", "StoreError", "Loaded", "SCHEMA_VERSION", "MIGRATIONS"]
 

@@ -7,7 +7,10 @@ published, retained, as Mosquitto does.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional
 
 __all__ = ["Stats", "LoadAverages", "sys_values"]
 

@@ -20,9 +20,12 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, EdgebrokerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["TlsEngine", "TlsError", "server_context", "client_context", "TLS_VERSIONS", "subject_string",
            "common_name", "certificate_validity"]

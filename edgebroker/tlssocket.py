@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any, Callable, Optional
 
 from .tls import TlsEngine, TlsError, common_name, subject_string
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 __all__ = ["TlsSocket", "IDENTITY", "SUBJECT"]
 

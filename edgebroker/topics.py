@@ -11,7 +11,9 @@ A topic name starting with `$` is not matched by a filter starting with a wildca
 """
 from __future__ import annotations
 
-from typing import Dict, Hashable, List, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Hashable, List, Tuple
 
 __all__ = ["TopicTree", "filter_matches"]
 

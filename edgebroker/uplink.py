@@ -21,14 +21,18 @@ without it on the next connection (`private` turns false and stays false), as Mo
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
-
 from .codec import Parser, encode, encode_publish
 from .errors import MalformedPacket
 from .packets import (
     Connack, Connect, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Unsuback,
     Unsubscribe, Will,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
+else:
+    from .record import NamedTuple
 
 __all__ = ["UplinkSession", "Connected", "Refused", "Received", "Acked", "Subscribed", "Lost",
            "PROTOCOL_NAMES", "PRIVATE_FLAG"]

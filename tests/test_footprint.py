@@ -25,6 +25,11 @@ OPTIONAL = ["hashlib", "_hashlib", "base64", "ssl", "sqlite_utils", "firmware_br
             # the password hashes' worker thread, only with a password file (hashing.Verifier)
             "threading", "queue"]
 
+#: Kept out of a plain start (no -c): `typing` (with the `re` it imports: about 1 MiB with Debian's
+#: Python) is only in annotations (names imported under `if TYPE_CHECKING:`, record.NamedTuple at run
+#: time), and nothing the default start runs compiles a regular expression.
+NOT_AT_START = ["typing", "re"]
+
 PROBE = """
 import json, sys
 from edgebroker.config import Config
@@ -48,6 +53,54 @@ def _loaded(options: dict) -> list:
 
 def test_a_plain_broker_loads_no_optional_module(tmp_path):
     assert _loaded({"persistence_location": str(tmp_path)}) == []
+
+
+#: PROBE without json (whose decoder imports re): the database directory and the modules in argv.
+PLAIN_PROBE = """
+import sys
+from edgebroker.config import Config
+from edgebroker.server import Server
+import edgebroker.cli.broker
+server = Server(Config(persistence_location=sys.argv[1]), default_port=0)
+try:
+    print("loaded:", *sorted(m for m in sys.argv[2:] if m in sys.modules))
+finally:
+    server.close()
+"""
+
+
+def test_a_plain_start_loads_no_typing(tmp_path):
+    # -S: this venv's `site` (the editable install's finder) imports `re` itself; an installed broker's
+    # does not. Everything of a start: the command line's module, the server, a persistence database.
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-S", "-c", PLAIN_PROBE, str(tmp_path)] + NOT_AT_START,
+                         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "loaded:"
+
+
+NO_TYPING = """
+import importlib, sys
+sys.modules["typing"] = None  # any import of it now fails
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print("imported", len(sys.argv) - 1)
+"""
+
+
+def test_no_module_of_ours_imports_typing_at_run_time():
+    # Every module of the package, the tools' and the bridge's too, imports with `typing` unavailable:
+    # what a module names from it is only for the type checker. configfile is the exception: the
+    # standard library's tomllib imports typing itself.
+    names = sorted(".".join(path.relative_to(ROOT).with_suffix("").parts).replace(".__init__", "")
+                   for path in (ROOT / "edgebroker").rglob("*.py"))
+    names = [n for n in names if n not in ("edgebroker.__main__", "edgebroker.configfile")]
+    assert "edgebroker.packets" in names and "edgebroker.cli.broker" in names
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-S", "-c", NO_TYPING] + names, env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["imported", str(len(names))]
 
 
 def test_without_site_hooks_a_plain_broker_loads_no_ipaddress(tmp_path):

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import types
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .. import __version__
 from .. import log as L
@@ -29,8 +28,10 @@ from ..server import Server, configure_logger
 from ..store import StoreError
 from . import startup
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any, Dict, List, Optional, Tuple
 
     from ..configfile import LoadedConfig
 

@@ -14,9 +14,12 @@ options files) is refused with a message that says so, never silently ignored.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
 
 from ..codec import valid_topic_filter, valid_topic_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional
 
 __all__ = ["TLS_HELP", "Options", "UsageError", "HelpRequested", "VersionRequested", "parse", "atoi", "PUB", "SUB",
            "MSGMODE_CMD", "MSGMODE_FILE", "MSGMODE_STDIN_LINE", "MSGMODE_STDIN_FILE", "MSGMODE_NULL"]

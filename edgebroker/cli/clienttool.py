@@ -11,15 +11,16 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, List, Optional, TextIO, Union
 
 from .. import __version__
 from ..client import Client, ConnectFailed
 from ..packets import Will
 from .clientargs import HelpRequested, Options, UsageError, VersionRequested, parse
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
+    from typing import Iterator, List, Optional, TextIO, Union
 
 __all__ = ["Output", "err", "parse_or_exit", "make_client", "connect", "stop_signals", "Stopped"]
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import List, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 __all__ = ["render", "render_format"]
 

@@ -22,9 +22,12 @@ import getpass
 import os
 import sys
 import tempfile
-from typing import List, Optional
 
 from ..auth import DEFAULT_ITERATIONS, hash_password, parse_password_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 HASHES = ("sha512-pbkdf2", "sha512")
 

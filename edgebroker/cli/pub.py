@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
 
 from ..client import Client, ClientError, ConnectionRefused, Published
 from .clientargs import (
     MQTT_MAX_PAYLOAD, MSGMODE_FILE, MSGMODE_STDIN_FILE, MSGMODE_STDIN_LINE, PUB, TLS_HELP, Options,
 )
 from .clienttool import Output, connect, err, make_client, parse_or_exit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 __all__ = ["main"]
 

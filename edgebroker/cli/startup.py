@@ -20,10 +20,13 @@ import errno
 import os
 import socket
 import sys
-from typing import List, Optional
 
 from ..config import Config
 from ..dblock import lock_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 __all__ = ["daemonize", "report_ready", "report_failure", "prepare_data_dir", "drop_privileges",
            "check_paths"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import sys
 import time
-from typing import List, Optional
 
 from ..client import Client, ClientError, ConnectFailed, ConnectionLost, ConnectionRefused, Message, \
     Published, Subscribed
@@ -20,6 +19,10 @@ from ..topics import filter_matches
 from .clientargs import SUB, TLS_HELP, Options
 from .clienttool import Output, Stopped, connect, err, make_client, parse_or_exit, stop_signals
 from .msgformat import render
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 __all__ = ["main"]
 
