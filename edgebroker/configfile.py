@@ -23,16 +23,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Tuple
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.9/3.10 only
-    import tomli as tomllib
 
 from .config import (
     DEFAULT_PORT, DURABILITY_LEVELS, LISTENER_SECURITY, LOG_TYPES, SCHEDULING_POLICIES, Config, Listener,
@@ -41,6 +35,7 @@ from .config import (
 from .devices import GPIO_FIELDS, SERIAL_FIELDS, GpioDevice, SerialPort
 from .errors import ConfigError, ConfigErrors
 from .record import record
+from .tomlread import toml
 # The bridge blocks and the value readers live in modules of their own (split by concern); Origin and
 # parse_duration are part of this module's API and stay importable from it.
 from .configbridge import (
@@ -402,10 +397,11 @@ def _detect_syntax(path: str, text: str) -> str:
         return "mosquitto"
     if ext == ".toml":
         return "toml"
+    parser = toml()
     try:
-        tomllib.loads(text)
+        parser.loads(text)
         return "toml"
-    except tomllib.TOMLDecodeError as exc:
+    except parser.TOMLDecodeError as exc:
         if _looks_like_mosquitto(text):
             return "mosquitto"
         raise _toml_error(path, exc, text) from None
@@ -683,9 +679,10 @@ def _toml_error(path: str, exc: Exception, text: str) -> ConfigError:
 
 def _read_toml(path: str, text: str, builder: _Builder, main: bool) -> None:
     builder.files.append(path)
+    parser = toml()
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = parser.loads(text)
+    except parser.TOMLDecodeError as exc:
         raise _toml_error(path, exc, text) from None
     lines = _TomlLines(text)
     includes: List[Tuple[str, Origin]] = []

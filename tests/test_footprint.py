@@ -90,11 +90,11 @@ print("imported", len(sys.argv) - 1)
 
 def test_no_module_of_ours_imports_typing_at_run_time():
     # Every module of the package, the tools' and the bridge's too, imports with `typing` unavailable:
-    # what a module names from it is only for the type checker. configfile is the exception: the
-    # standard library's tomllib imports typing itself.
+    # what a module names from it is only for the type checker (the TOML parser, which imports typing
+    # itself, comes when a file is read: tomlread.py).
     names = sorted(".".join(path.relative_to(ROOT).with_suffix("").parts).replace(".__init__", "")
                    for path in (ROOT / "edgebroker").rglob("*.py"))
-    names = [n for n in names if n not in ("edgebroker.__main__", "edgebroker.configfile")]
+    names = [n for n in names if n != "edgebroker.__main__"]
     assert "edgebroker.packets" in names and "edgebroker.cli.broker" in names
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-S", "-c", NO_TYPING] + names, env=env, cwd=str(ROOT),
@@ -137,15 +137,22 @@ def test_the_command_line_loads_no_optional_module(tmp_path):
     # The broker's own command line as a service starts it (-c FILE), here stopped after the checks
     # (-t): everything a start reads, the configuration file and the command-line flags, without
     # argparse, tomllib's fellow travellers or dataclasses.
+    # A TOML file gets tomllib, imported without typing (edgebroker/tomlread.py); a mosquitto.conf
+    # needs no TOML parser at all.
     conf = tmp_path / "edgebroker.toml"
     conf.write_text(f"persistence_location = {json.dumps(str(tmp_path))}\nmax_queued_messages = 5000\n")
-    for argv in (["-c", str(conf), "-t", "-p", "1884"], [f"--config-file={conf}", "--check-config", "-v"]):
+    mconf = tmp_path / "mosquitto.conf"
+    mconf.write_text(f"persistence true\npersistence_location {tmp_path}\nmax_queued_messages 5000\n")
+    toml = ["tomllib", "tomli"][sys.version_info < (3, 11)]
+    for argv, loads in ((["-c", str(conf), "-t", "-p", "1884"], [toml]),
+                        ([f"--config-file={conf}", "--check-config", "-v"], [toml]),
+                        (["-c", str(mconf), "-t"], [])):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        out = subprocess.run([sys.executable, "-c", CLI_PROBE, "", json.dumps(OPTIONAL)] + argv, env=env,
-                             cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", CLI_PROBE, "", json.dumps(OPTIONAL + ["typing", toml])] + argv,
+                             env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         code, loaded = json.loads(out.stdout.strip().splitlines()[-1])
-        assert (code, loaded) == (0, []), argv
+        assert (code, loaded) == (0, loads), argv
 
 
 def test_unusual_flags_still_get_argparse(tmp_path, capsys):

@@ -51,6 +51,8 @@ LAYERS: Dict[str, int] = {
     # configread: Origin, value kinds and the two syntaxes' value readers; configbridge: bridge blocks,
     # read with configread; configfile: the option tables and the builder, using both.
     "configread": 2,
+    # The TOML parser, imported when a file needs it (without `typing`): nothing of ours but record.
+    "tomlread": 1,
     "configbridge": 3,
     "configfile": 4,
     "topics": 2,
