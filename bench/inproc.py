@@ -19,6 +19,10 @@ would), and counts only the broker's calls:
   acknowledging each turn's in one read (window 20, as S8); DRAINU the same with max_inflight_messages 0
   (S8-nolimit); DRAIN1 one PUBACK per turn (paho's way). With `--callgrind` these count the queueing
   too: DRAINQ is the queueing alone, to subtract.
+- CONN: S6's connect phase, per connection: connection_made, one read holding CONNECT (clean session)
+  and SUBSCRIBE to a topic of its own, as S6's idle worker sends them, the turn's end and the flush
+  taken; the connections stay open (S6 holds 2,000). The loop's share (accept, the poller, the send,
+  the log lines) is not in it.
 
 `--callgrind` runs each case under `valgrind --tool=callgrind` twice, with N and 2N messages, and
 divides the difference of the instruction counts by N: start-up, imports and set-up cancel out, and
@@ -113,7 +117,7 @@ def _qos1(n: int, persistent_dir: str = "") -> float:
     broker = _broker(persistent_dir)
     sub = _client(broker, "sub", wire.subscribe(1, [("bench/#", 1)]), clean=not persistent_dir)
     pub = _client(broker, "pub")
-    inflight = sub.session.inflight
+    session = sub.session  # its inflight dict: looked up each time (a shared empty one until the first)
     spent = 0.0
     done = 0
     pid = 0
@@ -128,8 +132,8 @@ def _qos1(n: int, persistent_dir: str = "") -> float:
         broker.end_turn(1.0)
         spent += clock() - t0
         _taken(pub)
-        while inflight:
-            acks = b"".join([_PUBACKS[i] for i in inflight])
+        while session.inflight:
+            acks = b"".join([_PUBACKS[i] for i in session.inflight])
             _taken(sub)
             t0 = clock()
             broker.data_received(sub, acks, 1.0)
@@ -190,12 +194,13 @@ def _drain(n: int, window: int = 20, one: bool = False, drain: bool = True) -> f
     broker.data_received(conn, wire.connect("sub", False), 1.0)
     broker.end_turn(1.0)
     spent = clock() - t0
-    inflight = conn.session.inflight
+    session = conn.session
     while True:
         _taken(conn)
         if conn.refill_held:
             broker.output_drained(conn)
-        if not inflight and not conn.session.queue:
+        inflight = session.inflight
+        if not inflight and not session.queue:
             break
         acks = _PUBACKS[next(iter(inflight))] if one else b"".join([_PUBACKS[i] for i in inflight])
         t0 = clock()
@@ -205,13 +210,33 @@ def _drain(n: int, window: int = 20, one: bool = False, drain: bool = True) -> f
     return spent / n
 
 
+def case_conn(n: int) -> float:
+    broker = _broker()
+    reads = [wire.connect(f"bench-idle-{k}", True, 0) + wire.subscribe(1, [(f"bench/idle/{k}", 0)])
+             for k in range(n)]
+    peers = [f"127.0.0.1:{10000 + k % 50000}" for k in range(n)]
+    dirty = broker.dirty
+    clock = time.process_time
+    t0 = clock()
+    for peer, data in zip(peers, reads):
+        conn = broker.connection_made(peer, 1883, 1.0)
+        broker.data_received(conn, data, 1.0)
+        broker.end_turn(1.0)
+        _taken(conn)
+        dirty.clear()
+    return (clock() - t0) / n
+
+
 CASES: Dict[str, Callable[[int], float]] = {
     "Q0": case_q0, "Q1": case_q1, "FAN": case_fan, "Q1P": case_q1p,
     "DRAIN": _drain, "DRAINU": lambda n: _drain(n, 0), "DRAIN1": lambda n: _drain(n, one=True),
-    "DRAINQ": lambda n: _drain(n, drain=False)}
-#: messages (deliveries for FAN) per timed run; callgrind runs are a tenth of these
+    "DRAINQ": lambda n: _drain(n, drain=False), "CONN": case_conn}
+#: messages (deliveries for FAN, connections for CONN) per timed run; callgrind runs are a tenth of these
 SIZES = {"Q0": 200_000, "Q1": 50_000, "FAN": 500_000, "Q1P": 20_000, "DRAIN": 20_000, "DRAINU": 20_000,
-         "DRAIN1": 10_000, "DRAINQ": 20_000}
+         "DRAIN1": 10_000, "DRAINQ": 20_000, "CONN": 20_000}
+
+
+_UNIT = {"CONN": "connection"}
 
 
 def _instructions(case: str, n: int, tree: str) -> int:
@@ -247,13 +272,13 @@ def main(argv: List[str]) -> int:
             n //= 10
             a = _instructions(case, n, args.tree)
             b = _instructions(case, 2 * n, args.tree)
-            print(f"{case:4} {(b - a) / n:10,.0f} instructions per message")
+            print(f"{case:4} {(b - a) / n:10,.0f} instructions per {_UNIT.get(case, 'message')}")
         else:
             CASES[case](n // 10)  # warm-up
             gc.disable()
             best = min(CASES[case](n) for _ in range(3))
             gc.enable()
-            print(f"{case:4} {best * 1e6:10.3f} CPU microseconds per message")
+            print(f"{case:4} {best * 1e6:10.3f} CPU microseconds per {_UNIT.get(case, 'message')}")
     return 0
 
 

@@ -45,7 +45,8 @@ from .handle_acks import AckHandlers
 from .handle_connect import ConnectHandlers
 from .handle_subscribe import SubscribeHandlers
 from .local import LocalClient
-from .session import INFLIGHT_SENT, NO_ONE, QUEUED, Message, Session, add_member, awaiting_of, queue_of
+from .session import (INFLIGHT_SENT, NO_INFLIGHT, NO_ONE, QUEUED, Message, Session, add_member, awaiting_of,
+                      inflight_of, queue_of)
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
 from .retained import RetainedTree
@@ -224,7 +225,7 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
                 if client_id in crashed:
                     session.dup_prefix += 1  # perhaps sent before the crash: its row says nothing
             else:
-                session.inflight[packet_id] = [msg, qos, st, seq]
+                inflight_of(session)[packet_id] = [msg, qos, st, seq]
             if packet_id:
                 session._next_pid = packet_id  # the last one handed out: new ids follow it
         for client_id, packet_id, topic, payload, retain in state.inbound_qos2:
@@ -681,7 +682,10 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             if not session.clean:
                 seq = self._seq = self._seq + 1
                 self.store.delivery_add(seq, session.client_id, msg, qos, pid, INFLIGHT_SENT)
-            session.inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
+            inflight = session.inflight
+            if inflight is NO_INFLIGHT:
+                inflight = session.inflight = {}
+            inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
             conn.write(msg.wire(qos, pid))
             stats = self.stats
             stats.publish_sent += 1
@@ -747,6 +751,8 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
         packet id when queued is sent without writing to the store."""
         queue = session.queue
         inflight = session.inflight
+        if inflight is NO_INFLIGHT and queue:
+            inflight = session.inflight = {}
         room = self._max_inflight - len(inflight)
         store = self.store
         debug = self.debug

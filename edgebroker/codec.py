@@ -20,7 +20,7 @@ from .packets import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Dict, List, Optional, Tuple
+    from typing import Callable, Dict, List, Optional, Tuple, Union
 
 __all__ = ["Parser", "encode", "encode_remaining_length", "publish_head", "valid_topic_name", "valid_topic_filter",
            "encode_publish", "MAX_PACKET_SIZE", "MAX_TOPIC_LEVELS"]
@@ -327,7 +327,9 @@ class Parser:
     __slots__ = ("_buf", "_need", "max_packet_size")
 
     def __init__(self, max_packet_size: int = 0) -> None:
-        self._buf = bytearray()
+        #: the partial packet at the end of the last read: b"" (shared) while there is none, a bytearray
+        #: of its own while there is (an empty bytearray per idle connection is 56 bytes)
+        self._buf: Union[bytes, bytearray] = b""
         self._need = 0  # size of the partial packet in _buf once its header is known, else 0
         self.max_packet_size = max_packet_size if max_packet_size > 0 else MAX_PACKET_SIZE
 
@@ -338,7 +340,7 @@ class Parser:
         need = self._need
         rest = bytes(buf[need:])  # at most one read's worth
         del buf[need:]
-        self._buf = bytearray()
+        self._buf = b""
         self._need = 0
         first = buf[0]
         i = 1
@@ -467,11 +469,11 @@ class Parser:
             raise error from exc
         if pos == n:
             if buf:
-                buf.clear()
+                self._buf = b""
         elif buf:
-            del buf[:pos]
+            del buf[:pos]  # type: ignore[union-attr]  # a bytearray when not empty
         else:
-            buf += view[pos:]
+            self._buf = bytearray(view[pos:])
         return out
 
 

@@ -42,7 +42,7 @@ class Connection:
                  "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
                  "replay", "q0_limit", "replay_live",
                  "security", "username", "tls_username", "bridge",
-                 "held")
+                 "held", "listener")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -62,6 +62,9 @@ class Connection:
         #: the peer connected with the bridge flag (protocol level | 0x80, Mosquitto's try_private)
         self.bridge = False
         self.handle: object = None
+        #: the loop's listening socket it came in on, while the loop owns its socket (None: not yet or
+        #: no longer; the core never looks at it)
+        self.listener: object = None
         self._dirty = dirty
         self.close_reason = ""
         #: flow control: sessions whose full queues pause this publisher; packets read but not yet handled

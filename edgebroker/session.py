@@ -9,6 +9,7 @@ for QoS > 0 only the packet identifier differs.
 from __future__ import annotations
 
 from collections import deque
+from types import MappingProxyType
 
 from .packets import Message
 
@@ -16,7 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Tuple
 
-__all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED"]
+__all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED", "NO_INFLIGHT", "inflight_of"]
 
 #: Inflight states: PUBLISH sent and awaiting PUBACK/PUBREC; PUBREL sent and awaiting PUBCOMP. QUEUED is
 #: the store's state of a delivery not known to be sent (the store's row is not updated when it is).
@@ -59,6 +60,20 @@ def awaiting_of(session: "Session") -> Dict[int, Optional[Tuple[str, bytes, bool
     return awaiting
 
 
+#: Session.inflight until the first QoS 1/2 message is sent to the client: shared and read-only (a write
+#: to it raises instead of reaching every other session), so an idle session costs no dict (64 bytes).
+NO_INFLIGHT: Dict[int, List] = MappingProxyType({})  # type: ignore[assignment]
+
+
+def inflight_of(session: "Session") -> Dict[int, List]:
+    """The session's inflight messages, a dict of its own once it needs one (the broker's hot paths
+    do the same test inline)."""
+    inflight = session.inflight
+    if inflight is NO_INFLIGHT:
+        inflight = session.inflight = {}
+    return inflight
+
+
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
                  "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since", "blocking",
@@ -70,7 +85,8 @@ class Session:
         self.subscriptions: Dict[str, int] = {}
         #: packet id -> [message, qos, state, seq]; dict order is send order, used for resends
         #: [MQTT-4.6.0-1]. seq is the delivery's row in the store (0: not stored, clean session).
-        self.inflight: Dict[int, List] = {}
+        #: NO_INFLIGHT until the first message is sent (`inflight_of`).
+        self.inflight: Dict[int, List] = NO_INFLIGHT
         #: (message, qos, seq, packet id) waiting for the client or for room in the inflight window. A
         #: persistent session's message gets its packet id when queued, stored with it, so that sending
         #: it changes nothing on disk; 0 = none yet (clean session, or a row of an older database).

@@ -41,3 +41,19 @@ def test_the_cases_deliver_what_they_count(monkeypatch):
         delivered.clear()
         inproc.CASES[case](300)
         assert sum(delivered) >= 300, case
+
+
+def test_the_connection_case_gets_every_connack_and_suback(monkeypatch):
+    """CONN measures whole handshakes: each connection is answered CONNACK accepted and SUBACK QoS 0."""
+    sys.path.insert(0, str(ROOT))
+    from bench import inproc
+    answers = []
+    real_taken = inproc._taken
+
+    def taken(conn):
+        answers.append(b"".join(conn.out))
+        real_taken(conn)
+    monkeypatch.setattr(inproc, "_taken", taken)
+    inproc.case_conn(200)
+    assert len(answers) == 200
+    assert all(a == b"\x20\x02\x00\x00\x90\x03\x00\x01\x00" for a in answers)

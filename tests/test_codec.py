@@ -309,7 +309,21 @@ def test_trailing_partial_kept_for_next_feed():
     parser = Parser()
     tail = w.puback(5)
     assert typed(parser.feed(w.pingreq() + w.pingreq() + tail[:3])) == typed([p.Pingreq(), p.Pingreq()])
+    assert parser.buffered == 3
     assert typed(parser.feed(tail[3:] + w.disconnect())) == typed([p.Puback(5), p.Disconnect()])
+    assert parser.buffered == 0
+
+
+def test_a_parser_holds_no_buffer_of_its_own_between_whole_packets():
+    """Memory (issue 19): an idle connection's parser shares the empty bytes instead of an empty
+    bytearray each (56 bytes); a partial packet gets a buffer, which goes when the packet is complete."""
+    parser = Parser()
+    assert parser._buf == b"" and parser._buf.__class__ is bytes
+    packet = w.publish("a/b", b"x" * 10)
+    assert parser.feed(packet[:4]) == [] and parser.buffered == 4
+    assert parser.feed(packet[4:7]) == [] and parser.buffered == 7
+    assert typed(parser.feed(packet[7:] + w.pingreq())) == typed([p.Publish("a/b", b"x" * 10), p.Pingreq()])
+    assert parser._buf == b"" and parser._buf.__class__ is bytes
 
 
 def test_protocol_maximum_remaining_length_header_is_accepted():

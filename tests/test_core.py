@@ -445,6 +445,35 @@ def test_MQTT_4_4_0_1_pubrel_resent_for_a_qos2_message_whose_pubrec_was_received
     sub.ping()
 
 
+def test_sessions_share_one_read_only_empty_inflight_until_their_first_qos1_delivery():
+    """Memory (issue 19): a session never sent a QoS 1/2 message has no inflight dict of its own (64
+    bytes per idle client); the shared one refuses writes, so no session can put a message in another's.
+    The first delivery, a queued one (the refill) and a restored one each get a dict of their own."""
+    core = Core(max_inflight_messages=1)
+    a = core.connect("a")
+    a.subscribe(1, ("t", 1))
+    b = core.connect("b")
+    b.subscribe(1, ("t", 1))
+    sa, sb = core.broker.sessions["a"], core.broker.sessions["b"]
+    assert sa.inflight is sb.inflight and sa.inflight == {}
+    with pytest.raises(TypeError):
+        sa.inflight[1] = []  # type: ignore[index]
+    pub = core.connect("pub")
+    pub.send(w.publish("t", b"1", qos=1, packet_id=1) + w.publish("t", b"2", qos=1, packet_id=2))
+    assert [m.payload for m in a.publishes()] == [b"1"]  # the window of 1: b"2" waits in the queue
+    assert list(sa.inflight) == [1] and sa.inflight is not sb.inflight
+    assert [m.payload for m in b.publishes()] == [b"1"] and list(sb.inflight) == [1]
+    a.send(w.puback(1))
+    assert [m.payload for m in a.publishes()] == [b"2"] and list(sa.inflight) == [2]
+    c = core.connect("c", clean=False)
+    c.subscribe(1, ("t", 1))
+    c.lose()
+    pub.send(w.publish("t", b"3", qos=1, packet_id=3))
+    c = core.connect("c", clean=False, present=True)  # the queued message goes through the refill
+    assert [m.payload for m in c.publishes()] == [b"3"]
+    assert len(core.broker.sessions["c"].inflight) == 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bounds: inflight window, offline queue
 # ---------------------------------------------------------------------------------------------------------
@@ -1177,6 +1206,52 @@ def test_topic_tree_literal_filters_match_only_their_own_topic_and_are_dropped_w
     for k in range(3):
         assert tree.unsubscribe(f"dev/{k}/cmd", f"s{k}")
     assert tree.count == 0 and tree._literal == {} and tree._root.children == {}
+
+
+def test_topic_tree_literal_filter_of_one_subscriber_is_a_pair_until_a_second_comes():
+    """Memory (issue 19): a device's own topic has one subscriber, kept as a (subscriber, qos) pair, not
+    a dict; the second subscriber makes it a dict, and it goes back to a pair when one is left. The
+    match and the count are the same either way, and QoS is replaced, not added [MQTT-3.8.4-3]."""
+    tree = TopicTree()
+    assert tree.subscribe("dev/1", "a", 0)
+    assert tree._literal["dev/1"] == ("a", 0)
+    assert not tree.subscribe("dev/1", "a", 2)
+    assert tree._literal["dev/1"] == ("a", 2) and tree.match("dev/1") == {"a": 2} and tree.count == 1
+    assert tree.subscribe("dev/1", "b", 1)
+    assert tree._literal["dev/1"] == {"a": 2, "b": 1} and tree.match("dev/1") == {"a": 2, "b": 1}
+    assert not tree.unsubscribe("dev/1", "c") and tree.count == 2
+    assert tree.unsubscribe("dev/1", "a")
+    assert tree._literal["dev/1"] == ("b", 1) and tree.match("dev/1") == {"b": 1} and tree.count == 1
+    assert not tree.unsubscribe("dev/1", "a")
+    tree.subscribe("dev/+", "w", 0)  # the walk merges the pair too
+    assert tree.match("dev/1") == {"b": 1, "w": 0}
+    assert tree.unsubscribe("dev/1", "b") and "dev/1" not in tree._literal
+    assert tree.match("dev/1") == {"w": 0} and tree.count == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.sampled_from(["t", "t/u", "+", "t/#"]),
+                              st.sampled_from("abc"), st.integers(0, 2)), max_size=30))
+def test_property_topic_tree_agrees_with_a_dict_of_subscriptions(ops):
+    """Random subscribes and unsubscribes of a few subscribers on a few filters (several subscribers per
+    filter, so the literal filters go between their pair and dict forms): match, count and the return
+    values agree with a plain model, a dict of (filter, subscriber) -> qos."""
+    tree = TopicTree()
+    model: Dict[Tuple[str, str], int] = {}
+    for sub, topic_filter, who, qos in ops:
+        if sub:
+            assert tree.subscribe(topic_filter, who, qos) == ((topic_filter, who) not in model)
+            model[(topic_filter, who)] = qos
+        else:
+            assert tree.unsubscribe(topic_filter, who) == ((topic_filter, who) in model)
+            model.pop((topic_filter, who), None)
+        for topic in ("t", "t/u", "x"):
+            expected: Dict[str, int] = {}
+            for (f, w), q in model.items():
+                if filter_matches(f, topic):
+                    expected[w] = max(q, expected.get(w, -1))
+            assert tree.match(topic) == expected, (topic, model)
+        assert tree.count == len(model)
 
 
 LEVELS_T = ["a", "b", "$s", ""]
