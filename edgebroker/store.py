@@ -51,7 +51,6 @@ the broker would otherwise keep for its whole life, which matters on a Pi Zero.
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 import time
 
@@ -60,6 +59,7 @@ from .errors import StoreError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import sqlite3  # at run time by _import_sqlite3()
     from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 else:
     from .record import NamedTuple
@@ -368,10 +368,18 @@ class NullStore:
         pass
 
 
+def _import_sqlite3() -> None:
+    """sqlite3 (with libsqlite3 and datetime, about 1 MiB of resident memory) comes with the first
+    SqliteStore: a broker with persistence false never loads it."""
+    global sqlite3
+    import sqlite3
+
+
 class SqliteStore(NullStore):
     def __init__(self, path: str, durability: str = "crash", autosave_interval: float = 1800.0,
                  autosave_on_changes: bool = False, log: L.LogFunc = L.null_log,
                  commit_window: float = 0.0) -> None:
+        _import_sqlite3()
         self.path = path
         self.log = log
         self.periodic = durability == "periodic"
@@ -867,6 +875,7 @@ def migrate(path: str) -> None:
     """Bring the database at `path` to SCHEMA_VERSION with sqlite-utils, in one write transaction."""
     import sqlite_utils
 
+    _import_sqlite3()
     conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
     try:
         conn.execute("BEGIN IMMEDIATE")

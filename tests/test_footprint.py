@@ -43,9 +43,9 @@ finally:
 """
 
 
-def _loaded(options: dict) -> list:
+def _loaded(options: dict, modules: list = OPTIONAL) -> list:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(options), json.dumps(OPTIONAL)],
+    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(options), json.dumps(modules)],
                          env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -67,6 +67,14 @@ try:
 finally:
     server.close()
 """
+
+
+def test_sqlite_comes_with_persistence_only(tmp_path):
+    # sqlite3 with libsqlite3 and datetime is about 1 MiB of resident memory: a broker with persistence
+    # false (a mosquitto.conf's default) never imports it.
+    modules = ["sqlite3", "_sqlite3", "datetime"]
+    assert _loaded({"persistence": False, "persistence_location": str(tmp_path)}, modules) == []
+    assert _loaded({"persistence_location": str(tmp_path)}, modules) == sorted(modules)
 
 
 def test_a_plain_start_loads_no_typing(tmp_path):
