@@ -11,7 +11,8 @@ broker has it (bench/brokers.py, `compile_bytecode`):
 2. The broker's imports in the order a start makes them, one fresh process importing them one after
    another: VmRSS after each, and how many modules each brought.
 3. A running broker (`python -m edgebroker -p 0`, a fresh database in a temporary XDG_DATA_HOME):
-   after start, with `-c` (a TOML file setting max_queued_messages), then with a persistent session
+   after start, with `-c` (a mosquitto.conf, whose persistence is off by default as in Mosquitto, and a
+   TOML file, each setting max_queued_messages), then with a persistent session
    holding N queued QoS 1 messages of 64 B (S8's load, sent by one raw-socket publisher with 64 in
    flight), then after the session reconnected and drained them; and the RSS by mapping at the end.
 Only 127.0.0.1, a port chosen by the broker (-p 0); every process started is killed at the end.
@@ -37,10 +38,13 @@ from bench.brokers import compile_bytecode, mosquitto_binary, repo_python  # noq
 
 KIB = 1024.0
 
-#: The modules a start imports, in its order; each row's cost is what it adds to those above it.
-IMPORT_STEPS = ["typing", "socket", "edgebroker.config", "edgebroker.codec", "edgebroker.session",
-                "sqlite3", "edgebroker.store", "edgebroker.broker", "edgebroker.server",
-                "edgebroker.cli.broker", "edgebroker.configfile"]
+#: The modules a start imports, in its order; each row's cost is what it adds to those above it (memory
+#: an import frees, such as the compiler's for record's generated __init__, is reused by later rows, so
+#: only the running broker's figures below are the start's). `module:function` calls the function: the
+#: TOML parser comes with the first TOML file read (with `-c`), sqlite3 with the store's database.
+IMPORT_STEPS = ["edgebroker.log", "socket", "edgebroker.config", "edgebroker.codec", "edgebroker.session",
+                "edgebroker.store", "edgebroker.broker", "edgebroker.server", "edgebroker.cli.broker",
+                "edgebroker.configfile", "edgebroker.tomlread:toml", "sqlite3"]
 
 _STATUS = ("import sys\nv = {}\nfor l in open('/proc/self/status'):\n"
            "    v[l.split(':')[0]] = l.split()[1] if len(l.split()) > 1 else ''\n"
@@ -53,7 +57,10 @@ def rss():
         if l.startswith('VmRSS'): return int(l.split()[1])
 print('-', rss(), len(sys.modules), flush=True)
 for name in sys.argv[1:]:
-    importlib.import_module(name)
+    module, _, call = name.partition(":")
+    imported = importlib.import_module(module)
+    if call:
+        getattr(imported, call)()
     print(name, rss(), len(sys.modules), flush=True)
 """
 
@@ -247,6 +254,13 @@ def broker_table(queued: int) -> List[str]:
             row("Mosquitto, started (for comparison)", proc.pid)
             proc.terminate()
             proc.wait()
+        mconf = os.path.join(tmp, "edgebroker.conf")
+        with open(mconf, "w") as f:
+            f.write(f"max_queued_messages {queued * 2}\n")
+        proc, _ = start(["-c", mconf])
+        row("started with -c FILE.conf (mosquitto.conf syntax: persistence false)", proc.pid)
+        proc.terminate()
+        proc.wait()
         proc, port = start(["-c", conf])
         row("started with -c edgebroker.toml", proc.pid)
         started_rss = _status(proc.pid)["VmRSS"]

@@ -19,9 +19,10 @@ def test_every_table_comes_out_with_figures():
         assert heading in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
     imports = [row for row in rows if row.startswith("| `edgebroker.")]
-    assert len(imports) == 2 * 8  # with and without site
+    assert len(imports) == 2 * 10  # with and without site
     states = {row.split("|")[1].strip(): row for row in rows}
     for state in ("started again, existing database", "started with -c edgebroker.toml",
+                  "started with -c FILE.conf (mosquitto.conf syntax: persistence false)",
                   "300 QoS 1 messages of 64 B queued for an offline session", "after the session drained them"):
         assert re.search(r"\| \d+\.\d \| \d+\.\d \|", states[state]), state
     assert re.search(r"Per queued message: -?\d+ bytes", text)
