@@ -23,6 +23,11 @@ would), and counts only the broker's calls:
   and SUBSCRIBE to a topic of its own, as S6's idle worker sends them, the turn's end and the flush
   taken; the connections stay open (S6 holds 2,000). The loop's share (accept, the poller, the send,
   the log lines) is not in it.
+- TURN: S5's shape through the real loop (`Server.serve_forever` on a thread, real sockets): one QoS 0
+  message per loop turn, the next sent once the subscriber has the last, so the turn count does not
+  depend on the machine; the loop thread's CPU (or instructions) per message. TURNX the same, with 4 MiB
+  of memory written between messages: at S5's rate, on a machine with other work, every turn starts
+  with cold caches, and that, not the instructions, is most of its cost (`--misses`).
 
 `--callgrind` runs each case under `valgrind --tool=callgrind` twice, with N and 2N messages, and
 divides the difference of the instruction counts by N: start-up, imports and set-up cancel out, and
@@ -227,33 +232,132 @@ def case_conn(n: int) -> float:
     return (clock() - t0) / n
 
 
+#: TURNX: bytes of memory the driver writes between two messages, one byte per 64-byte line: twice the
+#: 2 MiB L2 cache of this machine's cores (and of callgrind's simulated last level, see --misses)
+EVICT_BYTES = 4 << 20
+
+
+def _loop_turns(n: int, evict: bool) -> float:
+    """TURN, TURNX: S5's shape through the real loop. `Server.serve_forever` runs on a thread of its
+    own with its defaults (persistence on, into a temporary directory), one publisher and one QoS 0
+    subscriber on loopback sockets; the publisher sends its next message only once the subscriber has
+    the last one, so every message is a loop turn of its own (epoll, recv, parse, route, send) whatever
+    the machine does meanwhile. With `evict` the driver first writes EVICT_BYTES of memory, so each
+    turn starts with the caches another program would have left it, as at S5's 2,000 msg/s on a
+    machine with other work. Returns the loop thread's CPU time per message (Linux's schedstat)."""
+    import socket
+    import threading
+    from edgebroker.config import Config
+    from edgebroker.server import Server
+    directory = tempfile.mkdtemp(prefix="edgebroker-inproc-")
+    server = Server(Config(persistence_location=directory), default_port=0)
+    loop_tid: List[int] = []
+
+    def serve() -> None:
+        loop_tid.append(threading.get_native_id())
+        server.serve_forever()
+
+    def cpu_ns() -> int:
+        with open(f"/proc/self/task/{loop_tid[0]}/schedstat") as f:
+            return int(f.read().split()[0])
+
+    loop = threading.Thread(target=serve)
+    loop.start()
+    socks: List[socket.socket] = []
+    try:
+        port = server.ports[0]
+
+        def client(client_id: str, extra: bytes, answers: int) -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks.append(s)
+            s.sendall(wire.connect(client_id) + extra)
+            got = b""
+            while len(wire.split(got)[0]) < answers:  # CONNACK (and SUBACK)
+                got += s.recv(4096)
+            return s
+
+        sub = client("turn-sub", wire.subscribe(1, [("bench/lat", 0)]), 2)
+        pub = client("turn-pub", b"", 1)
+        sub.settimeout(10.0)  # a message the loop did not deliver fails the run, not hang it
+        message = wire.publish("bench/lat", b"x" * 64)
+        size = len(message)
+        view = memoryview(bytearray(size))
+        memory = bytearray(EVICT_BYTES)
+        lines = bytes(EVICT_BYTES // 64)
+        t0 = cpu_ns()
+        for _ in range(n):
+            if evict:
+                memory[::64] = lines
+            pub.sendall(message)
+            got = 0
+            while got < size:
+                got += sub.recv_into(view[got:], size - got)
+        return (cpu_ns() - t0) / 1e9 / n
+    finally:
+        for s in socks:
+            s.close()
+        server.shutdown()
+        loop.join()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 CASES: Dict[str, Callable[[int], float]] = {
     "Q0": case_q0, "Q1": case_q1, "FAN": case_fan, "Q1P": case_q1p,
     "DRAIN": _drain, "DRAINU": lambda n: _drain(n, 0), "DRAIN1": lambda n: _drain(n, one=True),
-    "DRAINQ": lambda n: _drain(n, drain=False), "CONN": case_conn}
+    "DRAINQ": lambda n: _drain(n, drain=False), "CONN": case_conn,
+    "TURN": lambda n: _loop_turns(n, False), "TURNX": lambda n: _loop_turns(n, True)}
+#: cases that run the loop on a thread of its own: under callgrind only that thread is counted
+LOOP_CASES = ("TURN", "TURNX")
 #: messages (deliveries for FAN, connections for CONN) per timed run; callgrind runs are a tenth of these
 SIZES = {"Q0": 200_000, "Q1": 50_000, "FAN": 500_000, "Q1P": 20_000, "DRAIN": 20_000, "DRAINU": 20_000,
-         "DRAIN1": 10_000, "DRAINQ": 20_000, "CONN": 20_000}
+         "DRAIN1": 10_000, "DRAINQ": 20_000, "CONN": 20_000, "TURN": 20_000, "TURNX": 3_000}
 
 
 _UNIT = {"CONN": "connection"}
 
 
-def _instructions(case: str, n: int, tree: str) -> int:
+#: --misses: callgrind's simulated caches, this machine's per core (L1d 48 KiB, L1i 32 KiB, L2 2 MiB as
+#: the "last level"): a miss there is an access the L2 did not hold
+CACHE_SIM = ["--cache-sim=yes", "--D1=49152,12,64", "--I1=32768,8,64", "--LL=2097152,16,64"]
+
+
+def _instructions(case: str, n: int, tree: str, misses: bool = False) -> Dict[str, int]:
+    """Callgrind's event totals (Ir, and with `misses` the cache events) of one run of a case: the
+    whole process, or for LOOP_CASES the loop's thread alone (the second thread)."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                          "-m", "bench.inproc", "--tree", tree, "--once", case, str(n)],
-                         capture_output=True, text=True, cwd=here, timeout=600)
-    found = re.search(r"Collected\s*:\s*([\d,]+)", out.stderr)
-    if out.returncode != 0 or found is None:
+    out_dir = tempfile.mkdtemp(prefix="edgebroker-callgrind-")
+    try:
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes",
+                              f"--callgrind-out-file={out_dir}/cg"] + (CACHE_SIM if misses else []) +
+                             [sys.executable, "-m", "bench.inproc", "--tree", tree, "--once", case, str(n)],
+                             capture_output=True, text=True, cwd=here, timeout=900)
+        files = sorted(os.listdir(out_dir))
+        if case in LOOP_CASES:
+            files = [f for f in files if f.endswith("-02")]
+        totals: Dict[str, int] = {}
+        for name in files:
+            with open(os.path.join(out_dir, name)) as f:
+                text = f.read()
+            names = re.search(r"^events:(.*)$", text, re.M)
+            values = re.search(r"^totals:(.*)$", text, re.M)
+            if names is None or values is None:
+                continue
+            for event, value in zip(names.group(1).split(), values.group(1).split()):
+                totals[event] = totals.get(event, 0) + int(value)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if out.returncode != 0 or "Ir" not in totals:
         raise RuntimeError(f"valgrind failed for {case}: {out.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return totals
 
 
 def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="Q0,Q1,FAN,Q1P", help="comma-separated: " + ", ".join(CASES))
     p.add_argument("--callgrind", action="store_true", help="instructions per message, under valgrind")
+    p.add_argument("--misses", action="store_true",
+                   help="with --callgrind: also L2 misses per message (simulated caches, CACHE_SIM)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
     p.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                    help="the checkout whose edgebroker/ is measured (default: this one)")
@@ -270,9 +374,14 @@ def main(argv: List[str]) -> int:
         n = max(100, int(SIZES[case] * args.scale))
         if args.callgrind:
             n //= 10
-            a = _instructions(case, n, args.tree)
-            b = _instructions(case, 2 * n, args.tree)
-            print(f"{case:4} {(b - a) / n:10,.0f} instructions per {_UNIT.get(case, 'message')}")
+            a = _instructions(case, n, args.tree, args.misses)
+            b = _instructions(case, 2 * n, args.tree, args.misses)
+            line = f"{case:4} {(b['Ir'] - a['Ir']) / n:10,.0f} instructions per {_UNIT.get(case, 'message')}"
+            if args.misses:
+                l2 = ("ILmr", "DLmr", "DLmw")
+                line += f", {sum(b[e] - a[e] for e in l2) / n:7,.0f} L2 misses (" + ", ".join(
+                    f"{e} {(b[e] - a[e]) / n:,.0f}" for e in l2) + ")"
+            print(line)
         else:
             CASES[case](n // 10)  # warm-up
             gc.disable()

@@ -20,6 +20,17 @@ def test_every_case_runs_and_prints_a_figure():
     assert all(value > 0 for value in figures.values())
 
 
+def test_the_loop_cases_run_the_real_loop():
+    """TURN and TURNX wait for each message at the subscriber before sending the next: a run that
+    finishes delivered every message, through serve_forever's thread."""
+    out = subprocess.run([sys.executable, "-m", "bench.inproc", "--cases", "TURN,TURNX", "--scale", "0.01"],
+                         cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    figures = {line.split()[0]: float(line.split()[1]) for line in out.stdout.splitlines()[1:]}
+    assert set(figures) == {"TURN", "TURNX"}
+    assert all(value > 0 for value in figures.values())
+
+
 def test_the_cases_deliver_what_they_count(monkeypatch):
     """The cases measure real work: a QoS 1 case whose messages were not delivered and acknowledged
     would spin on an empty window; check the subscriber's side directly."""
