@@ -14,7 +14,7 @@ import struct
 
 from .errors import MalformedPacket
 from .packets import (
-    Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
+    Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel, decoded_publish,
     Suback, Subscribe, Unsuback, Unsubscribe, Will, encode_remaining_length, publish_head,
 )
 
@@ -211,19 +211,27 @@ def _topic_name(raw: bytes) -> str:
     return topic
 
 
+#: A PUBLISH's QoS and RETAIN by its flags (the first byte's low four bits). The hot path below reads
+#: its fields with tuple lookups, + and *, which CPython runs inline, rather than >>, & and | (a call
+#: into the int type each): at a low rate every PUBLISH is a loop turn of its own with cold caches, and
+#: each distinct operation costs its cache lines again.
+_QOS_OF_FLAGS = tuple((flags >> 1) & 0x03 for flags in range(16))
+_RETAIN_OF_FLAGS = tuple(bool(flags & 0x01) for flags in range(16))
+
+
 def _decode_publish_at(flags: int, data: bytes, start: int, end: int, head: int = -1) -> Publish:
     """PUBLISH, the hot path: decoded straight from the read buffer by offsets (no body copy, no
     reader object). `head`: where the packet starts in `data`, to keep its bytes as `wire` (see
     Publish) when it is a QoS 0 PUBLISH without RETAIN."""
-    qos = (flags >> 1) & 0x03
+    qos = _QOS_OF_FLAGS[flags]
     if qos == 3:
         raise MalformedPacket("PUBLISH QoS 3", "[MQTT-3.3.1-4]")
-    dup = flags & 0x08
+    dup = flags >= 0x08
     if dup and qos == 0:
         raise MalformedPacket("DUP set on a QoS 0 PUBLISH", "[MQTT-3.3.1-2]")
     if end - start < 2:
         raise MalformedPacket("packet shorter than its fields")
-    topic_end = start + 2 + ((data[start] << 8) | data[start + 1])
+    topic_end = start + 2 + data[start] * 256 + data[start + 1]
     if topic_end > end:
         raise MalformedPacket("length prefix runs past the end of the packet")
     raw = data[start + 2:topic_end]
@@ -233,13 +241,13 @@ def _decode_publish_at(flags: int, data: bytes, start: int, end: int, head: int 
     if qos:
         if topic_end + 2 > end:
             raise MalformedPacket("packet shorter than its fields")
-        packet_id = (data[topic_end] << 8) | data[topic_end + 1]
+        packet_id = data[topic_end] * 256 + data[topic_end + 1]
         if packet_id == 0:
             raise MalformedPacket("packet identifier 0", "[MQTT-2.3.1-1]")
-        return Publish(topic, data[topic_end + 2:end], qos, bool(flags & 0x01), bool(dup), packet_id)
+        return decoded_publish(topic, data[topic_end + 2:end], qos, _RETAIN_OF_FLAGS[flags], dup, packet_id, None)
     if flags:
-        return Publish(topic, data[topic_end:end], 0, True)
-    return Publish(topic, data[topic_end:end], 0, False, False, 0, data[head:end] if head >= 0 else None)
+        return decoded_publish(topic, data[topic_end:end], 0, True, False, 0, None)
+    return decoded_publish(topic, data[topic_end:end], 0, False, False, 0, data[head:end] if head >= 0 else None)
 
 
 def _decode_publish(flags: int, body: bytes) -> Publish:
@@ -397,6 +405,16 @@ class Parser:
 
     def feed(self, data: bytes) -> List[object]:
         buf = self._buf
+        n = len(data)
+        if (not buf and 1 < n <= 129 and 0x30 <= data[0] < 0x40 and data[1] == n - 2
+                and n <= self.max_packet_size and data.__class__ is bytes):
+            # The read is one whole PUBLISH with a one-byte remaining length, nothing buffered: the
+            # read of a client that publishes now and then (S5), a loop turn of its own. Decoded
+            # without the walk below.
+            try:
+                return [_decode_publish_at(data[0] - 0x30, data, 2, n, 0)]
+            except Exception as exc:
+                raise _undecodable(exc, [])
         if buf:
             buf += data
             if len(buf) < self._need:
@@ -460,13 +478,8 @@ class Parser:
                 else:
                     out.append(decoders[ptype](flags, view[i:end]))
                 pos = end
-        except MalformedPacket as exc:
-            exc.packets = out
-            raise
-        except Exception as exc:  # defence in depth: the codec's promise is one error type only
-            error = MalformedPacket(f"undecodable packet ({exc.__class__.__name__})")
-            error.packets = out
-            raise error from exc
+        except Exception as exc:
+            raise _undecodable(exc, out)
         if pos == n:
             if buf:
                 self._buf = b""
@@ -477,6 +490,17 @@ class Parser:
         return out
 
 
+
+
+def _undecodable(exc: Exception, packets: List[object]) -> MalformedPacket:
+    """What `Parser.feed` raises: the MalformedPacket carrying the packets decoded before it. Any other
+    exception becomes one too (defence in depth: the codec's promise is one error type only)."""
+    if not isinstance(exc, MalformedPacket):
+        error = MalformedPacket(f"undecodable packet ({exc.__class__.__name__})")
+        error.__cause__ = exc
+        exc = error
+    exc.packets = packets
+    return exc
 
 
 def _string(text: str) -> bytes:

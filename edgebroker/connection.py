@@ -42,7 +42,7 @@ class Connection:
                  "_dirty", "close_reason", "paused_by", "stash", "stash_error", "refill_held", "resend_at",
                  "replay", "q0_limit", "replay_live",
                  "security", "username", "tls_username", "bridge",
-                 "held", "listener")
+                 "held", "listener", "recv_size")
 
     def __init__(self, peer: str, port: int, now: float, dirty: List["Connection"]) -> None:
         self.peer = peer
@@ -91,6 +91,8 @@ class Connection:
         self.tls_username: Optional[str] = None
         #: acknowledgements waiting for the store's commit window (Broker._send_ack), in order
         self.held: List[bytes] = _NOTHING  # type: ignore[assignment]  # a list of its own when one is held
+        #: bytes the loop asks for in its next recv (server.RECV_SIZE or RECV_SMALL)
+        self.recv_size = 65536
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);

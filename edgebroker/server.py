@@ -55,6 +55,11 @@ __all__ = ["Server"]
 
 #: Bytes read per recv: enough for hundreds of small packets per read, one syscall each turn.
 RECV_SIZE = 65536
+#: What a connection whose last read was smaller asks for: a sensor's PUBLISH now and then. The bytes
+#: object then comes from Python's small-object allocator, not from malloc of 64 KiB cut down to the
+#: size read (at S5's rate that cost more than the rest of the read). A read that fills it means a
+#: burst: the next read asks for RECV_SIZE again.
+RECV_SMALL = 448
 #: Connections accepted per listener per turn, so a connect storm cannot starve established clients.
 ACCEPT_BATCH = 64
 #: Unread input drained before closing a socket, so the kernel sends FIN (not RST) and the peer gets
@@ -297,7 +302,7 @@ class Server:
                 notifier.ready(monotonic(), broker.stats.clients_connected)
             while not self._stop:
                 timeout = next_timer - monotonic()
-                events = poll(timeout if timeout > 0 else 0)
+                events = poll(timeout if timeout > 0.0 else 0.0)
                 now = monotonic()
                 for data, mask in events:
                     if data.__class__ is conn_class:
@@ -664,13 +669,14 @@ class Server:
 
     def _read(self, conn: Connection, now: float) -> None:
         try:
-            data = conn.handle.recv(RECV_SIZE)  # type: ignore[attr-defined]
+            data = conn.handle.recv(conn.recv_size)  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
             return
         if data:
+            conn.recv_size = RECV_SIZE if len(data) >= RECV_SMALL else RECV_SMALL
             self.broker.data_received(conn, data, now)
         else:
             self.broker.connection_lost(conn, now)

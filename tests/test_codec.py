@@ -713,3 +713,45 @@ def test_publish_topic_names_are_checked_once_and_shared_but_the_cache_stays_bou
     assert long_name.encode() not in codec._topics
     Parser().feed(b"".join(w.publish(f"n/{i}", b"x") for i in range(codec.TOPIC_CACHE_SIZE * 2)))
     assert len(codec._topics) <= codec.TOPIC_CACHE_SIZE
+
+
+# ---- one whole PUBLISH in a read: Parser.feed's short path ---------------------------------------
+
+def test_decoded_publish_is_the_object_the_class_makes():
+    from edgebroker.packets import decoded_publish
+    for args in (("a/b", b"x", 0, False, False, 0, b"\x30\x06\x00\x03a/bx"), ("t", b"", 1, True, True, 7, None),
+                 ("t", b"pp", 2, False, False, 65535, None)):
+        made, decoded = p.Publish(*args), decoded_publish(*args)
+        assert decoded.__class__ is p.Publish
+        for name in p.Publish.__slots__ + p.Message.__slots__:
+            assert getattr(decoded, name) == getattr(made, name), name
+
+
+@pytest.mark.parametrize("packet", [
+    w.publish("s/t", b"21.5"), w.publish("s/t", b"v", qos=1, packet_id=9), w.publish("s/t", b"", retain=True),
+    w.publish("s/t", b"v", qos=2, dup=True, packet_id=300), w.publish("t", b"x" * 123),
+])
+def test_a_read_of_one_publish_decodes_as_in_a_longer_read(packet):
+    alone = Parser().feed(packet)
+    among = Parser().feed(w.pingreq() + packet)[1:]
+    assert len(alone) == 1 and alone == among
+    assert alone[0]._q0 == among[0]._q0  # the QoS 0 bytes kept as the message's encoding, or None
+
+
+@pytest.mark.parametrize("packet", [
+    w.raw_first_byte(0x36, w.utf8("t") + b"\x00\x01"),        # QoS 3
+    w.raw_first_byte(0x38, w.utf8("t")),                      # DUP on QoS 0
+    w.raw_first_byte(0x30, w.utf8("a/+")),                    # a wildcard in a topic name
+    w.raw_first_byte(0x30, b"\x00\x02\xff\xfe"),              # not UTF-8
+    w.raw_first_byte(0x32, w.utf8("t") + b"\x00\x00"),        # packet id 0
+    w.raw_first_byte(0x30, b"\x00\x09ab"),                    # the topic runs past the packet
+])
+def test_a_read_of_one_malformed_publish_raises_with_no_packets(packet):
+    with pytest.raises(MalformedPacket) as err:
+        Parser().feed(packet)
+    assert err.value.packets == []
+
+
+def test_a_bytearray_read_takes_the_long_path_and_gives_bytes():
+    got = Parser().feed(bytearray(w.publish("s/t", b"21.5")))
+    assert got[0].payload == b"21.5" and got[0].payload.__class__ is bytes

@@ -628,3 +628,27 @@ def test_max_packet_size_oversize_packet_closes(make_broker):
     finally:
         victim.close()
         bystander.close()
+
+
+def test_reads_small_after_a_small_read_and_whole_bursts_after(broker, connected):
+    """The loop asks for a few hundred bytes after a small read (a sensor's PUBLISH now and then)
+    and for 64 KiB again once a read fills that: a burst behind a small read, a large PUBLISH among
+    small ones, arrive whole and in order."""
+    from edgebroker.server import RECV_SIZE, RECV_SMALL
+    sub = connected("reads-sub")
+    subscribe(sub, 1, [("reads/#", 0)], [0])
+    pub = connected("reads-pub")
+    first = w.publish("reads/one", b"21.5")
+    pub.send(first)
+    expect(sub, first, "the small one")
+    conns = {c.client_id: c for c in broker.server.broker.connections}
+    assert conns["reads-pub"].recv_size == RECV_SMALL
+    burst = [w.publish(f"reads/{i}", bytes([i]) * 20) for i in range(40)]
+    large = w.publish("reads/large", bytes(range(256)) * 400)
+    pub.send(b"".join(burst[:20]) + large + b"".join(burst[20:]))
+    for i, packet in enumerate(burst[:20] + [large] + burst[20:]):
+        expect(sub, packet, f"packet {i} of the burst")
+    assert conns["reads-pub"].recv_size in (RECV_SIZE, RECV_SMALL)  # small again if the last read was
+    pub.send(first)
+    expect(sub, first, "the small one again")
+    expect_nothing_pending(sub)
