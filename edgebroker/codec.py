@@ -79,70 +79,53 @@ def valid_topic_filter(topic_filter: str) -> bool:
     return True
 
 
-class _Reader:
-    """Cursor over one packet body; every read checks bounds so overruns become MalformedPacket."""
+def _binary_at(data: bytes, pos: int, end: int) -> Tuple[bytes, int]:
+    """The length-prefixed field at `pos` of a packet body ending at `end`: (its bytes, the position
+    after it). Every read checks bounds, so an overrun becomes MalformedPacket."""
+    if pos + 2 > end:
+        raise MalformedPacket("packet shorter than its fields")
+    stop = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+    if stop > end:
+        raise MalformedPacket("length prefix runs past the end of the packet")
+    return data[pos + 2:stop], stop
 
-    __slots__ = ("data", "pos", "end")
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-        self.end = len(data)
+def _text_at(data: bytes, pos: int, end: int) -> Tuple[str, int]:
+    """The UTF-8 string at `pos` (as _binary_at): CONNECT's and SUBSCRIBE's fields are read by offsets,
+    as PUBLISH's are, with no reader object and no method call per field (a device's connect costs
+    three or four of them)."""
+    if pos + 2 > end:
+        raise MalformedPacket("packet shorter than its fields")
+    stop = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+    if stop > end:
+        raise MalformedPacket("length prefix runs past the end of the packet")
+    try:
+        text = data[pos + 2:stop].decode("utf-8")  # strict: rejects surrogates and overlong forms [MQTT-1.5.3-1]
+    except UnicodeDecodeError:
+        raise MalformedPacket("string is not valid UTF-8", "[MQTT-1.5.3-1]") from None
+    if "\x00" in text:
+        raise MalformedPacket("string contains U+0000", "[MQTT-1.5.3-2]")
+    return text, stop
 
-    def u8(self) -> int:
-        if self.pos >= self.end:
-            raise MalformedPacket("packet shorter than its fields")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
 
-    def u16(self) -> int:
-        pos = self.pos
-        if pos + 2 > self.end:
-            raise MalformedPacket("packet shorter than its fields")
-        self.pos = pos + 2
-        return (self.data[pos] << 8) | self.data[pos + 1]
-
-    def binary(self) -> bytes:
-        n = self.u16()
-        pos = self.pos
-        if pos + n > self.end:
-            raise MalformedPacket("length prefix runs past the end of the packet")
-        self.pos = pos + n
-        return self.data[pos:pos + n]
-
-    def string(self) -> str:
-        raw = self.binary()
-        try:
-            text = raw.decode("utf-8")  # strict: rejects surrogates and overlong forms [MQTT-1.5.3-1]
-        except UnicodeDecodeError:
-            raise MalformedPacket("string is not valid UTF-8", "[MQTT-1.5.3-1]") from None
-        if "\x00" in text:
-            raise MalformedPacket("string contains U+0000", "[MQTT-1.5.3-2]")
-        return text
-
-    def packet_id(self) -> int:
-        pid = self.u16()
-        if pid == 0:
-            raise MalformedPacket("packet identifier 0", "[MQTT-2.3.1-1]")
-        return pid
-
-    def rest(self) -> bytes:
-        data = self.data[self.pos:]
-        self.pos = self.end
-        return data
-
-    def done(self) -> None:
-        if self.pos != self.end:
-            raise MalformedPacket("packet longer than its fields")
+def _packet_id_at(data: bytes, pos: int, end: int) -> int:
+    if pos + 2 > end:
+        raise MalformedPacket("packet shorter than its fields")
+    pid = (data[pos] << 8) | data[pos + 1]
+    if pid == 0:
+        raise MalformedPacket("packet identifier 0", "[MQTT-2.3.1-1]")
+    return pid
 
 
 def _decode_connect(flags: int, body: bytes) -> Connect:
-    r = _Reader(body)
-    name = r.string()
-    level = r.u8()
-    cflags = r.u8()
-    keepalive = r.u16()
+    end = len(body)
+    name, pos = _text_at(body, 0, end)
+    if pos + 4 > end:
+        raise MalformedPacket("packet shorter than its fields")
+    level = body[pos]
+    cflags = body[pos + 1]
+    keepalive = (body[pos + 2] << 8) | body[pos + 3]
+    pos += 4
     if level not in (3, 4, 0x83, 0x84):  # 0x80: Mosquitto's bridge flag (try_private), then 3.1 or 3.1.1
         # Not a protocol we parse: return what we know so the broker can refuse it with CONNACK 1
         # [MQTT-3.1.2-2]; the payload of a newer protocol (MQTT 5 properties) is not ours to read.
@@ -160,18 +143,22 @@ def _decode_connect(flags: int, body: bytes) -> Connect:
     has_username = cflags & 0x80
     if has_password and not has_username:
         raise MalformedPacket("password flag without username flag", "[MQTT-3.1.2-22]")
-    client_id = r.string()
-    will = None
+    client_id, pos = _text_at(body, pos, end)
+    will = username = password = None
     if will_flag:
-        will_topic = r.string()
+        will_topic, pos = _text_at(body, pos, end)
         if _too_deep(will_topic):
             raise MalformedPacket(f"will topic of more than {MAX_TOPIC_LEVELS} levels")
         if not valid_topic_name(will_topic):
             raise MalformedPacket("will topic is not a valid topic name", "[MQTT-3.1.2-9]")
-        will = Will(will_topic, r.binary(), will_qos, will_retain)
-    username = r.string() if has_username else None
-    password = r.binary() if has_password else None
-    r.done()
+        will_payload, pos = _binary_at(body, pos, end)
+        will = Will(will_topic, will_payload, will_qos, will_retain)
+    if has_username:
+        username, pos = _text_at(body, pos, end)
+    if has_password:
+        password, pos = _binary_at(body, pos, end)
+    if pos != end:
+        raise MalformedPacket("packet longer than its fields")
     return Connect(name, level, bool(cflags & 0x02), keepalive, client_id, will, username, password)
 
 
@@ -266,16 +253,20 @@ def _id_only(cls: type) -> Callable[[int, bytes], object]:
 
 
 def _decode_subscribe(flags: int, body: bytes) -> Subscribe:
-    r = _Reader(body)
-    pid = r.packet_id()
+    end = len(body)
+    pid = _packet_id_at(body, 0, end)
+    pos = 2
     topics = []
-    while r.pos < r.end:
-        topic_filter = r.string()
+    while pos < end:
+        topic_filter, pos = _text_at(body, pos, end)
         if _too_deep(topic_filter):
             raise MalformedPacket(f"topic filter of more than {MAX_TOPIC_LEVELS} levels")
         if not valid_topic_filter(topic_filter):
             raise MalformedPacket(f"invalid topic filter {topic_filter!r}", "[MQTT-4.7.1-2]")
-        qos = r.u8()
+        if pos >= end:
+            raise MalformedPacket("packet shorter than its fields")
+        qos = body[pos]
+        pos += 1
         if qos > 2:  # also catches the reserved upper bits
             raise MalformedPacket("SUBSCRIBE requested QoS byte invalid", "[MQTT-3-8.3-4]")
         topics.append((topic_filter, qos))
@@ -285,20 +276,20 @@ def _decode_subscribe(flags: int, body: bytes) -> Subscribe:
 
 
 def _decode_suback(flags: int, body: bytes) -> Suback:
-    r = _Reader(body)
-    pid = r.packet_id()
-    codes = tuple(r.rest())
+    pid = _packet_id_at(body, 0, len(body))
+    codes = tuple(body[2:])
     if not codes or any(c not in (0, 1, 2, 0x80) for c in codes):
         raise MalformedPacket("SUBACK return codes invalid")
     return Suback(pid, codes)
 
 
 def _decode_unsubscribe(flags: int, body: bytes) -> Unsubscribe:
-    r = _Reader(body)
-    pid = r.packet_id()
+    end = len(body)
+    pid = _packet_id_at(body, 0, end)
+    pos = 2
     topics = []
-    while r.pos < r.end:
-        topic_filter = r.string()
+    while pos < end:
+        topic_filter, pos = _text_at(body, pos, end)
         if _too_deep(topic_filter):
             raise MalformedPacket(f"topic filter of more than {MAX_TOPIC_LEVELS} levels")
         if not valid_topic_filter(topic_filter):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import sys
 import time
 
 from . import __version__
@@ -90,7 +91,7 @@ class _Watch:
 
 
 class _ListenSocket:
-    __slots__ = ("sock", "listener", "port", "family", "count", "tls", "index")
+    __slots__ = ("sock", "listener", "port", "family", "count", "tls", "index", "nodelay")
 
     def __init__(self, sock: socket.socket, listener: Listener, port: int, family: int) -> None:
         self.sock = sock
@@ -100,6 +101,8 @@ class _ListenSocket:
         self.count = 0  # open connections, for max_connections
         self.tls: Any = None  # a TLS listener's ssl.SSLContext
         self.index = -1  # in config.listeners; -1 for the default loopback listener
+        #: its accepted sockets come with TCP_NODELAY (set on it, inherited: Linux)
+        self.nodelay = False
 
 
 def configure_logger(logger: L.Logger, config: Config) -> None:
@@ -265,6 +268,12 @@ class Server:
             raise _listen_error(listener, addr, exc) from None
         port = sock.getsockname()[1] if family != socket.AF_UNIX else 0
         ls = _ListenSocket(sock, listener, port, family)
+        if family != socket.AF_UNIX and self.config.set_tcp_nodelay and _NODELAY_INHERITED:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                ls.nodelay = True
+            except OSError:
+                pass
         if listener.tls:
             ls.tls = self._tls_context(listener)
         self._listening.append(ls)
@@ -617,11 +626,13 @@ class Server:
                 sock.close()
                 continue
             sock.setblocking(False)
-            if ls.family != socket.AF_UNIX and self.config.set_tcp_nodelay:
+            nodelay = self.config.set_tcp_nodelay
+            if nodelay != ls.nodelay and ls.family != socket.AF_UNIX:
+                # We batch writes ourselves (one send per connection per turn); Nagle would only add
+                # latency to the small packets that remain. Set here only where the socket did not
+                # inherit it from its listener (or a reload turned the option off).
                 try:
-                    # We batch writes ourselves (one send per connection per turn); Nagle would only
-                    # add latency to the small packets that remain.
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(nodelay))
                 except OSError:
                     pass
             self.broker.stats.sockets += 1
@@ -849,6 +860,11 @@ class Server:
             _drain_and_close(sock)  # type: ignore[arg-type]
         if self._fd_paused:
             self._fd_resume()  # a descriptor is free again
+
+
+#: Linux gives an accepted socket the listener's TCP_NODELAY (inet_csk_clone_lock copies the socket), so it
+#: is set once on the listener, not by a system call per connection.
+_NODELAY_INHERITED = sys.platform.startswith("linux")
 
 
 def set_scheduling_policy(policy: str, log: L.LogFunc) -> Optional[bool]:

@@ -571,3 +571,43 @@ def test_socket_domain_binds_one_family(tmp_path):
 def socket_family(domain: str) -> int:
     import socket as so
     return so.AF_INET if domain == "ipv4" else so.AF_INET6
+
+
+def test_accepted_sockets_have_tcp_nodelay_as_configured_before_and_after_a_reload():
+    """set_tcp_nodelay (default true, Mosquitto's option): the broker's side of every accepted TCP
+    connection has TCP_NODELAY as configured, whether the socket inherited it from the listener (Linux,
+    no system call per connection) or got it at accept, and a reload that turns it off or on again
+    applies to the connections accepted after it."""
+    import socket
+    import threading
+
+    from edgebroker.config import Config, Listener
+    from edgebroker.server import Server
+    from mqttwire import connect as connect_packet
+    from util import wait_for
+
+    configs = [Config(listeners=[Listener(0, "127.0.0.1")], persistence=False, allow_anonymous=True,
+                      set_tcp_nodelay=on) for on in (True, False, True)]
+    lines: List[str] = []
+    server = Server(configs[0], log=lambda level, msg: lines.append(msg), reloader=lambda: configs.pop(1))
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    clients = []
+    try:
+        seen = []
+        for step in range(3):
+            if step:
+                server.request_reload()
+                wait_for(lambda: lines.count("Reloaded configuration.") == step, what="the reload")
+            client = socket.create_connection(("127.0.0.1", server.ports[0]), timeout=10)
+            clients.append(client)
+            client.sendall(connect_packet(f"nodelay-{step}"))
+            assert client.recv(4)[:2] == b"\x20\x02"  # CONNACK: the loop has accepted it
+            conn = next(c for c in list(server.broker.connections) if c.client_id == f"nodelay-{step}")
+            seen.append(conn.handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        assert seen == [1, 0, 1]
+    finally:
+        for client in clients:
+            client.close()
+        server.shutdown()
+        thread.join(10)
