@@ -1229,6 +1229,22 @@ def test_topic_tree_literal_filter_of_one_subscriber_is_a_pair_until_a_second_co
     assert tree.match("dev/1") == {"w": 0} and tree.count == 1
 
 
+def test_topic_tree_keeps_no_cache_entry_for_a_device_topic_while_no_filter_has_a_wildcard():
+    """Memory (issue 19): a message to each of many devices on topics of their own (S6) cached a dict per
+    topic; with one subscriber (or none) and no wildcard filter the answer comes from the literal lookup
+    and nothing is kept. A topic with two subscribers, or any topic once a wildcard filter exists, is
+    cached as before."""
+    tree = TopicTree()
+    for k in range(100):
+        tree.subscribe(f"dev/{k}", f"s{k}", 1)
+    tree.subscribe("dev/0", "log", 0)
+    assert [tree.match(f"dev/{k}") for k in (1, 2, 99)] == [{"s1": 1}, {"s2": 1}, {"s99": 1}]
+    assert tree.match("dev/none") == {} and tree._cache == {}
+    assert tree.match("dev/0") == {"s0": 1, "log": 0} and list(tree._cache) == ["dev/0"]
+    tree.subscribe("dev/+", "w", 0)
+    assert tree.match("dev/1") == {"s1": 1, "w": 0} and "dev/1" in tree._cache
+
+
 @settings(max_examples=200, deadline=None)
 @given(ops=st.lists(st.tuples(st.booleans(), st.sampled_from(["t", "t/u", "+", "t/#"]),
                               st.sampled_from("abc"), st.integers(0, 2)), max_size=30))
