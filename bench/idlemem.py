@@ -10,8 +10,10 @@ Mosquitto, this one adds where the bytes go.
 Each round starts a fresh broker as the benchmark does (`python -m edgebroker -p 0`, from bytecode, an
 existing database in a temporary XDG_DATA_HOME), connects S6's publisher first, then N connections with
 S6's handshake (CONNECT with clean session, SUBSCRIBE to bench/idle/<k>; at most 64 in progress), and
-reads the broker's VmRSS and its CPU time (/proc/PID/schedstat, nanoseconds) before and after them. Per
-connection: RSS growth in KiB, CPU in microseconds, and the wall time of the connect phase. With
+reads the broker's VmRSS and its CPU time (/proc/PID/schedstat, nanoseconds) before and after them; then
+the publisher sends one QoS 0 message to each topic (S6's second phase) and VmRSS is read again. Per
+connection: RSS growth in KiB, CPU in microseconds, and the wall time of the connect phase; then the RSS
+growth per connection since before the connections, and the milliseconds until each had its message. With
 `--trace` one more round runs the broker under tracemalloc (slower; its RSS is not comparable) and
 prints the Python heap per connection by the line that allocated it. Only 127.0.0.1; every process
 started is killed at the end.
@@ -160,10 +162,40 @@ def connect_all(port: int, n: int) -> List[socket.socket]:
     return socks
 
 
+def deliver_one_to_each(pub: socket.socket, socks: List[socket.socket]) -> float:
+    """S6's second phase: one QoS 0 message to each connection's topic, in one write of the publisher;
+    seconds until every connection has its own."""
+    packets = [wire.publish(f"bench/idle/{k}", b"x" * 16) for k in range(len(socks))]
+    blob = b"".join(packets)
+    sel = selectors.DefaultSelector()
+    for k, s in enumerate(socks):
+        sel.register(s, selectors.EVENT_READ, k)
+    got = [0] * len(socks)
+    waiting = len(socks)
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + 60
+    try:
+        pub.sendall(blob)
+        while waiting:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{waiting} connections without their message after 60 s")
+            for key, _ in sel.select(1.0):
+                data = key.fileobj.recv(256)  # type: ignore[union-attr]
+                if not data:
+                    raise RuntimeError(f"connection {key.data} closed")
+                got[key.data] += len(data)
+                if got[key.data] >= len(packets[key.data]):
+                    sel.unregister(key.fileobj)
+                    waiting -= 1
+    finally:
+        sel.close()
+    return time.perf_counter() - t0
+
+
 def one_round(tree: str, data: str, n: int, traced: Optional[str] = None,
-              source: bool = False) -> Tuple[float, float, float]:
-    """(RSS KiB, CPU us per connection, seconds for all); with `traced` the broker writes its heap
-    difference there."""
+              source: bool = False) -> Tuple[float, float, float, float, float]:
+    """(RSS KiB and CPU us per connection, seconds to connect all, then RSS KiB per connection after one
+    message to each and ms for that); with `traced` the broker writes its heap difference there."""
     broker = _Broker(tree, data, (traced, n) if traced else None, source)
     socks: List[socket.socket] = []
     try:
@@ -187,7 +219,11 @@ def one_round(tree: str, data: str, n: int, traced: Optional[str] = None,
             deadline = time.monotonic() + 60
             while not os.path.exists(traced) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        return (rss1 - rss0) / n, (cpu1 - cpu0) / n / 1000, elapsed
+            return (rss1 - rss0) / n, (cpu1 - cpu0) / n / 1000, elapsed, 0.0, 0.0
+        deliver = deliver_one_to_each(pub, socks[1:])
+        time.sleep(0.2)
+        rss2 = _rss_kib(pid)
+        return (rss1 - rss0) / n, (cpu1 - cpu0) / n / 1000, elapsed, (rss2 - rss0) / n, deliver * 1000
     finally:
         for s in socks:
             s.close()
@@ -214,11 +250,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         _Broker(tree, data).stop()  # the first start creates the database; the rounds reuse it
         print(f"edgebroker from {os.path.join(tree, 'edgebroker')}, {args.conns:,} connections per round"
               + (", compiled at start" if args.source else ", from bytecode"))
-        print("| round | RSS per connection, KiB | broker CPU per connection, us | connect all, s |")
-        print("|--:|--:|--:|--:|")
+        print("| round | RSS per connection, KiB | broker CPU per connection, us | connect all, s "
+              "| RSS per connection after one message to each, KiB | one message to each, ms |")
+        print("|--:|--:|--:|--:|--:|--:|")
         for r in range(args.rounds):
-            rss, cpu, wall = one_round(tree, data, args.conns, source=args.source)
-            print(f"| {r + 1} | {rss:.3f} | {cpu:.1f} | {wall:.3f} |", flush=True)
+            rss, cpu, wall, rss2, deliver = one_round(tree, data, args.conns, source=args.source)
+            print(f"| {r + 1} | {rss:.3f} | {cpu:.1f} | {wall:.3f} | {rss2:.3f} | {deliver:.1f} |", flush=True)
         if args.trace:
             out = os.path.join(data, "heap.txt")
             one_round(tree, data, args.conns, out)

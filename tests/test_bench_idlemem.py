@@ -16,6 +16,6 @@ def test_rounds_and_heap_table_come_out_with_figures():
                          cwd=str(ROOT), capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert re.search(r"^\| 1 \| -?\d+\.\d{3} \| \d+\.\d \| \d+\.\d{3} \|$", text, re.M), text
+    assert re.search(r"^\| 1 \| -?\d+\.\d{3} \| \d+\.\d \| \d+\.\d{3} \| -?\d+\.\d{3} \| \d+\.\d \|$", text, re.M), text
     assert re.search(r"Python heap per connection \(tracemalloc\): \d+ bytes", text), text
     assert "Connection(" in text and "Session(" in text, text
