@@ -27,6 +27,11 @@ class Poller:
 
     def __init__(self) -> None:
         self._keys: Dict[int, selectors.SelectorKey] = {}
+        #: what `poll` reports for a descriptor that is only readable: (data, EVENT_READ), made once
+        #: when it is registered (a SelectorKey's fields are slow attributes, and a turn at a low rate
+        #: pays for every distinct operation with cold caches)
+        self._readable: Dict[int, Tuple[Any, int]] = {}
+        self._max_events = 1  # epoll's maxevents: every registered descriptor (at least 1)
         self._epoll: Any = select.epoll() if hasattr(select, "epoll") else None
         self._fallback: Any = None if self._epoll is not None else selectors.DefaultSelector()
 
@@ -39,6 +44,8 @@ class Poller:
         else:
             self._fallback.register(fd, events, data)
         self._keys[fd] = selectors.SelectorKey(fileobj, fd, events, data)
+        self._readable[fd] = (data, EVENT_READ)
+        self._max_events = len(self._keys)
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> None:
         fd = self._fd(fileobj)
@@ -48,10 +55,13 @@ class Poller:
         elif events != key.events:
             self._epoll.modify(fd, _mask(events))
         self._keys[fd] = key._replace(events=events, data=data)
+        self._readable[fd] = (data, EVENT_READ)
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
         fd = self._fd(fileobj)
         key = self._keys.pop(fd)
+        del self._readable[fd]
+        self._max_events = len(self._keys) or 1
         try:
             if self._epoll is not None:
                 self._epoll.unregister(fd)
@@ -79,19 +89,21 @@ class Poller:
         """Wait up to `timeout` seconds (0: do not block) for events; (data, events) per ready one."""
         if self._epoll is None:
             return [(key.data, events) for key, events in self._fallback.select(timeout)]
-        keys = self._keys
+        readable = self._readable
         ready = []
-        for fd, ev in self._epoll.poll(timeout, len(keys) or 1):
-            key = keys.get(fd)
+        for fd, ev in self._epoll.poll(timeout, self._max_events):
+            if ev == _EPOLLIN:  # reported only to a descriptor registered for reading
+                pair = readable.get(fd)
+                if pair is not None:
+                    ready.append(pair)
+                continue
+            key = self._keys.get(fd)
             if key is None:
                 continue
-            if ev == _EPOLLIN:
-                ready.append((key.data, EVENT_READ & key.events))
-            else:
-                # Errors and hang-ups wake both directions, as in `selectors`: the read or the send
-                # then sees what happened.
-                events = (EVENT_WRITE if ev & ~_EPOLLIN else 0) | (EVENT_READ if ev & ~_EPOLLOUT else 0)
-                ready.append((key.data, events & key.events))
+            # Errors and hang-ups wake both directions, as in `selectors`: the read or the send then
+            # sees what happened.
+            events = (EVENT_WRITE if ev & ~_EPOLLIN else 0) | (EVENT_READ if ev & ~_EPOLLOUT else 0)
+            ready.append((key.data, events & key.events))
         return ready
 
     def close(self) -> None:
@@ -100,6 +112,7 @@ class Poller:
         else:
             self._fallback.close()
         self._keys.clear()
+        self._readable.clear()
 
 
 _EPOLLIN = getattr(select, "EPOLLIN", 1)

@@ -317,7 +317,7 @@ class Server:
                     if data.__class__ is conn_class:
                         if data.closed:
                             continue
-                        if mask & read_event:
+                        if mask == read_event or mask & read_event:  # (== alone: the usual case)
                             self._read(data, now)
                             if len(events) > 1 and not store.output_waits():
                                 # Its answers leave now, not after the other connections of this
@@ -325,7 +325,7 @@ class Server:
                                 broker.release_held()
                                 if data.out and data not in self._writing and not data.closed:
                                     self._flush(data, now)
-                        if mask & write_event and not data.closed:
+                        if mask != read_event and mask & write_event and not data.closed:
                             self._flush(data, now)
                     elif data is _WAKE:
                         try:
@@ -730,7 +730,7 @@ class Server:
             conn.out_size = 0
             if conn.refill_held:
                 self.broker.output_drained(conn)
-            if conn in self._writing:
+            if self._writing and conn in self._writing:
                 del self._writing[conn]
                 self._interest(conn)
         else:
@@ -832,7 +832,7 @@ class Server:
         while i < len(dirty):
             conn = dirty[i]
             i += 1
-            if conn not in writing and not conn.closed:
+            if not conn.closed and not (writing and conn in writing):  # (usually none is writing)
                 self._flush(conn, now)
         dirty.clear()
 

@@ -99,3 +99,20 @@ def test_file_descriptor_numbers_work_like_objects(poller: Poller, pair) -> None
     b.send(b"x")
     assert poller.poll(1.0) == [("by number", EVENT_READ)]
     assert poller.get_key(a).data == "by number"
+
+
+def test_every_ready_descriptor_is_reported_in_one_poll_and_a_reused_one_with_its_new_data(poller: Poller) -> None:
+    pairs = [socket.socketpair() for _ in range(20)]
+    try:
+        for k, (a, b) in enumerate(pairs):
+            poller.register(a, EVENT_READ, k)
+            b.send(b"x")
+        assert sorted(poller.poll(1.0)) == [(k, EVENT_READ) for k in range(20)]
+        a, b = pairs[3]
+        poller.unregister(a)
+        poller.register(a, EVENT_READ, "again")
+        assert ("again", EVENT_READ) in poller.poll(1.0) and (3, EVENT_READ) not in poller.poll(0)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
