@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import wire
 from .brokers import (
-    compile_bytecode, cpu_seconds, data_root, edgebroker_seed_dir, free_port, mosquitto_binary, read_io, repo_python, status_kib,
+    broker_python, compile_bytecode, cpu_seconds, data_root, edgebroker_seed_dir, free_port, mosquitto_binary, read_io, repo_python, status_kib,
 )
 from .scenarios import Metric, Outcome, Scenario, Sizes
 
@@ -157,7 +157,7 @@ class Gateway:
             cmd = [mosquitto_binary() or "mosquitto", "-c", self.conf]
         else:
             compile_bytecode()  # as every edgebroker run of the benchmark (brokers.compile_bytecode)
-            cmd = [repo_python(), "-m", "edgebroker", "-c", self.conf]
+            cmd = [broker_python(), "-m", "edgebroker", "-c", self.conf]
         self.proc = Proc(cmd, os.path.join(self.dir, "gateway.log"))
         self._cpu0 = 0.0
         _wait(lambda: _accepts(self.port), 15, f"the {self.kind} gateway")

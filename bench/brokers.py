@@ -201,6 +201,41 @@ def repo_python() -> str:
     return venv if os.path.exists(venv) else sys.executable
 
 
+_broker_venv: Optional[str] = None
+
+
+def broker_python() -> str:
+    """The interpreter the benchmark runs edgebroker's broker with: the repository venv's own Python, in
+    a virtualenv of its own (made once per run, without pip; removed by kill_all()) whose one `.pth`
+    line puts the repository venv's site-packages on sys.path for the broker's dependencies.
+
+    An installed broker (`pip install .`, pi-image/install.sh) starts without the repository venv's
+    editable install, whose `.pth` hook imports importlib's finder machinery, pathlib, urllib,
+    ipaddress and re at every start: about 1 MiB of resident memory that every edgebroker row's peak
+    RSS would otherwise carry (bench/README.md, "Issue 19"). A `.pth` line that is a path only extends
+    sys.path: the hooks of that site-packages are not run. The broker itself still comes from the
+    working tree (PYTHONPATH). Falls back to repo_python() when a virtualenv cannot be made."""
+    global _broker_venv
+    if _broker_venv is None:
+        base = repo_python()
+        made = tempfile.mkdtemp(prefix="bench-broker-venv-")
+        try:
+            subprocess.run([base, "-m", "venv", "--without-pip", made], check=True, timeout=60,
+                           capture_output=True)
+            site = subprocess.run([base, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  check=True, timeout=30, capture_output=True, text=True).stdout.strip()
+            own = subprocess.run([os.path.join(made, "bin", "python"), "-c",
+                                  "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 check=True, timeout=30, capture_output=True, text=True).stdout.strip()
+            with open(os.path.join(own, "edgebroker-bench.pth"), "w") as f:
+                f.write(site + "\n")
+            _broker_venv = made
+        except (OSError, subprocess.SubprocessError):
+            shutil.rmtree(made, ignore_errors=True)
+            _broker_venv = ""
+    return os.path.join(_broker_venv, "bin", "python") if _broker_venv else repo_python()
+
+
 def mosquitto_binary() -> Optional[str]:
     for path in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if path and os.path.exists(path):
@@ -323,7 +358,7 @@ class Broker:
                 self.note = ", ".join(f"{k} {_conf_value(v)}" for k, v in self.options.items())
             return [exe, "-c", conf]
         if self.kind == "edgebroker":
-            base = [repo_python(), "-m", "edgebroker", "-p", str(self.port)] + edgebroker_extra_args()
+            base = [broker_python(), "-m", "edgebroker", "-p", str(self.port)] + edgebroker_extra_args()
             if self.max_queued is None and not self.options and not self.tls:
                 return base
             if edgebroker_has_config_file():
@@ -350,7 +385,7 @@ class Broker:
             # An older CLI without configuration files: start the same Server through the library API
             # with the one setting the scenario needs (bench/edge_launch.py mirrors the CLI).
             self.note = f"started via bench/edge_launch.py (max_queued_messages {self.max_queued})"
-            return [repo_python(), os.path.join(ROOT, "bench", "edge_launch.py"), "-p", str(self.port),
+            return [broker_python(), os.path.join(ROOT, "bench", "edge_launch.py"), "-p", str(self.port),
                     "--max-queued-messages", str(self.max_queued)]
         raise ValueError(self.kind)
 
@@ -603,6 +638,7 @@ def edgebroker_seed_dir() -> Optional[str]:
 
 def kill_all() -> None:
     """Last resort: kill every broker still registered (each by its own pid)."""
+    global _broker_venv
     for pid, proc in list(STARTED.items()):
         try:
             if proc.poll() is None:
@@ -613,3 +649,6 @@ def kill_all() -> None:
         STARTED.pop(pid, None)
     if _seed is not None:
         shutil.rmtree(_seed, ignore_errors=True)
+    if _broker_venv:
+        shutil.rmtree(_broker_venv, ignore_errors=True)
+        _broker_venv = None

@@ -1,0 +1,42 @@
+"""The interpreter the benchmark runs edgebroker with (bench.brokers.broker_python): the repository
+venv's Python in a virtualenv of its own, so the broker starts as an installed one does, without the
+editable install's import hooks, yet reaches the working tree and the venv's packages; kill_all()
+removes it. No timing and no memory figure is asserted."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from bench import brokers
+
+_PROBE = ("import sys, edgebroker, sqlite_utils; "
+          "print(edgebroker.__file__); "
+          "print(sorted(m for m in sys.modules if m.startswith('__editable__')))")
+
+
+def _run(python: str) -> list:
+    out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True,
+                         env=dict(os.environ, PYTHONPATH=brokers.ROOT))
+    return out.stdout.splitlines()
+
+
+def test_the_broker_interpreter_reaches_the_tree_and_the_packages_without_the_editable_hooks():
+    python = brokers.broker_python()
+    try:
+        assert python != brokers.repo_python() and os.path.exists(python)
+        tree, hooks = _run(python)
+        assert tree == os.path.join(brokers.ROOT, "edgebroker", "__init__.py")
+        assert hooks == "[]"
+        # The same probe under the repository's own venv shows what it leaves out (when that venv has
+        # the editable install the test command makes).
+        if any(n.startswith("__editable__") for n in os.listdir(os.path.dirname(sqlite_utils_dir()))):
+            assert _run(brokers.repo_python())[1] != "[]"
+        assert brokers.broker_python() == python  # made once per run
+    finally:
+        brokers.kill_all()
+    assert not os.path.exists(python)
+
+
+def sqlite_utils_dir() -> str:
+    import sqlite_utils
+    return os.path.dirname(sqlite_utils.__file__)
