@@ -28,6 +28,7 @@ persistent sessions carry a `seq`, the key of their row; 0 means "not stored".
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 from . import __version__
 from . import log as L
@@ -46,7 +47,7 @@ from .handle_connect import ConnectHandlers
 from .handle_subscribe import SubscribeHandlers
 from .local import LocalClient
 from .session import (INFLIGHT_SENT, NO_INFLIGHT, NO_ONE, QUEUED, Message, Session, add_member, awaiting_of,
-                      inflight_of, queue_of)
+                      inflight_of, queue_meta, queue_of, unpack_meta)
 from .store import Loaded, NullStore
 from .sysstats import LoadAverages, Stats, sys_values
 from .retained import RetainedTree
@@ -220,7 +221,8 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
                 continue
             msg = shared[msg_id] if msg_id is not None else Message(topic, payload, qos, bool(retain), -1)
             if packet_id is None or st == QUEUED:
-                queue_of(session).append((msg, qos, seq, packet_id or 0))
+                queue_of(session).append(msg)
+                session.queue_meta.append(queue_meta(msg, qos, seq, packet_id or 0))
                 session.queued_bytes += len(msg.payload)
                 if client_id in crashed:
                     session.dup_prefix += 1  # perhaps sent before the crash: its row says nothing
@@ -427,7 +429,7 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             self.tree.unsubscribe(topic_filter, session)
         session.subscriptions.clear()
         if not session.clean:
-            self.store.session_remove(session.client_id, [e[0] for e in session.queue] +
+            self.store.session_remove(session.client_id, list(session.queue) +
                                       [e[0] for e in session.inflight.values()])
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
@@ -511,6 +513,7 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             self._source = None
             if qos:
                 self._send_ack(conn, 0x40, p.packet_id, "PUBACK")  # [MQTT-4.3.2-2]
+                p.packet_id = 0  # queued, the message would keep its publisher's id alive (32 bytes)
             return
         if p.topic.startswith("$SYS"):
             # The broker's own tree: a network client's PUBLISH there is acknowledged and discarded,
@@ -715,16 +718,22 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
         if cfg.max_queued_bytes and session.queued_bytes + len(msg.payload) > cfg.max_queued_bytes:
             self._drop(session, f"max_queued_bytes {cfg.max_queued_bytes} reached")
             return
-        seq = pid = 0
-        if not session.clean:
+        if session.clean:
+            meta = 0 if qos == msg.qos else ~qos  # queue_meta(msg, qos, 0, 0)
+        else:
             seq = self._seq = self._seq + 1
-            if qos:
-                pid = session.next_packet_id()
+            pid = session.next_packet_id() if qos else 0
             self.store.delivery_add(seq, session.client_id, msg, qos, pid or None, QUEUED)
-        queue_of(session).append((msg, qos, seq, pid))
+            # queue_meta(msg, qos, seq, pid), inline: once per message
+            meta = (seq << 16) | pid if qos == msg.qos else ~((seq << 18) | (pid << 2) | qos)
+        queue = session.queue
+        if queue.__class__ is not deque:
+            queue = queue_of(session)
+        queue.append(msg)
+        session.queue_meta.append(meta)
         session.queued_bytes += len(msg.payload)
         source = self._source
-        if (source is not None and len(session.queue) >= self._flow_high and session.conn is not None
+        if (source is not None and len(queue) >= self._flow_high and session.conn is not None
                 and source is not session.conn and not session.stalled and session not in source.paused_by):
             if not session.blocking:
                 session.last_progress = self._now  # the stall clock starts when it first holds someone back
@@ -754,6 +763,7 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
         """Move queued messages into the inflight window while it has room. A message that got its
         packet id when queued is sent without writing to the store."""
         queue = session.queue
+        metas = session.queue_meta
         inflight = session.inflight
         if inflight is NO_INFLIGHT and queue:
             inflight = session.inflight = {}
@@ -772,14 +782,17 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             # debug log. A message that needs more (QoS 0, an id to give) ends it, and the general loop
             # below goes on from there.
             popleft = queue.popleft
+            popmeta = metas.popleft
             first = len(queue)
             while queue and room > 0 and size < budget:
-                item = popleft()
-                msg, qos, seq, pid = item
-                if not qos or not pid or pid in inflight:
-                    queue.appendleft(item)
+                meta = popmeta()
+                pid = meta & 0xFFFF
+                if not pid or meta < 0 or pid in inflight:  # (a packet id: QoS 1/2, at the message's)
+                    metas.appendleft(meta)
                     break
-                inflight[pid] = [msg, qos, INFLIGHT_SENT, seq]
+                msg = popleft()
+                qos = msg.qos
+                inflight[pid] = [msg, qos, INFLIGHT_SENT, meta >> 16]
                 parts = msg.parts(qos, pid)
                 out += parts
                 n = len(parts[3])
@@ -793,9 +806,19 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             if size >= budget:
                 conn.refill_held = True
                 break
-            if byte_limit and in_flight >= byte_limit and queue[0][1]:
+            if byte_limit and in_flight >= byte_limit and unpack_meta(queue[0], metas[0])[0]:
                 break  # max_inflight_bytes: the next QoS 1/2 message waits for an acknowledgement
-            msg, qos, seq, pid = queue.popleft()
+            msg = queue.popleft()
+            meta = metas.popleft()  # unpack_meta(msg, meta), inline for the common cases:
+            if not meta:  # a clean session's delivery at its message's QoS
+                qos = msg.qos
+                seq = pid = 0
+            elif meta > 0:
+                qos = msg.qos
+                seq = meta >> 16
+                pid = meta & 0xFFFF
+            else:
+                qos, seq, pid = unpack_meta(msg, meta)
             session.queued_bytes -= len(msg.payload)
             if acl is not None and not acl.may_read(msg.topic):  # type: ignore[attr-defined]
                 if seq:

@@ -17,7 +17,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Tuple
 
-__all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED", "NO_INFLIGHT", "inflight_of"]
+__all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED", "NO_INFLIGHT", "inflight_of",
+           "queue_meta", "unpack_meta"]
 
 #: Inflight states: PUBLISH sent and awaiting PUBACK/PUBREC; PUBREL sent and awaiting PUBCOMP. QUEUED is
 #: the store's state of a delivery not known to be sent (the store's row is not updated when it is).
@@ -40,12 +41,32 @@ def add_member(owner: object, name: str, member: object) -> None:
     members.add(member)
 
 
-def queue_of(session: "Session") -> "Deque[Tuple[Message, int, int, int]]":
-    """The session's queue, made a deque on first use."""
+def queue_of(session: "Session") -> "Deque[Message]":
+    """The session's queue, made a deque on first use (with its `queue_meta`)."""
     queue = session.queue
     if queue.__class__ is not deque:
         queue = session.queue = deque()
+        session.queue_meta = deque()
     return queue
+
+
+#: A queued delivery's store row (seq, 0: not stored) and packet id (0: none yet), and its QoS when that
+#: is not its message's, packed in one int beside the message (Session.queue_meta): a tuple and two
+#: integers of their own cost a persistent session's queue about 100 bytes more per message. At the
+#: message's QoS (the common case): seq << 16 | packet id, so a clean session's is 0; at another QoS
+#: (a subscription's lower QoS, upgrade_outgoing_qos): ~(seq << 18 | packet id << 2 | qos), negative.
+def queue_meta(msg: Message, qos: int, seq: int, packet_id: int) -> int:
+    if qos == msg.qos:
+        return (seq << 16) | packet_id
+    return ~((seq << 18) | (packet_id << 2) | qos)
+
+
+def unpack_meta(msg: Message, meta: int) -> Tuple[int, int, int]:
+    """A queued delivery's (qos, seq, packet id) from its message and `queue_meta`."""
+    if meta >= 0:
+        return msg.qos, meta >> 16, meta & 0xFFFF
+    meta = ~meta
+    return meta & 3, meta >> 18, (meta >> 2) & 0xFFFF
 
 
 #: Session.awaiting_rel until the client publishes at QoS 2: shared, never written to.
@@ -75,7 +96,7 @@ def inflight_of(session: "Session") -> Dict[int, List]:
 
 
 class Session:
-    __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queued_bytes",
+    __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "queue_meta", "queued_bytes",
                  "awaiting_rel", "_next_pid", "conn", "drop_logged", "offline_since", "blocking",
                  "last_progress", "stalled", "dup_prefix", "sink", "acl")
 
@@ -87,12 +108,14 @@ class Session:
         #: [MQTT-4.6.0-1]. seq is the delivery's row in the store (0: not stored, clean session).
         #: NO_INFLIGHT until the first message is sent (`inflight_of`).
         self.inflight: Dict[int, List] = NO_INFLIGHT
-        #: (message, qos, seq, packet id) waiting for the client or for room in the inflight window. A
-        #: persistent session's message gets its packet id when queued, stored with it, so that sending
-        #: it changes nothing on disk; 0 = none yet (clean session, or a row of an older database).
-        #: An empty tuple until the first message is queued (`queue_of`): an empty deque costs 624
-        #: bytes, and most sessions of a gateway never queue.
-        self.queue: Deque[Tuple[Message, int, int, int]] = ()  # type: ignore[assignment]
+        #: Messages waiting for the client or for room in the inflight window, and beside each in
+        #: queue_meta its delivery's seq (its row in the store, 0: not stored), packet id and QoS, packed
+        #: (`queue_meta()`). A persistent session's message gets its packet id when queued, stored with
+        #: it, so that sending it changes nothing on disk; 0 = none yet (clean session, or a row of an
+        #: older database). Empty tuples until the first message is queued (`queue_of`): an empty deque
+        #: costs 624 bytes, and most sessions of a gateway never queue.
+        self.queue: Deque[Message] = ()  # type: ignore[assignment]
+        self.queue_meta: Deque[int] = ()  # type: ignore[assignment]
         #: how many messages at the head of the queue go out with DUP set: restored after a crash while
         #: the client was connected, they may have been sent before it [MQTT-3.3.1-1]
         self.dup_prefix = 0

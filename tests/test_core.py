@@ -695,6 +695,33 @@ def test_a_drain_of_mixed_qos_keeps_the_queue_order_and_its_counts():
     assert stats.publish_sent - before == 7
 
 
+def test_a_queued_delivery_keeps_its_packet_id_and_row_at_the_top_of_their_ranges():
+    """A queued delivery's QoS, packet id and store row are kept packed beside its message: ids up to
+    65535 then wrapping to 1, and rows (seq) past 2**32, come out as they went in, for a delivery at
+    its message's QoS and for one below it (a QoS 2 message to a QoS 1 subscription); and a queued
+    message keeps no copy of its publisher's packet id."""
+    core = Core(max_inflight_messages=10)
+    _offline_subscriber(core, qos=1)
+    session = core.broker.sessions["away"]
+    session._next_pid = 65533
+    core.broker._seq = 2 ** 40
+    pub = core.connect("pub")
+    publish_qos1(pub, "off/t", b"a", packet_id=40000)
+    publish_qos2(pub, "off/t", b"b", packet_id=40001)
+    publish_qos1(pub, "off/t", b"c", packet_id=40002)
+    assert [m.payload for m in session.queue] == [b"a", b"b", b"c"]
+    assert all(getattr(m, "packet_id", 0) == 0 for m in session.queue)
+    sub = core.connect("away", clean=False, present=True)
+    got = sub.publishes()
+    assert [(x.payload, x.qos, x.packet_id, x.dup) for x in got] == [
+        (b"a", 1, 65534, False), (b"b", 1, 65535, False), (b"c", 1, 1, False)]
+    assert [(pid, e[1], e[3]) for pid, e in session.inflight.items()] == [
+        (65534, 1, 2 ** 40 + 1), (65535, 1, 2 ** 40 + 2), (1, 1, 2 ** 40 + 3)]
+    sub.send(w.puback(65534) + w.puback(65535) + w.puback(1))
+    sub.ping()
+    assert not session.inflight and not session.queue
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Routing
 # ---------------------------------------------------------------------------------------------------------

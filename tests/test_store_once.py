@@ -23,6 +23,7 @@ except ImportError:  # tests imported as a package
 
 from edgebroker.broker import Broker
 from edgebroker.config import Config, Listener
+from edgebroker.session import unpack_meta
 from edgebroker.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 SESSIONS = 1000
@@ -209,6 +210,64 @@ def test_acknowledged_before_the_save_writes_neither_copy_nor_rows(tmp_path):
         b.data_received(c, w.puback(packet_id_of(got[0])), 1.0)
     store.commit(2.0, force=True)
     assert store._conn.total_changes == before
+    store.close()
+
+
+def test_a_periodic_save_writes_the_buffered_deliveries_as_they_were_queued(tmp_path):
+    """durability periodic buffers every change until the save, a delivery as a reference to its
+    message: what the save writes, and a restart then sends, is each queued delivery with the packet
+    id and row it got when queued (ids past 256, rows past 2**32), a message queued for two sessions
+    before the save as one shared copy, and nothing for a delivery acknowledged before the save."""
+    cfg = config(tmp_path, durability="periodic", autosave_interval=3600.0)
+    path = cfg.database_path()
+    store = SqliteStore(path, cfg.durability, cfg.autosave_interval)
+    b = Broker(cfg, now=0.0, store=store)
+    offline_sessions(b, 2, "q/#", 0.0)
+    store.commit(0.0, force=True)
+    b._seq = 2 ** 40
+    for session in b.sessions.values():
+        session._next_pid = 1000
+    a = b.connection_made("127.0.0.1", 2, 1.0)
+    b.data_received(a, w.connect("fan-0000", clean=False), 1.0)
+    b.data_received(a, w.unsubscribe(2, ["q/#"]) + w.subscribe(3, [("q/a/#", 1)]), 1.0)
+    b.connection_lost(a, 1.0)  # fan-0000 gets q/a/..., fan-0001 everything on q/#
+    pub = b.connection_made("127.0.0.1", 1, 1.0)
+    b.data_received(pub, w.connect("p"), 1.0)
+    for i, topic in enumerate(["q/a/1", "q/b/2", "q/a/3"]):
+        b.data_received(pub, w.publish(topic, topic.encode(), qos=1, packet_id=i + 1), 1.0)
+    queued = {cid: [(m.topic, unpack_meta(m, meta)) for m, meta in zip(s.queue, s.queue_meta)]
+              for cid, s in b.sessions.items() if cid.startswith("fan")}
+    assert rows(path, "SELECT count(*) FROM deliveries") == [(0,)], "written before the save"
+    # fan-0001 takes q/a/1 and acknowledges it before the save: its row is never written
+    c = b.connection_made("127.0.0.1", 3, 2.0)
+    b.data_received(c, w.connect("fan-0001", clean=False), 2.0)
+    got = publishes(b"".join(c.out))
+    assert [topic_at(p)[0] for p in got] == ["q/a/1", "q/b/2", "q/a/3"]
+    assert [packet_id_of(p) for p in got] == [1001, 1002, 1003]
+    b.data_received(c, w.puback(1001), 2.0)
+    b.connection_lost(c, 2.0)
+    store.commit(3.0, force=True)
+    unpacked = {cid: [(t, qos, pid, seq) for t, (qos, seq, pid) in q] for cid, q in queued.items()}
+    assert [pid for _, _, pid, _ in unpacked["fan-0001"]] == [1001, 1002, 1003]
+    assert [pid for _, _, pid, _ in unpacked["fan-0000"]] == [1001, 1002]
+    assert all(seq > 2 ** 40 and qos == 1 for q in unpacked.values() for _, qos, _, seq in q)
+    expected = {(cid, t, pid, seq) for cid, q in unpacked.items() for t, _, pid, seq in q
+                if (cid, t) != ("fan-0001", "q/a/1")}
+    assert set(rows(path, "SELECT client_id, topic, packet_id, seq FROM deliveries WHERE msg_id IS NULL")) == \
+        {e for e in expected if e[1] == "q/b/2"}
+    assert set(rows(path, "SELECT d.client_id, m.topic, d.packet_id, d.seq FROM deliveries d JOIN messages m "
+                          "ON d.msg_id = m.id")) == {e for e in expected if e[1] != "q/b/2"}
+    assert rows(path, "SELECT topic FROM messages ORDER BY topic") == [("q/a/1",), ("q/a/3",)]
+    store.close()
+
+    store = SqliteStore(path, cfg.durability, cfg.autosave_interval)
+    b = Broker(cfg, now=10.0, store=store)
+    for i, cid in enumerate(["fan-0000", "fan-0001"]):
+        c = b.connection_made("127.0.0.1", 4 + i, 10.0)
+        b.data_received(c, w.connect(cid, clean=False), 10.0)
+        got = publishes(b"".join(c.out))
+        assert [(topic_at(p)[0], packet_id_of(p), bool(p[0] & 0x08)) for p in got] == \
+            [(t, pid, cid == "fan-0001") for t, _, pid, _ in unpacked[cid] if (cid, t) != ("fan-0001", "q/a/1")]
     store.close()
 
 
