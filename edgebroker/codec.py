@@ -394,6 +394,11 @@ class Parser:
         """Bytes held waiting for the rest of a packet."""
         return len(self._buf)
 
+    @property
+    def missing(self) -> int:
+        """Bytes the packet being gathered still lacks, once its header has arrived (else 0)."""
+        return self._need - len(self._buf) if self._need else 0
+
     def feed(self, data: bytes) -> List[object]:
         buf = self._buf
         n = len(data)

@@ -91,8 +91,8 @@ class Connection:
         self.tls_username: Optional[str] = None
         #: acknowledgements waiting for the store's commit window (Broker._send_ack), in order
         self.held: List[bytes] = _NOTHING  # type: ignore[assignment]  # a list of its own when one is held
-        #: bytes the loop asks for in its next recv (server.RECV_SIZE or RECV_SMALL)
-        self.recv_size = 65536
+        #: bytes the loop asks for in its next recv (server.RECV_SIZE, RECV_SMALL or RECV_LARGE)
+        self.recv_size = 16384  # server.RECV_SIZE
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);

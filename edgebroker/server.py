@@ -54,13 +54,20 @@ if TYPE_CHECKING:
 
 __all__ = ["Server"]
 
-#: Bytes read per recv: enough for hundreds of small packets per read, one syscall each turn.
-RECV_SIZE = 65536
+#: Bytes read per recv: a couple of hundred small packets per read, one syscall each turn. What a turn
+#: reads from many publishers, with the output it makes for a subscriber, is in memory at once: at 64 KiB
+#: a QoS 0 flood of 8 publishers (bench S1) held 512 KiB of output for its subscriber per turn, about
+#: 1.4 MiB with its packets and the flush's joined copy; at 16 KiB a quarter of that, at the same CPU
+#: time per message (bench/README.md, Issue 19 memory).
+RECV_SIZE = 16384
 #: What a connection whose last read was smaller asks for: a sensor's PUBLISH now and then. The bytes
-#: object then comes from Python's small-object allocator, not from malloc of 64 KiB cut down to the
+#: object then comes from Python's small-object allocator, not from malloc of RECV_SIZE cut down to the
 #: size read (at S5's rate that cost more than the rest of the read). A read that fills it means a
 #: burst: the next read asks for RECV_SIZE again.
 RECV_SMALL = 448
+#: What a connection asks for while the parser gathers a packet that lacks more than RECV_SIZE: a
+#: 200 MiB PUBLISH in 800 reads, not 12,800.
+RECV_LARGE = 256 * 1024
 #: Connections accepted per listener per turn, so a connect storm cannot starve established clients.
 ACCEPT_BATCH = 64
 #: Unread input drained before closing a socket, so the kernel sends FIN (not RST) and the peer gets
@@ -687,8 +694,11 @@ class Server:
             self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
             return
         if data:
-            conn.recv_size = RECV_SIZE if len(data) >= RECV_SMALL else RECV_SMALL
             self.broker.data_received(conn, data, now)
+            if len(data) < RECV_SMALL:
+                conn.recv_size = RECV_SMALL
+            else:
+                conn.recv_size = RECV_SIZE if conn.parser.missing <= RECV_SIZE else RECV_LARGE
         else:
             self.broker.connection_lost(conn, now)
 

@@ -305,6 +305,19 @@ def test_large_packet_in_chunks_is_not_recopied_per_feed(monkeypatch):
     assert len(copied) <= 2, f"{len(copied)} large copies for {len(data) // chunk + 1} feeds"
 
 
+def test_missing_counts_what_the_packet_being_gathered_still_lacks():
+    """The loop reads more at once while a large packet arrives (server.RECV_LARGE): `missing` says how
+    many bytes the packet in progress lacks, 0 when none is in progress or its header is incomplete."""
+    data = w.publish("t/x", b"\x01" * 100_000) + w.puback(7)
+    parser = Parser()
+    assert parser.missing == 0
+    assert parser.feed(data[:1]) == [] and parser.missing == 0  # header incomplete: size not known yet
+    assert parser.feed(data[1:40_000]) == []
+    assert parser.missing == len(data) - 4 - 40_000
+    got = parser.feed(data[40_000:])
+    assert [p.__class__.__name__ for p in got] == ["Publish", "Puback"] and parser.missing == 0
+
+
 def test_trailing_partial_kept_for_next_feed():
     parser = Parser()
     tail = w.puback(5)

@@ -632,8 +632,8 @@ def test_max_packet_size_oversize_packet_closes(make_broker):
 
 def test_reads_small_after_a_small_read_and_whole_bursts_after(broker, connected):
     """The loop asks for a few hundred bytes after a small read (a sensor's PUBLISH now and then)
-    and for 64 KiB again once a read fills that: a burst behind a small read, a large PUBLISH among
-    small ones, arrive whole and in order."""
+    and for RECV_SIZE again once a read fills that (RECV_LARGE while a larger packet arrives): a burst
+    behind a small read, a large PUBLISH among small ones, arrive whole and in order."""
     from edgebroker.server import RECV_SIZE, RECV_SMALL
     sub = connected("reads-sub")
     subscribe(sub, 1, [("reads/#", 0)], [0])
