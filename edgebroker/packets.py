@@ -12,7 +12,7 @@ from enum import IntEnum
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterator, NamedTuple, Optional, Tuple
+    from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 else:
     from .record import NamedTuple
 
@@ -92,6 +92,15 @@ def publish_head(body_len: int, raw_topic: bytes) -> bytes:
     return encode_remaining_length(body_len) + _U16(len(raw_topic)) + raw_topic
 
 
+#: The heads (remaining length + topic) of QoS 1/2 PUBLISHes lately encoded, by (topic, payload size):
+#: messages on one topic with payloads of one size (a sensor's readings, a queue of them) share one
+#: instead of encoding and keeping one each. Bounded as the codec's topic-name cache: emptied when it
+#: holds HEAD_CACHE_SIZE, topics longer than HEAD_CACHE_LONGEST bytes not kept.
+_HEADS: Dict[Tuple[str, int], bytes] = {}
+HEAD_CACHE_SIZE = 256
+HEAD_CACHE_LONGEST = 256
+
+
 class Message:
     """One application message as it is routed: topic, payload, QoS it was published with, and the
     retain flag it carries on the wire (set only for retained messages sent on subscribe). `store_id`
@@ -128,8 +137,17 @@ class Message:
         remaining length + topic, the packet id, the shared payload."""
         head = self._head
         if head is None:
-            raw = self.topic.encode("utf-8")
-            head = self._head = publish_head(4 + len(raw) + len(self.payload), raw)
+            size = len(self.payload)
+            key = (self.topic, size)
+            head = _HEADS.get(key)
+            if head is None:
+                raw = self.topic.encode("utf-8")
+                head = publish_head(4 + len(raw) + size, raw)
+                if len(raw) <= HEAD_CACHE_LONGEST:
+                    if len(_HEADS) >= HEAD_CACHE_SIZE:
+                        _HEADS.clear()
+                    _HEADS[key] = head
+            self._head = head
         return (_FIRST[(qos << 1) | (0x08 if dup else 0) | (0x01 if self.retain else 0)], head,
                 packet_id.to_bytes(2, "big"), self.payload)
 

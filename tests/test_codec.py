@@ -728,6 +728,26 @@ def test_publish_topic_names_are_checked_once_and_shared_but_the_cache_stays_bou
     assert len(codec._topics) <= codec.TOPIC_CACHE_SIZE
 
 
+def test_qos1_heads_are_shared_by_topic_and_payload_size_but_the_cache_stays_bounded():
+    """Messages on one topic with payloads of one size share the encoded head of their QoS 1/2 PUBLISH
+    (a queue of a sensor's readings keeps one, not one each); each delivery's bytes are still exactly
+    mqttwire's independent encoding; other sizes and topics get heads of their own; the cache is bounded
+    in count and topic length."""
+    p._HEADS.clear()
+    a, b, c = (p.Message("s/1/t", payload, 1) for payload in (b"21.5", b"22.0", b"22.25"))
+    assert a.wire(1, 300) == w.publish("s/1/t", b"21.5", qos=1, packet_id=300)
+    assert b.wire(2, 7, dup=True) == w.publish("s/1/t", b"22.0", qos=2, packet_id=7, dup=True)
+    assert c.wire(1, 65535) == w.publish("s/1/t", b"22.25", qos=1, packet_id=65535)
+    assert a.parts(1, 1)[1] is b.parts(1, 2)[1] and a.parts(1, 1)[1] is not c.parts(1, 3)[1]
+    long_name = "x" * (p.HEAD_CACHE_LONGEST + 1)
+    assert p.Message(long_name, b"x", 1).wire(1, 9) == w.publish(long_name, b"x", qos=1, packet_id=9)
+    assert all(key[0] != long_name for key in p._HEADS)
+    for i in range(p.HEAD_CACHE_SIZE * 2):
+        assert p.Message(f"n/{i}", b"x" * (i % 7), 1).wire(1, 1) == w.publish(f"n/{i}", b"x" * (i % 7), qos=1,
+                                                                             packet_id=1)
+    assert len(p._HEADS) <= p.HEAD_CACHE_SIZE
+
+
 # ---- one whole PUBLISH in a read: Parser.feed's short path ---------------------------------------
 
 def test_decoded_publish_is_the_object_the_class_makes():
