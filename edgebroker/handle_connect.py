@@ -184,5 +184,9 @@ def _random_uuid() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+#: Every CONNACK this broker sends, by (session present, return code).
+_CONNACKS = {(present, code): bytes((0x20, 2, int(present), code)) for present in (False, True) for code in range(6)}
+
+
 def _connack(session_present: bool, return_code: int) -> bytes:
-    return bytes((0x20, 2, 1 if session_present else 0, return_code))
+    return _CONNACKS[(bool(session_present), return_code)]

@@ -40,8 +40,12 @@ class SubscribeHandlers:
                 self.log(L.DEBUG, f"\t{topic_filter} (QoS {qos})")
             self.log(L.SUBSCRIBE, f"{conn.client_id} {qos} {topic_filter}")
         # SUBACK with the same packet id [MQTT-3.8.4-2], one return code per filter [MQTT-3.8.4-5].
-        conn.write(b"".join((b"\x90", encode_remaining_length(2 + len(codes)),
-                             p.packet_id.to_bytes(2, "big"), bytes(codes))))
+        pid = p.packet_id
+        if len(codes) < 126:  # a one-byte remaining length: the SUBACK in one bytes() call
+            conn.write(bytes((0x90, 2 + len(codes), pid >> 8, pid & 0xFF, *codes)))
+        else:
+            conn.write(b"".join((b"\x90", encode_remaining_length(2 + len(codes)), pid.to_bytes(2, "big"),
+                                 bytes(codes))))
         self.stats.messages_sent += 1
         if debug:
             self.log(L.DEBUG, f"Sending SUBACK to {conn.client_id}")

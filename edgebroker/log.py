@@ -70,6 +70,9 @@ class Logger:
         self._file: Optional[TextIO] = None
         #: the thread whose lines are held until `flush` (the loop's; see hold_lines), and those lines
         self._holder: Optional[int] = None
+        #: (the second, its timestamp) of the last line: lines come in bursts (one tuple, so that the
+        #: hash thread's lines never pair a second with another second's text)
+        self._stamp = (-1, "")
         self._held: List[str] = []
         #: lines held and not written yet
         self.pending = False
@@ -103,6 +106,7 @@ class Logger:
         self.types = types
         self.timestamp = timestamp
         self.timestamp_format = timestamp_format
+        self._stamp = (-1, "")
 
     def enabled(self, level: int) -> bool:
         return bool(self.types & level)
@@ -111,10 +115,13 @@ class Logger:
         if not self.types & level:
             return
         if self.timestamp:
-            now = time.time()
-            stamp = time.strftime(self.timestamp_format, time.localtime(now)) if self.timestamp_format \
-                else str(int(now))
-            line = f"{stamp}: {message}"
+            second = int(time.time())
+            stamped = self._stamp
+            if stamped[0] != second:
+                # whole seconds: time.strftime has no finer field
+                stamped = self._stamp = (second, time.strftime(self.timestamp_format, time.localtime(second))
+                                         if self.timestamp_format else str(second))
+            line = f"{stamped[1]}: {message}"
         else:
             line = message
         if self._holder is not None and self._holder == get_ident():

@@ -842,7 +842,8 @@ class Server:
         while i < len(dirty):
             conn = dirty[i]
             i += 1
-            if not conn.closed and not (writing and conn in writing):  # (usually none is writing)
+            # (a connection's output may have left after its read: nothing to flush then)
+            if conn.out and not conn.closed and not (writing and conn in writing):
                 self._flush(conn, now)
         dirty.clear()
 

@@ -740,6 +740,20 @@ def test_MQTT_3_3_5_1_overlapping_subscriptions_one_copy_at_the_highest_qos():
     assert [fields(p) for p in sub.publishes()] == [("a/c/d", b"z", 0, False, False)]
 
 
+@pytest.mark.parametrize("filters", [1, 125, 126, 300])
+def test_MQTT_3_8_4_5_suback_has_one_code_per_filter_on_both_sides_of_a_one_byte_length(filters):
+    """The SUBACK's remaining length is 2 + one byte per filter: up to 125 filters it fits one byte
+    (and is built in one piece), from 126 it takes two [MQTT-3.8.4-5] [MQTT-3.8.4-2]."""
+    core = Core()
+    c = core.connect("many")
+    topics = [(f"t/{k}", k % 3) for k in range(filters)]
+    c.send(w.subscribe(7, topics))
+    raw = b"".join(c.conn.out)
+    head = b"\x90" + w.remaining_length(2 + filters)
+    assert raw.startswith(head) and len(head) == (2 if filters < 126 else 3)
+    assert c.take() == [Suback(7, tuple(q for _, q in topics))]
+
+
 def test_MQTT_3_8_4_3_resubscribe_replaces_the_qos():
     core = Core()
     sub = core.connect("sub")

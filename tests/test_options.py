@@ -7,6 +7,7 @@ import io
 import os
 import socket
 import threading
+import time
 
 import mqttwire as w
 import pytest
@@ -208,6 +209,26 @@ def test_running_loop_flushes_its_log_lines_by_the_end_of_their_turn():
     assert not logger.pending and out.flushed == out.getvalue()
     logger(L.NOTICE, "after the loop")
     assert out.flushed.endswith("after the loop\n")  # the loop has stopped: written at once
+
+
+def test_log_timestamps_follow_the_clock_and_a_new_format_at_once(monkeypatch):
+    """The timestamp is made once per second (lines come in bursts: two per connecting client), so
+    each line has its own second's stamp, and log_timestamp_format set by a reload applies to the very
+    next line, in the same second."""
+    clock = [1_700_000_000.2]
+    monkeypatch.setattr(L.time, "time", lambda: clock[0])
+    out = io.StringIO()
+    logger = L.Logger(stream=out)
+    logger(L.NOTICE, "a")
+    clock[0] += 0.5
+    logger(L.NOTICE, "b")
+    clock[0] += 0.5  # the next second
+    logger(L.NOTICE, "c")
+    logger.configure(L.DEFAULT_TYPES, ["stderr"], timestamp_format="%Y")
+    logger.streams = [out]
+    logger(L.NOTICE, "d")
+    assert out.getvalue().splitlines() == ["1700000000: a", "1700000000: b", "1700000001: c",
+                                           time.strftime("%Y", time.localtime(1_700_000_001)) + ": d"]
 
 
 def test_connection_messages_false_silences_connect_lines():
