@@ -26,42 +26,56 @@ class Poller:
     """Watches file descriptors (or objects with fileno()) for EVENT_READ/EVENT_WRITE, each with its data."""
 
     def __init__(self) -> None:
-        self._keys: Dict[int, selectors.SelectorKey] = {}
-        #: what `poll` reports for a descriptor that is only readable: (data, EVENT_READ), made once
-        #: when it is registered (a SelectorKey's fields are slow attributes, and a turn at a low rate
-        #: pays for every distinct operation with cold caches)
+        #: a descriptor registered for reading only (every idle connection): what `poll` reports for
+        #: it, (data, EVENT_READ), made once when it is registered (a SelectorKey's fields are slow
+        #: attributes, and a turn at a low rate pays for every distinct operation with cold caches);
+        #: its SelectorKey is made when asked for (get_key, unregister), not kept: 80 bytes less per
+        #: idle connection
         self._readable: Dict[int, Tuple[Any, int]] = {}
+        #: any other registration's SelectorKey (a connection waiting to write, one paused: rare)
+        self._keys: Dict[int, selectors.SelectorKey] = {}
+        #: every registered descriptor's object, as given (an int for a number)
+        self._files: Dict[int, Any] = {}
         self._max_events = 1  # epoll's maxevents: every registered descriptor (at least 1)
         self._epoll: Any = select.epoll() if hasattr(select, "epoll") else None
         self._fallback: Any = None if self._epoll is not None else selectors.DefaultSelector()
 
+    def _store(self, fileobj: Any, fd: int, events: int, data: Any) -> None:
+        if events == EVENT_READ:
+            self._readable[fd] = (data, EVENT_READ)
+        else:
+            self._keys[fd] = selectors.SelectorKey(fileobj, fd, events, data)
+
     def register(self, fileobj: Any, events: int, data: Any = None) -> None:
         fd = self._fd(fileobj)
-        if fd in self._keys:
+        if fd in self._files:
             raise KeyError(f"{fileobj!r} (fd {fd}) is already registered")
         if self._epoll is not None:
             self._epoll.register(fd, _mask(events))
         else:
             self._fallback.register(fd, events, data)
-        self._keys[fd] = selectors.SelectorKey(fileobj, fd, events, data)
-        self._readable[fd] = (data, EVENT_READ)
-        self._max_events = len(self._keys)
+        self._files[fd] = fileobj
+        self._store(fileobj, fd, events, data)
+        self._max_events = len(self._files)
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> None:
         fd = self._fd(fileobj)
-        key = self._keys[fd]
+        key = self._key(fd)
         if self._epoll is None:
             self._fallback.modify(fd, events, data)
         elif events != key.events:
             self._epoll.modify(fd, _mask(events))
-        self._keys[fd] = key._replace(events=events, data=data)
-        self._readable[fd] = (data, EVENT_READ)
+        self._readable.pop(fd, None)
+        self._keys.pop(fd, None)
+        self._store(key.fileobj, fd, events, data)
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
         fd = self._fd(fileobj)
-        key = self._keys.pop(fd)
-        del self._readable[fd]
-        self._max_events = len(self._keys) or 1
+        key = self._key(fd)
+        del self._files[fd]
+        self._readable.pop(fd, None)
+        self._keys.pop(fd, None)
+        self._max_events = len(self._files) or 1
         try:
             if self._epoll is not None:
                 self._epoll.unregister(fd)
@@ -72,16 +86,23 @@ class Poller:
         return key
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._keys[self._fd(fileobj)]
+        return self._key(self._fd(fileobj))
+
+    def _key(self, fd: int) -> selectors.SelectorKey:
+        """The registration of `fd` (KeyError when there is none)."""
+        pair = self._readable.get(fd)
+        if pair is not None:
+            return selectors.SelectorKey(self._files[fd], fd, EVENT_READ, pair[0])
+        return self._keys[fd]
 
     def _fd(self, fileobj: Any) -> int:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         if fd < 0:
             # A socket closed while registered (fileno -1): found by identity, as `selectors` does,
             # so that it can still be unregistered.
-            for key in self._keys.values():
-                if key.fileobj is fileobj:
-                    return key.fd
+            for known, obj in self._files.items():
+                if obj is fileobj:
+                    return known
             raise ValueError(f"invalid file descriptor {fd} for {fileobj!r}")
         return fd
 
@@ -92,18 +113,21 @@ class Poller:
         readable = self._readable
         ready = []
         for fd, ev in self._epoll.poll(timeout, self._max_events):
-            if ev == _EPOLLIN:  # reported only to a descriptor registered for reading
-                pair = readable.get(fd)
-                if pair is not None:
-                    ready.append(pair)
+            pair = readable.get(fd)
+            if ev == _EPOLLIN and pair is not None:  # the usual event: an idle connection's read
+                ready.append(pair)
                 continue
-            key = self._keys.get(fd)
-            if key is None:
-                continue
+            if pair is not None:
+                data, registered = pair
+            else:
+                key = self._keys.get(fd)
+                if key is None:
+                    continue
+                data, registered = key.data, key.events
             # Errors and hang-ups wake both directions, as in `selectors`: the read or the send then
             # sees what happened.
             events = (EVENT_WRITE if ev & ~_EPOLLIN else 0) | (EVENT_READ if ev & ~_EPOLLOUT else 0)
-            ready.append((key.data, events & key.events))
+            ready.append((data, events & registered))
         return ready
 
     def close(self) -> None:
@@ -113,6 +137,7 @@ class Poller:
             self._fallback.close()
         self._keys.clear()
         self._readable.clear()
+        self._files.clear()
 
 
 _EPOLLIN = getattr(select, "EPOLLIN", 1)

@@ -116,3 +116,23 @@ def test_every_ready_descriptor_is_reported_in_one_poll_and_a_reused_one_with_it
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_a_reader_that_also_waits_to_write_gets_its_read_while_its_send_buffer_is_full(poller: Poller, pair) -> None:
+    """A connection with a write backlog (READ | WRITE) whose peer sends while the backlog fills its send
+    buffer: epoll reports EPOLLIN alone, and it must come back as a read (a slow subscriber's PUBACKs)."""
+    a, b = pair
+    a.setblocking(False)
+    try:
+        while True:
+            a.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    poller.register(a, EVENT_READ | EVENT_WRITE, "backlog")
+    assert poller.poll(0) == []
+    b.send(b"ack")
+    assert poller.poll(1.0) == [("backlog", EVENT_READ)]
+    assert poller.get_key(a).events == EVENT_READ | EVENT_WRITE
+    poller.modify(a, EVENT_READ, "idle")
+    assert poller.poll(0) == [("idle", EVENT_READ)] and poller.get_key(a).data == "idle"
+    assert poller.unregister(a).data == "idle"
