@@ -723,9 +723,9 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
         else:
             seq = self._seq = self._seq + 1
             pid = session.next_packet_id() if qos else 0
-            self.store.delivery_add(seq, session.client_id, msg, qos, pid or None, QUEUED)
-            # queue_meta(msg, qos, seq, pid), inline: once per message
+            # queue_meta(msg, qos, seq, pid), inline: once per message; the store's buffer shares it
             meta = (seq << 16) | pid if qos == msg.qos else ~((seq << 18) | (pid << 2) | qos)
+            self.store.delivery_add(seq, session.client_id, msg, qos, pid or None, QUEUED, meta)
         queue = session.queue
         if queue.__class__ is not deque:
             queue = queue_of(session)

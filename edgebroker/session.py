@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from types import MappingProxyType
 
-from .packets import Message
+from .packets import Message, queue_meta, unpack_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,25 +48,6 @@ def queue_of(session: "Session") -> "Deque[Message]":
         queue = session.queue = deque()
         session.queue_meta = deque()
     return queue
-
-
-#: A queued delivery's store row (seq, 0: not stored) and packet id (0: none yet), and its QoS when that
-#: is not its message's, packed in one int beside the message (Session.queue_meta): a tuple and two
-#: integers of their own cost a persistent session's queue about 100 bytes more per message. At the
-#: message's QoS (the common case): seq << 16 | packet id, so a clean session's is 0; at another QoS
-#: (a subscription's lower QoS, upgrade_outgoing_qos): ~(seq << 18 | packet id << 2 | qos), negative.
-def queue_meta(msg: Message, qos: int, seq: int, packet_id: int) -> int:
-    if qos == msg.qos:
-        return (seq << 16) | packet_id
-    return ~((seq << 18) | (packet_id << 2) | qos)
-
-
-def unpack_meta(msg: Message, meta: int) -> Tuple[int, int, int]:
-    """A queued delivery's (qos, seq, packet id) from its message and `queue_meta`."""
-    if meta >= 0:
-        return msg.qos, meta >> 16, meta & 0xFFFF
-    meta = ~meta
-    return meta & 3, meta >> 18, (meta >> 2) & 0xFFFF
 
 
 #: Session.awaiting_rel until the client publishes at QoS 2: shared, never written to.

@@ -56,6 +56,7 @@ import time
 
 from . import log as L
 from .errors import StoreError
+from .packets import queue_meta, unpack_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -252,9 +253,10 @@ _DEL_SUB = "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"
 _INS_DELIVERY = ("INSERT INTO deliveries (seq, client_id, topic, payload, qos, retain, packet_id, state) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 #: The buffered form of an _INS_DELIVERY (a delivery with its own copy of the message): (_OWN, client_id,
-#: message, seq, qos, packet_id, state), its row made at commit. A buffer of thousands (durability
-#: periodic) costs about 200 bytes per delivery this way, against 430 as a row tuple with a dict entry
-#: to find it again.
+#: message, meta, state), its row made at commit; meta is the delivery's (QoS, seq, packet id) packed as
+#: packets.queue_meta packs them, the very int the session's queue holds beside a queued message. A
+#: buffer of thousands (durability periodic) costs about 120 bytes per queued delivery this way, against
+#: 430 as a row tuple with a dict entry to find it again.
 _OWN = "own copy"
 _INS_DELIVERY_REF = ("INSERT INTO deliveries (seq, client_id, msg_id, qos, packet_id, state) "
                      "VALUES (?, ?, ?, ?, ?, ?)")
@@ -308,8 +310,9 @@ class NullStore:
         pass
 
     def delivery_add(self, seq: int, client_id: str, msg, qos: int, packet_id: Optional[int],  # type: ignore[no-untyped-def]
-                     state: int) -> None:
-        """A delivery of `msg` (a session.Message: topic, payload, qos, retain, store_id) at `qos`."""
+                     state: int, meta: Optional[int] = None) -> None:
+        """A delivery of `msg` (a session.Message: topic, payload, qos, retain, store_id) at `qos`. meta:
+        queue_meta(msg, qos, seq, packet id) when the caller has it (a queued delivery), to share."""
         pass
 
     def delivery_update(self, seq: int, packet_id: Optional[int], state: int, deferred: bool = False) -> None:
@@ -585,7 +588,7 @@ class SqliteStore(NullStore):
         self._ops.append((_DEL_SUB, (client_id, topic_filter)))
 
     def delivery_add(self, seq: int, client_id: str, msg, qos: int, packet_id: Optional[int],  # type: ignore[no-untyped-def]
-                     state: int) -> None:
+                     state: int, meta: Optional[int] = None) -> None:
         # Counted in `waiting` until written or cancelled; a QoS 2 delivery is not held by the window:
         # sent before its row is committed, a crash could make its resend a second delivery.
         self.waiting += 1
@@ -596,23 +599,26 @@ class SqliteStore(NullStore):
         if sid == 0:
             # Its only delivery so far: a copy of its own in the delivery's row.
             msg.store_id = -2 - len(ops)
-            ops.append((_OWN, client_id, msg, seq, qos, packet_id, state))
+            ops.append((_OWN, client_id, msg, queue_meta(msg, qos, seq, packet_id or 0) if meta is None else meta,
+                        state))
             return
         if sid < -1:
             # A second delivery before the commit: the message gets its row, the first delivery's INSERT
             # references it instead of carrying a copy.
             i = -2 - sid
             o = ops[i]
+            q, s, p = unpack_meta(msg, o[3])  # type: ignore[index]
             sid = msg.store_id = self._last_msg_id = self._last_msg_id + 1
-            ops[i] = (_INS_DELIVERY_REF, (o[3], o[1], sid, o[4], o[5], o[6]))  # type: ignore[index]
-            self._inserts[o[3]] = i  # type: ignore[index]
+            ops[i] = (_INS_DELIVERY_REF, (s, o[1], sid, q, p or None, o[4]))  # type: ignore[index]
+            self._inserts[s] = i
             self._refs[sid] = 1
             self._msg_inserts[sid] = len(ops)
             self.waiting += 1
             ops.append((_INS_MESSAGE, (sid, msg.topic, msg.payload, msg.qos, int(msg.retain))))
         elif sid < 0:
             self._inserts[seq] = len(ops)
-            ops.append((_OWN, client_id, msg, seq, qos, packet_id, state))
+            ops.append((_OWN, client_id, msg, queue_meta(msg, qos, seq, packet_id or 0) if meta is None else meta,
+                        state))
             return
         refs = self._refs
         n = refs.get(sid)
@@ -637,7 +643,7 @@ class SqliteStore(NullStore):
         if sid < -1:  # the message's only delivery, with its INSERT still buffered
             i = -2 - sid
             op = self._ops[i]
-            if op is not None and op[3] == seq:
+            if op is not None and unpack_meta(msg, op[3])[1] == seq:
                 self._ops[i] = None  # never written: nothing to delete (an UPDATE of it then matches no row)
                 self.waiting -= 1
                 msg.store_id = 0
@@ -816,7 +822,13 @@ class SqliteStore(NullStore):
                     for k in range(i, j):
                         o = ops[k]
                         msg = o[2]  # type: ignore[index]
-                        rows.append((o[3], o[1], msg.topic, msg.payload, o[4], int(msg.retain), o[5], o[6]))  # type: ignore[index]
+                        m = o[3]  # type: ignore[index]
+                        if m >= 0:  # unpack_meta(msg, m), inline for the common case
+                            rows.append((m >> 16, o[1], msg.topic, msg.payload, msg.qos, int(msg.retain),  # type: ignore[index]
+                                         m & 0xFFFF or None, o[4]))  # type: ignore[index]
+                        else:
+                            q, s, p = unpack_meta(msg, m)
+                            rows.append((s, o[1], msg.topic, msg.payload, q, int(msg.retain), p or None, o[4]))  # type: ignore[index]
                         if msg.store_id == -2 - k:
                             # Its copy is in its delivery's row now (set before the COMMIT: should it
                             # fail, the INSERT stays buffered and is only no longer cancelled).

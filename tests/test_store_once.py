@@ -271,6 +271,31 @@ def test_a_periodic_save_writes_the_buffered_deliveries_as_they_were_queued(tmp_
     store.close()
 
 
+def test_a_periodic_save_writes_a_delivery_below_its_message_qos_as_queued(tmp_path):
+    """The buffered row of a delivery at a lower QoS than its message's (a QoS 2 message to a QoS 1
+    subscription, packed negative beside the queued message) is written with the delivery's QoS and
+    packet id, and a restart sends it so."""
+    cfg = config(tmp_path, durability="periodic", autosave_interval=3600.0)
+    path = cfg.database_path()
+    store = SqliteStore(path, cfg.durability, cfg.autosave_interval)
+    b = Broker(cfg, now=0.0, store=store)
+    offline_sessions(b, 1, "d/#", 0.0)
+    b.sessions["fan-0000"]._next_pid = 700
+    pub = b.connection_made("127.0.0.1", 1, 1.0)
+    b.data_received(pub, w.connect("p") + w.publish("d/2", b"two", qos=2, packet_id=9), 1.0)
+    b.data_received(pub, w.pubrel(9), 1.0)
+    session = b.sessions["fan-0000"]
+    assert [unpack_meta(m, meta) for m, meta in zip(session.queue, session.queue_meta)] == [(1, b._seq, 701)]
+    store.close()
+    assert rows(path, "SELECT topic, payload, qos, packet_id, state FROM deliveries") == [("d/2", b"two", 1, 701, 2)]
+    store = SqliteStore(path, cfg.durability, cfg.autosave_interval)
+    b = Broker(cfg, now=10.0, store=store)
+    c = b.connection_made("127.0.0.1", 2, 10.0)
+    b.data_received(c, w.connect("fan-0000", clean=False), 10.0)
+    assert publishes(b"".join(c.out)) == [w.publish("d/2", b"two", qos=1, packet_id=701)]
+    store.close()
+
+
 def test_schema_4_database_is_migrated_and_its_copies_shared(tmp_path):
     """A database of schema version 4 (before messages were stored once) with one message stored for
     three sessions and another for one: migration 5 keeps one copy of the first, leaves the second in
