@@ -54,12 +54,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Server"]
 
-#: Bytes read per recv: a couple of hundred small packets per read, one syscall each turn. What a turn
+#: Bytes read per recv: several hundred small packets per read, one syscall each turn. What a turn
 #: reads from many publishers, with the output it makes for a subscriber, is in memory at once: at 64 KiB
 #: a QoS 0 flood of 8 publishers (bench S1) held 512 KiB of output for its subscriber per turn, about
-#: 1.4 MiB with its packets and the flush's joined copy; at 16 KiB a quarter of that, at the same CPU
-#: time per message (bench/README.md, Issue 19 memory).
-RECV_SIZE = 16384
+#: 1.4 MiB with its packets and the flush's joined copy. 16 KiB read a quarter of that per turn (S1's
+#: peak 1.3 MiB lower), but under a flood that lasts (bench SER-S1: 4 publishers for 13 s against one
+#: QoS 0 subscriber) the peak went from 15-17 to 53-70 MiB (32 KiB: 33 MiB), so reads stay at 64 KiB
+#: (bench/README.md, Issue 19 memory part 4).
+RECV_SIZE = 65536
 #: What a connection whose last read was smaller asks for: a sensor's PUBLISH now and then. The bytes
 #: object then comes from Python's small-object allocator, not from malloc of RECV_SIZE cut down to the
 #: size read (at S5's rate that cost more than the rest of the read). A read that fills it means a
