@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import wire
 from .brokers import (
-    broker_python, compile_bytecode, cpu_seconds, data_root, edgebroker_seed_dir, free_port, mosquitto_binary, read_io, repo_python, status_kib,
+    broker_python, compile_bytecode, cpu_seconds, data_root, edgebroker_seed_dir, free_port, mosquitto_binary, read_io, status_kib,
 )
 from .scenarios import Metric, Outcome, Scenario, Sizes
 

@@ -240,6 +240,7 @@ class Publish(Message):
         fields.update(changes)
         return Publish(**fields)  # type: ignore[arg-type]
 
+
 _new_object = object.__new__
 
 
