@@ -387,11 +387,13 @@ def write_doc(command: str, info: Dict[str, str], date: str, sz: Sizes, rounds: 
     eb_args = " ".join(brokers.edgebroker_extra_args())
     if brokers.edgebroker_has_config_file():
         queue_how = ("S2q and S8 add `-c FILE`, a generated TOML that sets only max_queued_messages "
-                     f"({sz.s2q_max_queued:,} and {sz.s8_max_queued:,}).")
+                     f"({sz.s2q_max_queued:,} and {sz.s8_max_queued:,}; S1-stuck the default, "
+                     f"{sz.s1s_max_queued:,}, as Mosquitto's there).")
     else:
         queue_how = ("S2q and S8 need a bigger queue, which this CLI cannot set: they start the same Server "
                      "through `bench/edge_launch.py` with `Config(max_queued_messages=N)` "
-                     f"({sz.s2q_max_queued:,} and {sz.s8_max_queued:,}) and every other default.")
+                     f"({sz.s2q_max_queued:,} and {sz.s8_max_queued:,}; S1-stuck {sz.s1s_max_queued:,}) and "
+                     "every other default.")
     mach = "\n".join(f"- {k}: {v}" for k, v in info.items())
     text = f"""# Benchmarks: edgebroker beside Mosquitto
 
@@ -460,7 +462,8 @@ limited by the generator.
   a first, unmeasured start created, so every run starts on an existing database as in service.
 - Mosquitto: `mosquitto -c CONF` with `listener PORT 127.0.0.1`, `allow_anonymous true`,
   `persistence false`, `max_inflight_messages 20`, `max_queued_bytes 0`, and `max_queued_messages 100000`
-  ({sz.s8_max_queued:,} for S8). Everything else at its default (so Nagle stays on: `set_tcp_nodelay false`).
+  ({sz.s8_max_queued:,} for S8, {sz.s1s_max_queued:,} for S1-stuck). Everything else at its default (so Nagle
+  stays on: `set_tcp_nodelay false`).
 - Both log at their default levels to a file.
 - S9 adds persistence settings per row: edgebroker `-c FILE` with `persistence_location` (the seeded data
   directory), `durability` (and `autosave_interval`), or `persistence = false`; Mosquitto

@@ -31,6 +31,11 @@ class Sizes:
     payload: int = 64
     s1_pubs: int = 8
     s1_per_pub: int = 25_000          # 200,000 messages in all
+    #: S1-stuck: publishers flooding QoS 0 to one subscriber that reads and one that reads nothing, both
+    #: brokers with max_queued_messages s1s_max_queued (Mosquitto's default).
+    s1s_pubs: int = 4
+    s1s_per_pub: int = 50_000
+    s1s_max_queued: int = 1000
     s2_count: int = 50_000
     s3_count: int = 50_000
     window: int = 64
@@ -83,7 +88,7 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = replace(FULL, s1_per_pub=10_000, s2_count=20_000, s3_count=10_000, s4_count=2_000, s5_seconds=3.0,
+QUICK = replace(FULL, s1_per_pub=10_000, s1s_per_pub=20_000, s2_count=20_000, s3_count=10_000, s4_count=2_000, s5_seconds=3.0,
                 s7f_topics=5_000, s7f_filters=200, s10_bytes=50 * 1024 * 1024, s9_count=5_000, s9_queue_count=5_000, s9_hold_s=2.0,
                 s9t_count=80, b1_count=5_000, b2_count=2_000, ser_lines=10_000, ser_latency_n=200, ser_load_s=3.0)
 
@@ -238,7 +243,9 @@ def _judge_counts(o: Outcome, received: int, expected: int, qos: int, dups: int 
 
 def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n_pubs: int, per_pub: int,
                 n_subs: int, sub_procs: int, topic_of: Callable[[int], str], sub_filter: str,
-                window: int = 0, clean: bool = True, rate: float = 0.0) -> Outcome:
+                window: int = 0, clean: bool = True, rate: float = 0.0, stuck: bool = False) -> Outcome:
+    """stuck: one more QoS 0 subscriber on sub_filter that reads nothing until the publishers are done
+    (workers.stuck_sub_worker); what it then gets is in the notes, not in the counts."""
     start_t = time.monotonic()
     hard = start_t + timeout
     soft = hard - _soft(timeout)
@@ -256,7 +263,10 @@ def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n
             sub_ids.append(wid)
             pool.spawn(wid, workers.sub_worker, target.port, cids, sub_filter, qos, n_pubs, per_pub,
                        pubs_done, soft, 2.0, False, clean)
-        if not pool.wait("ready", sub_ids, hard):
+        if stuck:
+            pool.spawn("stuck", workers.stuck_sub_worker, target.port, f"bench-{tag}-stuck", sub_filter, n_pubs,
+                       per_pub, pubs_done, soft)
+        if not pool.wait("ready", sub_ids + (["stuck"] if stuck else []), hard):
             return _timeout_outcome(pool, "subscribers to connect")
         if pool.errors():
             return Outcome(status="ERROR", detail="; ".join(pool.errors())[:400])
@@ -273,7 +283,7 @@ def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n
         start.set()
         ok = pool.wait("result", pub_ids, hard)
         pubs_done.set()
-        ok = pool.wait("result", sub_ids, hard) and ok
+        ok = pool.wait("result", sub_ids + (["stuck"] if stuck else []), hard) and ok
         o = Outcome()
         o.gen_cpu = _gen_cpu(pool)
         o.wall = time.monotonic() - start_t
@@ -299,6 +309,12 @@ def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n
             if bogus:
                 o.notes.append(f"{bogus} unexpected acks at publishers")
         o.notes.append(f"recv/sent {received:,}/{sent * n_subs:,}")
+        if stuck:
+            r = res.get("stuck", {})
+            o.raw["stuck"] = r
+            o.notes.append(f"the subscriber that read nothing got {r.get('received', 0):,} once it read "
+                           f"({r.get('queued_in_kernel', 0) / 1024:,.0f} KiB of them waiting in its own socket)"
+                           + (f", {r['reorders']:,} out of order" if r.get("reorders") else ""))
         if stale:
             o.notes.append(f"{stale:,} retained left-overs ignored")
         errs = pool.errors()
@@ -318,6 +334,12 @@ def _throughput(target: Any, sz: Sizes, timeout: float, *, tag: str, qos: int, n
 def run_s1(target: Any, sz: Sizes, timeout: float) -> Outcome:
     return _throughput(target, sz, timeout, tag="s1", qos=0, n_pubs=sz.s1_pubs, per_pub=sz.s1_per_pub,
                        n_subs=1, sub_procs=1, topic_of=lambda k: f"bench/s1/p{k}", sub_filter="bench/#")
+
+
+def run_s1_stuck(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return _throughput(target, sz, timeout, tag="s1s", qos=0, n_pubs=sz.s1s_pubs, per_pub=sz.s1s_per_pub,
+                       n_subs=1, sub_procs=1, topic_of=lambda k: f"bench/s1s/p{k}", sub_filter="bench/#",
+                       stuck=True)
 
 
 def run_s2(target: Any, sz: Sizes, timeout: float) -> Outcome:
@@ -686,6 +708,12 @@ def scenarios(sz: Sizes) -> List[Scenario]:
         Scenario("S1", f"fan-in QoS 0: {sz.s1_pubs} publishers -> 1 subscriber on bench/#, "
                        f"{sz.s1_pubs * sz.s1_per_pub:,} msgs of {sz.payload} B",
                  (Metric("rate", "delivered msg/s", "higher"),), run_s1),
+        Scenario("S1-stuck", f"S1's flood from {sz.s1s_pubs} publishers ({sz.s1s_pubs * sz.s1s_per_pub:,} msgs) "
+                             f"to 1 subscriber that reads and 1 that reads nothing until they are done, both "
+                             f"brokers with max_queued_messages {sz.s1s_max_queued:,}: what the broker keeps "
+                             f"for a client that stops reading (see the peak RSS column)",
+                 (Metric("rate", "delivered msg/s to the reading one", "higher"),), run_s1_stuck,
+                 max_queued=sz.s1s_max_queued),
         Scenario("S2", f"QoS 1 end to end: 1 publisher (window {sz.window}) -> 1 subscriber, {sz.s2_count:,} msgs",
                  (Metric("rate", "msg/s", "higher"),), run_s2),
         Scenario("S1-tls", "S1 over TLS (both brokers with a TLS listener, ECDSA P-256 certificate; the "

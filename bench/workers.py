@@ -360,6 +360,53 @@ def sub_worker(wid: Any, q: Any, port: int, client_ids: List[str], topic_filter:
     _put(q, "result", wid, out)
 
 
+def stuck_sub_worker(wid: Any, q: Any, port: int, client_id: str, topic_filter: str, n_pubs: int, per_pub: int,
+                     pubs_done: Any, deadline: float, idle_grace: float = 1.0) -> None:
+    """A QoS 0 subscriber that reads nothing while the publishers send, so that its socket fills and the
+    broker has to keep or drop what it cannot write; once they are done it reads what was kept for it
+    (until idle_grace seconds pass without a byte) and reports how many, whether in order, and how many
+    bytes were waiting in its own receive buffer (the kernel's share, not the broker's)."""
+    out: Dict[str, Any] = {}
+    s = None
+    try:
+        s, left, _ = connect_client(port, client_id)
+        left = subscribe_blocking(s, [(topic_filter, 0)], left)
+        st = SubState(s, n_pubs, per_pub)
+        if left:
+            consume(st, left, perf())
+        _put(q, "ready", wid, {})
+        while not pubs_done.wait(0.2):
+            if time.monotonic() > deadline:
+                break
+        out["queued_in_kernel"] = _unread_bytes(s)
+        c0 = cpu_now()
+        while time.monotonic() < deadline:
+            s.settimeout(idle_grace)
+            try:
+                data = s.recv(RECV)
+            except socket.timeout:
+                break
+            if not data:
+                out["closed_by_broker"] = 1
+                break
+            consume(st, data, perf())
+        out.update(received=st.unique, reorders=st.reorders, dups=st.dups, cpu=cpu_now() - c0)
+    except Exception:
+        _fail(q, wid, out)
+        return
+    finally:
+        if s is not None:
+            s.close()
+    _put(q, "result", wid, out)
+
+
+def _unread_bytes(s: socket.socket) -> int:
+    """Bytes waiting in the socket's receive queue (FIONREAD)."""
+    import fcntl
+    import termios
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
 def _summarise(states: List[SubState], out: Dict[str, Any]) -> None:
     firsts = [st.first_t for st in states if st.first_t]
     out.update(

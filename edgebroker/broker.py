@@ -36,7 +36,8 @@ from .auth import ALLOW, AclSubject, Security, load_security
 from .codec import valid_topic_filter, valid_topic_name
 from .config import Config
 from .connection import (
-    OUT_BUFFER_LIMIT, PRE_CONNECT_MAX_BYTES, REFILL_BYTES, REPLAY_LIVE_MAX, Connection,
+    OUT_BUFFER_LIMIT, PRE_CONNECT_MAX_BYTES, Q0_BACKED_UP, Q0_REPLAY, REFILL_BYTES, REPLAY_LIVE_MAX, Connection,
+    q0_refusal,
 )
 from .errors import MalformedPacket
 from .packets import (
@@ -259,6 +260,17 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
                         conn.write(data)
                 conn.held = _NOTHING  # type: ignore[assignment]
             self.held.clear()
+
+    def output_backed_up(self, conn: Connection) -> None:
+        """The loop calls this when the socket took only part of a connection's output."""
+        conn.q0_limit = Q0_BACKED_UP
+
+    def output_flowing(self, conn: Connection) -> None:
+        """... and this when all of it has left since."""
+        conn.q0_limit = Q0_REPLAY if conn.replay is not None else OUT_BUFFER_LIMIT
+        session = conn.session
+        if session is not None and not session.queue:
+            session.drop_logged = False  # a next episode of drops is logged again
 
     def output_drained(self, conn: Connection) -> None:
         """The loop calls this when it has sent all of the output of a connection with `refill_held`."""
@@ -651,12 +663,7 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             if qos == 0:
                 conn = session.conn
                 if conn is not None:
-                    if conn.out_size > conn.q0_limit:
-                        if conn.replay is not None and conn.replay_live < REPLAY_LIVE_MAX:
-                            conn.replay.append(msg)  # behind the retained ones still being sent
-                            conn.replay_live += 1
-                        else:
-                            self._drop(session, "output buffer full")
+                    if conn.out_size > conn.q0_limit and not self._q0_admit(session, conn, msg):
                         continue
                     conn.write(msg.q0())
                     sent += 1
@@ -673,6 +680,22 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             stats.publish_sent += sent
             stats.messages_sent += sent
             stats.publish_bytes_sent += sent * len(msg.payload)
+
+    def _q0_admit(self, session: Session, conn: Connection, msg: Message) -> bool:
+        """The slow path of a live QoS 0 delivery (see connection.Q0_BACKED_UP): True if it joins the
+        output now; otherwise it waits behind a retained replay or is dropped (counted)."""
+        if conn.replay is not None:
+            if conn.replay_live < REPLAY_LIVE_MAX:
+                conn.replay.append(msg)  # behind the retained ones still being sent
+                conn.replay_live += 1
+            else:
+                self._drop(session, "output buffer full")
+            return False
+        why = q0_refusal(conn, msg.q0(), self.config)
+        if why:
+            self._drop(session, why)
+            return False
+        return True
 
     def _readers(self, subs: Dict[Session, int], topic: str) -> Dict[Session, int]:
         """The subscribers the ACL lets read `topic`; a session whose client is not known yet (restored,

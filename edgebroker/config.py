@@ -202,9 +202,13 @@ class Config:
     #: describes; 0 = no limit (Mosquitto default). Both limits apply.
     max_inflight_bytes: int = 0
     #: QoS 1/2 messages queued per client beyond the inflight window (and while offline); 0 = unlimited.
-    #: Mosquitto default 1000: bounds the memory one slow or absent client can hold.
+    #: Mosquitto default 1000: bounds the memory one slow or absent client can hold. It also bounds live
+    #: QoS 0 output, as in Mosquitto 2.0: once a client's socket refuses part of what it is sent, a QoS 0
+    #: message is sent only while fewer packets than this wait to be written; the others are dropped
+    #: (counted in $SYS/broker/publish/messages/dropped).
     max_queued_messages: int = 1000
-    #: Payload bytes queued per client; 0 = no limit (Mosquitto default).
+    #: Payload bytes queued per client; 0 = no limit (Mosquitto default). For live QoS 0 output to a
+    #: backed-up client (see max_queued_messages): the bytes waiting to be written.
     max_queued_bytes: int = 0
     #: Queue QoS 0 messages for offline persistent clients too (Mosquitto default false).
     queue_qos0_messages: bool = False

@@ -12,17 +12,30 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import AbstractSet, Deque, List, Optional, Sequence, Tuple
 
+    from .config import Config
+
 _NOTHING = ()
 
-__all__ = ["Connection", "PRE_CONNECT_MAX_BYTES", "OUT_BUFFER_LIMIT", "REFILL_BYTES", "REPLAY_LIVE_MAX"]
+__all__ = ["Connection", "PRE_CONNECT_MAX_BYTES", "OUT_BUFFER_LIMIT", "REFILL_BYTES", "REPLAY_LIVE_MAX",
+           "Q0_REPLAY", "Q0_BACKED_UP", "q0_refusal"]
 
 #: Bytes a connection may send before its CONNECT is complete. The largest valid CONNECT is five
 #: 64 KiB fields plus headers (~320 KiB); anything bigger before CONNECT is not MQTT.
 PRE_CONNECT_MAX_BYTES = 512 * 1024
 #: Output bytes buffered for one connection beyond which QoS 0 messages to it are dropped (and
-#: counted): a subscriber that stops reading must not make the broker grow without bound. QoS 1/2 are
+#: counted): the last bound, whatever max_queued_messages and max_queued_bytes say. QoS 1/2 are
 #: bounded by the inflight window and the queue instead.
 OUT_BUFFER_LIMIT = 8 * 1024 * 1024
+#: `Connection.q0_limit` while it is not OUT_BUFFER_LIMIT: any value below 0 sends every live QoS 0
+#: delivery to the connection down the slow path of `Broker._route`. Q0_REPLAY: a retained replay is
+#: in progress (live messages wait behind it). Q0_BACKED_UP: the socket refused part of the output
+#: and it has not all left since (the loop's `output_backed_up` / `output_flowing`); a QoS 0 message
+#: then joins the output only while fewer than max_queued_messages packets wait (and, if set, fewer
+#: than max_queued_bytes bytes), as Mosquitto 2.0 counts its packets waiting to be written. While the
+#: socket takes everything, a loop turn's output (thousands of packets for a fast subscriber) is not
+#: counted at all.
+Q0_REPLAY = -1
+Q0_BACKED_UP = -2
 #: Output bytes a refill of the inflight window (or the resend on reconnect) stops at: it goes on after
 #: the loop has handed what is buffered to the socket (`output_drained`, then the next turn's
 #: `end_turn`). With a large window (max_inflight_messages 0) a queue of thousands is then sent in
@@ -77,7 +90,7 @@ class Connection:
         #: a resend on reconnect stopped there: (packet ids in resend order, index of the next)
         self.resend_at: Optional[Tuple[List[int], int]] = None
         #: retained QoS 0 messages (and live ones behind them) still to send after a SUBSCRIBE; while
-        #: there are any, q0_limit is -1 so that live QoS 0 deliveries take the slow path in _route
+        #: there are any, q0_limit is below 0 so that live QoS 0 deliveries take the slow path in _route
         self.replay: Optional[Deque[object]] = None
         self.q0_limit = OUT_BUFFER_LIMIT
         self.replay_live = 0
@@ -106,3 +119,20 @@ class Connection:
             self._dirty.append(self)
         self.out.append(data)
         self.out_size += len(data)
+
+
+def q0_refusal(conn: Connection, packet: bytes, config: "Config") -> str:
+    """Why a live QoS 0 `packet` may not join the output of a connection whose socket is backed up
+    ("" = it may): Mosquitto 2.0 sends one only while fewer than max_queued_messages packets wait to be
+    written (0 = no count) and, if max_queued_bytes is set, below that many bytes. The rest of a write
+    the socket took only in part counts as one packet: a slice of at most server.SEND_SLICE bytes, or
+    the one loop turn's output that backed the socket up."""
+    if conn.out_size + len(packet) > OUT_BUFFER_LIMIT:
+        return "output buffer full"
+    limit = config.max_queued_messages
+    if limit and len(conn.out) >= limit:
+        return f"max_queued_messages {limit} reached"
+    limit = config.max_queued_bytes
+    if limit and conn.out_size + len(packet) > limit:
+        return f"max_queued_bytes {limit} reached"
+    return ""

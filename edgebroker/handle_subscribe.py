@@ -9,7 +9,7 @@ from collections import deque
 
 from . import log as L
 from .codec import encode_remaining_length
-from .connection import OUT_BUFFER_LIMIT, REFILL_BYTES, Connection
+from .connection import OUT_BUFFER_LIMIT, Q0_REPLAY, REFILL_BYTES, Connection
 from .packets import Subscribe, Unsubscribe
 from .session import Session
 
@@ -65,7 +65,8 @@ class SubscribeHandlers:
         replay = conn.replay
         if replay is None:
             replay = conn.replay = deque()
-            conn.q0_limit = -1  # live QoS 0 messages now queue behind the replay (see _route)
+            if conn.q0_limit > 0:  # (a backed-up connection's limit says so already)
+                conn.q0_limit = Q0_REPLAY  # live QoS 0 messages now queue behind the replay (see _route)
         for msg in matches:
             qos = sub_qos if sub_qos < msg.qos else msg.qos
             if qos == 0:
@@ -103,7 +104,8 @@ class SubscribeHandlers:
         stats.publish_bytes_sent += pbytes
         if not replay:
             conn.replay = None
-            conn.q0_limit = OUT_BUFFER_LIMIT
+            if conn.q0_limit == Q0_REPLAY:
+                conn.q0_limit = OUT_BUFFER_LIMIT
             conn.replay_live = 0
 
     def _on_unsubscribe(self, conn: Connection, p: Unsubscribe, now: float) -> None:

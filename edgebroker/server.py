@@ -80,7 +80,29 @@ CLOSE_DRAIN_BYTES = 256 * 1024
 #: partial send (which made its delivery quadratic: 11 s for 200 MB).
 LARGE_OUTPUT = 256 * 1024
 
+#: What one send of a large output joins at most: the small chunks up to this many bytes (or one
+#: large chunk by itself), then the next slice while the socket takes them. A backlog of small packets
+#: is not copied whole at every writable event of a slow reader, nor is a turn's output for a fast one
+#: copied whole before its first send.
+SEND_SLICE = 256 * 1024
+
 _WAKE = object()
+
+
+def _send_slice(out: List[Any]) -> Tuple[int, Any]:
+    """How many of `out`'s chunks the next send takes, and their bytes: the small chunks up to
+    SEND_SLICE, or the first large one by itself."""
+    n = size = 0
+    last = len(out)
+    while n < last:
+        chunk = len(out[n])
+        if chunk >= LARGE_OUTPUT or size >= SEND_SLICE:
+            break
+        size += chunk
+        n += 1
+    if n == 0:
+        return 1, out[0]
+    return n, (out[0] if n == 1 else b"".join(out[:n]))
 
 #: Options read only at start (database opened, pid file written, user switched, scheduling set): a reload
 #: that changes them logs which, and the running broker keeps their old values. So do the listeners'
@@ -716,11 +738,7 @@ class Server:
         elif conn.out_size < LARGE_OUTPUT:
             data = b"".join(out)
         else:
-            n = 0  # the small chunks before the first large one, or that large one by itself
-            while n < len(out) and len(out[n]) < LARGE_OUTPUT:
-                n += 1
-            data = b"".join(out[:n]) if n else out[0]
-            n = n or 1
+            n, data = _send_slice(out)
         try:
             sent = conn.handle.send(data)  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
@@ -731,13 +749,21 @@ class Server:
             self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
             return
         self.broker.stats.bytes_sent += sent
-        if sent == len(data) and n < len(out):
-            del out[:n]  # more to send: the loop comes back when the socket has room
+        while sent == len(data) and n < len(out):  # a slice went whole: the next one, while it takes them
+            del out[:n]
             conn.out_size -= sent
-            if conn not in self._writing and not conn.closed:
-                self._writing[conn] = None
-                self._interest(conn)
-        elif sent == len(data):
+            n, data = _send_slice(out)
+            try:
+                sent = conn.handle.send(data)  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                out.clear()
+                conn.out_size = 0
+                self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
+                return
+            self.broker.stats.bytes_sent += sent
+        if sent == len(data):
             out.clear()
             conn.out_size = 0
             if conn.refill_held:
@@ -745,10 +771,12 @@ class Server:
             if self._writing and conn in self._writing:
                 del self._writing[conn]
                 self._interest(conn)
+                self.broker.output_flowing(conn)
         else:
             rest = data[sent:] if len(data) - sent < LARGE_OUTPUT else memoryview(data)[sent:]
             out[:n] = [rest]
             conn.out_size -= sent
+            self.broker.output_backed_up(conn)  # its QoS 0 output is counted until all of it has left
             if conn not in self._writing and not conn.closed:
                 self._writing[conn] = None
                 self._interest(conn)
