@@ -14,7 +14,7 @@ Matching and remapping live with the bridge (edgebroker/bridge.py), which may us
 """
 from __future__ import annotations
 
-import socket
+import _socket
 
 from .errors import ConfigError
 from .record import record
@@ -227,7 +227,7 @@ class BridgeConfig:
     def remote_id(self) -> str:
         if self.remote_clientid is not None:
             return self.remote_clientid
-        return f"{socket.gethostname()}.{self.name}"
+        return f"{_socket.gethostname()}.{self.name}"
 
     @property
     def local_id(self) -> str:

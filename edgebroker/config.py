@@ -8,7 +8,7 @@ error names the option, and the file reader adds the file and line.
 from __future__ import annotations
 
 import os
-import socket
+import _socket
 
 from .bridgeconfig import BridgeConfig
 from .devices import GpioDevice, SerialPort
@@ -50,9 +50,9 @@ _ASSIGNED_ID_SUFFIX = 36
 def literal_family(address: str) -> int:
     """AF_INET or AF_INET6 for an IPv4 or IPv6 literal, 0 for anything else (a host name). Not
     `ipaddress`: 0.3 MiB of resident memory for the broker's whole life (bench/README.md, "Issue 19")."""
-    for family in (socket.AF_INET, socket.AF_INET6):
+    for family in (_socket.AF_INET, _socket.AF_INET6):
         try:
-            socket.inet_pton(family, address)
+            _socket.inet_pton(family, address)
         except (OSError, ValueError):
             continue
         return family
@@ -171,7 +171,7 @@ class Listener:
         if address is not None:
             family = literal_family(address.strip("[]"))
             if family:  # one spelling of each address (::1 and 0:0::1 are one)
-                address = socket.inet_ntop(family, socket.inet_pton(family, address.strip("[]")))
+                address = _socket.inet_ntop(family, _socket.inet_pton(family, address.strip("[]")))
             else:
                 address = address.lower()  # a host name
         return ("tcp", self.port, address)

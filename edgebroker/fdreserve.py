@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
+import _socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class DescriptorReserve:
         except OSError:
             return None
 
-    def refuse_waiting(self, sock: socket.socket, limit: int) -> Optional[int]:
+    def refuse_waiting(self, sock: _socket.socket, limit: int) -> Optional[int]:
         """Accept and close at once up to `limit` connections waiting on `sock`, using the spare
         descriptor; returns how many were refused, None when not even the spare could be had. 0 means
         none was waiting: accept() looks for a free descriptor before it looks at the queue, so it
@@ -55,10 +55,10 @@ class DescriptorReserve:
         try:
             for _ in range(limit):
                 try:
-                    conn, _ = sock.accept()
+                    fd, _ = sock._accept()  # type: ignore[attr-defined]
                 except OSError:
                     break
-                conn.close()
+                os.close(fd)
                 refused += 1
         finally:
             self._spare = self._open()

@@ -16,7 +16,7 @@ advice, never a reason to stop serving.
 from __future__ import annotations
 
 import os
-import socket
+import _socket
 import time
 
 TYPE_CHECKING = False
@@ -39,7 +39,7 @@ class Notifier:
         """`address` as in $NOTIFY_SOCKET; `watchdog_interval` in seconds (None: no watchdog)."""
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_interval = watchdog_interval
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._next_watchdog = _NEVER
         self._clients = -1         # the count the last STATUS line showed

@@ -8,7 +8,6 @@ A packet identifier of 0 means "none" (QoS 0 PUBLISH); on the wire 0 is never va
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,7 +23,9 @@ __all__ = [
 ]
 
 
-class PacketType(IntEnum):
+# The protocol's numbers as plain int constants, not IntEnums: `enum` is 0.4 MiB of resident memory
+# that a plain start otherwise never imports (bench/README.md, Issue 19).
+class PacketType:
     CONNECT = 1
     CONNACK = 2
     PUBLISH = 3
@@ -41,13 +42,13 @@ class PacketType(IntEnum):
     DISCONNECT = 14
 
 
-class QoS(IntEnum):
+class QoS:
     AT_MOST_ONCE = 0
     AT_LEAST_ONCE = 1
     EXACTLY_ONCE = 2
 
 
-class ConnackCode(IntEnum):
+class ConnackCode:
     """CONNACK return codes, MQTT 3.1.1 table 3.1."""
     ACCEPTED = 0
     UNACCEPTABLE_PROTOCOL_VERSION = 1

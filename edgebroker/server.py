@@ -23,9 +23,8 @@ goes on: one hosted device must not stop the broker.
 """
 from __future__ import annotations
 
+import _socket
 import os
-import selectors
-import socket
 import sys
 import time
 
@@ -40,7 +39,7 @@ from .errors import ConfigError, ListenError
 from .fdreserve import OUT_OF_DESCRIPTORS, RETRY, DescriptorReserve, descriptor_limit
 from .hashing import Verifier
 from .notify import Notifier
-from .poller import Poller
+from .poller import EVENT_READ, EVENT_WRITE, Poller
 from .store import NullStore, SqliteStore
 
 TYPE_CHECKING = False
@@ -124,7 +123,7 @@ class _Watch:
 class _ListenSocket:
     __slots__ = ("sock", "listener", "port", "family", "count", "tls", "index", "nodelay")
 
-    def __init__(self, sock: socket.socket, listener: Listener, port: int, family: int) -> None:
+    def __init__(self, sock: _socket.socket, listener: Listener, port: int, family: int) -> None:
         self.sock = sock
         self.listener = listener
         self.port = port
@@ -174,10 +173,10 @@ class Server:
         self.store: NullStore = NullStore()
         self._db_lock: Optional[DatabaseLock] = None
         self._sel = Poller()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._sel.register(self._wake_r, EVENT_READ, _WAKE)
         #: hosted concerns (see the module's docstring)
         self._timers: List[Callable[[float], float]] = []
         self._wake_handlers: List[Callback] = []
@@ -240,7 +239,7 @@ class Server:
                     except OSError as exc:  # a host name that does not resolve
                         raise _listen_error(listener, None, exc) from None
                     if listener.socket_domain is not None:
-                        family = socket.AF_INET if listener.socket_domain == "ipv4" else socket.AF_INET6
+                        family = _socket.AF_INET if listener.socket_domain == "ipv4" else _socket.AF_INET6
                         pairs = [pair for pair in pairs if pair[0] == family]
                         if not pairs:
                             raise ListenError(f"cannot listen on address {listener.address} port {listener.port}: "
@@ -254,24 +253,24 @@ class Server:
         # No listener configured: loopback only, IPv4 and IPv6 when the host has it (Mosquitto 2.0's
         # "local only mode"). With port 0 the IPv6 socket takes the port the IPv4 one got.
         v4 = Listener(default_port, "127.0.0.1")
-        port = self._bind(v4, socket.AF_INET, ("127.0.0.1", default_port))
-        if socket.has_ipv6:
+        port = self._bind(v4, _socket.AF_INET, ("127.0.0.1", default_port))
+        if _socket.has_ipv6:
             try:
-                self._bind(Listener(port, "::1"), socket.AF_INET6, ("::1", port, 0, 0))
+                self._bind(Listener(port, "::1"), _socket.AF_INET6, ("::1", port, 0, 0))
             except ListenError:
                 pass  # no IPv6 loopback here: IPv4 alone is a working default
 
     def _bind(self, listener: Listener, family: int, addr: Tuple) -> int:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            if family == _socket.AF_INET6:
+                sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
         except OSError as exc:
             sock.close()
             raise _listen_error(listener, addr, exc) from None
         port = self._listen(sock, addr, listener, family)
-        self.log(L.NOTICE, f"Opening {'ipv6' if family == socket.AF_INET6 else 'ipv4'} listen socket on port {port}.")
+        self.log(L.NOTICE, f"Opening {'ipv6' if family == _socket.AF_INET6 else 'ipv4'} listen socket on port {port}.")
         return port
 
     def _bind_unix(self, listener: Listener) -> None:
@@ -285,30 +284,30 @@ class Server:
                 os.unlink(path)  # a stale socket from a previous run (Mosquitto does the same)
             except OSError as exc:
                 raise _listen_error(listener, path, exc) from None
-        self._listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, listener, socket.AF_UNIX)
+        self._listen(_socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM), path, listener, _socket.AF_UNIX)
         self.log(L.NOTICE, f"Opening unix listen socket on path {path}.")
 
-    def _listen(self, sock: socket.socket, addr: object, listener: Listener, family: int) -> int:
+    def _listen(self, sock: _socket.socket, addr: object, listener: Listener, family: int) -> int:
         """Bind, listen, register; returns the bound port (0 for a Unix socket)."""
         try:
             sock.bind(addr)
-            sock.listen(socket.SOMAXCONN)
+            sock.listen(_socket.SOMAXCONN)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
             raise _listen_error(listener, addr, exc) from None
-        port = sock.getsockname()[1] if family != socket.AF_UNIX else 0
+        port = sock.getsockname()[1] if family != _socket.AF_UNIX else 0
         ls = _ListenSocket(sock, listener, port, family)
-        if family != socket.AF_UNIX and self.config.set_tcp_nodelay and _NODELAY_INHERITED:
+        if family != _socket.AF_UNIX and self.config.set_tcp_nodelay and _NODELAY_INHERITED:
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
                 ls.nodelay = True
             except OSError:
                 pass
         if listener.tls:
             ls.tls = self._tls_context(listener)
         self._listening.append(ls)
-        self._sel.register(sock, selectors.EVENT_READ, ls)
+        self._sel.register(sock, EVENT_READ, ls)
         return port
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -328,8 +327,8 @@ class Server:
         log_lines = logger.topic_lines if logger is not None else None
         monotonic = time.monotonic
         conn_class = Connection
-        read_event = selectors.EVENT_READ
-        write_event = selectors.EVENT_WRITE
+        read_event = EVENT_READ
+        write_event = EVENT_WRITE
         self.log(L.NOTICE, f"edgebroker version {__version__} running")
         self._one_cpu = set_scheduling_policy(self.config.scheduling_policy, self.log)
         notifier = self.notifier
@@ -506,13 +505,13 @@ class Server:
                 return
             watch = _Watch()
             setattr(watch, which, callback)
-            sel.register(fileobj, selectors.EVENT_READ if which == "reader" else selectors.EVENT_WRITE, watch)
+            sel.register(fileobj, EVENT_READ if which == "reader" else EVENT_WRITE, watch)
             return
         if watch.__class__ is not _Watch:
             raise ValueError(f"{fileobj!r} is one of the server's own sockets")
         setattr(watch, which, callback)
-        events = (selectors.EVENT_READ if watch.reader is not None else 0) | (
-            selectors.EVENT_WRITE if watch.writer is not None else 0)
+        events = (EVENT_READ if watch.reader is not None else 0) | (
+            EVENT_WRITE if watch.writer is not None else 0)
         if events:
             sel.modify(fileobj, events, watch)
         else:
@@ -614,7 +613,7 @@ class Server:
                     pass
         for ls in self._listening:
             ls.sock.close()
-            if ls.family == socket.AF_UNIX and ls.listener.unix_socket:
+            if ls.family == _socket.AF_UNIX and ls.listener.unix_socket:
                 try:
                     os.unlink(ls.listener.unix_socket)
                 except OSError:
@@ -650,20 +649,20 @@ class Server:
                 refused = self.broker.stats.connections_refused - self._fd_episode
                 self._fd_episode = None
                 self.log(L.NOTICE, f"Accepting connections again ({refused} refused while out of file descriptors).")
-            sock = socket.SocketType(ls.family, socket.SOCK_STREAM, 0, fd)
-            peer = f"{addr[0]}:{addr[1]}" if ls.family != socket.AF_UNIX else "unix socket"
+            sock = _socket.SocketType(ls.family, _socket.SOCK_STREAM, 0, fd)
+            peer = f"{addr[0]}:{addr[1]}" if ls.family != _socket.AF_UNIX else "unix socket"
             if 0 <= limit <= ls.count:
                 self.log(L.NOTICE, f"Client connection from {peer} denied: max_connections exceeded.")
                 sock.close()
                 continue
             sock.setblocking(False)
             nodelay = self.config.set_tcp_nodelay
-            if nodelay != ls.nodelay and ls.family != socket.AF_UNIX:
+            if nodelay != ls.nodelay and ls.family != _socket.AF_UNIX:
                 # We batch writes ourselves (one send per connection per turn); Nagle would only add
                 # latency to the small packets that remain. Set here only where the socket did not
                 # inherit it from its listener (or a reload turned the option off).
                 try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(nodelay))
+                    sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, int(nodelay))
                 except OSError:
                     pass
             self.broker.stats.sockets += 1
@@ -672,7 +671,7 @@ class Server:
             conn.security = self.broker.security_for(ls.index)
             ls.count += 1
             conn.listener = ls
-            self._sel.register(conn.handle, selectors.EVENT_READ, conn)  # type: ignore[arg-type]
+            self._sel.register(conn.handle, EVENT_READ, conn)  # type: ignore[arg-type]
             if self.config.connection_messages:
                 self.log(L.NOTICE, f"New connection from {peer} on port {ls.port}.")
 
@@ -704,7 +703,7 @@ class Server:
     def _fd_resume(self) -> None:
         """Poll the paused listeners again (a descriptor may be free now)."""
         for ls in self._fd_paused:
-            self._sel.register(ls.sock, selectors.EVENT_READ, ls)
+            self._sel.register(ls.sock, EVENT_READ, ls)
         self._fd_paused.clear()
         self._fd_retry_at = float("inf")
         self.remove_timer(self._fd_retry)
@@ -808,7 +807,7 @@ class Server:
                     self.log(L.ERR, f"Error: the {ls.listener.describe()} keeps its running certificate: {exc}")
             ls.tls = fresh[key]
 
-    def _tls_socket(self, sock: socket.socket, ls: _ListenSocket, conn: Connection) -> Any:
+    def _tls_socket(self, sock: _socket.socket, ls: _ListenSocket, conn: Connection) -> Any:
         from .tls import TlsEngine
         from .tlssocket import IDENTITY, SUBJECT, TlsSocket
         listener = ls.listener
@@ -835,8 +834,8 @@ class Server:
     def _interest(self, conn: Connection) -> None:
         """Register the events a connection needs now: READ unless flow control paused it, WRITE while
         it has a backlog; none at all means it leaves the selector until one comes back."""
-        events = (0 if conn.paused_by else selectors.EVENT_READ) | (
-            selectors.EVENT_WRITE if conn in self._writing else 0)
+        events = (0 if conn.paused_by else EVENT_READ) | (
+            EVENT_WRITE if conn in self._writing else 0)
         sock = conn.handle
         try:
             registered = self._sel.get_key(sock).events  # type: ignore[arg-type]
@@ -976,9 +975,9 @@ def _sockets(listeners: List[Listener]) -> List[Listener]:
     return [record.replace(ls, **{name: None for name in LISTENER_SECURITY}) for ls in listeners]
 
 
-def _drain_and_close(sock: socket.socket) -> None:
+def _drain_and_close(sock: _socket.socket) -> None:
     try:
-        sock.shutdown(socket.SHUT_WR)
+        sock.shutdown(_socket.SHUT_WR)
         drained = 0
         while drained < CLOSE_DRAIN_BYTES:
             chunk = sock.recv(RECV_SIZE)
@@ -1008,15 +1007,15 @@ def _listen_error(listener: Listener, addr: object, exc: OSError) -> ListenError
 def _addresses(address: Optional[str], port: int) -> List[Tuple[int, Tuple]]:
     """The (family, sockaddr) pairs a listener binds: all of IPv4 and IPv6 when address is None."""
     if address is None:
-        pairs: List[Tuple[int, Tuple]] = [(socket.AF_INET, ("0.0.0.0", port))]
-        if socket.has_ipv6:
-            pairs.append((socket.AF_INET6, ("::", port, 0, 0)))
+        pairs: List[Tuple[int, Tuple]] = [(_socket.AF_INET, ("0.0.0.0", port))]
+        if _socket.has_ipv6:
+            pairs.append((_socket.AF_INET6, ("::", port, 0, 0)))
         return pairs
-    if literal_family(address) == socket.AF_INET:  # a literal address needs no resolver
-        return [(socket.AF_INET, (address, port))]
-    if literal_family(address) == socket.AF_INET6:
-        return [(socket.AF_INET6, (address, port, 0, 0))]
-    infos = socket.getaddrinfo(address, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    if literal_family(address) == _socket.AF_INET:  # a literal address needs no resolver
+        return [(_socket.AF_INET, (address, port))]
+    if literal_family(address) == _socket.AF_INET6:
+        return [(_socket.AF_INET6, (address, port, 0, 0))]
+    infos = _socket.getaddrinfo(address, port, _socket.AF_UNSPEC, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)
     seen = []
     for family, _, _, _, sockaddr in infos:
         pair = (family, sockaddr)

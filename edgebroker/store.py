@@ -60,7 +60,7 @@ from .packets import queue_meta, unpack_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import sqlite3  # at run time by _import_sqlite3()
+    import sqlite3  # at run time by _import_sqlite3(): the same classes, from _sqlite3
     from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 else:
     from .record import NamedTuple
@@ -377,10 +377,14 @@ class NullStore:
 
 
 def _import_sqlite3() -> None:
-    """sqlite3 (with libsqlite3 and datetime, about 1 MiB of resident memory) comes with the first
-    SqliteStore: a broker with persistence false never loads it."""
+    """The SQLite driver (with libsqlite3, about 1 MiB of resident memory) comes with the first
+    SqliteStore: a broker with persistence false never loads it. It is `_sqlite3`, the C module whose
+    connect(), Connection and exceptions the sqlite3 package re-exports as they are (3.9 and 3.11 checked),
+    without sqlite3.dbapi2, which imports datetime (0.4 MiB) to register default adapters for dates
+    and converters for `detect_types`: the store binds only ints, floats, text and bytes, and parses
+    no declared types (bench/README.md, Issue 19)."""
     global sqlite3
-    import sqlite3
+    import _sqlite3 as sqlite3
 
 
 class SqliteStore(NullStore):

@@ -13,7 +13,7 @@ process), and the exit status is 1.
 from __future__ import annotations
 
 import os
-import signal
+import _signal  # signal.py's enums would import enum (0.4 MiB): bench/README.md, Issue 19
 import sys
 import types
 
@@ -173,8 +173,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     report: List[int] = []  # with -d, in the daemon: the pipe to the foreground process waiting on it
     # A SIGTERM during start-up (a service manager stopping us at once) stops the broker once it runs.
     stop_requested: List[int] = []
-    old_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
+    old_handlers = {sig: _signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+                    for sig in (_signal.SIGINT, _signal.SIGTERM)}
 
     def after_bind() -> None:
         if args.daemon:
@@ -201,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             startup.report_failure(report.pop(), message)
         log.close()
         for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
+            _signal.signal(sig, handler)
         return 1
 
     notifier = Notifier.from_environ()  # systemd Type=notify: READY=1 and friends
@@ -232,11 +232,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     def stop(signum: int, frame: object) -> None:
         server.shutdown()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    _signal.signal(_signal.SIGINT, stop)
+    _signal.signal(_signal.SIGTERM, stop)
     if stop_requested:
         server.shutdown()
-    signal.signal(signal.SIGHUP, lambda signum, frame: server.request_reload())
+    _signal.signal(_signal.SIGHUP, lambda signum, frame: server.request_reload())
     try:
         server.serve_forever()
     finally:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
+import _socket
 import sys
 
 from ..config import Config
@@ -187,13 +187,16 @@ def _check_address(address: Optional[str], unix_socket: Optional[str]) -> Option
     if address is None:
         return None  # all addresses
     try:
-        infos = socket.getaddrinfo(address, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        infos = _socket.getaddrinfo(address, 0, _socket.AF_UNSPEC, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)
     except OSError as exc:
         return f"address {address} does not resolve ({exc.strerror or exc})"
     for family, kind, proto, _, sockaddr in infos:
         try:
-            with socket.socket(family, kind, proto) as s:
+            s = _socket.socket(family, kind, proto)  # the C socket: no context manager
+            try:
                 s.bind(sockaddr)  # port 0: any free port, so a broker already running is no problem
+            finally:
+                s.close()
         except OSError as exc:
             if exc.errno == errno.EADDRNOTAVAIL:
                 return f"address {address} is not an address of this host"
