@@ -28,6 +28,11 @@ would), and counts only the broker's calls:
   depend on the machine; the loop thread's CPU (or instructions) per message. TURNX the same, with 4 MiB
   of memory written between messages: at S5's rate, on a machine with other work, every turn starts
   with cold caches, and that, not the instructions, is most of its cost (`--misses`).
+- CONNL: S6's connect phase through the real loop (`serve_forever` on a thread, loopback sockets, its
+  log lines written as the bench's broker writes them, to a file): per connection the accept, the
+  poller's registration, the read holding CONNECT and SUBSCRIBE, the core's work (CONN), the flush and
+  the two log lines; one handshake at a time, the connections kept open. Under `--callgrind` the loop
+  thread is counted up to the last SUBACK (the process ends there, so closing them is not counted).
 
 `--callgrind` runs each case under `valgrind --tool=callgrind` twice, with N and 2N messages, and
 divides the difference of the instruction counts by N: start-up, imports and set-up cancel out, and
@@ -61,7 +66,7 @@ def _broker(persistent_dir: str = ""):  # type: ignore[no-untyped-def]
     from edgebroker.broker import Broker
     from edgebroker.config import Config
     if not persistent_dir:
-        return Broker(Config(persistence=False), now=0.0)
+        return _settled(Broker(Config(persistence=False), now=0.0))
     from edgebroker.store import SqliteStore
     options = {"persistence": True, "persistence_location": persistent_dir}
     # Config's fields (a dataclass in versions before edgebroker.record); commit_window_ms is not in
@@ -72,7 +77,19 @@ def _broker(persistent_dir: str = ""):  # type: ignore[no-untyped-def]
     config = Config(**options)
     store = SqliteStore(os.path.join(persistent_dir, "inproc.db"), config.durability, config.autosave_interval,
                         config.autosave_on_changes)
-    return Broker(config, 0.0, None, store)
+    return _settled(Broker(config, 0.0, None, store))
+
+
+def _settled(made):  # type: ignore[no-untyped-def]
+    """The garbage collector's settings a started broker runs with (`edgebroker.gcpolicy`, applied by
+    the command line once the server is built), applied once `made` (a Broker or Server) is; versions
+    without gcpolicy keep the interpreter's defaults."""
+    try:
+        from edgebroker.gcpolicy import settle
+    except ImportError:
+        return made
+    settle()
+    return made
 
 
 def _client(broker, client_id: str, extra: bytes = b"", clean: bool = True):  # type: ignore[no-untyped-def]
@@ -183,7 +200,8 @@ def _drain(n: int, window: int = 20, one: bool = False, drain: bool = True) -> f
     from edgebroker.broker import Broker
     from edgebroker.config import Config
     _qos1_packets()
-    broker = Broker(Config(persistence=False, max_queued_messages=n + 1000, max_inflight_messages=window), 0.0)
+    broker = _settled(Broker(Config(persistence=False, max_queued_messages=n + 1000, max_inflight_messages=window),
+                             0.0))
     sub = _client(broker, "sub", wire.subscribe(1, [("bench/#", 1)]), clean=False)
     broker.connection_lost(sub, 0.0)
     pub = _client(broker, "pub")
@@ -255,7 +273,7 @@ def _loop_turns(n: int, evict: bool) -> float:
     # valgrind a message takes milliseconds, so those would run every few messages, not once per
     # 1,000 (keepalive) or 20,000 ($SYS) as in S5.
     core.CHECK_INTERVAL = 3600.0
-    server = Server(Config(persistence_location=directory, sys_interval=0), default_port=0)
+    server = _settled(Server(Config(persistence_location=directory, sys_interval=0), default_port=0))
     loop_tid: List[int] = []
 
     def serve() -> None:
@@ -307,19 +325,88 @@ def _loop_turns(n: int, evict: bool) -> float:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def case_connl(n: int) -> float:
+    """CONNL: see the module's docstring. Returns the loop thread's CPU time per connection."""
+    import resource
+    import socket
+    import threading
+    from edgebroker import broker as core
+    from edgebroker import log as L
+    from edgebroker.config import Config
+    from edgebroker.server import Server
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * n + 100  # both ends of every connection are in this process
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    directory = tempfile.mkdtemp(prefix="edgebroker-inproc-")
+    core.CHECK_INTERVAL = 3600.0  # as TURN: only the connections' turns
+    logfile = open(os.path.join(directory, "broker.log"), "w")
+    server = _settled(Server(Config(persistence_location=directory, sys_interval=0), L.Logger(stream=logfile),
+                             default_port=0))
+    loop_tid: List[int] = []
+
+    def serve() -> None:
+        loop_tid.append(threading.get_native_id())
+        server.serve_forever()
+
+    def cpu_ns() -> int:
+        with open(f"/proc/self/task/{loop_tid[0]}/schedstat") as f:
+            return int(f.read().split()[0])
+
+    loop = threading.Thread(target=serve, daemon=True)
+    loop.start()
+    socks: List[socket.socket] = []
+    answer = b"\x20\x02\x00\x00\x90\x03\x00\x01\x00"  # CONNACK accepted, SUBACK QoS 0
+    try:
+        address = ("127.0.0.1", server.ports[0])
+        reads = [wire.connect(f"bench-idle-{k}", True, 0) + wire.subscribe(1, [(f"bench/idle/{k}", 0)])
+                 for k in range(n)]
+        while not loop_tid:
+            time.sleep(0.001)
+        t0 = cpu_ns()
+        for data in reads:
+            s = socket.create_connection(address)
+            socks.append(s)
+            s.sendall(data)
+            got = b""
+            while len(got) < len(answer):
+                more = s.recv(64)
+                if not more:
+                    raise RuntimeError("the broker closed a connection during its handshake")
+                got += more
+            if got != answer:
+                raise RuntimeError(f"unexpected answer {got!r}")
+        spent = (cpu_ns() - t0) / 1e9 / n
+        if _EXIT_AFTER_CASE:  # under callgrind: the closing of the connections is not counted
+            shutil.rmtree(directory, ignore_errors=True)
+            os._exit(0)
+        return spent
+    finally:
+        for s in socks:
+            s.close()
+        server.shutdown()
+        loop.join()
+        logfile.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+#: --once (a run under callgrind): a case that would count its own clean-up may end the process instead
+_EXIT_AFTER_CASE = False
+
 CASES: Dict[str, Callable[[int], float]] = {
     "Q0": case_q0, "Q1": case_q1, "FAN": case_fan, "Q1P": case_q1p,
     "DRAIN": _drain, "DRAINU": lambda n: _drain(n, 0), "DRAIN1": lambda n: _drain(n, one=True),
     "DRAINQ": lambda n: _drain(n, drain=False), "CONN": case_conn,
-    "TURN": lambda n: _loop_turns(n, False), "TURNX": lambda n: _loop_turns(n, True)}
+    "TURN": lambda n: _loop_turns(n, False), "TURNX": lambda n: _loop_turns(n, True), "CONNL": case_connl}
 #: cases that run the loop on a thread of its own: under callgrind only that thread is counted
-LOOP_CASES = ("TURN", "TURNX")
+LOOP_CASES = ("TURN", "TURNX", "CONNL")
 #: messages (deliveries for FAN, connections for CONN) per timed run; callgrind runs are a tenth of these
 SIZES = {"Q0": 200_000, "Q1": 50_000, "FAN": 500_000, "Q1P": 20_000, "DRAIN": 20_000, "DRAINU": 20_000,
-         "DRAIN1": 10_000, "DRAINQ": 20_000, "CONN": 20_000, "TURN": 20_000, "TURNX": 3_000}
+         "DRAIN1": 10_000, "DRAINQ": 20_000, "CONN": 20_000, "TURN": 20_000, "TURNX": 3_000,
+         "CONNL": 2_000}
 
 
-_UNIT = {"CONN": "connection"}
+_UNIT = {"CONN": "connection", "CONNL": "connection"}
 
 
 #: --misses: callgrind's simulated caches, this machine's per core (L1d 48 KiB, L1i 32 KiB, L2 2 MiB as
@@ -371,6 +458,8 @@ def main(argv: List[str]) -> int:
     args.tree = os.path.abspath(args.tree)
     sys.path.insert(0, args.tree)  # before anything imports edgebroker
     if args.once:
+        global _EXIT_AFTER_CASE
+        _EXIT_AFTER_CASE = True
         CASES[args.once[0]](int(args.once[1]))
         return 0
     import edgebroker

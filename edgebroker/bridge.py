@@ -393,7 +393,7 @@ class Bridge:
                 try:
                     result: Any = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
                 except (OSError, UnicodeError) as exc:
-                    result = exc
+                    result = exc.with_traceback(None)  # else a cycle through this frame per failed lookup
                 results.put((gen, result))
                 wake()
 

@@ -302,6 +302,7 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             packets = conn.parser.feed(data)
         except MalformedPacket as exc:
             error, packets = exc, exc.packets  # the valid packets before it are still handled
+            exc.__traceback__ = None  # it would hold this frame, which holds it: a cycle per bad client
         self.stats.messages_received += len(packets)
         conn.stash_error = error
         self._handle(conn, packets, now)

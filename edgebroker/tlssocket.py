@@ -154,6 +154,12 @@ class TlsSocket:
 
     def close(self) -> None:
         self.sock.close()
+        # The connection holds this object as its handle, and on_backlog is a closure over the
+        # connection: without these two references a closed TLS connection is freed by its reference
+        # count, not left as a cycle for the garbage collector (docs/architecture.md).
+        self._closing = True
+        self.conn = None
+        self.on_backlog = None
 
     def setsockopt(self, *args: Any) -> None:
         self.sock.setsockopt(*args)

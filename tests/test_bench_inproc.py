@@ -21,13 +21,14 @@ def test_every_case_runs_and_prints_a_figure():
 
 
 def test_the_loop_cases_run_the_real_loop():
-    """TURN and TURNX wait for each message at the subscriber before sending the next: a run that
-    finishes delivered every message, through serve_forever's thread."""
-    out = subprocess.run([sys.executable, "-m", "bench.inproc", "--cases", "TURN,TURNX", "--scale", "0.01"],
+    """TURN and TURNX wait for each message at the subscriber before sending the next, CONNL for each
+    connection's CONNACK and SUBACK (checked) before the next: a run that finishes delivered every
+    message and answered every handshake, through serve_forever's thread."""
+    out = subprocess.run([sys.executable, "-m", "bench.inproc", "--cases", "TURN,TURNX,CONNL", "--scale", "0.01"],
                          cwd=str(ROOT), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     figures = {line.split()[0]: float(line.split()[1]) for line in out.stdout.splitlines()[1:]}
-    assert set(figures) == {"TURN", "TURNX"}
+    assert set(figures) == {"TURN", "TURNX", "CONNL"}
     assert all(value > 0 for value in figures.values())
 
 

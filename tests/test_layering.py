@@ -44,6 +44,8 @@ LAYERS: Dict[str, int] = {
     "fdreserve": 1,
     # The loop's selector (epoll, or the standard library's where there is none): nothing of ours.
     "poller": 1,
+    # The garbage collector's settings for a running broker: nothing of ours.
+    "gcpolicy": 1,
     # TLS as bytes in, bytes out (MemoryBIO + SSLObject): sans-IO like the codec; the loop and the
     # clients (tools, bridges) drive it.
     "tls": 1,
