@@ -9,8 +9,11 @@ broker has it (bench/brokers.py, `compile_bytecode`):
 1. The interpreter alone: `python -c pass` with and without `-S` (no `site`: no .pth files) and `-I`,
    for this venv's Python, the system's python3 and python3.9 when they are installed.
 2. The broker's imports in the order a start makes them, one fresh process importing them one after
-   another: VmRSS after each, and how many modules each brought.
-3. A running broker (`python -m edgebroker -p 0`, a fresh database in a temporary XDG_DATA_HOME):
+   another: VmRSS after each, and how many modules each brought (with the bench's broker interpreter,
+   then with this venv's Python under -S).
+3. A running broker (`python -m edgebroker -p 0`, a fresh database in a temporary XDG_DATA_HOME), started
+   as the main benchmark starts it (bench/brokers.py, `broker_python`: this venv's Python without the
+   editable install's hooks, as an installed broker starts):
    after start, with `-c` (a mosquitto.conf, whose persistence is off by default as in Mosquitto, and a
    TOML file, each setting max_queued_messages), then with a persistent session
    holding N queued QoS 1 messages of 64 B (S8's load, sent by one raw-socket publisher with 64 in
@@ -34,17 +37,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import wire  # noqa: E402
-from bench.brokers import compile_bytecode, mosquitto_binary, repo_python  # noqa: E402
+from bench.brokers import broker_python, compile_bytecode, kill_all, mosquitto_binary, repo_python  # noqa: E402
 
 KIB = 1024.0
 
 #: The modules a start imports, in its order; each row's cost is what it adds to those above it (memory
 #: an import frees, such as the compiler's for record's generated __init__, is reused by later rows, so
 #: only the running broker's figures below are the start's). `module:function` calls the function: the
-#: TOML parser comes with the first TOML file read (with `-c`), sqlite3 with the store's database.
-IMPORT_STEPS = ["edgebroker.log", "socket", "edgebroker.config", "edgebroker.codec", "edgebroker.session",
+#: TOML parser comes with the first TOML file read (with `-c`), _sqlite3 with the store's database.
+IMPORT_STEPS = ["edgebroker.log", "_socket", "edgebroker.config", "edgebroker.codec", "edgebroker.session",
                 "edgebroker.store", "edgebroker.broker", "edgebroker.server", "edgebroker.cli.broker",
-                "edgebroker.configfile", "edgebroker.tomlread:toml", "sqlite3"]
+                "edgebroker.configfile", "edgebroker.tomlread:toml", "_sqlite3"]
 
 _STATUS = ("import sys\nv = {}\nfor l in open('/proc/self/status'):\n"
            "    v[l.split(':')[0]] = l.split()[1] if len(l.split()) > 1 else ''\n"
@@ -104,8 +107,8 @@ def interpreter_table() -> List[str]:
     return lines
 
 
-def import_table(flags: List[str]) -> List[str]:
-    out = subprocess.run([repo_python()] + flags + ["-c", _STEPS] + IMPORT_STEPS, capture_output=True,
+def import_table(flags: List[str], python: str = "") -> List[str]:
+    out = subprocess.run([python or repo_python()] + flags + ["-c", _STEPS] + IMPORT_STEPS, capture_output=True,
                          text=True, env=_env(), cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
@@ -193,7 +196,7 @@ def broker_table(queued: int) -> List[str]:
     procs: List[subprocess.Popen] = []
 
     def start(extra: List[str], python: str = "") -> Tuple[subprocess.Popen, int]:
-        proc = subprocess.Popen([python or repo_python(), "-m", "edgebroker", "-p", "0"] + extra, env=env, cwd=tmp,
+        proc = subprocess.Popen([python or broker_python(), "-m", "edgebroker", "-p", "0"] + extra, env=env, cwd=tmp,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         procs.append(proc)
@@ -311,14 +314,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--queued", type=int, default=10_000, help="QoS 1 messages queued (default 10,000)")
     args = parser.parse_args(argv)
     compile_bytecode()
-    print("## The interpreter alone (VmRSS of `python -c pass`, modules loaded)\n")
-    print("\n".join(interpreter_table()))
-    print("\n## The broker's imports, in start order (this venv's Python)\n")
-    print("\n".join(import_table([])))
-    print("\nWithout `site` (-S: no .pth files, as the venv's editable install and setuptools add them):\n")
-    print("\n".join(import_table(["-S"])))
-    print("\n## A running broker\n")
-    print("\n".join(broker_table(args.queued)))
+    try:
+        print("## The interpreter alone (VmRSS of `python -c pass`, modules loaded)\n")
+        print("\n".join(interpreter_table()))
+        print("\n## The broker's imports, in start order (the bench's broker interpreter: this venv's Python "
+              "without the editable install's hooks)\n")
+        print("\n".join(import_table([], broker_python())))
+        print("\nThis venv's Python without `site` (-S: no .pth files, as the venv's editable install and "
+              "setuptools add them):\n")
+        print("\n".join(import_table(["-S"])))
+        print("\n## A running broker (the bench's broker interpreter)\n")
+        print("\n".join(broker_table(args.queued)))
+    finally:
+        kill_all()  # the broker interpreter's virtualenv
     return 0
 
 
