@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 import _socket
 
-from .bridgeconfig import BridgeConfig
-from .devices import GpioDevice, SerialPort
 from .errors import ConfigError
 from .record import field, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import List, Optional, Tuple
+
+    # Only annotations here: the modules that read or run bridges and devices import them (a broker
+    # without any loads neither, bench/README.md, Issue 19).
+    from .bridgeconfig import BridgeConfig
+    from .devices import GpioDevice, SerialPort
 
 __all__ = ["Config", "Listener", "DEFAULT_PORT", "DURABILITY_LEVELS", "LOG_DESTS", "LOG_TYPES",
            "DEFAULT_LOG_TYPES", "LISTENER_SECURITY", "literal_family", "MAX_PACKET_SIZE_LIMIT", "MAX_PAYLOAD", "default_data_dir",

@@ -37,7 +37,11 @@ NOT_AT_START = ["typing", "re"]
 #: `enum` (0.4 MiB), which nothing else of a plain start imports (a configuration file's parser needs
 #: `re`, which imports it).
 WRAPPERS = ["socket", "selectors", "signal", "array", "sqlite3", "sqlite3.dbapi2", "datetime"]
-NOT_RUNNING = WRAPPERS + NOT_AT_START + ["enum"]
+#: And what only some starts need: the bridges' and devices' configuration classes (the configuration
+#: file's reader imports them), the command line's -d/-t/user helpers, and `math` (a shared library of
+#: its own in some builds: the load averages compute e ** x themselves).
+LAZY = ["edgebroker.bridgeconfig", "edgebroker.devices", "edgebroker.cli.startup", "math"]
+NOT_RUNNING = WRAPPERS + NOT_AT_START + ["enum"] + LAZY
 
 #: The broker's command line started as a service starts it, with a client that connects, subscribes
 #: and gets its own PUBLISH back on a thread of its own (`_thread`: threading would add modules);

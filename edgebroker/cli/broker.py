@@ -27,7 +27,6 @@ from ..gcpolicy import settle
 from ..notify import Notifier
 from ..server import Server, configure_logger
 from ..store import StoreError
-from . import startup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,6 +34,12 @@ if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Tuple
 
     from ..configfile import LoadedConfig
+
+
+def _startup() -> types.ModuleType:
+    """cli/startup.py: -t's checks, -d, the user switch; a start that uses none of them does not load it."""
+    from . import startup
+    return startup
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for level, line in security_lines(*security, loaded.config):
                 if level <= L.WARNING:  # what reading the password files had to say
                     print(line, file=sys.stderr)
-            problems = startup.check_paths(loaded.config)
+            problems = _startup().check_paths(loaded.config)
             for problem in problems:
                 print(f"Error: {args.config_file}: {problem}", file=sys.stderr)
             if problems:
@@ -179,16 +184,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def after_bind() -> None:
         if args.daemon:
-            report.append(startup.daemonize())
+            report.append(_startup().daemonize())
         if config.pid_file:
             with open(config.pid_file, "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")
         if _switches_user(config):
-            startup.prepare_data_dir(config)
+            _startup().prepare_data_dir(config)
 
     def after_open() -> None:
         if _switches_user(config):
-            warning = startup.drop_privileges(config)
+            warning = _startup().drop_privileges(config)
             log(L.NOTICE, f"Running as user {config.user}.")
             if warning:
                 log(L.WARNING, f"Warning: {warning}")
@@ -199,7 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not (log.enabled(L.ERR) and sys.stderr in log.streams):
             print(f"Error: {message}", file=sys.stderr)
         if report:
-            startup.report_failure(report.pop(), message)
+            _startup().report_failure(report.pop(), message)
         log.close()
         for sig, handler in old_handlers.items():
             _signal.signal(sig, handler)
@@ -228,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log(L.ERR, traceback.format_exc().rstrip())
         return fail(f"cannot start: {exc!r}")
     if report:
-        startup.report_ready(report.pop())
+        _startup().report_ready(report.pop())
 
     def stop(signum: int, frame: object) -> None:
         server.shutdown()
