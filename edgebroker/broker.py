@@ -183,6 +183,8 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
         self._max_inflight = config.max_inflight_messages or 65535
         self._max_inflight_bytes = config.max_inflight_bytes  # 0: no byte limit (see _inflight_bytes)
         self.debug = bool(getattr(self.log, "enabled", lambda level: False)(L.DEBUG))
+        #: log_type subscribe is on (a log function without `enabled` gets every line, null_log none)
+        self.log_subscribe = self.log is not L.null_log and getattr(self.log, "enabled", bool)(L.SUBSCRIBE)
         high = FLOW_HIGH_WATER
         if config.max_queued_messages:
             high = max(1, min(high, config.max_queued_messages // 2))

@@ -47,9 +47,19 @@ MAX_TOPIC_LEVELS = 201
 # Fixed-header flags each packet type must carry [MQTT-2.2.2-1] [MQTT-2.2.2-2]. PUBLISH (3) is absent:
 # its flags carry DUP, QoS and RETAIN and are checked by its decoder.
 _REQUIRED_FLAGS = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 13: 0, 14: 0}
+# Every valid first byte of a packet other than PUBLISH: its type's required flags (one set lookup per packet).
+_FIRST_BYTES = frozenset((ptype << 4) | flags for ptype, flags in _REQUIRED_FLAGS.items())
 # The acknowledgements a QoS 1/2 flow sends, by their only valid first byte: two of them per message
 # delivered, so the parser decodes them without the general path when they are well formed.
 _ACK_FIRST_BYTES = {0x40: Puback, 0x50: Pubrec, 0x62: Pubrel, 0x70: Pubcomp}
+
+
+def _bad_first(first: int) -> None:
+    """A first byte not in _FIRST_BYTES (nor PUBLISH's): a reserved type or reserved flags."""
+    ptype = first >> 4
+    if ptype not in _REQUIRED_FLAGS:
+        raise MalformedPacket(f"reserved packet type {ptype}", "[MQTT-2.2.1]")
+    raise MalformedPacket(f"packet type {ptype} with reserved flags {first & 0x0F:#x}", "[MQTT-2.2.2-2]")
 
 
 def _too_deep(topic: str) -> bool:
@@ -117,9 +127,19 @@ def _packet_id_at(data: bytes, pos: int, end: int) -> int:
     return pid
 
 
+#: tuple.__new__: a packet's fields in order, without the namedtuple's __new__, a Python function's call
+#: per packet (for the packets a connection's handshake sends: CONNECT, SUBSCRIBE)
+_new = tuple.__new__
+#: A CONNECT body that starts with the protocol name "MQTT" (3.1.1, and MQTT 5's), read without decoding it
+_MQTT_NAME = b"\x00\x04MQTT"
+
+
 def _decode_connect(flags: int, body: bytes) -> Connect:
     end = len(body)
-    name, pos = _text_at(body, 0, end)
+    if body.startswith(_MQTT_NAME):
+        name, pos = "MQTT", 6
+    else:
+        name, pos = _text_at(body, 0, end)
     if pos + 4 > end:
         raise MalformedPacket("packet shorter than its fields")
     level = body[pos]
@@ -159,7 +179,8 @@ def _decode_connect(flags: int, body: bytes) -> Connect:
         password, pos = _binary_at(body, pos, end)
     if pos != end:
         raise MalformedPacket("packet longer than its fields")
-    return Connect(name, level, bool(cflags & 0x02), keepalive, client_id, will, username, password)
+    return _new(Connect, (name, level, bool(cflags & 0x02), keepalive, client_id, will,  # type: ignore[return-value]
+                          username, password))
 
 
 def _decode_connack(flags: int, body: bytes) -> Connack:
@@ -259,10 +280,8 @@ def _decode_subscribe(flags: int, body: bytes) -> Subscribe:
     topics = []
     while pos < end:
         topic_filter, pos = _text_at(body, pos, end)
-        if _too_deep(topic_filter):
-            raise MalformedPacket(f"topic filter of more than {MAX_TOPIC_LEVELS} levels")
-        if not valid_topic_filter(topic_filter):
-            raise MalformedPacket(f"invalid topic filter {topic_filter!r}", "[MQTT-4.7.1-2]")
+        if "+" in topic_filter or "#" in topic_filter or not topic_filter or len(topic_filter) >= MAX_TOPIC_LEVELS:
+            _check_filter(topic_filter)  # else it is a valid filter, and no call is needed to say so
         if pos >= end:
             raise MalformedPacket("packet shorter than its fields")
         qos = body[pos]
@@ -272,7 +291,15 @@ def _decode_subscribe(flags: int, body: bytes) -> Subscribe:
         topics.append((topic_filter, qos))
     if not topics:
         raise MalformedPacket("SUBSCRIBE with no topic filter", "[MQTT-3.8.3-3]")
-    return Subscribe(pid, tuple(topics))
+    return _new(Subscribe, (pid, tuple(topics)))  # type: ignore[return-value]
+
+
+def _check_filter(topic_filter: str) -> None:
+    """A SUBSCRIBE's or UNSUBSCRIBE's topic filter: MalformedPacket unless valid."""
+    if _too_deep(topic_filter):
+        raise MalformedPacket(f"topic filter of more than {MAX_TOPIC_LEVELS} levels")
+    if not valid_topic_filter(topic_filter):
+        raise MalformedPacket(f"invalid topic filter {topic_filter!r}", "[MQTT-4.7.1-2]")
 
 
 def _decode_suback(flags: int, body: bytes) -> Suback:
@@ -290,10 +317,7 @@ def _decode_unsubscribe(flags: int, body: bytes) -> Unsubscribe:
     topics = []
     while pos < end:
         topic_filter, pos = _text_at(body, pos, end)
-        if _too_deep(topic_filter):
-            raise MalformedPacket(f"topic filter of more than {MAX_TOPIC_LEVELS} levels")
-        if not valid_topic_filter(topic_filter):
-            raise MalformedPacket(f"invalid topic filter {topic_filter!r}", "[MQTT-4.7.1-2]")
+        _check_filter(topic_filter)
         topics.append(topic_filter)
     if not topics:
         raise MalformedPacket("UNSUBSCRIBE with no topic filter", "[MQTT-3.10.3-2]")
@@ -438,30 +462,30 @@ class Parser:
                         out.append(ack((view[pos + 2] << 8) | view[pos + 3]))
                         pos += 4
                         continue
-                    if ptype not in decoders:
-                        raise MalformedPacket(f"reserved packet type {ptype}", "[MQTT-2.2.1]")
-                    required = _REQUIRED_FLAGS.get(ptype)
-                    if required is not None and flags != required:
-                        raise MalformedPacket(f"packet type {ptype} with reserved flags {flags:#x}",
-                                              "[MQTT-2.2.2-2]")
+                    if first not in _FIRST_BYTES:
+                        _bad_first(first)
                 # Remaining length: at most four bytes, seven bits each (section 2.2.3).
-                length = 0
-                shift = 0
                 i = pos + 1
-                while True:
-                    if i >= n:
-                        length = -1
-                        break
-                    b = view[i]
+                if i < n and view[i] < 0x80:  # one byte: a packet of less than 128 bytes
+                    length = view[i]
                     i += 1
-                    length |= (b & 0x7F) << shift
-                    if not b & 0x80:
-                        break
-                    shift += 7
-                    if shift == 28:
-                        raise MalformedPacket("remaining length longer than four bytes")
-                if length < 0:
-                    break  # header incomplete
+                else:
+                    length = 0
+                    shift = 0
+                    while True:
+                        if i >= n:
+                            length = -1
+                            break
+                        b = view[i]
+                        i += 1
+                        length |= (b & 0x7F) << shift
+                        if not b & 0x80:
+                            break
+                        shift += 7
+                        if shift == 28:
+                            raise MalformedPacket("remaining length longer than four bytes")
+                    if length < 0:
+                        break  # header incomplete
                 if i - pos + length > self.max_packet_size:
                     raise MalformedPacket(f"packet of {i - pos + length} bytes exceeds max_packet_size "
                                           f"{self.max_packet_size}")

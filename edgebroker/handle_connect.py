@@ -118,7 +118,6 @@ class ConnectHandlers:
         cfg = self.config
         client_id = conn.client_id
         conn.username = username
-        proto = _PROTOCOLS[(p.protocol_name, p.protocol_level)]
         session = self.sessions.get(client_id)
         if session is not None and session.conn is not None:
             # Takeover: the server MUST disconnect the existing client [MQTT-3.1.4-2].
@@ -155,6 +154,7 @@ class ConnectHandlers:
         if conn.bridge:
             self._rap.add(session)
         if cfg.connection_messages:
+            proto = _PROTOCOLS[(p.protocol_name, p.protocol_level)]
             self.log(L.NOTICE, f"New {'bridge' if conn.bridge else 'client'} connected from {conn.peer} as {client_id} "
                                f"({proto}, c{int(p.clean_session)}, k{p.keepalive}"
                                f"{', u' + repr(username) if username is not None else ''}).")
@@ -168,7 +168,7 @@ class ConnectHandlers:
             self.log(L.DEBUG, f"Sending CONNACK to {client_id} ({int(present and p.protocol_level == 4)}, 0)")
         # Session present: 0 for a clean session [MQTT-3.2.2-1], 1 when one is resumed [MQTT-3.2.2-2];
         # MQTT 3.1 has no such flag: that byte is 0 (as Mosquitto sends it).
-        conn.write(_connack(present and p.protocol_level == 4, 0))
+        conn.write(_CONNACKS[(True, 0)] if present and p.protocol_level == 4 else _ACCEPTED)
         stats.messages_sent += 1
         if present:
             self._resend(session, conn)
@@ -186,6 +186,9 @@ def _random_uuid() -> str:
 
 #: Every CONNACK this broker sends, by (session present, return code).
 _CONNACKS = {(present, code): bytes((0x20, 2, int(present), code)) for present in (False, True) for code in range(6)}
+
+
+_ACCEPTED = _CONNACKS[(False, 0)]  # a new session's (and every MQTT 3.1 client's) CONNACK
 
 
 def _connack(session_present: bool, return_code: int) -> bytes:

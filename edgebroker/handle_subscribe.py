@@ -38,7 +38,8 @@ class SubscribeHandlers:
             codes.append(qos)
             if debug:
                 self.log(L.DEBUG, f"\t{topic_filter} (QoS {qos})")
-            self.log(L.SUBSCRIBE, f"{conn.client_id} {qos} {topic_filter}")
+            if self.log_subscribe:  # not built when log_type subscribe is off (Mosquitto's default)
+                self.log(L.SUBSCRIBE, f"{conn.client_id} {qos} {topic_filter}")
         # SUBACK with the same packet id [MQTT-3.8.4-2], one return code per filter [MQTT-3.8.4-5].
         pid = p.packet_id
         if len(codes) < 126:  # a one-byte remaining length: the SUBACK in one bytes() call

@@ -1382,3 +1382,25 @@ def test_MQTT_3_1_3_6_assigned_client_id_is_the_prefix_and_a_random_uuid():
     for cid in ids:
         assert re.fullmatch(r"gw-[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}", cid), cid
     assert ids[0] != ids[1]
+
+
+def test_subscribe_log_lines_only_when_their_log_type_is_on():
+    """A SUBSCRIBE's `<client> <qos> <filter>` line (log_type subscribe, off by default as in Mosquitto)
+    is written once the type is on, after a reload too; while off nothing is logged for it."""
+    import io
+    stream = io.StringIO()
+    logger = L.Logger(types=L.DEFAULT_TYPES, stream=stream, timestamp=False)
+    config = Config(persistence=False)
+    broker = Broker(config, 0.0, logger)
+    conn = broker.connection_made("127.0.0.1:1", 1883, 0.0)
+    broker.data_received(conn, w.connect("dev-1") + w.subscribe(1, [("a/b", 1)]), 0.0)
+    assert "dev-1 1 a/b" not in stream.getvalue()
+    logger.types |= L.SUBSCRIBE  # what a reload with log_type subscribe sets
+    broker.reconfigure(config)
+    broker.data_received(conn, w.subscribe(2, [("c/d", 0)]), 0.0)
+    assert "dev-1 0 c/d\n" in stream.getvalue()
+    lines: List[str] = []  # a plain log function (no `enabled`) gets every line
+    plain = Broker(config, 0.0, lambda level, message: lines.append(message))
+    other = plain.connection_made("127.0.0.1:2", 1883, 0.0)
+    plain.data_received(other, w.connect("dev-2") + w.subscribe(1, [("e/f", 2)]), 0.0)
+    assert "dev-2 2 e/f" in lines
