@@ -105,7 +105,7 @@ class Connection:
         #: acknowledgements waiting for the store's commit window (Broker._send_ack), in order
         self.held: List[bytes] = _NOTHING  # type: ignore[assignment]  # a list of its own when one is held
         #: bytes the loop asks for in its next recv (server.RECV_SIZE, RECV_SMALL or RECV_LARGE)
-        self.recv_size = 65536  # server.RECV_SIZE
+        self.recv_size = 16384  # server.RECV_SIZE
 
     def buffer(self) -> List[bytes]:
         """The output buffer, for a caller that appends many packets itself (and adds to out_size);

@@ -2,7 +2,7 @@
 
 One turn of the loop reads like a list (Mosquitto's main loop is the model):
   select(timeout = next timer)  ->  now = monotonic(), read once
-  accept new connections; recv up to 64 KiB from each readable socket and hand it to the core
+  accept new connections; recv up to 16 KiB from each readable socket (RECV_SIZE) and hand it to the core
   flow control                  ->  stop reading publishers the core paused, resume the others
   broker.tick(now)              ->  connect deadlines, keepalive, $SYS
   broker.end_turn(now)          ->  one SQLite transaction for what this turn must make durable; while
@@ -53,14 +53,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Server"]
 
-#: Bytes read per recv: several hundred small packets per read, one syscall each turn. What a turn
+#: Bytes read per recv: a couple of hundred small packets per read, one syscall each turn. What a turn
 #: reads from many publishers, with the output it makes for a subscriber, is in memory at once: at 64 KiB
 #: a QoS 0 flood of 8 publishers (bench S1) held 512 KiB of output for its subscriber per turn, about
-#: 1.4 MiB with its packets and the flush's joined copy. 16 KiB read a quarter of that per turn (S1's
-#: peak 1.3 MiB lower), but under a flood that lasts (bench SER-S1: 4 publishers for 13 s against one
-#: QoS 0 subscriber) the peak went from 15-17 to 53-70 MiB (32 KiB: 33 MiB), so reads stay at 64 KiB
-#: (bench/README.md, Issue 19 memory part 4).
-RECV_SIZE = 65536
+#: 1.4 MiB with its packets and the flush's joined copy; at 16 KiB a quarter of that (S1's peak 1.3 MiB
+#: lower). A client that does not keep up no longer turns smaller turns into a larger backlog: its QoS 0
+#: output is bounded by count (connection.Q0_BACKED_UP; bench/README.md, Issue 19).
+RECV_SIZE = 16384
 #: What a connection whose last read was smaller asks for: a sensor's PUBLISH now and then. The bytes
 #: object then comes from Python's small-object allocator, not from malloc of RECV_SIZE cut down to the
 #: size read (at S5's rate that cost more than the rest of the read). A read that fills it means a
