@@ -686,7 +686,10 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
 
     def _q0_admit(self, session: Session, conn: Connection, msg: Message) -> bool:
         """The slow path of a live QoS 0 delivery (see connection.Q0_BACKED_UP): True if it joins the
-        output now; otherwise it waits behind a retained replay or is dropped (counted)."""
+        output now; otherwise it waits behind a retained replay or is dropped (counted). The count is of
+        the chunks waiting in the output, as Mosquitto 2.0 counts its packets waiting to be written; the
+        rest of a send the socket took in part is one chunk (a slice of at most server.SEND_SLICE, or
+        the loop turn's output that backed the socket up)."""
         if conn.replay is not None:
             if conn.replay_live < REPLAY_LIVE_MAX:
                 conn.replay.append(msg)  # behind the retained ones still being sent
@@ -694,11 +697,19 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             else:
                 self._drop(session, "output buffer full")
             return False
-        why = q0_refusal(conn, msg.q0(), self.config)
-        if why:
-            self._drop(session, why)
-            return False
-        return True
+        cfg = self.config
+        limit = cfg.max_queued_messages
+        if limit and len(conn.out) >= limit:  # the usual refusal, checked here: it comes per message
+            why = "max_queued_messages"
+        else:
+            why = q0_refusal(conn, len(msg.q0()), cfg.max_queued_bytes)
+            if not why:
+                return True
+        if session.drop_logged:
+            self.stats.publish_dropped += 1  # what _drop does then, without making its reason
+        else:
+            self._drop(session, f"{why} {getattr(cfg, why)} reached" if why[0] == "m" else why)
+        return False
 
     def _readers(self, subs: Dict[Session, int], topic: str) -> Dict[Session, int]:
         """The subscribers the ACL lets read `topic`; a session whose client is not known yet (restored,

@@ -12,8 +12,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import AbstractSet, Deque, List, Optional, Sequence, Tuple
 
-    from .config import Config
-
 _NOTHING = ()
 
 __all__ = ["Connection", "PRE_CONNECT_MAX_BYTES", "OUT_BUFFER_LIMIT", "REFILL_BYTES", "REPLAY_LIVE_MAX",
@@ -121,18 +119,13 @@ class Connection:
         self.out_size += len(data)
 
 
-def q0_refusal(conn: Connection, packet: bytes, config: "Config") -> str:
-    """Why a live QoS 0 `packet` may not join the output of a connection whose socket is backed up
-    ("" = it may): Mosquitto 2.0 sends one only while fewer than max_queued_messages packets wait to be
-    written (0 = no count) and, if max_queued_bytes is set, below that many bytes. The rest of a write
-    the socket took only in part counts as one packet: a slice of at most server.SEND_SLICE bytes, or
-    the one loop turn's output that backed the socket up."""
-    if conn.out_size + len(packet) > OUT_BUFFER_LIMIT:
+def q0_refusal(conn: Connection, size: int, max_bytes: int) -> str:
+    """Why a live QoS 0 packet of `size` bytes may not join the output of a connection whose socket is
+    backed up, beyond the count of waiting packets (`Broker._q0_admit`): "" = it may. The bytes waiting
+    with it above max_queued_bytes (when set), or above OUT_BUFFER_LIMIT whatever the options say."""
+    size += conn.out_size
+    if size > OUT_BUFFER_LIMIT:
         return "output buffer full"
-    limit = config.max_queued_messages
-    if limit and len(conn.out) >= limit:
-        return f"max_queued_messages {limit} reached"
-    limit = config.max_queued_bytes
-    if limit and conn.out_size + len(packet) > limit:
-        return f"max_queued_bytes {limit} reached"
+    if max_bytes and size > max_bytes:
+        return "max_queued_bytes"
     return ""

@@ -55,7 +55,9 @@ def test_a_turn_to_a_socket_that_takes_everything_is_not_counted():
 
 
 def test_a_backed_up_connection_gets_qos0_only_below_max_queued_messages():
-    b = Broker(Config(persistence=False, max_queued_messages=10), now=0.0)
+    logs: List[str] = []
+    b = Broker(Config(persistence=False, max_queued_messages=10), now=0.0,
+               log=lambda level, text: logs.append(text))
     sub = _connect(b, "sub", w.subscribe(1, [("t/#", 0)]))
     other = _connect(b, "other", w.subscribe(1, [("t/#", 0)]))
     pub = _connect(b, "pub")
@@ -74,6 +76,11 @@ def test_a_backed_up_connection_gets_qos0_only_below_max_queued_messages():
     assert sub.q0_limit == OUT_BUFFER_LIMIT and not sub.session.drop_logged
     _flood(b, pub, 20, start=50)
     assert _payloads(sub) == [b"%06d" % i for i in range(50, 70)]
+    drops = [t for t in logs if "dropped" in t]
+    assert drops == ["Outgoing messages are being dropped for client sub (max_queued_messages 10 reached)."]
+    b.output_backed_up(sub)  # a second episode (20 packets wait already: all dropped), logged once more
+    _flood(b, pub, 20, start=70)
+    assert len([t for t in logs if "dropped" in t]) == 2 and b.stats.publish_dropped == 41 + 20
 
 
 def test_max_queued_messages_0_leaves_only_the_output_buffer_limit():
