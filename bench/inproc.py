@@ -51,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -255,25 +255,10 @@ def case_conn(n: int) -> float:
 EVICT_BYTES = 4 << 20
 
 
-def _loop_turns(n: int, evict: bool) -> float:
-    """TURN, TURNX: S5's shape through the real loop. `Server.serve_forever` runs on a thread of its
-    own with its defaults (persistence on, into a temporary directory), one publisher and one QoS 0
-    subscriber on loopback sockets; the publisher sends its next message only once the subscriber has
-    the last one, so every message is a loop turn of its own (epoll, recv, parse, route, send) whatever
-    the machine does meanwhile ($SYS off, keepalive checks an hour apart). With `evict` the driver first writes EVICT_BYTES of memory, so each
-    turn starts with the caches another program would have left it, as at S5's 2,000 msg/s on a
-    machine with other work. Returns the loop thread's CPU time per message (Linux's schedstat)."""
-    import socket
+def _loop_thread(server: Any, daemon: bool = False) -> Tuple[Any, Callable[[], int]]:
+    """`server.serve_forever` on a thread of its own, started; returns the thread and a function that
+    reads its CPU time in ns (Linux's schedstat)."""
     import threading
-    from edgebroker import broker as core
-    from edgebroker.config import Config
-    from edgebroker.server import Server
-    directory = tempfile.mkdtemp(prefix="edgebroker-inproc-")
-    # Only the messages' turns: no $SYS, and the keepalive check (every 0.5 s) out of the way. Under
-    # valgrind a message takes milliseconds, so those would run every few messages, not once per
-    # 1,000 (keepalive) or 20,000 ($SYS) as in S5.
-    core.CHECK_INTERVAL = 3600.0
-    server = _settled(Server(Config(persistence_location=directory, sys_interval=0), default_port=0))
     loop_tid: List[int] = []
 
     def serve() -> None:
@@ -284,8 +269,32 @@ def _loop_turns(n: int, evict: bool) -> float:
         with open(f"/proc/self/task/{loop_tid[0]}/schedstat") as f:
             return int(f.read().split()[0])
 
-    loop = threading.Thread(target=serve)
+    loop = threading.Thread(target=serve, daemon=daemon)
     loop.start()
+    while not loop_tid:
+        time.sleep(0.001)
+    return loop, cpu_ns
+
+
+def _loop_turns(n: int, evict: bool) -> float:
+    """TURN, TURNX: S5's shape through the real loop. `Server.serve_forever` runs on a thread of its
+    own with its defaults (persistence on, into a temporary directory), one publisher and one QoS 0
+    subscriber on loopback sockets; the publisher sends its next message only once the subscriber has
+    the last one, so every message is a loop turn of its own (epoll, recv, parse, route, send) whatever
+    the machine does meanwhile ($SYS off, keepalive checks an hour apart). With `evict` the driver first writes EVICT_BYTES of memory, so each
+    turn starts with the caches another program would have left it, as at S5's 2,000 msg/s on a
+    machine with other work. Returns the loop thread's CPU time per message (Linux's schedstat)."""
+    import socket
+    from edgebroker import broker as core
+    from edgebroker.config import Config
+    from edgebroker.server import Server
+    directory = tempfile.mkdtemp(prefix="edgebroker-inproc-")
+    # Only the messages' turns: no $SYS, and the keepalive check (every 0.5 s) out of the way. Under
+    # valgrind a message takes milliseconds, so those would run every few messages, not once per
+    # 1,000 (keepalive) or 20,000 ($SYS) as in S5.
+    core.CHECK_INTERVAL = 3600.0
+    server = _settled(Server(Config(persistence_location=directory, sys_interval=0), default_port=0))
+    loop, cpu_ns = _loop_thread(server)
     socks: List[socket.socket] = []
     try:
         port = server.ports[0]
@@ -329,7 +338,6 @@ def case_connl(n: int) -> float:
     """CONNL: see the module's docstring. Returns the loop thread's CPU time per connection."""
     import resource
     import socket
-    import threading
     from edgebroker import broker as core
     from edgebroker import log as L
     from edgebroker.config import Config
@@ -343,26 +351,13 @@ def case_connl(n: int) -> float:
     logfile = open(os.path.join(directory, "broker.log"), "w")
     server = _settled(Server(Config(persistence_location=directory, sys_interval=0), L.Logger(stream=logfile),
                              default_port=0))
-    loop_tid: List[int] = []
-
-    def serve() -> None:
-        loop_tid.append(threading.get_native_id())
-        server.serve_forever()
-
-    def cpu_ns() -> int:
-        with open(f"/proc/self/task/{loop_tid[0]}/schedstat") as f:
-            return int(f.read().split()[0])
-
-    loop = threading.Thread(target=serve, daemon=True)
-    loop.start()
+    loop, cpu_ns = _loop_thread(server, daemon=True)
     socks: List[socket.socket] = []
     answer = b"\x20\x02\x00\x00\x90\x03\x00\x01\x00"  # CONNACK accepted, SUBACK QoS 0
     try:
         address = ("127.0.0.1", server.ports[0])
         reads = [wire.connect(f"bench-idle-{k}", True, 0) + wire.subscribe(1, [(f"bench/idle/{k}", 0)])
                  for k in range(n)]
-        while not loop_tid:
-            time.sleep(0.001)
         t0 = cpu_ns()
         for data in reads:
             s = socket.create_connection(address)

@@ -737,20 +737,7 @@ class Server:
             data = b"".join(out)
         else:
             n, data = _send_slice(out)
-        try:
-            sent = conn.handle.send(data)  # type: ignore[attr-defined]
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            out.clear()
-            conn.out_size = 0
-            self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
-            return
-        self.broker.stats.bytes_sent += sent
-        while sent == len(data) and n < len(out):  # a slice went whole: the next one, while it takes them
-            del out[:n]
-            conn.out_size -= sent
-            n, data = _send_slice(out)
+        while True:
             try:
                 sent = conn.handle.send(data)  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
@@ -761,6 +748,11 @@ class Server:
                 self.broker.connection_lost(conn, now, f"socket error: {exc.strerror or exc}")
                 return
             self.broker.stats.bytes_sent += sent
+            if sent != len(data) or n >= len(out):
+                break
+            del out[:n]  # a slice went whole: the next one, while the socket takes them
+            conn.out_size -= sent
+            n, data = _send_slice(out)
         if sent == len(data):
             out.clear()
             conn.out_size = 0
