@@ -7,15 +7,13 @@ so that a BridgeConfig's own checks are located at the line that set the option 
 """
 from __future__ import annotations
 
-import re
-
 from .bridgeconfig import (
     BridgeConfig, BridgeTopic, PROTOCOL_VERSIONS, QUEUE_DROP, START_TYPES, TLS_VERSIONS,
 )
 from .codec import valid_topic_filter
 from .configread import (
     _BOOL, _ENUM, _INT, _STR, Origin, _bare, _error, _m_bool, _m_int, _m_string, _m_token, _t_strings,
-    _t_value, _TomlLines, _unknown,
+    _t_value, _TomlLines, _unknown, whole_number,
 )
 from .errors import ConfigError
 
@@ -99,7 +97,7 @@ def _parse_addresses(origin: Origin, tokens: List[str]) -> Tuple[Tuple[str, int]
         host, port = token, 1883
         if ":" in token:
             host, _, text = token.rpartition(":")
-            if not re.fullmatch(r"\d+", text) or not 1 <= int(text) <= 65535:
+            if not text.isdecimal() or not 1 <= int(text) <= 65535:
                 raise _error(origin, f"invalid port in {token!r} (1-65535)")
             port = int(text)
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -170,7 +168,7 @@ def _m_bridge_option(draft: _BridgeDraft, name: str, origin: Origin, rest: str, 
         draft.field_origins.setdefault("topics", origin)
     elif kind == "restart":
         tokens = rest.split("#", 1)[0].split()
-        if not all(re.fullmatch(r"[+-]?\d+", t) for t in tokens):
+        if not all(whole_number(t) for t in tokens):
             raise _error(origin, f"expected restart_timeout BASE [CAP], whole seconds; got {rest!r}")
         base, cap = _parse_restart(origin, [int(t) for t in tokens])
         draft.set("restart_timeout", base, origin, builder)

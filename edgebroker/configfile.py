@@ -22,7 +22,6 @@ ones such as retry_interval) come back as warnings in `LoadedConfig.warnings`.
 from __future__ import annotations
 
 import os
-import re
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ from .configbridge import (
 )
 from .configread import (
     _BOOL, _DURATION, _ENUM, _FLOAT, _INT, _STR, Origin, _bare, _error, _m_bool, _m_int, _m_string, _m_token,
-    _relocate, _t_describe, _t_strings, _t_value, _TomlLines, _unknown, parse_duration,
+    _relocate, _t_describe, _t_strings, _t_value, _TomlLines, _unknown, decimal_number, parse_duration,
 )
 
 __all__ = ["load_config", "LoadedConfig", "ConfigWarning", "Origin", "parse_duration", "MOSQUITTO_DEFAULTS"]
@@ -407,13 +406,12 @@ def _detect_syntax(path: str, text: str) -> str:
         raise _toml_error(path, exc, text) from None
 
 
-_MOSQUITTO_LINE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(?:\s+(?!=)\S.*)?")
-
-
 def _looks_like_mosquitto(text: str) -> bool:
+    import re  # only for a file that is not valid TOML
+    mosquitto_line = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(?:\s+(?!=)\S.*)?")
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    return bool(lines) and all(_MOSQUITTO_LINE.fullmatch(ln) for ln in lines)
+    return bool(lines) and all(mosquitto_line.fullmatch(ln) for ln in lines)
 
 
 def _include_files(directory: str, suffix: str, origin: Origin, builder: _Builder) -> List[str]:
@@ -453,9 +451,8 @@ def _read_mosquitto(path: str, text: str, builder: _Builder, main: bool) -> None
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        m = re.match(r"(\S+)\s*(.*)$", line)
-        assert m is not None
-        option, rest = m.group(1), m.group(2).strip()
+        parts = line.split(None, 1)  # `(\S+)\s*(.*)$`
+        option, rest = parts[0], parts[1].strip() if len(parts) > 1 else ""
         origin = Origin(path, number, option)
         if rest.startswith("=") or option.startswith("["):
             raise _error(origin, "this is TOML syntax, but the file is read as mosquitto.conf (`option value` "
@@ -566,7 +563,7 @@ def _m_scalar(name: str, origin: Origin, rest: str, builder: _Builder) -> Any:
         return _m_int(origin, rest)
     if kind == _FLOAT:
         token = _m_token(origin, rest)
-        if not re.fullmatch(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", token):
+        if not decimal_number(token):
             raise _error(origin, f"expected a number of seconds, got {token!r}")
         return float(token)
     if kind == _BOOL:
@@ -598,7 +595,7 @@ def _m_listener(origin: Origin, rest: str, builder: _Builder) -> _ListenerDraft:
         raise _error(origin, "missing value: listener PORT [ADDRESS]")
     if len(parts) > 2:
         raise _error(origin, f"unexpected {' '.join(parts[2:])!r}: listener PORT [ADDRESS]")
-    if not re.fullmatch(r"\d+", parts[0]):
+    if not parts[0].isdecimal():
         raise _error(origin, f"expected a port number, got {parts[0]!r}")
     port = int(parts[0])
     if port > 65535:
@@ -664,6 +661,7 @@ def _m_log_dest(origin: Origin, rest: str, builder: _Builder) -> None:
 
 def _toml_error(path: str, exc: Exception, text: str) -> ConfigError:
     """tomllib/tomli put the position in the message: `(at line N, column M)` or `(at end of document)`."""
+    import re  # only for a file that is not valid TOML
     message = str(exc)
     m = re.search(r"\s*\(at line (\d+), column \d+\)", message)
     line: Optional[int] = None

@@ -6,13 +6,11 @@ files with these. The names keep their leading underscore: they are the readers'
 """
 from __future__ import annotations
 
-import re
-
 from .errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, List, NamedTuple, Optional, Protocol, Tuple
+    from typing import Any, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 else:
     from .record import NamedTuple
 
@@ -38,10 +36,9 @@ _INT, _FLOAT, _BOOL, _STR, _DURATION, _ENUM = "int", "float", "bool", "str", "du
 def parse_duration(text: str) -> int:
     """Mosquitto's duration syntax, in seconds: a whole number and one of h d w m y (hour, day, week,
     month = 30 days, year = 365 days), e.g. `2d`. ValueError otherwise, and for 0."""
-    m = re.fullmatch(r"(\d+)([hdwmy])", text)
-    if not m:
+    if len(text) < 2 or not text[:-1].isdecimal() or text[-1] not in "hdwmy":
         raise ValueError(text)
-    seconds = int(m.group(1)) * {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}[m.group(2)]
+    seconds = int(text[:-1]) * {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}[text[-1]]
     if seconds <= 0:
         raise ValueError(text)
     return seconds
@@ -96,7 +93,7 @@ def _m_string(origin: Origin, rest: str, builder: _Warns) -> str:
 
 def _m_int(origin: Origin, rest: str) -> int:
     token = _m_token(origin, rest)
-    if not re.fullmatch(r"[+-]?\d+", token):
+    if not whole_number(token):
         raise _error(origin, f"expected a whole number, got {token!r}")
     return int(token)
 
@@ -157,39 +154,69 @@ def _t_strings(origin: Origin, value: Any) -> List[str]:
     return list(items)
 
 
+def whole_number(token: str) -> bool:
+    """`[+-]?\\d+` (digits as re's \\d: Unicode decimals, which int() reads): written out, since a
+    configuration file's reader imports no `re` (about 0.6 MiB with the enum it imports)."""
+    return (token[1:] if token[:1] in ("+", "-") else token).isdecimal()
+
+
+def decimal_number(token: str) -> bool:
+    """`[+-]?(?:\\d+(?:\\.\\d*)?|\\.\\d+)`, as whole_number()."""
+    whole, dot, fraction = (token[1:] if token[:1] in ("+", "-") else token).partition(".")
+    if not dot:
+        return whole.isdecimal()
+    return (whole.isdecimal() and (not fraction or fraction.isdecimal())) or (not whole and fraction.isdecimal())
+
+
+def _then(line: str, starts: List[int], texts: Sequence[str]) -> List[int]:
+    """Where `\\s*(?:texts[0]|texts[1]|...)` ends in `line` when tried at each of `starts`, every way
+    re would try it (whitespace as str.isspace, which is re's \\s)."""
+    ends: List[int] = []
+    for j in starts:
+        while True:
+            ends += [j + len(t) for t in texts if line.startswith(t, j)]
+            if j < len(line) and line[j].isspace():
+                j += 1
+            else:
+                break
+    return ends
+
+
 class _TomlLines:
     """Finds the line of a key by a plain text search (tomllib does not report positions): top-level
-    keys live before the first table header, a table's keys between its header and the next."""
-
-    _HEADER = re.compile(r"\s*\[")
+    keys live before the first table header, a table's keys between its header and the next. A line is
+    a key's if it matches `\\s*(?:KEY|"KEY"|'KEY')\\s*[=.]`; a header `\\s*\\[`; a table's key's header
+    `\\s*\\[\\[?\\s*(?:KEY|"KEY")\\s*[].]`; an array of tables' `\\s*\\[\\[\\s*TABLE\\s*\\]\\]` (matched by _then)."""
 
     def __init__(self, text: str) -> None:
         self.lines = text.split("\n")
 
     @staticmethod
-    def _key_re(key: str) -> "re.Pattern[str]":
-        k = re.escape(key)
-        return re.compile(rf"\s*(?:{k}|\"{k}\"|'{k}')\s*[=.]")
+    def _is_header(line: str) -> bool:
+        return bool(_then(line, [0], ["["]))
+
+    @staticmethod
+    def _is_key(line: str, key: str) -> bool:
+        return bool(_then(line, _then(line, [0], [key, f'"{key}"', f"'{key}'"]), ["=", "."]))
 
     def top(self, key: str) -> Optional[int]:
         """The line of a top-level `key = ...`, else of a `[key]` or `[[key]]` header."""
-        pattern = self._key_re(key)
         for number, line in enumerate(self.lines, 1):
-            if self._HEADER.match(line):
+            if self._is_header(line):
                 break
-            if pattern.match(line):
+            if self._is_key(line, key):
                 return number
-        header = re.compile(rf"\s*\[\[?\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*[].]")
         for number, line in enumerate(self.lines, 1):
-            if header.match(line):
+            opened = _then(line, [0], ["["])
+            opened += [end + 1 for end in opened if line.startswith("[", end)]
+            if _then(line, _then(line, opened, [key, f'"{key}"']), ["]", "."]):
                 return number
         return None
 
     def header(self, table: str, index: int) -> Optional[int]:
-        pattern = re.compile(rf"\s*\[\[\s*{re.escape(table)}\s*\]\]")
         seen = -1
         for number, line in enumerate(self.lines, 1):
-            if pattern.match(line):
+            if _then(line, _then(line, _then(line, [0], ["[["]), [table]), ["]]"]):
                 seen += 1
                 if seen == index:
                     return number
@@ -199,11 +226,10 @@ class _TomlLines:
         start = self.header(table, index)
         if start is None:
             return None
-        pattern = self._key_re(key)
         for number in range(start + 1, len(self.lines) + 1):
             line = self.lines[number - 1]
-            if self._HEADER.match(line):
+            if self._is_header(line):
                 return None
-            if pattern.match(line):
+            if self._is_key(line, key):
                 return number
         return None

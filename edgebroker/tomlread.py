@@ -1,15 +1,27 @@
 """The TOML parser (the standard library's tomllib, tomli before Python 3.11), imported only when a
-configuration file is TOML and, when nothing else has imported `typing`, without it.
+configuration file is TOML and, for what nothing else has imported yet, without `typing`, `re`,
+`string` and `datetime`.
 
-tomllib (Python 3.11 to 3.13, and tomli 2.0) takes Any, BinaryIO, NamedTuple, Callable and Tuple from
-typing: for annotations, two aliases of its own (`Callable[[str], Any]`, `Tuple[str, ...]`) and one
-NamedTuple class. Importing typing for them would cost a broker started with `-c edgebroker.toml` (the
-Pi's service, and every bench scenario with a setting) 0.7 MiB of resident memory for its whole life
-(bench/README.md, "Issue 19"). So while tomllib is imported, its own modules' `from typing import ...`
-get a stand-in that has exactly those names (and TYPE_CHECKING, false); any other import, by tomllib
-or by another thread meanwhile, goes to Python's import as usual. Should a tomllib or tomli ask for a
-name the stand-in lacks, or its import fail in any other way, it is imported again with the real typing.
-(tomli 2.5 imports typing only under `if TYPE_CHECKING:` itself, so there is nothing to stand in for.)
+tomllib (Python 3.11 to 3.13, and tomli 2.x) imports:
+- typing's Any, BinaryIO, NamedTuple, Callable and Tuple: for annotations, two aliases of its own
+  (`Callable[[str], Any]`, `Tuple[str, ...]`) and one NamedTuple class;
+- re, to compile its three patterns (numbers, local times, dates and date-times), and string (which
+  imports re) for three constants; re imports enum;
+- datetime, for the values of TOML's dates and times, which a broker's configuration never holds.
+Together they cost a broker started with `-c edgebroker.toml` (the Pi's service, and every bench
+scenario with a setting) about 1.5 MiB of resident memory for its whole life (bench/README.md, "Issue
+19"). So while tomllib is imported, its own modules' imports of these names get stand-ins:
+- typing: exactly the names tomllib takes (and TYPE_CHECKING, false);
+- string: its three constants;
+- datetime: classes that import the real datetime when a value is made and then are the real ones' stand-in
+  (`_Lazy`): a configuration with a date gets the very date, time or datetime objects as before;
+- re: `compile` gives a pattern (`_Pattern`) that says "no match" where its first characters cannot
+  match (a date needs four digits and `-`, a time two digits and `:`), matches a plain decimal integer
+  (`1883`, `-17`: what a configuration holds) itself, and compiles the real pattern for anything else
+  (`1_000`, `0xff`, `6.02e23`, a date) and from then on is only that.
+Any other import, by tomllib or by another thread meanwhile, goes to Python's import as usual; a module
+already imported is used as it is. Should a tomllib or tomli ask for a name a stand-in lacks, or its
+import fail in any other way, it is imported again the ordinary way.
 """
 from __future__ import annotations
 
@@ -21,7 +33,7 @@ from .record import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping, Optional, Sequence
+    from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 __all__ = ["toml"]
 
@@ -44,33 +56,164 @@ class _Alias:
         return f"typing.{self.name} (edgebroker.tomlread's stand-in)"
 
 
-def _stand_in() -> types.ModuleType:
-    module = types.ModuleType("typing", "typing's names tomllib imports (edgebroker.tomlread)")
+class _Lazy:
+    """One of datetime's classes, imported with the first value made of it (or the first attribute
+    asked for: `timezone.utc`)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(__import__("datetime"), self.name)(*args, **kwargs)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(getattr(__import__("datetime"), self.name), attribute)
+
+    def __repr__(self) -> str:
+        return f"datetime.{self.name} (edgebroker.tomlread's stand-in)"
+
+
+_VERBOSE = 64  # re.VERBOSE
+_DIGITS = "0123456789"
+#: tomllib's number pattern (tomli's too), its whitespace and comments taken out as re.VERBOSE does.
+_NUMBER = ("0(?:x[0-9A-Fa-f](?:_?[0-9A-Fa-f])*|b[01](?:_?[01])*|o[0-7](?:_?[0-7])*)|[+-]?(?:0|[1-9](?:_?[0-9])*)"
+           "(?P<floatpart>(?:\\.[0-9](?:_?[0-9])*)?(?:[eE][+-]?[0-9](?:_?[0-9])*)?)")
+#: The start of its date and date-time pattern, and of its time pattern (hours, then a colon).
+_DATE_START, _TIME_START = "([0-9]{4})-", "([01][0-9]|2[0-3]):"
+
+
+def _unverbose(pattern: str) -> str:
+    """The pattern without the whitespace and `#` comments re.VERBOSE ignores (tomllib's patterns have
+    no escaped space or `#`, and no space or `#` in a character class)."""
+    return "".join(line.partition("#")[0] for line in pattern.split("\n")).replace(" ", "").replace("\t", "")
+
+
+def _ascii_digits(text: str, pos: int, count: int) -> bool:
+    return len(text) >= pos + count and all(c in _DIGITS for c in text[pos:pos + count])
+
+
+def _date_may_start(src: str, pos: int) -> bool:
+    return _ascii_digits(src, pos, 4) and src[pos + 4:pos + 5] == "-"
+
+
+def _time_may_start(src: str, pos: int) -> bool:
+    return src[pos:pos + 1] in ("0", "1", "2") and _ascii_digits(src, pos + 1, 1) and src[pos + 2:pos + 3] == ":"
+
+
+class _Pattern:
+    """A pattern of tomllib's, compiled by the real `re` only when a value needs it: see the module's
+    docstring. `match(src, pos)` is what tomllib calls; anything else is the real pattern's."""
+
+    __slots__ = ("pattern", "flags", "real", "kind")
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self.pattern, self.flags, self.real = pattern, flags, None
+        text = _unverbose(pattern) if flags & _VERBOSE else pattern
+        self.kind = ("number" if text == _NUMBER else "date" if text.startswith(_DATE_START) else
+                     "time" if text.startswith(_TIME_START) else "")
+
+    def compiled(self) -> Any:
+        if self.real is None:
+            import re
+            self.real = re.compile(self.pattern, self.flags)
+        return self.real
+
+    def match(self, src: str, pos: int = 0, *rest: int) -> Any:
+        if self.real is None and not rest:
+            if self.kind == "date" and not _date_may_start(src, pos):
+                return None
+            if self.kind == "time" and not _time_may_start(src, pos):
+                return None
+            if self.kind == "number":
+                end = _plain_integer_end(src, pos)
+                if end is not None:
+                    return _IntegerMatch(self, src, pos, end) if end > pos else None
+        return self.compiled().match(src, pos, *rest)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.compiled(), name)
+
+
+def _plain_integer_end(src: str, pos: int) -> Optional[int]:
+    """Where tomllib's number pattern's match at `pos` ends if it is a plain decimal integer (`1883`,
+    `-17`, `0`), `pos` if that pattern cannot match there at all, None for anything else (a leading zero,
+    `_`, a fraction, an exponent, `0x`, `0b`, `0o`: the real pattern decides)."""
+    i = pos + 1 if src[pos:pos + 1] in ("+", "-") else pos
+    start = i
+    while i < len(src) and src[i] in _DIGITS:
+        i += 1
+    if i == start:  # no digit: neither a sign's number nor 0x, 0b, 0o can follow
+        return pos
+    if (src[start] == "0" and i - start > 1) or (i < len(src) and src[i] in "._eExbo"):
+        return None
+    return i
+
+
+class _IntegerMatch:
+    """The number pattern's match of a plain decimal integer: what tomllib asks of it (`end()`,
+    `group()`, `group("floatpart")`, which is empty); anything else is the real match's."""
+
+    __slots__ = ("pattern", "string", "pos", "stop")
+
+    def __init__(self, pattern: _Pattern, string: str, pos: int, stop: int) -> None:
+        self.pattern, self.string, self.pos, self.stop = pattern, string, pos, stop
+
+    def end(self, group: int = 0) -> int:
+        return self.stop if group == 0 else self.__getattr__("end")(group)
+
+    def group(self, *groups: Any) -> Any:
+        if groups == () or groups == (0,):
+            return self.string[self.pos:self.stop]
+        if groups == ("floatpart",):
+            return ""
+        return self.__getattr__("group")(*groups)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pattern.compiled().match(self.string, self.pos), name)
+
+
+def _stand_ins() -> Dict[str, types.ModuleType]:
+    """The stand-ins for what tomllib imports, by module name."""
+    typing = types.ModuleType("typing", "typing's names tomllib imports (edgebroker.tomlread)")
     for name in ("Any", "BinaryIO", "Callable", "Tuple"):
-        setattr(module, name, _Alias(name))
-    module.NamedTuple = NamedTuple  # type: ignore[attr-defined]
-    module.TYPE_CHECKING = False  # type: ignore[attr-defined]
-    return module
+        setattr(typing, name, _Alias(name))
+    typing.NamedTuple = NamedTuple  # type: ignore[attr-defined]
+    typing.TYPE_CHECKING = False  # type: ignore[attr-defined]
+    string = types.ModuleType("string", "string's constants tomllib uses (edgebroker.tomlread)")
+    string.ascii_letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # type: ignore[attr-defined]
+    string.digits = _DIGITS  # type: ignore[attr-defined]
+    string.hexdigits = _DIGITS + "abcdefABCDEF"  # type: ignore[attr-defined]
+    re = types.ModuleType("re", "re.compile for tomllib's patterns, compiled when used (edgebroker.tomlread)")
+    re.compile = _Pattern  # type: ignore[attr-defined]
+    re.VERBOSE = _VERBOSE  # type: ignore[attr-defined]
+    datetime = types.ModuleType("datetime", "datetime's classes, imported when used (edgebroker.tomlread)")
+    for name in ("date", "datetime", "time", "timedelta", "timezone", "tzinfo"):
+        setattr(datetime, name, _Lazy(name))
+    return {"typing": typing, "string": string, "re": re, "datetime": datetime}
 
 
-def _import_without_typing() -> Optional[types.ModuleType]:
-    """tomllib imported with the stand-in for its own typing imports; None (and nothing of it left in
-    sys.modules) if that did not work."""
-    stand_in = _stand_in()
+def _import_with_stand_ins() -> Optional[types.ModuleType]:
+    """tomllib imported with the stand-ins for its own imports of what is not imported yet; None (and
+    nothing of it left in sys.modules) if that did not work."""
+    stand_ins = {name: module for name, module in _stand_ins().items() if name not in sys.modules}
     real_import = builtins.__import__
 
     def import_(name: str, globals: Optional[Mapping[str, object]] = None,
                 locals: Optional[Mapping[str, object]] = None, fromlist: Optional[Sequence[str]] = (),
                 level: int = 0) -> types.ModuleType:
-        if name == "typing" and not level and globals and \
+        if name in stand_ins and not level and globals and \
                 str(globals.get("__name__", "")).partition(".")[0] == _NAME:
-            return stand_in
+            return stand_ins[name]
         return real_import(name, globals, locals, fromlist, level)
 
     builtins.__import__ = import_
     try:
         module = real_import(_NAME)
-        module.loads("checked = [1, 'a', { b = 2.5 }]\n[t]\nd = 2026-12-06")
+        checked = module.loads("checked = [1, -2, 'a', { b = true }]\n[t]\nd = 0\n")
+        if checked != {"checked": [1, -2, "a", {"b": True}], "t": {"d": 0}}:
+            raise ImportError(f"{_NAME} with stand-ins parsed {checked!r}")
         return module
     except Exception:
         for name in [n for n in sys.modules if n == _NAME or n.startswith(_NAME + ".")]:
@@ -83,8 +226,8 @@ def _import_without_typing() -> Optional[types.ModuleType]:
 def toml() -> Any:
     """The tomllib (or tomli) module: `toml().loads(text)`, `toml().TOMLDecodeError`."""
     module = sys.modules.get(_NAME)
-    if module is None and "typing" not in sys.modules:
-        module = _import_without_typing()
+    if module is None:
+        module = _import_with_stand_ins()
     if module is None:
         module = __import__(_NAME)
     return module

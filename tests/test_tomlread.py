@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edgebroker.tomlread import _NAME, toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +101,45 @@ def test_a_parser_that_needs_more_of_typing_gets_the_real_one(tmp_path):
     (package / "_parser.py").write_text("class TOMLDecodeError(ValueError):\n    pass\n")
     lines = _probe("x = 1", ["bad one"], "needsmore", path=str(tmp_path))
     assert lines == ["{'parsed': 'x = 1'}", "TOMLDecodeError True bad one", "True module"]
+
+
+LAZY_PROBE = """
+import sys
+from edgebroker import tomlread
+parser = tomlread.toml()
+names = ("re", "enum", "string", "datetime", "typing")
+for document in sys.argv[1:]:
+    print(repr(parser.loads(document)), *[n for n in names if n in sys.modules])
+"""
+
+#: What a configuration holds: integers (signed, zero), strings, booleans, arrays, tables.
+PLAIN = '''port = 1883
+log_dest = ["stderr", 'syslog']
+persistence = true
+zero = 0
+offset = -17
+inline = { a = +2, b = "c" }
+[[listener]]
+port = 8883
+'''
+
+
+def test_re_and_datetime_come_only_with_a_value_that_needs_them():
+    # The stand-ins for re, string and datetime (edgebroker/tomlread.py): a plain configuration parses
+    # without them; a float, a hexadecimal integer or a date imports what it needs and is parsed as the
+    # ordinary parser parses it, and so is everything after.
+    if sys.version_info < (3, 11):
+        pytest.skip("tomli comes from site-packages, whose `site` imports re before the probe runs")
+    later = ["f = 6.02e23", "h = 0xff", "d = 1979-05-27", "t = 07:32:00", PLAIN]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-S", "-c", LAZY_PROBE, PLAIN] + later, env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    ordinary = toml()
+    assert lines[0] == repr(ordinary.loads(PLAIN))  # nothing imported
+    assert lines[1] == repr(ordinary.loads(later[0])) + " re enum"
+    assert lines[2] == repr(ordinary.loads(later[1])) + " re enum"
+    assert lines[3] == repr(ordinary.loads(later[2])) + " re enum datetime"
+    assert lines[4] == repr(ordinary.loads(later[3])) + " re enum datetime"
+    assert lines[5] == repr(ordinary.loads(PLAIN)) + " re enum datetime"
