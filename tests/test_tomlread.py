@@ -129,7 +129,8 @@ def test_re_and_datetime_come_only_with_a_value_that_needs_them():
     # without them; a float, a hexadecimal integer or a date imports what it needs and is parsed as the
     # ordinary parser parses it, and so is everything after.
     if sys.version_info < (3, 11):
-        pytest.skip("tomli comes from site-packages, whose `site` imports re before the probe runs")
+        pytest.skip("tomli is in site-packages: the probe cannot run with -S, and a venv's site hooks (an "
+                    "editable install's) may import re first")
     later = ["f = 6.02e23", "h = 0xff", "d = 1979-05-27", "t = 07:32:00", PLAIN]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-S", "-c", LAZY_PROBE, PLAIN] + later, env=env, cwd=str(ROOT),
