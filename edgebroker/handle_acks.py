@@ -12,7 +12,7 @@ from .session import INFLIGHT_RELEASED, INFLIGHT_SENT, Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Tuple
+    from typing import Sequence
 
 __all__ = ["AckHandlers"]
 
@@ -22,7 +22,7 @@ class AckHandlers:
         """Returns True when the window has room again and messages wait (see _handle)."""
         return self._acked(conn, (p.packet_id,), now)
 
-    def _acked(self, conn: Connection, ids: Tuple[int, ...], now: float) -> bool:
+    def _acked(self, conn: Connection, ids: Sequence[int], now: float) -> bool:
         """PUBACKs for `ids` (one packet, or a read of nothing else): each frees the slot of a QoS 1
         message in flight. True when one did and messages wait: the caller refills the window once."""
         session: Session = conn.session  # type: ignore[assignment]
