@@ -153,6 +153,21 @@ pip_install() {
     "$PREFIX/bin/python" -m pip install "$@" --force-reinstall --no-deps "$wheel" || die "pip install failed"
     rm -rf "$work"
     trap - EXIT
+    lean_broker_script
+}
+
+# The pip of bookworm's venv (23.0.1) writes console scripts that import `re` to strip a "-script.pyw" or
+# ".exe" ending from argv[0], which never has one here: with `re` comes enum, about 0.4 MiB of resident
+# memory for the broker's whole life (bench/README.md, "Issue 19"). The service's script gets those two
+# lines taken out (newer pips write no `re` there either); a script of any other form is left as it is.
+lean_broker_script() {
+    script=$PREFIX/bin/edgebroker
+    if grep -qx 'import re' "$script" &&
+        grep -qxF "    sys.argv[0] = re.sub(r'(-script\.pyw|\.exe)?$', '', sys.argv[0])" "$script"; then
+        sed -e '/^import re$/d' -e '/^    sys\.argv\[0\] = re\.sub(/d' "$script" >"$script.new"
+        chmod 755 "$script.new"
+        mv "$script.new" "$script"
+    fi
 }
 
 make_user() {
