@@ -7,9 +7,6 @@ so that a BridgeConfig's own checks are located at the line that set the option 
 """
 from __future__ import annotations
 
-from .bridgeconfig import (
-    BridgeConfig, BridgeTopic, PROTOCOL_VERSIONS, QUEUE_DROP, START_TYPES, TLS_VERSIONS,
-)
 from .codec import valid_topic_filter
 from .configread import (
     _BOOL, _ENUM, _INT, _STR, Origin, _bare, _error, _m_bool, _m_int, _m_string, _m_token, _t_strings,
@@ -20,6 +17,8 @@ from .errors import ConfigError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Protocol, Tuple
+
+    from .bridgeconfig import BridgeConfig, BridgeTopic
 
 #: Mosquitto bridge options edgebroker does not implement (any other bridge_* is refused the same way).
 _BRIDGE = ("bridge_bind_address", "bridge_ciphers", "bridge_ciphers_tls1.3", "bridge_identity", "bridge_psk",
@@ -60,10 +59,17 @@ _BRIDGE_OPTIONS: Dict[str, Tuple[str, str]] = {
     "bridge_queue_qos0_messages": ("queue_qos0_messages", _BOOL),
     "bridge_max_inflight_messages": ("max_inflight_messages", _INT),
 }
-_BRIDGE_ENUMS: Dict[str, Tuple[str, ...]] = {
-    "bridge_protocol_version": tuple(PROTOCOL_VERSIONS), "start_type": START_TYPES, "bridge_queue_drop": QUEUE_DROP,
-    "bridge_tls_version": TLS_VERSIONS,
-}
+
+
+def _bridge_enums() -> Dict[str, Tuple[str, ...]]:
+    """The values of the bridge options that are enums. bridgeconfig (its BridgeConfig's generated
+    __init__ of 38 parameters is about 0.1 MiB of resident memory) is imported only by a file that has a
+    bridge (bench/README.md, "Issue 19")."""
+    from .bridgeconfig import PROTOCOL_VERSIONS, QUEUE_DROP, START_TYPES, TLS_VERSIONS
+    return {"bridge_protocol_version": tuple(PROTOCOL_VERSIONS), "start_type": START_TYPES,
+            "bridge_queue_drop": QUEUE_DROP, "bridge_tls_version": TLS_VERSIONS}
+
+
 #: BridgeConfig field -> the option name errors use (the file's spelling wins when it set the field).
 _BRIDGE_FIELD_OPTION = {field: option for option, (field, _) in reversed(list(_BRIDGE_OPTIONS.items()))}
 
@@ -133,6 +139,7 @@ def _parse_topic(origin: Origin, rest: str) -> BridgeTopic:
     prefixes = [None if t == '""' else t for t in tokens[3:5]] + [None, None]
     if pattern is not None and not valid_topic_filter(pattern):
         raise _error(origin, f"invalid pattern {pattern!r}: not a topic filter")
+    from .bridgeconfig import BridgeTopic
     try:
         topic = BridgeTopic(pattern, direction, qos, prefixes[0], prefixes[1])
     except ConfigError as exc:
@@ -175,8 +182,9 @@ def _m_bridge_option(draft: _BridgeDraft, name: str, origin: Origin, rest: str, 
         draft.set("restart_timeout_cap", cap, origin, builder)
     elif kind == _ENUM:
         token = _m_token(origin, rest)
-        if token not in _BRIDGE_ENUMS[name]:
-            raise _error(origin, f"expected one of {', '.join(_BRIDGE_ENUMS[name])}, got {token!r}")
+        values = _bridge_enums()[name]
+        if token not in values:
+            raise _error(origin, f"expected one of {', '.join(values)}, got {token!r}")
         draft.set(field, token, origin, builder)
     elif kind == _INT:
         value = _m_int(origin, rest)
@@ -221,8 +229,9 @@ def _t_bridges(path: str, value: Any, origin: Origin, lines: _TomlLines, builder
                 draft.set("restart_timeout_cap", cap, at, builder)
             elif kind == _ENUM:
                 text = _t_value(_STR, at, item)
-                if text not in _BRIDGE_ENUMS[key]:
-                    raise _error(at, f"expected one of {', '.join(_BRIDGE_ENUMS[key])}, got {text!r}")
+                values = _bridge_enums()[key]
+                if text not in values:
+                    raise _error(at, f"expected one of {', '.join(values)}, got {text!r}")
                 draft.set(field, text, at, builder)
             else:
                 draft.set(field, _t_value(kind, at, item), at, builder)
@@ -231,6 +240,8 @@ def _t_bridges(path: str, value: Any, origin: Origin, lines: _TomlLines, builder
 
 def _build_bridges(drafts: List[_BridgeDraft], origins: Dict[str, Origin]) -> Tuple[BridgeConfig, ...]:
     bridges: List[BridgeConfig] = []
+    if drafts:
+        from .bridgeconfig import BridgeConfig
     for i, draft in enumerate(drafts):
         origins[f"bridge[{i}]"] = draft.origin
         try:

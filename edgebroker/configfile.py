@@ -31,7 +31,6 @@ from .config import (
     DEFAULT_PORT, DURABILITY_LEVELS, LISTENER_SECURITY, LOG_TYPES, SCHEDULING_POLICIES, Config, Listener,
     listener_clash,
 )
-from .devices import GPIO_FIELDS, SERIAL_FIELDS, GpioDevice, SerialPort
 from .errors import ConfigError, ConfigErrors
 from .record import record
 from .tomlread import toml
@@ -175,8 +174,8 @@ _TLS_FIELDS: Dict[str, str] = {
 _TLS_FIELDS["socket_domain"] = _STR
 _LISTENER_FIELDS = ("port", "address", "max_connections", "unix_socket") + tuple(_TLS_FIELDS)
 #: TOML arrays of tables for firmware_bridge: table name -> (schema class, option kinds).
-_DEVICE_TABLES: Dict[str, Tuple[Any, Dict[str, str]]] = {"serial": (SerialPort, SERIAL_FIELDS),
-                                                          "gpio": (GpioDevice, GPIO_FIELDS)}
+#: The devices' tables; their classes (edgebroker.devices) are imported by a file that has one.
+_DEVICE_TABLES = ("serial", "gpio")
 _KNOWN_GLOBAL = sorted(set(_SCALARS) | {"log_dest", "log_type", "log_file", "include_dir", "listener", "connection",
                                          "bridge"}
                        | set(_DEVICE_TABLES)
@@ -760,7 +759,8 @@ def _t_listeners(path: str, value: Any, origin: Origin, lines: _TomlLines, build
 
 def _t_devices(path: str, table: str, value: Any, origin: Origin, lines: _TomlLines, builder: _Builder) -> None:
     """[[serial]] / [[gpio]] tables into SerialPort / GpioDevice values; errors name the key's line."""
-    schema, kinds = _DEVICE_TABLES[table]
+    from .devices import GPIO_FIELDS, SERIAL_FIELDS, GpioDevice, SerialPort
+    schema, kinds = (SerialPort, SERIAL_FIELDS) if table == "serial" else (GpioDevice, GPIO_FIELDS)
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise _error(origin, f"must be [[{table}]] tables (an array of tables)")
     for index, items in enumerate(value):

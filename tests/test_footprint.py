@@ -102,7 +102,8 @@ def test_a_running_broker_loads_no_wrapper_of_what_it_uses_directly(tmp_path):
 #: Kept out of a start with a configuration file too (bench/README.md, Issue 19): the readers match
 #: without `re` (and so without enum), tomllib is imported with stand-ins for re, string, datetime and
 #: typing (edgebroker/tomlread.py), a password file's base64 is decoded by binascii (base64 imports re).
-NOT_WITH_FILE = WRAPPERS + NOT_AT_START + ["enum", "string", "base64"]
+#: A file without bridges or devices does not import their configuration classes either.
+NOT_WITH_FILE = WRAPPERS + NOT_AT_START + ["enum", "string", "base64", "edgebroker.bridgeconfig", "edgebroker.devices"]
 
 
 @pytest.mark.parametrize("kind", ["toml", "conf"])
