@@ -307,6 +307,11 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
             exc.__traceback__ = None  # it would hold this frame, which holds it: a cycle per bad client
         self.stats.messages_received += len(packets)
         conn.stash_error = error
+        if len(packets) == 1 and error is None and conn.connected and not conn.paused_by:
+            packet = packets[0]
+            if packet.__class__ is Publish:  # a client publishing now and then: a turn of its own
+                self._on_publish(conn, packet, now)  # what _handle does with it, without its loop
+                return
         self._handle(conn, packets, now)
 
     def resume(self, conn: Connection, now: float) -> None:
@@ -668,7 +673,8 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers):
                 if conn is not None:
                     if conn.out_size > conn.q0_limit and not self._q0_admit(session, conn, msg):
                         continue
-                    conn.write(msg.q0())
+                    # (its bytes are made already when it came in as QoS 0, as read: no call then)
+                    conn.write(msg._q0 or msg.q0())
                     sent += 1
                     if self.debug:
                         self._log_sent(conn, msg, 0, 0, False)

@@ -121,19 +121,19 @@ class Logger:
                 # whole seconds: time.strftime has no finer field
                 stamped = self._stamp = (second, time.strftime(self.timestamp_format, time.localtime(second))
                                          if self.timestamp_format else str(second))
-            line = f"{stamped[1]}: {message}"
-        else:
-            line = message
-        if self._holder is not None and self._holder == get_ident():
-            self._held.append(line + "\n")
+            line = f"{stamped[1]}: {message}\n"  # built once, with its newline (a connect storm logs
+        else:                                        # two lines per connection)
+            line = message + "\n"
+        if self._holder == get_ident():  # (None, when no thread holds its lines, is no thread's ident)
+            self._held.append(line)
             self.pending = True
         else:
-            self._write(line + "\n")
+            self._write(line)
         if self.syslog:
             import syslog
             syslog.syslog(_SYSLOG_PRIORITY.get(level, 6), message)
         if self.topic and len(self.topic_lines) < 10_000:  # bounded if the loop falls behind
-            self.topic_lines.append((level, line))
+            self.topic_lines.append((level, line[:-1]))
 
     def _write(self, text: str) -> None:
         for stream in self.streams:

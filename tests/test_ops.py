@@ -611,3 +611,66 @@ def test_accepted_sockets_have_tcp_nodelay_as_configured_before_and_after_a_relo
             client.close()
         server.shutdown()
         thread.join(10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the accept queue's length is Linux's TCP_INFO")
+def test_accept_queue_is_the_number_of_connections_waiting_to_be_accepted():
+    """The loop accepts as many connections as its listener's accept queue holds (server.accept_queue,
+    read from Linux's TCP_INFO), not until accept() fails: the count must be the kernel's."""
+    import socket
+
+    from edgebroker.server import accept_queue
+    from util import wait_for
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    clients = []
+    try:
+        assert accept_queue(listener) == 0
+        for _ in range(3):
+            clients.append(socket.create_connection(listener.getsockname(), timeout=10))
+        wait_for(lambda: accept_queue(listener) == 3, what="3 connections in the accept queue")
+        listener.accept()[0].close()
+        assert accept_queue(listener) == 2
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
+    unix = socket.socket(socket.AF_UNIX)
+    try:
+        assert accept_queue(unix) == 0  # not TCP: not known
+    finally:
+        unix.close()
+
+
+def test_a_burst_of_connections_waiting_before_the_loop_runs_is_accepted_whole():
+    """More connections than one turn accepts (ACCEPT_BATCH) wait in the accept queue, each with its
+    CONNECT sent, before the loop starts: every one gets its CONNACK (the rest in the next turns)."""
+    import socket
+    import threading
+
+    from edgebroker.config import Config, Listener
+    from edgebroker.server import ACCEPT_BATCH, Server
+    from mqttwire import connect as connect_packet
+
+    server = Server(Config(listeners=[Listener(0, "127.0.0.1")], persistence=False, allow_anonymous=True))
+    clients = []
+    thread = threading.Thread(target=server.serve_forever)
+    try:
+        for k in range(ACCEPT_BATCH + 7):
+            client = socket.create_connection(("127.0.0.1", server.ports[0]), timeout=10)
+            clients.append(client)
+            client.sendall(connect_packet(f"burst-{k}"))
+        thread.start()
+        for client in clients:
+            assert client.recv(4) == b"\x20\x02\x00\x00"
+        assert server.broker.stats.clients_connected == ACCEPT_BATCH + 7
+    finally:
+        for client in clients:
+            client.close()
+        server.shutdown()
+        if thread.is_alive():
+            thread.join(10)
+        else:
+            server.close()
