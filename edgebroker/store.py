@@ -76,6 +76,11 @@ RETRY_INTERVAL = 1.0
 #: busy broker holds between saves (~20,000 statements is a few MiB and still thousands of messages
 #: per commit).
 PERIODIC_MAX_OPS = 20_000
+#: With durability "periodic", the buffer is compacted (its cancelled entries dropped) once it holds
+#: this many entries, half of them or more cancelled: a persistent subscriber that acknowledges each
+#: message before the save cancels its delivery's INSERT, which leaves an empty slot per message until
+#: the save (up to PERIODIC_MAX_OPS of them, about 160 KB, which then brought the save early).
+COMPACT_AT = 4096
 #: Group commit for "crash" and "sync" (with or without a commit window, for the changes committed in
 #: their own turn): while more input is already waiting, the loop handles it before committing, for up to this long after the previous commit, holding the turn's output
 #: (acknowledgements included) with the commit. Nothing waits when no input is pending; under a
@@ -421,6 +426,10 @@ class SqliteStore(NullStore):
         self._last_msg_id = 0
         #: the same for bridge rows (their own seq space): seq -> (index, counted in `waiting`)
         self._bridge_inserts: Dict[int, Tuple[int, bool]] = {}
+        #: "periodic": the buffer's length at which it is next looked at for compaction, and how many
+        #: cancelled entries compaction dropped since the last commit (autosave_on_changes counts them)
+        self._compact_at = COMPACT_AT
+        self._compacted = 0
         self._last_commit = time.monotonic()
         self._retry_at = 0.0
         self.errors = 0        # failed commits, for $SYS
@@ -778,8 +787,10 @@ class SqliteStore(NullStore):
         if force:
             pass
         elif self.periodic:
+            if len(ops) >= self._compact_at:
+                self._compact()
             if len(ops) < PERIODIC_MAX_OPS:
-                due = (len(ops) >= self.autosave_interval if self.autosave_on_changes
+                due = (len(ops) + self._compacted >= self.autosave_interval if self.autosave_on_changes
                        else now - self._last_commit >= self.autosave_interval)
                 if not due:
                     return
@@ -849,6 +860,8 @@ class SqliteStore(NullStore):
             self._on_error(exc, now)
             return
         ops.clear()
+        self._compact_at = COMPACT_AT
+        self._compacted = 0
         self.waiting = 0
         self._waiting_since = None
         self._inserts.clear()
@@ -862,6 +875,30 @@ class SqliteStore(NullStore):
         if self._failing:
             self._failing = False
             self.log(L.NOTICE, f"Persistence database {self.path} is writable again.")
+
+    def _compact(self) -> None:
+        """Drop the buffer's cancelled entries when they are half of it or more ("periodic"), and
+        renumber what points into it: the pending INSERTs of deliveries, messages and bridge rows, and
+        a message whose own copy waits in an _OWN entry (its store_id, -2 - index)."""
+        ops = self._ops
+        if ops.count(None) * 2 < len(ops):
+            self._compact_at = 2 * len(ops)  # fewer cancelled: look again once it has doubled
+            return
+        where: Dict[int, int] = {}  # old index -> new, of the entries kept
+        kept: List[Optional[tuple]] = []
+        for i, op in enumerate(ops):
+            if op is not None:
+                j = where[i] = len(kept)
+                if op[0] is _OWN and op[2].store_id == -2 - i:
+                    op[2].store_id = -2 - j
+                kept.append(op)
+        self._compacted += len(ops) - len(kept)
+        ops[:] = kept  # the same list: the loop holds it (`buffered`)
+        self._inserts = {seq: where[i] for seq, i in self._inserts.items() if i in where}
+        self._msg_inserts = {sid: where[i] for sid, i in self._msg_inserts.items() if i in where}
+        self._bridge_inserts = {seq: (where[i], held) for seq, (i, held) in self._bridge_inserts.items()
+                                if i in where}
+        self._compact_at = max(COMPACT_AT, 2 * len(ops))
 
     def _on_error(self, exc: sqlite3.Error, now: float) -> None:
         """Disk full or I/O error: roll back, keep the changes for a retry, keep serving."""
@@ -884,6 +921,8 @@ class SqliteStore(NullStore):
                 if op is not None and op[0] is _OWN and op[2].store_id == -2 - i:  # type: ignore[misc]
                     op[2].store_id = 0  # type: ignore[misc]
             self._ops.clear()
+            self._compact_at = COMPACT_AT
+            self._compacted = 0
             self._inserts.clear()
             self._msg_inserts.clear()
             self._bridge_inserts.clear()

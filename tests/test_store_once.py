@@ -296,6 +296,79 @@ def test_a_periodic_save_writes_a_delivery_below_its_message_qos_as_queued(tmp_p
     store.close()
 
 
+def _periodic_mix(tmp_path: Path, name: str) -> Tuple[List[tuple], List[tuple], int, int, int]:
+    """durability periodic, no save due: an online persistent subscriber acknowledging everything (on
+    t/#), two offline ones queueing t/q/# and t/q/b/# (one shared copy per message), the first back for
+    a while acknowledging all but two of its queue (the last delivery of its t/q/a messages: their
+    shared copies' INSERTs are cancelled), then a save. What the save wrote (deliveries, messages), the
+    buffer's largest length, the commits before the save, and the most entries not cancelled."""
+    cfg = config(tmp_path / name, durability="periodic", autosave_interval=3600.0)
+    path = cfg.database_path()
+    store = SqliteStore(path, cfg.durability, cfg.autosave_interval)
+    b = Broker(cfg, now=0.0, store=store)
+    offline_sessions(b, 2, "t/q/#", 0.0)
+    c = b.connection_made("127.0.0.1", 2, 0.0)
+    b.data_received(c, w.connect("fan-0001", clean=False) + w.unsubscribe(2, ["t/q/#"])
+                    + w.subscribe(3, [("t/q/b/#", 1)]), 0.0)
+    b.connection_lost(c, 0.0)
+    on = b.connection_made("127.0.0.1", 2, 0.0)
+    b.data_received(on, w.connect("on", clean=False) + w.subscribe(1, [("t/#", 1)]), 0.0)
+    pub = b.connection_made("127.0.0.1", 1, 0.0)
+    b.data_received(pub, w.connect("p"), 0.0)
+    store.commit(0.0, force=True)
+    commits = store.commits
+    longest = live = 0
+    pid = 0
+    for i in range(120):
+        pid = pid % 60000 + 1
+        topic = f"t/q/{'ab'[i % 10 == 0]}/{i}" if i % 5 == 0 else f"t/a/{i}"
+        b.data_received(pub, w.publish(topic, topic.encode(), qos=1, packet_id=pid), 1.0)
+        drain(b, on, 1.0)
+        if i == 60:  # fan-0000 comes back, takes what waits, acknowledges all but the last two, leaves
+            back = b.connection_made("127.0.0.1", 3, 1.0)
+            b.data_received(back, w.connect("fan-0000", clean=False), 1.0)
+            got = publishes(b"".join(back.out))
+            b.data_received(back, b"".join(w.puback(packet_id_of(p)) for p in got[:-2]), 1.0)
+            b.connection_lost(back, 1.0)
+        b.end_turn(1.0)
+        longest = max(longest, len(store.buffered))
+        live = max(live, sum(op is not None for op in store.buffered))
+    before_save = store.commits - commits
+    store.commit(2.0, force=True)
+    deliveries = rows(path, "SELECT seq, client_id, msg_id, topic, payload, qos, packet_id, state FROM deliveries "
+                            "ORDER BY seq")
+    messages = rows(path, "SELECT id, topic, payload FROM messages ORDER BY id")
+    store.close()
+    return deliveries, messages, longest, before_save, live
+
+
+def test_periodic_buffer_drops_cancelled_entries_and_the_save_is_the_same(tmp_path, monkeypatch):
+    """durability periodic keeps every change until the save; a delivery acknowledged before it
+    cancels its INSERT, which left an empty slot per message (up to PERIODIC_MAX_OPS, then the save
+    came early). Compacting the buffer once it is mostly cancelled bounds it, and what the save then
+    writes (pending INSERTs renumbered: own copies, shared copies, deliveries acknowledged after the
+    compaction) is what it writes without compaction."""
+    from edgebroker import store as store_mod
+    monkeypatch.setattr(store_mod, "COMPACT_AT", 10 ** 9)
+    plain = _periodic_mix(tmp_path, "plain")
+    monkeypatch.setattr(store_mod, "COMPACT_AT", 8)
+    compacted = _periodic_mix(tmp_path, "compacted")
+    assert plain[3] == compacted[3] == 0, "a save came before it was due"
+    # without compaction a slot per message; with it, a few times what is not cancelled (the buffer is
+    # looked at again once it has doubled since)
+    assert plain[2] >= 120 and compacted[2] <= 4 * compacted[4] and compacted[2] < plain[2] * 2 // 3, \
+        (plain[2:], compacted[2:])
+    assert compacted[:2] == plain[:2]
+    deliveries, messages = plain[:2]
+    # what the save holds: for fan-0001 its 12 t/q/b messages, for fan-0000 the two it did not
+    # acknowledge and the 11 queued after it left; nothing for the online subscriber; each message once
+    by_client = {cid: [d for d in deliveries if d[1] == cid] for cid in ("fan-0000", "fan-0001", "on")}
+    assert len(by_client["fan-0001"]) == 12 and len(by_client["fan-0000"]) == 13 and not by_client["on"]
+    topic_of = {msg_id: topic for msg_id, topic, _ in messages}
+    topics = {d[3] if d[2] is None else topic_of[d[2]] for d in deliveries}
+    assert len(topics) == len(messages) + sum(1 for d in deliveries if d[2] is None)
+
+
 def test_schema_4_database_is_migrated_and_its_copies_shared(tmp_path):
     """A database of schema version 4 (before messages were stored once) with one message stored for
     three sessions and another for one: migration 5 keeps one copy of the first, leaves the second in
