@@ -206,7 +206,7 @@ _broker_venv: Optional[str] = None
 
 def broker_python() -> str:
     """The interpreter the benchmark runs edgebroker's broker with: the repository venv's own Python, in
-    a virtualenv of its own (made once per run, without pip; removed by kill_all()) whose one `.pth`
+    a virtualenv of its own (made once per run, without pip; removed by kill_all(), or at exit) whose one `.pth`
     line puts the repository venv's site-packages on sys.path for the broker's dependencies.
 
     An installed broker (`pip install .`, pi-image/install.sh) starts without the repository venv's
@@ -219,6 +219,8 @@ def broker_python() -> str:
     if _broker_venv is None:
         base = repo_python()
         made = tempfile.mkdtemp(prefix="bench-broker-venv-")
+        import atexit  # also when a caller never reaches kill_all() (a script of one's own)
+        atexit.register(shutil.rmtree, made, True)
         try:
             subprocess.run([base, "-m", "venv", "--without-pip", made], check=True, timeout=60,
                            capture_output=True)
@@ -617,7 +619,7 @@ _seed_done = False
 
 def edgebroker_seed_dir() -> Optional[str]:
     """A data directory holding the database an edgebroker start creates (None when it creates none,
-    e.g. with persistence off). Made once per benchmark run; removed by kill_all()."""
+    e.g. with persistence off). Made once per benchmark run; removed by kill_all(), or at exit."""
     global _seed, _seed_done
     if not _seed_done:
         _seed_done = True
@@ -629,6 +631,8 @@ def edgebroker_seed_dir() -> Optional[str]:
             data = os.path.join(b.dir, "edgebroker")
             if os.path.isdir(data) and os.listdir(data):
                 _seed = tempfile.mkdtemp(prefix="bench-edgebroker-seed-")
+                import atexit  # also when a caller never reaches kill_all() (a script of one's own)
+                atexit.register(shutil.rmtree, _seed, True)
                 os.rmdir(_seed)
                 shutil.copytree(data, _seed)
         finally:

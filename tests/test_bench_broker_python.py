@@ -40,3 +40,17 @@ def test_the_broker_interpreter_reaches_the_tree_and_the_packages_without_the_ed
 def sqlite_utils_dir() -> str:
     import sqlite_utils
     return os.path.dirname(sqlite_utils.__file__)
+
+
+def test_a_script_that_never_calls_kill_all_leaves_no_venv_or_seed_behind():
+    # A script of one's own (a scratch A/B, an interrupted helper) used to leave both in /tmp.
+    script = ("from bench import brokers; "
+              "print(brokers.broker_python()); print(brokers.edgebroker_seed_dir())")
+    out = subprocess.run([brokers.repo_python(), "-c", script], capture_output=True, text=True, timeout=120,
+                         check=True, cwd=brokers.ROOT)
+    python, seed = out.stdout.splitlines()[-2:]
+    assert python != brokers.repo_python(), "no virtualenv was made: nothing to check"
+    assert seed != "None", "no seed directory was made: nothing to check"
+    assert not os.path.exists(python)
+    assert not os.path.exists(os.path.dirname(os.path.dirname(python)))
+    assert not os.path.exists(seed)
