@@ -389,7 +389,7 @@ class Server:
                         if mask & write_event and data.writer is not None:
                             self._call(data.writer, now)
                     else:
-                        self._accept(data, now)
+                        self._accept(data, now, events)
                 if self._reload:
                     self._do_reload()
                     tick_due = now  # the new configuration may move $SYS's next publication
@@ -652,7 +652,9 @@ class Server:
 
     # ---- per-socket work ----------------------------------------------------------------------
 
-    def _accept(self, ls: _ListenSocket, now: float) -> None:
+    def _accept(self, ls: _ListenSocket, now: float, ready: Optional[List[Tuple[Any, int]]] = None) -> None:
+        """Accept what waits on a listener. `ready`: the turn's events, which a connection whose first
+        bytes (its CONNECT) are here already joins, to be read in this turn and not the next."""
         if self._one_cpu is not None:  # scheduling_policy auto: the CPUs are looked at as clients come
             self._one_cpu = follow_cpus(self._one_cpu, self.log)
         limit = ls.listener.max_connections
@@ -713,6 +715,8 @@ class Server:
                 self._sel.register(conn.handle, EVENT_READ, conn)  # type: ignore[arg-type]
                 if self.config.connection_messages:
                     self.log(L.NOTICE, f"New connection from {peer} on port {ls.port}.")
+                if ready is not None and ls.tls is None and ls.family != _socket.AF_UNIX and bytes_received(sock):
+                    ready.append((conn, EVENT_READ))  # read in this turn: one turn less per connection
             if waiting == 1:
                 return  # a lone one (a device reconnecting): any that came since are the next turn's
 
@@ -930,6 +934,20 @@ def accept_queue(sock: _socket.socket) -> int:
         return 0
     try:
         return _TCP_INFO_UNACKED(sock.getsockopt(_socket.IPPROTO_TCP, _TCP_INFO, 28))[0]
+    except (OSError, struct.error):
+        return 0
+
+
+_TCP_INFO_RECEIVED = struct.Struct("=128xQ").unpack_from
+
+
+def bytes_received(sock: _socket.socket) -> int:
+    """The bytes a TCP socket has received so far (Linux's TCP_INFO, tcpi_bytes_received: kernel 4.1
+    and later); 0 where that is not known."""
+    if _TCP_INFO is None:
+        return 0
+    try:
+        return _TCP_INFO_RECEIVED(sock.getsockopt(_socket.IPPROTO_TCP, _TCP_INFO, 136))[0]
     except (OSError, struct.error):
         return 0
 

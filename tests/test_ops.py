@@ -616,10 +616,11 @@ def test_accepted_sockets_have_tcp_nodelay_as_configured_before_and_after_a_relo
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the accept queue's length is Linux's TCP_INFO")
 def test_accept_queue_is_the_number_of_connections_waiting_to_be_accepted():
     """The loop accepts as many connections as its listener's accept queue holds (server.accept_queue,
-    read from Linux's TCP_INFO), not until accept() fails: the count must be the kernel's."""
+    read from Linux's TCP_INFO), not until accept() fails, and reads in the same turn a connection
+    that has sent bytes already (server.bytes_received): both counts must be the kernel's."""
     import socket
 
-    from edgebroker.server import accept_queue
+    from edgebroker.server import accept_queue, bytes_received
     from util import wait_for
 
     listener = socket.socket()
@@ -631,8 +632,12 @@ def test_accept_queue_is_the_number_of_connections_waiting_to_be_accepted():
         for _ in range(3):
             clients.append(socket.create_connection(listener.getsockname(), timeout=10))
         wait_for(lambda: accept_queue(listener) == 3, what="3 connections in the accept queue")
-        listener.accept()[0].close()
+        accepted = listener.accept()[0]
         assert accept_queue(listener) == 2
+        assert bytes_received(accepted) == 0
+        clients[0].sendall(b"0123456789")
+        wait_for(lambda: bytes_received(accepted) == 10, what="10 bytes received")
+        accepted.close()
     finally:
         for client in clients:
             client.close()
