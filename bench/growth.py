@@ -161,7 +161,7 @@ def _rounds(ids: list, rounds: int, detail: bool, quick: bool, kind: str = "edge
             for r in range(rounds):
                 report = os.path.join(work, f"{sid}-{r}.txt")
                 os.environ["EDGEBROKER_GROWTH_REPORT"] = report
-                b = brokers.Broker(kind, sc.max_queued, options=sc.options.get(kind, {}))
+                b = brokers.Broker(kind, sc.max_queued, options=sc.options.get(kind, {}), tls=sc.tls)
                 b.start()
                 stop = threading.Event()
                 try:

@@ -17,14 +17,19 @@ certificate) is a `ConfigError` naming the option, which the configuration reade
 """
 from __future__ import annotations
 
-import datetime
 import os
-import ssl
 
 from .errors import ConfigError, EdgebrokerError
 
+try:  # _ssl's own objects without ssl.py's Python layer (about 2 MiB): edgebroker/sslcore.py
+    from . import sslcore
+    ssl = sslcore.load()
+except (ImportError, AttributeError):
+    import ssl
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import datetime
     from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["TlsEngine", "TlsError", "server_context", "client_context", "TLS_VERSIONS", "subject_string",
@@ -93,8 +98,8 @@ def _load_chain(ctx: ssl.SSLContext, certfile: str, keyfile: Optional[str], now:
     if keyfile is not None:
         _readable(keyfile, "keyfile")
     try:
-        with open(certfile, "r", encoding="ascii", errors="replace") as f:
-            pem = f.read()
+        with open(certfile, "rb") as f:  # (bytes.decode: no codec module to import, as a text file has)
+            pem = f.read().decode("ascii", "replace").replace("\r\n", "\n").replace("\r", "\n")
         der = ssl.PEM_cert_to_DER_cert(pem[pem.index("-----BEGIN CERTIFICATE-----"):])
     except ValueError:
         raise ConfigError(f"{certfile} holds no PEM certificate", option="certfile") from None
@@ -119,17 +124,18 @@ def _load_chain(ctx: ssl.SSLContext, certfile: str, keyfile: Optional[str], now:
                           option="keyfile" if keyfile else "certfile") from None
     if own:
         try:
-            not_before, not_after = certificate_validity(der)
+            not_before, not_after = (_utc_fields(tag, text) for tag, text in _validity_times(der))
         except ValueError:
             return  # OpenSSL took it: leave the judgement to it
-        when = datetime.datetime.fromtimestamp(now, datetime.timezone.utc) if now is not None else \
-            datetime.datetime.now(datetime.timezone.utc)
-        if when > not_after:
-            raise ConfigError(f"the certificate in {certfile} expired on {not_after:%Y-%m-%d %H:%M:%S} UTC",
+        if now is None:
+            import time
+            now = time.time()
+        if now > _epoch_seconds(not_after):
+            raise ConfigError(f"the certificate in {certfile} expired on {_utc_text(not_after)} UTC",
                               option="certfile")
-        if when < not_before:
-            raise ConfigError(f"the certificate in {certfile} is not valid before "
-                              f"{not_before:%Y-%m-%d %H:%M:%S} UTC", option="certfile")
+        if now < _epoch_seconds(not_before):
+            raise ConfigError(f"the certificate in {certfile} is not valid before {_utc_text(not_before)} UTC",
+                              option="certfile")
 
 
 def server_context(certfile: str, keyfile: str, cafile: Optional[str] = None, capath: Optional[str] = None,
@@ -164,19 +170,26 @@ def server_context(certfile: str, keyfile: str, cafile: Optional[str] = None, ca
 
 def client_context(cafile: Optional[str] = None, capath: Optional[str] = None, certfile: Optional[str] = None,
                    keyfile: Optional[str] = None, insecure: bool = False, tls_version: Optional[str] = None,
-                   ciphers: Optional[str] = None, use_os_certs: bool = False) -> ssl.SSLContext:
+                   ciphers: Optional[str] = None, use_os_certs: bool = False,
+                   blocking: bool = False) -> ssl.SSLContext:
     """The context of a TLS client (bridges, edgebroker-pub/-sub), with mosquitto_pub's options: the
     server's certificate is always verified against cafile/capath (or the system's store with
     use_os_certs); `insecure` only skips the host name check (mosquitto_pub --insecure). certfile and
-    keyfile: a client certificate. Raises ConfigError naming the option."""
+    keyfile: a client certificate. `blocking`: the standard library's ssl.SSLContext, whose
+    wrap_socket a blocking client (the command-line tools) uses; otherwise one for TlsEngine. Raises
+    ConfigError naming the option."""
     if cafile is None and capath is None and not use_os_certs:
         raise ConfigError("the broker's certificate is verified against cafile or capath: set one", option="cafile")
     if (certfile is None) != (keyfile is None):
         raise ConfigError("certfile and keyfile go together: set both or neither",
                           option="keyfile" if certfile is not None else "certfile")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
+    if blocking:
+        import ssl as std
+        ctx = std.SSLContext(std.PROTOCOL_TLS_CLIENT)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
     if use_os_certs:
-        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        ctx.load_default_certs()  # for server authentication, ssl's default
     _common(ctx, cafile, capath, tls_version, ciphers)
     if certfile is not None:
         _load_chain(ctx, certfile, keyfile, None, own=False)
@@ -281,8 +294,12 @@ class TlsEngine:
 
     def close(self) -> None:
         """Queue a close_notify alert (then data_to_send() and close the transport)."""
+        obj = self._obj
         try:
-            self._obj.unwrap()
+            if hasattr(obj, "shutdown"):  # _ssl's own object (sslcore); ssl.SSLObject calls it unwrap
+                obj.shutdown()
+            else:
+                obj.unwrap()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             pass  # the peer's close_notify is not awaited
         except ssl.SSLError:
@@ -293,11 +310,11 @@ class TlsEngine:
     def peer_certificate(self) -> Optional[dict]:
         """The peer's verified certificate as ssl's dict (subject, issuer, notAfter...), None when the
         peer sent none."""
-        cert = self._obj.getpeercert()
+        cert = self._obj.getpeercert(False)
         return cert or None
 
     def peer_certificate_der(self) -> Optional[bytes]:
-        return self._obj.getpeercert(binary_form=True)
+        return self._obj.getpeercert(True)
 
     @property
     def alpn_protocol(self) -> Optional[str]:
@@ -380,18 +397,61 @@ def _der_item(data: bytes, pos: int) -> Tuple[int, int, int]:
     return tag, pos, pos + length
 
 
-def _der_time(tag: int, text: bytes) -> datetime.datetime:
+def _time_text(tag: int, text: bytes) -> str:
+    """A DER time as YYYYMMDDHHMMSSZ."""
     s = text.decode("ascii")
     if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: 50-99 are 19xx (RFC 5280)
         year = int(s[:2])
         s = ("19" if year >= 50 else "20") + s
     elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
         raise ValueError("not a time")
-    return datetime.datetime.strptime(s, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    return s
 
 
-def certificate_validity(der: bytes) -> Tuple[datetime.datetime, datetime.datetime]:
-    """(notBefore, notAfter) of a DER certificate, in UTC; ValueError when it cannot be read."""
+def _der_time(tag: int, text: bytes) -> datetime.datetime:
+    import datetime  # (about 0.4 MiB with _strptime's imports: only where the dates are wanted as such)
+    return datetime.datetime.strptime(_time_text(tag, text), "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+
+
+#: Days in each month of a common year.
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _utc_fields(tag: int, text: bytes) -> Tuple[int, int, int, int, int, int]:
+    """(year, month, day, hour, minute, second) of a DER time: what _der_time's strptime reads from
+    the canonical form (YYYYMMDDHHMMSSZ, every field two digits but the year's four), with the checks
+    datetime makes; any other form goes to _der_time itself, so the result is always its."""
+    s = _time_text(tag, text)
+    if len(s) != 15 or s[-1] != "Z" or not s[:14].isdigit():
+        d = _der_time(tag, text)
+        return d.year, d.month, d.day, d.hour, d.minute, d.second
+    year, month, day, hour, minute, second = int(s[:4]), int(s[4:6]), int(s[6:8]), int(s[8:10]), \
+        int(s[10:12]), int(s[12:14])
+    leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not (year >= 1 and 1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month - 1] + leap and hour < 24 and minute < 60
+            and second < 60):
+        raise ValueError(f"not a valid time: {s}")
+    return year, month, day, hour, minute, second
+
+
+def _epoch_seconds(fields: Tuple[int, int, int, int, int, int]) -> int:
+    """Seconds since 1970-01-01 00:00:00 UTC (the proleptic Gregorian calendar, as datetime's)."""
+    year, month, day, hour, minute, second = fields
+    y = year - (month <= 2)  # days from the civil date: March-based years, leap day last
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return ((days * 24 + hour) * 60 + minute) * 60 + second
+
+
+def _utc_text(fields: Tuple[int, int, int, int, int, int]) -> str:
+    """As f"{datetime:%Y-%m-%d %H:%M:%S}"."""
+    return "%04d-%02d-%02d %02d:%02d:%02d" % fields
+
+
+def _validity_times(der: bytes) -> Tuple[Tuple[int, bytes], Tuple[int, bytes]]:
+    """The (tag, text) of notBefore and notAfter in a DER certificate; ValueError when it cannot be read."""
     try:
         _, start, _ = _der_item(der, 0)               # Certificate SEQUENCE
         _, pos, end = _der_item(der, start)           # TBSCertificate SEQUENCE
@@ -405,6 +465,15 @@ def certificate_validity(der: bytes) -> Tuple[datetime.datetime, datetime.dateti
             raise ValueError("no validity")
         t1, s1, e1 = _der_item(der, pos)
         t2, s2, e2 = _der_item(der, e1)
-        return _der_time(t1, der[s1:e1]), _der_time(t2, der[s2:e2])
-    except (IndexError, UnicodeDecodeError) as exc:
+        return (t1, der[s1:e1]), (t2, der[s2:e2])
+    except IndexError as exc:
+        raise ValueError(f"unreadable certificate: {exc}") from None
+
+
+def certificate_validity(der: bytes) -> Tuple[datetime.datetime, datetime.datetime]:
+    """(notBefore, notAfter) of a DER certificate, in UTC; ValueError when it cannot be read."""
+    (t1, text1), (t2, text2) = _validity_times(der)
+    try:
+        return _der_time(t1, text1), _der_time(t2, text2)
+    except UnicodeDecodeError as exc:
         raise ValueError(f"unreadable certificate: {exc}") from None

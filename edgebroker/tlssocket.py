@@ -23,12 +23,12 @@ fails the connection there.
 from __future__ import annotations
 
 import errno
-import socket
 
 from .tls import TlsEngine, TlsError, common_name, subject_string
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any, Callable, Optional
 
 __all__ = ["TlsSocket", "IDENTITY", "SUBJECT"]

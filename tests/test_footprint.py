@@ -132,6 +132,74 @@ def test_the_pi_images_configuration_brings_no_re(tmp_path):
     assert _running(tmp_path, ["-c", str(conf)], NOT_WITH_FILE + ["binascii", "_sqlite3"]) == \
         "exit 0 loaded: _sqlite3 binascii ok"
 
+#: RUNNING_PROBE's client over TLS: the broker's own TLS engine on a `_socket` (ssl would be loaded in
+#: this process otherwise), trusting the listener's certificate.
+TLS_CLIENT = r"""
+import _socket, sys
+from edgebroker.tls import TlsEngine, client_context
+
+def tls_exchange(port, cafile):
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", port))
+    tls = TlsEngine.client(client_context(cafile=cafile), "localhost")
+    got = b""
+    def send(data):
+        tls.write(data)
+        s.sendall(tls.data_to_send())
+    def receive(n):
+        nonlocal got
+        while len(got) < n:
+            data = s.recv(65536)
+            assert data, "closed"
+            got += tls.feed(data)
+            out = tls.data_to_send()
+            if out:
+                s.sendall(out)
+        head, got = got[:n], got[n:]
+        return head
+    s.sendall(tls.data_to_send())  # ClientHello
+    send(b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a")
+    assert receive(4) == b"\x20\x02\x00\x00"
+    send(b"\x82\x06\x00\x01\x00\x01t\x00")
+    assert receive(5) == b"\x90\x03\x00\x01\x00"
+    send(b"\x30\x04\x00\x01tx")
+    assert receive(6) == b"\x30\x04\x00\x01tx"
+    tls.close()
+    s.sendall(tls.data_to_send())
+    s.close()
+"""
+
+
+def test_a_tls_listener_brings_no_ssl_module(tmp_path):
+    # A TLS listener's broker uses _ssl's context, MemoryBIO and TLS objects (edgebroker/sslcore.py):
+    # not ssl.py, whose imports (socket.py, enum over hundreds of constants, re, base64) are about 2 MiB
+    # of resident memory, and not datetime (_strptime: re, calendar, locale) for its certificate's dates.
+    # A client connects over TLS, subscribes and gets its own PUBLISH back.
+    from tlscerts import make_certs
+    certs = make_certs(str(tmp_path / "certs"))
+    conf = tmp_path / "edgebroker.toml"
+    conf.write_text(f'allow_anonymous = true\n[[listener]]\nport = 0\naddress = "127.0.0.1"\n'
+                    f'certfile = {json.dumps(certs.server)}\nkeyfile = {json.dumps(certs.server_key)}\n')
+    probe = TLS_CLIENT + RUNNING_PROBE.replace("def client(port):", "def plain_client(port):").replace(
+        "serve = Server.serve_forever", f"""
+def client(port):
+    try:
+        tls_exchange(port, {certs.ca!r})
+        found.extend(sorted(m for m in names if m in sys.modules))
+        found.append("ok")
+    finally:
+        os.kill(os.getpid(), _signal.SIGTERM)
+
+serve = Server.serve_forever""")
+    names = NOT_WITH_FILE + ["ssl", "base64", "encodings.idna", "edgebroker.tlssocket", "_ssl"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_DATA_HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-S", "-c", probe, "-c", str(conf), "--"] + names, env=env,
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "exit 0 loaded: _ssl edgebroker.tlssocket ok"
+
+
 PROBE = """
 import json, sys
 from edgebroker.config import Config

@@ -46,6 +46,8 @@ LAYERS: Dict[str, int] = {
     "poller": 1,
     # The garbage collector's settings for a running broker: nothing of ours.
     "gcpolicy": 1,
+    # What tls uses of the standard library's ssl, from its C module _ssl: nothing of ours.
+    "sslcore": 0,
     # TLS as bytes in, bytes out (MemoryBIO + SSLObject): sans-IO like the codec; the loop and the
     # clients (tools, bridges) drive it.
     "tls": 1,

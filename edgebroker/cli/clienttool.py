@@ -129,7 +129,7 @@ def tls_context(o: Options) -> "ssl.SSLContext":
     try:
         context = client_context(cafile=o.cafile, capath=o.capath, certfile=o.certfile, keyfile=o.keyfile,
                                  insecure=o.insecure, tls_version=o.tls_version, ciphers=o.ciphers,
-                                 use_os_certs=o.tls_use_os_certs)
+                                 use_os_certs=o.tls_use_os_certs, blocking=True)
         if o.tls_alpn is not None:
             context.set_alpn_protocols([o.tls_alpn])
     except ConfigError as exc:
