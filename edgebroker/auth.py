@@ -79,13 +79,13 @@ class PasswordEntry:
     def verify(self, password: bytes) -> bool:
         """Does `password` hash to this entry? Compared in constant time. Costs `iterations` rounds of
         HMAC-SHA512 for $7$ (see docs/security.md for the cost): call it off the loop."""
-        import hashlib  # here, not at the top: OpenSSL's libcrypto is ~3.7 MiB of RSS a broker
-        import hmac     # without a password file does not need
+        from . import passhash  # OpenSSL's libcrypto (~3.7 MiB of RSS) only for many hashes: see there
         if self.kind == "sha512-pbkdf2":
-            computed = hashlib.pbkdf2_hmac("sha512", password, self.salt, self.iterations, len(self.digest))
+            computed = passhash.pbkdf2_sha512(password, self.salt, self.iterations, len(self.digest),
+                                              INLINE_ITERATIONS)
         else:
-            computed = hashlib.sha512(password + self.salt).digest()
-        return hmac.compare_digest(computed, self.digest)
+            computed = passhash.sha512(password + self.salt).digest()
+        return passhash.compare_digest(computed, self.digest)
 
     @property
     def expensive(self) -> bool:
@@ -173,17 +173,16 @@ class PasswordFile:
 
     def known_good(self, username: str, entry: PasswordEntry, password: bytes) -> bool:
         """Has this exact password been verified for this user before (cheap: one SHA-256)?"""
-        import hashlib
-        import hmac
+        from .passhash import compare_digest, sha256
         seen = self._verified.get(username)
-        return seen is not None and hmac.compare_digest(seen, hashlib.sha256(entry.salt + password).digest())
+        return seen is not None and compare_digest(seen, sha256(entry.salt + password).digest())
 
     def remember(self, username: str, entry: PasswordEntry, password: bytes) -> None:
         """Record a successful verification (only successes: every wrong guess costs the full hash)."""
-        import hashlib
+        from .passhash import sha256
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
-        self._verified[username] = hashlib.sha256(entry.salt + password).digest()
+        self._verified[username] = sha256(entry.salt + password).digest()
 
 
 def parse_password_file(text: str, path: str) -> PasswordFile:

@@ -48,6 +48,8 @@ LAYERS: Dict[str, int] = {
     "gcpolicy": 1,
     # What tls uses of the standard library's ssl, from its C module _ssl: nothing of ours.
     "sslcore": 0,
+    # The password files' hashes, built in or OpenSSL's: nothing of ours.
+    "passhash": 0,
     # TLS as bytes in, bytes out (MemoryBIO + SSLObject): sans-IO like the codec; the loop and the
     # clients (tools, bridges) drive it.
     "tls": 1,
