@@ -76,6 +76,9 @@ class Proc:
         """utime + stime of the process (all its threads); readable until it is reaped."""
         return cpu_seconds(self.p.pid)
 
+    def rss_kib(self) -> int:
+        return status_kib(self.p.pid, "VmRSS")
+
     def hwm_kib(self) -> int:
         """VmHWM, the peak RSS (gone once the process has exited)."""
         return status_kib(self.p.pid, "VmHWM")
@@ -150,6 +153,8 @@ class Gateway:
         #: Over every process of this gateway so far: CPU seconds since `mark()`, the highest VmHWM.
         self.cpu = 0.0
         self.hwm = 0
+        #: VmRSS of its first process once started and idle (its bridge connected, in B1), KiB.
+        self.start_rss = 0
         self._cpu0 = 0.0
 
     def start(self) -> None:
@@ -163,8 +168,11 @@ class Gateway:
         _wait(lambda: _accepts(self.port), 15, f"the {self.kind} gateway")
 
     def mark(self) -> None:
-        """Start counting CPU time here (the start-up before it is not the scenario's)."""
+        """Start counting CPU time here (the start-up before it is not the scenario's), and read the
+        start's RSS after 0.2 s of idling (what `python -m bench.growth` calls the start)."""
         assert self.proc is not None
+        time.sleep(0.2)
+        self.start_rss = self.proc.rss_kib()
         self.cpu = 0.0
         self._cpu0 = self.proc.cpu_s()
 
@@ -288,7 +296,7 @@ def throughput(kind: str, n: int, timeout: float = 120.0, quiet: float = 5.0) ->
         # Delivered messages per second: a gateway that drops some is not credited for them.
         out["msg/s"] = out["delivered"] / elapsed if sub.seqs else 0.0  # type: ignore[operator]
         gw.stop()
-        out.update(gateway_cpu=gw.cpu, gateway_hwm_kib=gw.hwm)
+        out.update(gateway_cpu=gw.cpu, gateway_hwm_kib=gw.hwm, gateway_start_kib=gw.start_rss)
         return out
     finally:
         if gw.proc:
@@ -341,7 +349,7 @@ def outage(kind: str, n: int, kill: bool, timeout: float = 120.0, quiet: float =
         queued_bytes = written + io0
         out.update({"lost": n - out["delivered"], "drain s": drain,  # type: ignore[operator]
                     "disk B/msg": queued_bytes / n, "total disk B": final.get("write_bytes", 0) + written,
-                    "gateway_cpu": gw.cpu, "gateway_hwm_kib": gw.hwm})
+                    "gateway_cpu": gw.cpu, "gateway_hwm_kib": gw.hwm, "gateway_start_kib": gw.start_rss})
         return out
     finally:
         if gw.proc:
@@ -366,8 +374,8 @@ def _outcome(res: Dict[str, object], n: int, t0: float, cpu0: float) -> Outcome:
     o.broker_cpu = float(res["gateway_cpu"])  # type: ignore[arg-type]
     o.hwm_kib = int(res["gateway_hwm_kib"])  # type: ignore[call-overload]
     delivered = int(res["delivered"])  # type: ignore[call-overload]
-    o.raw.update(received=delivered, expected=n, dups=res["dups"])
-    o.notes.append(f"delivered {delivered:,} of {n:,}")
+    o.raw.update(received=delivered, expected=n, dups=res["dups"], start_kib=res["gateway_start_kib"])
+    o.notes.append(f"delivered {delivered:,} of {n:,}; gateway VmRSS at start {res['gateway_start_kib'] / 1024:.1f} MiB")
     if res["dups"]:
         o.notes.append(f"{res['dups']:,} duplicates (QoS 1 allows them)")
     if not res["in order"]:

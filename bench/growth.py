@@ -6,6 +6,7 @@ scenario's load, edgebroker alone, for A/B comparisons of a change to what a mes
     .venv/bin/python -m bench.growth --scenarios S2q --detail             # and where it went
     .venv/bin/python -m bench.growth --tree /path/to/other/checkout       # another version
     .venv/bin/python -m bench.growth --broker mosquitto                   # Mosquitto's own growth
+    .venv/bin/python -m bench.growth --scenarios B1,B2,B3                 # a bridging gateway's
 
 Each round starts a fresh broker exactly as the benchmark does (bench/brokers.py: its interpreter, the
 scenario's generated configuration, the seeded database), reads VmRSS once it answers and has been idle
@@ -22,6 +23,10 @@ most each connection held at once: packets and bytes waiting in its output, pack
 control, bytes in its parser, messages queued and in flight for its session, inbound QoS 2 ids. The
 sampling and the report cost the broker CPU (its rates are not comparable) and a few KiB, and the
 wrapper's own start (runpy) about 0.5 MiB: compare growth, not start, with `--detail`. Only 127.0.0.1; every broker started is stopped at the end.
+
+The bridge rows (B1-B3, bench/bridge.py) start their own gateway and upstream: their start is the
+gateway's VmRSS once started and idle for 0.2 s (in B1 with its bridge connected; in B3 the first of its
+two processes), their peak the highest VmHWM of the gateway's processes; no `--detail` for them.
 """
 from __future__ import annotations
 
@@ -161,6 +166,14 @@ def _rounds(ids: list, rounds: int, detail: bool, quick: bool, kind: str = "edge
             for r in range(rounds):
                 report = os.path.join(work, f"{sid}-{r}.txt")
                 os.environ["EDGEBROKER_GROWTH_REPORT"] = report
+                if sc.hosted:
+                    if detail or sc.family != "B":
+                        raise SystemExit(f"{sid} starts its own processes: only B1-B3 of those, without --detail")
+                    outcome = sc.run(kind, sizes, 60)
+                    start, peak = outcome.raw["start_kib"], outcome.hwm_kib or 0
+                    print(f"{sid:10s} round {r + 1}: {outcome.status}, start {start / 1024:.2f} MiB, peak "
+                          f"{peak / 1024:.2f} MiB, growth {peak - start:,} KiB", flush=True)
+                    continue
                 b = brokers.Broker(kind, sc.max_queued, options=sc.options.get(kind, {}), tls=sc.tls)
                 b.start()
                 stop = threading.Event()
@@ -203,6 +216,8 @@ def _rounds(ids: list, rounds: int, detail: bool, quick: bool, kind: str = "edge
                     b.stop()
     finally:
         brokers.kill_all()
+        from bench import bridge
+        bridge.kill_started()
         import shutil
         shutil.rmtree(work, ignore_errors=True)
 

@@ -25,20 +25,22 @@ crash, whose delete was not yet committed, is sent twice (at least once); none i
 
 Name resolution (getaddrinfo blocks) runs on a short-lived thread per lookup that hands its result back
 through `server.wake()`; addresses that are IP literals need none.
+
+Imports: `_socket`, `_thread` and a deque, not socket.py (which loads enum, selectors and array),
+threading, queue, random or ipaddress: together about 1 MiB of resident memory for the gateway's whole
+life (bench/README.md, "Issue 19: the bridge rows").
 """
 from __future__ import annotations
 
+import _socket
+import _thread
 import errno
-import ipaddress
 import os
-import queue
-import random
-import socket
-import threading
 from collections import deque
 
 from . import log as L
 from .bridgeconfig import BridgeConfig, BridgeTopic
+from .config import literal_family
 from .packets import Will
 from .topics import filter_matches
 from .uplink import Acked, Connected, Lost, Received, Refused, Subscribed, UplinkSession
@@ -50,9 +52,12 @@ if TYPE_CHECKING:
 __all__ = ["Bridge", "start_bridges", "MEMORY_ROWS"]
 
 #: Oldest queued messages kept in memory per bridge; the rest stay on disk until the sender needs them.
-MEMORY_ROWS = 2000
-#: Rows read back from disk at a time.
-READ_ROWS = 500
+#: About 210 bytes each (the entry, its payload, its size): 256 keep a window of 20 fed for a dozen
+#: refills between reads, where 2,000 held 0.4 MiB more at B1's peak (bench/README.md, "Issue 19: the
+#: bridge rows").
+MEMORY_ROWS = 256
+#: Rows read back from disk at a time (one SELECT on the key).
+READ_ROWS = 128
 #: Output bytes waiting for the socket beyond which no more messages are taken from the queue this turn.
 BACKLOG_LIMIT = 256 * 1024
 #: Bytes read per recv.
@@ -67,6 +72,11 @@ PRIMARY_RETRY = 5.0
 LOG_INTERVAL = 60.0
 
 _IDLE, _RESOLVING, _CONNECTING, _MQTT, _UP, _STOPPED = "idle", "resolving", "connecting", "mqtt", "up", "stopped"
+
+
+def _uniform(low: float, high: float) -> float:
+    """A random float in [low, high) (random.uniform's job, without importing random: 0.2 MiB)."""
+    return low + (high - low) * (int.from_bytes(os.urandom(7), "big") >> 3) / (1 << 53)
 
 
 class _Entry:
@@ -122,7 +132,7 @@ class Bridge:
         # ---- the connection
         self.last_error = ""
         self.connects = 0
-        self._sock: Optional[socket.socket] = None
+        self._sock: Optional[_socket.socket] = None
         self._tls: Any = None
         self._backlog = b""
         self._writing = False
@@ -132,11 +142,12 @@ class Bridge:
         self._retry_at = 0.0
         self._sleep = config.restart_timeout
         self._gen = 0
-        self._results: "queue.SimpleQueue[Tuple[int, Any]]" = queue.SimpleQueue()
+        #: (gen, addresses or exception) from lookup threads (deque's append and popleft are atomic)
+        self._results: Deque[Tuple[int, Any]] = deque()
         self._last_traffic = 0.0
         self._log_at = -LOG_INTERVAL
         self._log_skipped = 0
-        self._probe: Optional[socket.socket] = None  # a connect to the primary while on a fallback
+        self._probe: Optional[_socket.socket] = None  # a connect to the primary while on a fallback
         self._probe_at = float("inf")
         #: acknowledgements of messages from the remote wait for the commit that makes them durable
         self._acks_held = False
@@ -384,32 +395,29 @@ class Bridge:
     def _resolve(self, host: str, port: int, gen: int) -> Optional[List[Tuple]]:
         """The address of a literal host at once; None for a host name, whose getaddrinfo (which
         blocks) runs on a thread of its own and comes back as (gen, result) through the loop's wake."""
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            results, wake = self._results, self.server.wake
+        family = literal_family(host)
+        if family == _socket.AF_INET:
+            return [(_socket.AF_INET, _socket.SOCK_STREAM, 0, "", (host, port))]
+        if family == _socket.AF_INET6:
+            return [(_socket.AF_INET6, _socket.SOCK_STREAM, 0, "", (host, port, 0, 0))]
+        results, wake = self._results, self.server.wake
 
-            def lookup() -> None:
-                try:
-                    result: Any = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-                except (OSError, UnicodeError) as exc:
-                    result = exc.with_traceback(None)  # else a cycle through this frame per failed lookup
-                results.put((gen, result))
-                wake()
+        def lookup() -> None:
+            try:
+                result: Any = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:
+                result = exc.with_traceback(None)  # else a cycle through this frame per failed lookup
+            results.append((gen, result))
+            wake()
 
-            threading.Thread(target=lookup, name=f"resolve-{self.name}", daemon=True).start()
-            return None
-        if literal.version == 4:
-            return [(socket.AF_INET, socket.SOCK_STREAM, 0, "", (host, port))]
-        return [(socket.AF_INET6, socket.SOCK_STREAM, 0, "", (host, port, 0, 0))]
+        _thread.start_new_thread(lookup, ())  # a daemon thread: never waited for at exit
+        return None
 
     def on_wake(self, now: float) -> None:
         """A lookup finished (on the loop's thread)."""
-        while True:
-            try:
-                gen, result = self._results.get_nowait()
-            except queue.Empty:
-                return
+        results = self._results
+        while results:
+            gen, result = results.popleft()
             if gen == -self._gen and self.state == _UP:  # the primary's address, for a probe
                 self._probe_resolved(result, now)
                 continue
@@ -425,7 +433,7 @@ class Bridge:
         """Start a non-blocking connect to the next resolved address; the loop says when it is done."""
         while self._infos:
             family, kind, proto, _, address = self._infos.pop(0)
-            sock = socket.socket(family, kind, proto)
+            sock = _socket.socket(family, kind, proto)
             sock.setblocking(False)
             err = sock.connect_ex(address)
             if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
@@ -441,7 +449,7 @@ class Bridge:
         sock = self._sock
         if sock is None or self.state != _CONNECTING:
             return
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         self.server.remove_writer(sock)
         if err:
             sock.close()
@@ -453,7 +461,7 @@ class Bridge:
                 self._failed(f"connect failed: {os.strerror(err)}", now)
             return
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
             pass
         self.server.add_reader(sock, self._on_readable)
@@ -540,7 +548,7 @@ class Bridge:
         if isinstance(result, BaseException) or not result or self._probe is not None:
             return
         family, kind, proto, _, address = result[0]
-        sock = socket.socket(family, kind, proto)
+        sock = _socket.socket(family, kind, proto)
         sock.setblocking(False)
         if sock.connect_ex(address) not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
             sock.close()
@@ -552,7 +560,7 @@ class Bridge:
         sock = self._probe
         if sock is None:
             return
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         self._end_probe()
         if err or self.state != _UP:
             return
@@ -640,7 +648,7 @@ class Bridge:
         if c.restart_timeout_cap is None:
             wait = c.restart_timeout
         else:  # decorrelated jitter (Mosquitto 2.0's restart_timeout BASE CAP)
-            self._sleep = min(c.restart_timeout_cap, random.uniform(c.restart_timeout, self._sleep * 3))
+            self._sleep = min(c.restart_timeout_cap, _uniform(c.restart_timeout, self._sleep * 3))
             wait = self._sleep
         if was_up:
             wait = min(wait, c.restart_timeout)  # a link that was up comes back quickly first

@@ -270,7 +270,9 @@ _DEL_MESSAGE = "DELETE FROM messages WHERE id = ?"
 _UPD_DELIVERY = "UPDATE deliveries SET packet_id = ?, state = ? WHERE seq = ?"
 _DEL_DELIVERY = "DELETE FROM deliveries WHERE seq = ?"
 _INS_BRIDGE = "INSERT INTO bridge_queue (seq, bridge, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)"
-_DEL_BRIDGE = "DELETE FROM bridge_queue WHERE seq = ?"
+#: A run of consecutive seqs (a remote acknowledges in order): one buffered entry, [first, last], for a
+#: whole drain instead of one per row (90 bytes each, up to DEFER_MAX_OPS of them for a second).
+_DEL_BRIDGE = "DELETE FROM bridge_queue WHERE seq BETWEEN ? AND ?"
 _INS_INBOUND = ("INSERT OR REPLACE INTO inbound_qos2 (client_id, packet_id, topic, payload, retain) "
                 "VALUES (?, ?, ?, ?, ?)")
 _DEL_INBOUND = "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?"
@@ -426,6 +428,8 @@ class SqliteStore(NullStore):
         self._last_msg_id = 0
         #: the same for bridge rows (their own seq space): seq -> (index, counted in `waiting`)
         self._bridge_inserts: Dict[int, Tuple[int, bool]] = {}
+        #: the [first, last] of the newest buffered _DEL_BRIDGE, extended in place by the next seq
+        self._bridge_run: Optional[List[int]] = None
         #: "periodic": the buffer's length at which it is next looked at for compaction, and how many
         #: cancelled entries compaction dropped since the last commit (autosave_on_changes counts them)
         self._compact_at = COMPACT_AT
@@ -701,7 +705,14 @@ class SqliteStore(NullStore):
             if pending[1]:
                 self.waiting -= 1
             return
-        self._ops.append((_DEL_BRIDGE, (seq,)))
+        # Its row was committed (else its INSERT would be pending above), as was every row of the run:
+        # extending the run, which sits earlier in the buffer, deletes the same rows.
+        run = self._bridge_run
+        if run is not None and run[1] == seq - 1:
+            run[1] = seq
+            return
+        run = self._bridge_run = [seq, seq]
+        self._ops.append((_DEL_BRIDGE, run))
 
     def bridge_pending(self) -> bool:
         return bool(self._bridge_inserts)
@@ -811,6 +822,7 @@ class SqliteStore(NullStore):
             if since is None:
                 if not any(ops):  # only cancelled changes (deliveries acknowledged in the window)
                     ops.clear()
+                    self._bridge_run = None
                     return
                 self._deferred_since = now
                 return
@@ -860,6 +872,7 @@ class SqliteStore(NullStore):
             self._on_error(exc, now)
             return
         ops.clear()
+        self._bridge_run = None
         self._compact_at = COMPACT_AT
         self._compacted = 0
         self.waiting = 0
@@ -921,6 +934,7 @@ class SqliteStore(NullStore):
                 if op is not None and op[0] is _OWN and op[2].store_id == -2 - i:  # type: ignore[misc]
                     op[2].store_id = 0  # type: ignore[misc]
             self._ops.clear()
+            self._bridge_run = None
             self._compact_at = COMPACT_AT
             self._compacted = 0
             self._inserts.clear()

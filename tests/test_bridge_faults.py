@@ -471,3 +471,14 @@ def test_a_connack_that_never_comes_ends_the_attempt_after_the_keepalive(tmp_pat
     proxy.release()  # the current attempt's CONNACK goes through: connected at last
     bridge_up(gw)
     gw.stop()
+
+
+def test_reconnect_backoff_draws_uniformly_between_its_bounds():
+    """restart_timeout BASE CAP: each wait is drawn uniformly from [BASE, 3 x the last wait) (bridge.py's
+    _uniform, os.urandom's bits instead of the random module)."""
+    from edgebroker.bridge import _uniform
+    draws = [_uniform(2.0, 6.0) for _ in range(2000)]
+    assert all(2.0 <= d < 6.0 for d in draws)
+    assert 3.8 < sum(draws) / len(draws) < 4.2  # the mean is 4.0, its standard error 0.026
+    assert min(draws) < 2.2 and max(draws) > 5.8
+    assert len(set(draws)) > 1990

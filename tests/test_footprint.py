@@ -200,6 +200,28 @@ serve = Server.serve_forever""")
     assert out.stdout.strip().splitlines()[-1] == "exit 0 loaded: _ssl edgebroker.tlssocket ok"
 
 
+#: Kept out of a bridging gateway (bench/README.md, "Issue 19: the bridge rows"): bridge.py works with
+#: `_socket`, `_thread` and a deque, so a bridge to an IP literal loads none of socket.py, threading,
+#: queue, random or ipaddress (about 1.3 MiB together); only a TLS bridge brings OpenSSL (tls.py).
+NOT_IN_A_BRIDGE = WRAPPERS + NOT_AT_START + ["enum", "threading", "queue", "random", "ipaddress", "math",
+                                            "ssl", "edgebroker.tls", "edgebroker.devices"]
+
+
+def test_a_bridge_brings_no_wrapper_and_no_thread_module(tmp_path):
+    # The bridge's remote is a loopback port nobody listens on: its first connect fails and is retried,
+    # which the probe's client does not wait for; what the start imported is what is checked.
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(f'persistence_location = "{tmp_path}"\nallow_anonymous = true\n'
+                    f'[[listener]]\nport = 0\naddress = "127.0.0.1"\n\n[[bridge]]\nconnection = "cloud"\n'
+                    f'address = "127.0.0.1:{closed}"\ntopic = ["s/# out 1"]\nrestart_timeout = 30\n')
+    assert _running(tmp_path, ["-c", str(conf)], NOT_IN_A_BRIDGE + ["_sqlite3", "edgebroker.bridge"]) == \
+        "exit 0 loaded: _sqlite3 edgebroker.bridge ok"
+
+
 PROBE = """
 import json, sys
 from edgebroker.config import Config

@@ -723,6 +723,35 @@ def test_delivery_acknowledged_before_its_row_is_written_costs_no_write(tmp_path
     store.close()
 
 
+def test_bridge_rows_acknowledged_in_order_wait_for_the_commit_as_one_run(tmp_path):
+    """A remote acknowledges a bridge's messages in order: the deletes of their rows wait for the next
+    commit as one buffered run (a DELETE of seq BETWEEN first AND last), not one buffered entry per row,
+    the memory a drain of thousands held for up to DEFER_MAX_AGE. Out of order, around a row whose
+    INSERT is still buffered, and across bridges sharing the sequence, exactly the removed rows go."""
+    cfg = config(tmp_path)
+    store = SqliteStore(cfg.database_path())
+    path = Path(cfg.database_path())
+    for seq in range(1, 2001):
+        store.bridge_add(seq, "b" if seq % 10 else "c", f"t/{seq}", b"x", 1, False)
+    store.commit(0.0)
+    assert db_query(path, "SELECT count(*) FROM bridge_queue") == [(2000,)]
+    for seq in range(1, 1001):
+        store.bridge_remove(seq)
+    assert len(store.buffered) == 1
+    store.bridge_add(2001, "b", "t/2001", b"x", 1, False)  # its INSERT buffered: removing it cancels it
+    for seq in (1002, 1001, 1004, 2001, 1005, 1003, 1500):
+        store.bridge_remove(seq)
+    assert db_query(path, "SELECT count(*) FROM bridge_queue") == [(2000,)], "committed before it was due"
+    store.commit(0.1, force=True)
+    left = [s for (s,) in db_query(path, "SELECT seq FROM bridge_queue ORDER BY seq")]
+    assert left == [s for s in range(1006, 2001) if s != 1500]
+    store.bridge_remove(1007)  # a new run after the commit: 1006 stays
+    store.bridge_remove(1008)
+    store.commit(0.2, force=True)
+    assert db_query(path, "SELECT min(seq), count(*) FROM bridge_queue") == [(1006, 992)]
+    store.close()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3: a clean restart keeps retained messages and persistent sessions, nothing else
 # ---------------------------------------------------------------------------------------------------------
