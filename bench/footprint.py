@@ -15,7 +15,8 @@ broker has it (bench/brokers.py, `compile_bytecode`):
    as the main benchmark starts it (bench/brokers.py, `broker_python`: this venv's Python without the
    editable install's hooks, as an installed broker starts):
    after start, with `-c` (a mosquitto.conf, whose persistence is off by default as in Mosquitto, and a
-   TOML file, each setting max_queued_messages), then with a persistent session
+   TOML file, each setting max_queued_messages; a TOML file with a TLS listener, one TLS client served;
+   one with a password file, one client logged in), then with a persistent session
    holding N queued QoS 1 messages of 64 B (S8's load, sent by one raw-socket publisher with 64 in
    flight), then after the session reconnected and drained them; and the RSS by mapping at the end.
 Only 127.0.0.1, a port chosen by the broker (-p 0); every process started is killed at the end.
@@ -37,7 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import wire  # noqa: E402
-from bench.brokers import broker_python, compile_bytecode, kill_all, mosquitto_binary, repo_python  # noqa: E402
+from bench.brokers import (  # noqa: E402
+    broker_python, compile_bytecode, kill_all, mosquitto_binary, repo_python, tls_files,
+)
 
 KIB = 1024.0
 
@@ -152,14 +155,20 @@ def _smaps(pid: int) -> Dict[str, int]:
 
 
 class _Client:
-    """A blocking raw-socket MQTT client: just enough for a queue and its drain."""
+    """A blocking raw-socket MQTT client: just enough for a queue and its drain (over TLS with `cafile`,
+    the broker's certificate for localhost; logged in with `login`, a username and password)."""
 
-    def __init__(self, port: int, client_id: str, clean: bool) -> None:
+    def __init__(self, port: int, client_id: str, clean: bool, cafile: Optional[str] = None,
+                 login: Optional[Tuple[str, str]] = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if cafile is not None:
+            import ssl
+            self.sock = ssl.create_default_context(cafile=cafile).wrap_socket(self.sock, server_hostname="localhost")
         self.buf = b""
         self.counts: Dict[int, int] = {}
-        self.sock.sendall(wire.connect(client_id, clean=clean))
+        user, password = login or (None, None)
+        self.sock.sendall(wire.connect(client_id, clean=clean, username=user, password=password))
         self.wait(2, 1)
 
     def wait(self, packet_type: int, count: int) -> int:
@@ -264,6 +273,33 @@ def broker_table(queued: int) -> List[str]:
         row("started with -c FILE.conf (mosquitto.conf syntax: persistence false)", proc.pid)
         proc.terminate()
         proc.wait()
+        # What a TLS listener and a password file cost (bench/README.md, "Issue 19: what a TLS listener
+        # and a password file cost"): each with one client served, as S2-tls and S6-auth start.
+        cert, key = tls_files()
+        import base64
+        import hashlib
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", b"pw", salt, 101)
+        with open(os.path.join(tmp, "passwd"), "w") as f:
+            f.write(f"gw:$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}\n")
+        for label, text, client in (
+                ("a TLS listener, one TLS client connected",
+                 f'allow_anonymous = true\n[[listener]]\nport = 0\naddress = "127.0.0.1"\n'
+                 f'certfile = "{cert}"\nkeyfile = "{key}"\n', {"cafile": cert}),
+                ("a password file, one client logged in ($7$, 101 iterations)",
+                 f'password_file = "{os.path.join(tmp, "passwd")}"\n', {"login": ("gw", "pw")})):
+            fconf = os.path.join(tmp, "served.toml")
+            with open(fconf, "w") as f:
+                f.write(text)
+            proc, port = start(["-c", fconf])
+            served = _Client(port, "footprint-served", clean=True, **client)
+            served.sock.sendall(wire.subscribe(1, [("footprint", 0)]))
+            served.wait(9, 1)  # SUBACK: served (a refused login would have been closed)
+            time.sleep(0.3)
+            row(f"started with -c, {label}", proc.pid)
+            served.close()
+            proc.terminate()
+            proc.wait()
         proc, port = start(["-c", conf])
         row("started with -c edgebroker.toml", proc.pid)
         started_rss = _status(proc.pid)["VmRSS"]

@@ -23,6 +23,8 @@ def test_every_table_comes_out_with_figures():
     states = {row.split("|")[1].strip(): row for row in rows}
     for state in ("started again, existing database", "started with -c edgebroker.toml",
                   "started with -c FILE.conf (mosquitto.conf syntax: persistence false)",
+                  "started with -c, a TLS listener, one TLS client connected",
+                  "started with -c, a password file, one client logged in ($7$, 101 iterations)",
                   "300 QoS 1 messages of 64 B queued for an offline session", "after the session drained them"):
         assert re.search(r"\| \d+\.\d \| \d+\.\d \|", states[state]), state
     assert re.search(r"Per queued message: -?\d+ bytes", text)
