@@ -53,6 +53,9 @@ class Sizes:
     s5_seconds: float = 10.0
     s6_conns: int = 2000
     s6_concurrency: int = 64
+    #: S6-seq: S6's connections one at a time (the next once the last has its SUBACK): a fleet
+    #: reconnecting after a power cut, device by device
+    s6_seq_conns: int = 2000
     s7_topics: int = 10_000
     #: S7h and S7f: this many retained messages, replayed to a `#` subscriber (S7h) or to one SUBSCRIBE
     #: of s7f_filters wildcard filters, each matching s7f_topics / s7f_filters of them (S7f).
@@ -405,13 +408,14 @@ def run_s5(target: Any, sz: Sizes, timeout: float) -> Outcome:
 
 # ---- S6 idle connections --------------------------------------------------------------------------
 
-def run_s6(target: Any, sz: Sizes, timeout: float, auth: str = "") -> Outcome:
+def run_s6(target: Any, sz: Sizes, timeout: float, auth: str = "", one_at_a_time: bool = False) -> Outcome:
     t0 = time.monotonic()
     hard = t0 + timeout
     pool = Pool()
+    conns, concurrency = (sz.s6_seq_conns, 1) if one_at_a_time else (sz.s6_conns, sz.s6_concurrency)
     try:
         go_connect, go_publish = CTX.Event(), CTX.Event()
-        pool.spawn("idle", workers.idle_worker, target.port, sz.s6_conns, sz.s6_concurrency, sz.payload,
+        pool.spawn("idle", workers.idle_worker, target.port, conns, concurrency, sz.payload,
                    go_connect, go_publish, hard - _soft(timeout), auth)
         if not pool.wait("ready", ["idle"], hard):
             return _timeout_outcome(pool, "the idle-connection worker")
@@ -419,7 +423,7 @@ def run_s6(target: Any, sz: Sizes, timeout: float, auth: str = "") -> Outcome:
         rss_before = target.rss_kib()
         go_connect.set()
         if not pool.wait("connected", ["idle"], hard):
-            return _timeout_outcome(pool, f"{sz.s6_conns} connections")
+            return _timeout_outcome(pool, f"{conns} connections")
         time.sleep(0.2)
         rss_after = target.rss_kib()
         go_publish.set()
@@ -432,12 +436,12 @@ def run_s6(target: Any, sz: Sizes, timeout: float, auth: str = "") -> Outcome:
             o.status = "ERROR"
             o.detail = r["error"]
             if "connected" in r:
-                o.detail += f" (connected {r['connected']:,} of {sz.s6_conns:,})"
+                o.detail += f" (connected {r['connected']:,} of {conns:,})"
             return o
         problems = []
-        if r.get("connected", 0) < sz.s6_conns:
+        if r.get("connected", 0) < conns:
             errs = f", {r['errors']} errors: {'; '.join(r.get('first_errors', []))}" if r.get("errors") else ""
-            problems.append(f"connected {r.get('connected', 0):,} of {sz.s6_conns:,}{errs}")
+            problems.append(f"connected {r.get('connected', 0):,} of {conns:,}{errs}")
         if r.get("received", 0) < r.get("connected", 0):
             problems.append(f"received {r.get('received', 0):,} of {r.get('connected', 0):,}")
         if r.get("wrong_topic"):
@@ -447,7 +451,7 @@ def run_s6(target: Any, sz: Sizes, timeout: float, auth: str = "") -> Outcome:
             o.status = "TIMEOUT" if r.get("stopped", "").startswith("deadline") else "FAIL"
             o.detail = "; ".join(problems) + (f" ({r['stopped']})" if r.get("stopped") else "")
             return o
-        o.metrics.update(connect_s=r["connect_s"], rss_per_conn=(rss_after - rss_before) / sz.s6_conns,
+        o.metrics.update(connect_s=r["connect_s"], rss_per_conn=(rss_after - rss_before) / conns,
                          deliver_ms=r["deliver_s"] * 1e3)
         return o
     finally:
@@ -460,6 +464,10 @@ def run_s6_auth(target: Any, sz: Sizes, timeout: float) -> Outcome:
 
 def run_s6_auth1(target: Any, sz: Sizes, timeout: float) -> Outcome:
     return run_s6(target, sz, timeout, "one")
+
+
+def run_s6_seq(target: Any, sz: Sizes, timeout: float) -> Outcome:
+    return run_s6(target, sz, timeout, one_at_a_time=True)
 
 
 _password_files: Dict[int, str] = {}
@@ -756,6 +764,10 @@ def scenarios(sz: Sizes) -> List[Scenario]:
                   Metric("rss_per_conn", "RSS per connection, KiB", "lower", ms),
                   Metric("deliver_ms", "1 msg to each, all received, ms", "lower", ms)), run_s6_auth1, family="S6",
                  options={k: {"password_file": s6_password_file(sz.s6_conns)} for k in ("edgebroker", "mosquitto")}),
+        Scenario("S6-seq", f"S6's handshake, {sz.s6_seq_conns:,} connections one at a time (each connects, sends "
+                           "CONNECT + SUBSCRIBE and has its SUBACK before the next starts: a fleet reconnecting)",
+                 (Metric("connect_s", "connect + subscribe all, one at a time, s", "lower", "{:,.2f}"),
+                  Metric("rss_per_conn", "RSS per connection, KiB", "lower", ms)), run_s6_seq, family="S6"),
         Scenario("S7", f"{sz.s7_topics:,} retained messages to a new bench/retained/# subscriber",
                  (Metric("ms", "SUBSCRIBE to last retained, ms", "lower", ms),), run_s7),
         Scenario("S7h", f"{sz.s7f_topics:,} retained messages to a new `#` subscriber",

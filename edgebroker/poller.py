@@ -65,6 +65,18 @@ class Poller:
         self._store(fileobj, fd, events, data)
         self._max_events = len(self._files)
 
+    def register_read(self, fd: int, fileobj: Any, data: Any) -> None:
+        """`register(fileobj, EVENT_READ, data)` for a descriptor the caller knows (`fd`): a socket just
+        accepted, the connect path's one registration, without the general call's steps."""
+        files = self._files
+        if self._epoll is None or fd in files:
+            self.register(fileobj, EVENT_READ, data)  # (raises KeyError for a second registration)
+            return
+        self._epoll.register(fd, _EPOLLIN)
+        files[fd] = fileobj
+        self._readable[fd] = (data, EVENT_READ)
+        self._max_events = len(files)
+
     def modify(self, fileobj: Any, events: int, data: Any = None) -> None:
         fd = self._fd(fileobj)
         key = self._key(fd)

@@ -663,8 +663,25 @@ class Server:
         # instructions (most of the loop's work for a batch of one). Where the count is not known (0 at
         # first: not Linux, a Unix socket, a spurious wake-up), until then as before.
         left = ACCEPT_BATCH
+        # What every connection of the batch shares, looked up once (a connect storm's batches are
+        # full): a connection's own work is then its objects, its system calls and its log line.
+        family = ls.family
+        tcp = family != _socket.AF_UNIX
+        plain = tcp and ls.tls is None
+        broker = self.broker
+        stats = broker.stats
+        security = broker.security_for(ls.index)
+        port = ls.port
+        config = self.config
+        nodelay = config.set_tcp_nodelay
+        set_nodelay = tcp and nodelay != ls.nodelay
+        messages = config.connection_messages
+        register = self._sel.register_read
+        accept = ls.sock._accept  # type: ignore[attr-defined]
+        socket_type = _socket.SocketType
+        stream = _socket.SOCK_STREAM
         while left:
-            waiting = accept_queue(ls.sock) if ls.family != _socket.AF_UNIX else 0
+            waiting = accept_queue(ls.sock) if tcp else 0
             if waiting:
                 batch = waiting if waiting < left else left
             elif left < ACCEPT_BATCH:
@@ -676,29 +693,28 @@ class Server:
                 try:
                     # accept() less its wrapper: the socket module's Python class costs 40 bytes more per
                     # connection than the C socket it wraps, and the loop needs none of what it adds.
-                    fd, addr = ls.sock._accept()  # type: ignore[attr-defined]
+                    fd, addr = accept()
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:
                     if exc.errno in OUT_OF_DESCRIPTORS:
                         self._out_of_descriptors(ls, now, exc)
                     else:
-                        self.log(L.ERR, f"Error accepting a connection on port {ls.port}: {exc.strerror}.")
+                        self.log(L.ERR, f"Error accepting a connection on port {port}: {exc.strerror}.")
                     return
                 if self._fd_episode is not None:
-                    refused = self.broker.stats.connections_refused - self._fd_episode
+                    refused = stats.connections_refused - self._fd_episode
                     self._fd_episode = None
                     self.log(L.NOTICE, f"Accepting connections again ({refused} refused while out of file "
                                        f"descriptors).")
-                sock = _socket.SocketType(ls.family, _socket.SOCK_STREAM, 0, fd)
-                peer = f"{addr[0]}:{addr[1]}" if ls.family != _socket.AF_UNIX else "unix socket"
+                sock = socket_type(family, stream, 0, fd)
+                peer = f"{addr[0]}:{addr[1]}" if tcp else "unix socket"
                 if 0 <= limit <= ls.count:
                     self.log(L.NOTICE, f"Client connection from {peer} denied: max_connections exceeded.")
                     sock.close()
                     continue
                 sock.setblocking(False)
-                nodelay = self.config.set_tcp_nodelay
-                if nodelay != ls.nodelay and ls.family != _socket.AF_UNIX:
+                if set_nodelay:
                     # We batch writes ourselves (one send per connection per turn); Nagle would only add
                     # latency to the small packets that remain. Set here only where the socket did not
                     # inherit it from its listener (or a reload turned the option off).
@@ -706,16 +722,16 @@ class Server:
                         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, int(nodelay))
                     except OSError:
                         pass
-                self.broker.stats.sockets += 1
-                conn = self.broker.connection_made(peer, ls.port, now)
+                stats.sockets += 1
+                conn = broker.connection_made(peer, port, now)
                 conn.handle = sock if ls.tls is None else self._tls_socket(sock, ls, conn)
-                conn.security = self.broker.security_for(ls.index)
+                conn.security = security
                 ls.count += 1
                 conn.listener = ls
-                self._sel.register(conn.handle, EVENT_READ, conn)  # type: ignore[arg-type]
-                if self.config.connection_messages:
-                    self.log(L.NOTICE, f"New connection from {peer} on port {ls.port}.")
-                if ready is not None and ls.tls is None and ls.family != _socket.AF_UNIX and bytes_received(sock):
+                register(fd, conn.handle, conn)
+                if messages:
+                    self.log(L.NOTICE, f"New connection from {peer} on port {port}.")
+                if plain and ready is not None and bytes_received(sock):
                     ready.append((conn, EVENT_READ))  # read in this turn: one turn less per connection
             if waiting == 1:
                 return  # a lone one (a device reconnecting): any that came since are the next turn's

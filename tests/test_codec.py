@@ -812,3 +812,89 @@ def test_a_read_of_one_malformed_publish_raises_with_no_packets(packet):
 def test_a_bytearray_read_takes_the_long_path_and_gives_bytes():
     got = Parser().feed(bytearray(w.publish("s/t", b"21.5")))
     assert got[0].payload == b"21.5" and got[0].payload.__class__ is bytes
+
+
+# ---- a connection's first read: CONNECT (and SUBSCRIBE), Parser.feed's handshake path ---------------
+
+@st.composite
+def handshakes(draw) -> bytes:
+    """A first read as clients send it: an MQTT 3.1.1 CONNECT (with or without credentials, sometimes a
+    will, sometimes MQTT 3.1), alone or followed by a SUBSCRIBE of one filter or a few."""
+    username = draw(st.none() | texts)
+    password = draw(st.none() | st.binary(max_size=30)) if username is not None else None
+    will = draw(st.none() | wills) if draw(st.integers(0, 4)) == 0 else None
+    name, level = ("MQTT", 4) if draw(st.integers(0, 4)) else ("MQIsdp", 3)
+    data = w.connect(draw(texts), draw(st.booleans()), draw(st.integers(0, 65535)), will, username, password,
+                     name, level)
+    if draw(st.booleans()):
+        filters = st.one_of(topic_names, topic_filters())
+        data += w.subscribe(draw(packet_ids), draw(st.lists(st.tuples(filters, st.integers(0, 2)), min_size=1,
+                                                            max_size=1 if draw(st.integers(0, 3)) else 3)))
+    return data
+
+
+def _general(data: bytes) -> Tuple[list, bool]:
+    """What the general walk of Parser.feed makes of `data` (a bytearray never takes the handshake path)."""
+    try:
+        return Parser(512 * 1024).feed(bytearray(data)), False
+    except MalformedPacket as exc:
+        return exc.packets, True
+
+
+@pytest.mark.parametrize("data", [
+    w.connect("bench-idle-7", True, 0) + w.subscribe(1, [("bench/idle/7", 0)]),  # S6's handshake
+    w.connect("bench-idle-7", True, 0, username="bench-idle-7", password=b"pw-7")
+    + w.subscribe(1, [("bench/idle/7", 0)]),                                       # S6-auth's
+    w.connect("sensor-1", False, 60),                                               # paho's: CONNECT alone
+    w.connect("", True, 60, username="u"),
+    w.connect("é", True, 5) + w.subscribe(65535, [("a/é", 2)]),
+])
+def test_the_usual_first_reads_take_the_handshake_path_and_decode_as_the_general_walk(data):
+    from edgebroker import codec
+    fast = codec._handshake(data, len(data))
+    assert fast is not None  # the path is taken (else the property below would hold trivially)
+    assert typed(Parser(512 * 1024).feed(data)) == typed(fast) == typed(_general(data)[0])
+
+
+@FAST
+@given(handshakes() | mutated() | st.builds(lambda a, b: a + b, handshakes(), st.binary(max_size=8)), st.data())
+def test_property_handshake_path_says_yes_only_to_what_the_general_walk_decodes_the_same(data, d):
+    """The handshake path returns exactly the general walk's packets or declines (None); a read of any
+    kind, whole or in chunks, decodes the same through feed as through the general walk alone."""
+    from edgebroker import codec
+    fast = codec._handshake(data, len(data)) if len(data) >= 14 and data[0] == 0x10 else None  # (its caller's test)
+    general, raised = _general(data)
+    if fast is not None:
+        assert not raised and typed(fast) == typed(general)
+    try:
+        whole, whole_raised = Parser(512 * 1024).feed(data), False
+    except MalformedPacket as exc:
+        whole, whole_raised = exc.packets, True
+    assert whole_raised == raised and typed(whole) == typed(general)
+    chunked, chunk_raised = feed_chunks(d.draw(chunkings(data)), Parser(512 * 1024))
+    assert chunk_raised == raised
+    if not raised:
+        assert typed(chunked) == typed(general)
+
+
+@pytest.mark.parametrize("data", [
+    w.connect("c", True, 0) + b"\x82\x85\x00\x01\x00\x80" + b"a" * 128 + b"\x00",  # a two-byte remaining length
+    w.connect("c", True, 0, will=p.Will("w/t", b"gone", 1, False)),                # a will
+    w.connect("c", True, 0, proto_name="MQIsdp", level=3),                          # MQTT 3.1
+    w.connect("c", True, 0, level=0x84),                                            # a bridge
+    w.connect("c", True, 0) + w.subscribe(1, [("a", 0), ("b", 1)]),                 # two filters
+    w.connect("c", True, 0) + w.subscribe(1, [("a/+", 0)]),                         # a wildcard
+    w.connect("c", True, 0) + w.subscribe(1, [("a", 0)]) + w.pingreq(),             # more after it
+    w.connect("c", True, 0) + w.subscribe(0, [("a", 0)]),                           # packet id 0
+    w.connect("c", True, 0) + w.subscribe(1, [("a", 3)]),                           # QoS 3
+    w.connect("c\x00", True, 0),                                                    # U+0000
+    w.connect("c", True, 0, flags_override=0x03),                                   # the reserved flag
+])
+def test_other_first_reads_are_left_to_the_general_walk(data):
+    from edgebroker import codec
+    assert codec._handshake(data, len(data)) is None
+    try:
+        got, raised = Parser(512 * 1024).feed(data), False
+    except MalformedPacket as exc:
+        got, raised = exc.packets, True
+    assert (typed(got), raised) == (typed(_general(data)[0]), _general(data)[1])

@@ -136,3 +136,20 @@ def test_a_reader_that_also_waits_to_write_gets_its_read_while_its_send_buffer_i
     poller.modify(a, EVENT_READ, "idle")
     assert poller.poll(0) == [("idle", EVENT_READ)] and poller.get_key(a).data == "idle"
     assert poller.unregister(a).data == "idle"
+
+
+def test_register_read_is_register_for_reading(poller: Poller, pair) -> None:
+    """The accept path's registration (`register_read`, its descriptor given) is `register(..., EVENT_READ,
+    data)`: the same key, the same events reported, unregistered the same way; a second one is an error."""
+    a, b = pair
+    poller.register_read(a.fileno(), a, "a")
+    key = poller.get_key(a)
+    assert (key.fileobj, key.fd, key.events, key.data) == (a, a.fileno(), EVENT_READ, "a")
+    with pytest.raises(KeyError):
+        poller.register_read(a.fileno(), a, "again")
+    b.send(b"x")
+    assert poller.poll(1.0) == [("a", EVENT_READ)]
+    poller.modify(a, EVENT_READ | EVENT_WRITE, "a")
+    assert poller.poll(1.0) == [("a", EVENT_READ | EVENT_WRITE)]
+    poller.unregister(a)
+    assert poller.poll(0) == []
