@@ -10,9 +10,11 @@ enums, and three small methods of ssl.SSLContext, which are written again below 
 effect. The contexts are the same OpenSSL objects either way: same options, same defaults, same
 handshake.
 
-`load()` returns this module when `_ssl` has everything used here. Otherwise (a Python whose `_ssl` has
-changed, or Windows, where `load_default_certs` also reads the system's stores) it returns the
-standard `ssl` module, which has the same names. tls.py uses only names that both have.
+`load()` returns this module when `_ssl` has everything used here and a client's first handshake step
+works through it (a self-check: a ClientHello with our ALPN list must come out; about 1 ms, once per
+process). Otherwise (a Python whose `_ssl` has changed, or Windows, where `load_default_certs` also
+reads the system's stores) it returns the standard `ssl` module, which has the same names. tls.py uses
+only names that both have.
 
 One difference from ssl: `SSLContext.wrap_bio` returns `_ssl`'s own TLS object, not an
 `ssl.SSLObject` around it. Its methods have the same names and take positional arguments, except
@@ -103,9 +105,32 @@ _CONTEXT_METHODS = ("_wrap_bio", "_set_alpn_protocols", "set_default_verify_path
                     "check_hostname")
 
 
+def _works() -> bool:
+    """A client's first handshake step through this module: a ClientHello must come out of wrap_bio's
+    object (so a `_ssl` whose calls changed is not used)."""
+    ctx = SSLContext(PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = CERT_NONE
+    ctx.set_alpn_protocols(["mqtt"])
+    incoming, outgoing = MemoryBIO(), MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, False, "localhost")
+    try:
+        obj.do_handshake()
+    except SSLWantReadError:
+        pass
+    hello = outgoing.read()
+    return hello[:1] == b"\x16" and b"mqtt" in hello  # a handshake record, with our ALPN list
+
+
 def load() -> ModuleType:
-    """This module where `_ssl` has all it uses (checked here), else the standard library's `ssl`."""
+    """This module where `_ssl` has all it uses and a handshake starts through it (checked here, once
+    per process), else the standard library's `ssl`."""
     if sys.platform != "win32" and all(hasattr(_ssl._SSLContext, name) for name in _CONTEXT_METHODS):
-        return sys.modules[__name__]
+        try:
+            works = _works()
+        except Exception:  # noqa: BLE001 (whatever broke, ssl's own layer is the way)
+            works = False
+        if works:
+            return sys.modules[__name__]
     import ssl
     return ssl

@@ -33,7 +33,24 @@ def test_load_takes_the_c_module_and_falls_back_to_ssl(monkeypatch):
     assert sslcore.MemoryBIO is ssl.MemoryBIO
     assert isinstance(sslcore.SSLContext(sslcore.PROTOCOL_TLS_SERVER), ssl._ssl._SSLContext)  # type: ignore[attr-defined]
     assert sslcore.TLSVersion.TLSv1_2 == ssl.TLSVersion.TLSv1_2 and sslcore.CERT_REQUIRED == ssl.CERT_REQUIRED
+    assert sslcore._works()
     monkeypatch.setattr(sslcore, "_CONTEXT_METHODS", sslcore._CONTEXT_METHODS + ("no_such_method",))
+    assert sslcore.load() is ssl
+    monkeypatch.undo()
+    assert sslcore.load() is sslcore
+
+
+@pytest.mark.parametrize("broken", ["raises", "no hello"])
+def test_a_c_module_whose_calls_changed_is_not_used(monkeypatch, broken):
+    # The self-check runs a client's first handshake step: a _wrap_bio taking other arguments (a
+    # TypeError) or a handshake that writes nothing sends load() to ssl.
+    if broken == "raises":
+        def wrap_bio(self, *args):
+            raise TypeError("_wrap_bio() takes other arguments")
+        monkeypatch.setattr(sslcore.SSLContext, "_wrap_bio", wrap_bio)
+    else:
+        monkeypatch.setattr(sslcore.SSLContext, "_wrap_bio", lambda self, i, o, s, h: type("Quiet", (), {
+            "do_handshake": lambda _: None})())
     assert sslcore.load() is ssl
 
 
