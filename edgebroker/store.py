@@ -109,7 +109,7 @@ DEFER_MAX_OPS = 20_000
 #: throughput. Existing databases keep their page size.
 PAGE_SIZE = 512
 #: SQLite's page cache per connection, KiB (see _open).
-CACHE_KIB = 256
+CACHE_KIB = 128
 
 
 def _run_child(argv: List[str]) -> Tuple[int, str]:
@@ -466,6 +466,14 @@ class SqliteStore(NullStore):
         try:
             # A short busy timeout: at start-up a lock means another process, and saying so soon is better.
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
+            # 128 KiB of page cache (SQLite's default is 2 MiB): the hot statements touch few pages (the
+            # ends of the deliveries B-tree: rows go in at one end, out at the other), a page read back
+            # comes from the OS's cache, and a Pi Zero has 512 MiB for everything. A queue of 10,000
+            # messages filled 1 MiB of cache, with the same CPU time to queue and drain at 256 KiB
+            # and at 128 (bench/README.md, "Issue 19" and "Issue 19: the bridge rows"). Set first: the
+            # quick_check below reads every page, which with the default cache stayed resident (a
+            # restart with 5,000 bridge rows queued: 1.4 MiB).
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise self._fail("it is an SQLite database of another application (it has tables but no "
@@ -485,12 +493,6 @@ class SqliteStore(NullStore):
             if mode.lower() != "wal":
                 raise self._fail(f"cannot switch it to WAL mode (got {mode})", move_aside)
             conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'sync' else 'NORMAL'}")
-            # 256 KiB of page cache (SQLite's default is 2 MiB): the hot statements touch few pages (the
-            # ends of the deliveries B-tree: rows go in at one end, out at the other), a page read back
-            # comes from the OS's cache, and a Pi Zero has 512 MiB for everything. A queue of 10,000
-            # messages filled 1 MiB of cache, with the same CPU time to queue and drain at 256 KiB
-            # (bench/README.md, "Issue 19").
-            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute("BEGIN IMMEDIATE")  # takes the write lock: fails now if read-only or in use
             conn.execute("COMMIT")
             if version < SCHEMA_VERSION:

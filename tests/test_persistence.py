@@ -752,6 +752,47 @@ def test_bridge_rows_acknowledged_in_order_wait_for_the_commit_as_one_run(tmp_pa
     store.close()
 
 
+def _sqlite_memory() -> Any:
+    """SQLite's own memory counters (sqlite3_memory_used and _highwater) through ctypes, from the library
+    the sqlite3 module uses."""
+    import ctypes
+    import ctypes.util
+    import _sqlite3
+    for name in (_sqlite3.__file__, ctypes.util.find_library("sqlite3")):
+        try:
+            lib = ctypes.CDLL(name)
+            used, high = lib.sqlite3_memory_used, lib.sqlite3_memory_highwater
+        except (OSError, AttributeError, TypeError):
+            continue
+        used.restype = high.restype = ctypes.c_int64
+        return used, high
+    raise AssertionError("SQLite's library has no sqlite3_memory_used")
+
+
+def test_opening_a_large_database_stays_within_the_page_cache(tmp_path):
+    """The start's quick_check reads every page of the database. It runs under the broker's page cache
+    (CACHE_KIB), not SQLite's default of 2 MiB, which stayed resident for the process's life: a gateway
+    restarted with thousands of bridge rows queued held 0.5 to 1 MiB more (bench/README.md, "Issue 19:
+    the bridge rows")."""
+    from edgebroker.store import CACHE_KIB
+    used, high = _sqlite_memory()
+    path = str(tmp_path / "big.db")
+    store = SqliteStore(path)
+    for seq in range(1, 20001):
+        store.bridge_add(seq, "cloud", f"t/{seq % 8}", bytes(100), 1, False)
+    store.commit(0.0)
+    store.close()
+    assert os.path.getsize(path) > 2 * 1024 * 1024  # more than the default cache holds
+    before = used()
+    high(1)  # reset the high-water mark to what is in use now
+    store = SqliteStore(path)
+    opened = high(0) - before
+    store.close()
+    # About 350 KB at CACHE_KIB 128 (the cache, its page headers, the schema, the statements); 2.6 MB
+    # when the check ran under the default cache.
+    assert opened < 1024 * 1024, f"opening took {opened:,} bytes of SQLite memory (cache {CACHE_KIB} KiB)"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3: a clean restart keeps retained messages and persistent sessions, nothing else
 # ---------------------------------------------------------------------------------------------------------
