@@ -46,6 +46,8 @@ LAYERS: Dict[str, int] = {
     "poller": 1,
     # The garbage collector's settings for a running broker: nothing of ours.
     "gcpolicy": 1,
+    # The loop's questions to the OS (TCP_INFO, scheduling policy, resident memory): log only.
+    "hostos": 1,
     # What tls uses of the standard library's ssl, from its C module _ssl: nothing of ours.
     "sslcore": 0,
     # The password files' hashes, built in or OpenSSL's: nothing of ours.
@@ -79,6 +81,7 @@ LAYERS: Dict[str, int] = {
     "handle_connect": 4,
     "handle_subscribe": 4,
     "handle_acks": 4,
+    "handle_local": 4,
     "broker": 5,
     # A TLS connection with a socket's face, for the loop (over tls.py).
     "tlssocket": 3,

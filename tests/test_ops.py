@@ -615,12 +615,12 @@ def test_accepted_sockets_have_tcp_nodelay_as_configured_before_and_after_a_relo
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the accept queue's length is Linux's TCP_INFO")
 def test_accept_queue_is_the_number_of_connections_waiting_to_be_accepted():
-    """The loop accepts as many connections as its listener's accept queue holds (server.accept_queue,
+    """The loop accepts as many connections as its listener's accept queue holds (hostos.accept_queue,
     read from Linux's TCP_INFO), not until accept() fails, and reads in the same turn a connection
-    that has sent bytes already (server.bytes_received): both counts must be the kernel's."""
+    that has sent bytes already (hostos.bytes_received): both counts must be the kernel's."""
     import socket
 
-    from edgebroker.server import accept_queue, bytes_received
+    from edgebroker.hostos import accept_queue, bytes_received
     from util import wait_for
 
     listener = socket.socket()
