@@ -90,6 +90,10 @@ def _common(ctx: ssl.SSLContext, cafile: Optional[str], capath: Optional[str], t
         ctx.load_verify_locations(capath=capath)  # read lazily by OpenSSL, by hashed name
 
 
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_END = "-----END CERTIFICATE-----"
+
+
 def _load_chain(ctx: ssl.SSLContext, certfile: str, keyfile: Optional[str], now: Optional[float],
                 own: bool) -> None:
     """Load a certificate and its key; `own`: refuse an expired or not yet valid certificate (our own
@@ -100,7 +104,10 @@ def _load_chain(ctx: ssl.SSLContext, certfile: str, keyfile: Optional[str], now:
     try:
         with open(certfile, "rb") as f:  # (bytes.decode: no codec module to import, as a text file has)
             pem = f.read().decode("ascii", "replace").replace("\r\n", "\n").replace("\r", "\n")
-        der = ssl.PEM_cert_to_DER_cert(pem[pem.index("-----BEGIN CERTIFICATE-----"):])
+        # The first certificate block alone (the broker's own): the file may go on with a chain or
+        # with the key, as OpenSSL's (and Mosquitto's) certfile may.
+        start = pem.index(_PEM_BEGIN)
+        der = ssl.PEM_cert_to_DER_cert(pem[start:pem.index(_PEM_END, start) + len(_PEM_END)])
     except ValueError:
         raise ConfigError(f"{certfile} holds no PEM certificate", option="certfile") from None
     asked: List[bool] = []

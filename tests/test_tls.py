@@ -191,6 +191,29 @@ def test_errors_name_option_and_file(certs, tmp_path):
     assert info.value.option == "cafile"
 
 
+def test_certfile_may_hold_its_chain_or_its_key(certs, tmp_path):
+    """A certfile that goes on after its certificate, with the CA's (a chain) or with its key, as
+    OpenSSL's certificate chain files and Mosquitto's certfile may: the first block is the broker's
+    certificate (its expiry is checked), and the listener serves."""
+    cert, key, ca = (open(path).read() for path in (certs.server, certs.server_key, certs.ca))
+    with_key = tmp_path / "with-key.pem"
+    with_key.write_text(cert + key)
+    key_first = tmp_path / "key-first.pem"
+    key_first.write_text(key + cert)
+    chain = tmp_path / "chain.pem"
+    chain.write_text(cert + ca)
+    for certfile, keyfile in ((with_key, None), (with_key, certs.server_key), (key_first, None),
+                              (chain, certs.server_key)):
+        server = TlsEngine.server(server_context(str(certfile), keyfile))
+        client = TlsEngine.client(client_context(cafile=certs.ca), "localhost")
+        pump(client, server)
+        assert server.handshake_done, certfile
+    expired = tmp_path / "expired-with-key.pem"
+    expired.write_text(open(certs.expired).read() + open(certs.expired_key).read())
+    e = _error(certfile=str(expired), keyfile=None)
+    assert e.option == "certfile" and "expired on" in str(e)
+
+
 def test_expiry_judged_at_now(certs):
     before, after = certificate_validity(ssl.PEM_cert_to_DER_cert(open(certs.expired).read()))
     assert before < after < datetime.datetime.now(datetime.timezone.utc)
