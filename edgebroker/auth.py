@@ -236,7 +236,10 @@ def _read(path: str, option: str) -> str:
 
 def load_password_file(path: str) -> PasswordFile:
     """Read and parse a password file; ConfigError(option="password_file") when it cannot be read."""
-    return parse_password_file(_read(path, "password_file"), path)
+    passwords = parse_password_file(_read(path, "password_file"), path)
+    from .passhash import expect_accounts  # many accounts: OpenSSL's hashes from the start
+    expect_accounts(len(passwords.entries))
+    return passwords
 
 
 # ---- topic filters as sets of topics ------------------------------------------------------------

@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["pbkdf2_sha512", "sha512", "sha256", "compare_digest", "PYTHON_HASHES"]
+__all__ = ["expect_accounts", "pbkdf2_sha512", "sha512", "sha256", "compare_digest", "PYTHON_HASHES"]
 
 try:
     from _sha512 import sha512  # Python 3.9 to 3.11
@@ -51,6 +51,21 @@ _python_left = PYTHON_HASHES if sha512.__module__ != "_hashlib" else 0
 #: Each byte XOR 0x36 and XOR 0x5C: HMAC's inner and outer pads applied to a key with bytes.translate.
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def expect_accounts(count: int) -> None:
+    """A password file of `count` accounts was read (at start, or a reload). With more than PYTHON_HASHES
+    its logins would pass the built-in hashes' budget anyway (a fleet's first logins after a power cut),
+    so OpenSSL's module is loaded now, before the loop serves, and not at the login that passes the
+    budget: that one would pay the load, and libcrypto's 3.7 MiB would land in the middle of a connect
+    storm (bench S6-auth counted them as memory per connection)."""
+    global _python_left
+    if count > PYTHON_HASHES and _python_left > 0:
+        try:
+            import _hashlib  # noqa: F401
+        except ImportError:  # a Python without OpenSSL: the built-in hashes it is
+            return
+        _python_left = 0
 
 
 def pbkdf2_sha512(password: bytes, salt: bytes, iterations: int, dklen: int, inline_limit: int) -> bytes:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +94,26 @@ def test_many_logins_move_to_openssl(tmp_path):
 
 def test_an_expensive_hash_is_openssls_at_once(tmp_path):
     assert _loaded(tmp_path, 1, 1, "each", iterations=auth.INLINE_ITERATIONS + 1) == "_hashlib"
+
+
+#: Load a password file as the broker does (auth.load_password_file), no login; print the same modules.
+LOAD_PROBE = r"""
+import sys
+from edgebroker import auth
+auth.load_password_file(sys.argv[1])
+print(*[m for m in ("_hashlib", "hashlib", "hmac") if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("accounts, loaded", [(passhash.PYTHON_HASHES, ""),
+                                               (passhash.PYTHON_HASHES + 1, "_hashlib")])
+def test_a_file_of_many_accounts_loads_openssl_at_once(tmp_path, accounts, loaded):
+    """More accounts than PYTHON_HASHES: OpenSSL's hashes from the file's load (at start, before the
+    loop serves), not from the login that passes the budget, in the middle of a connect storm."""
+    pw = tmp_path / "passwd"
+    pw.write_text("".join(f"u{i}:{auth.hash_password(b'pw', 'sha512')}\n" for i in range(accounts)))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-S", "-c", LOAD_PROBE, str(pw)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == loaded
