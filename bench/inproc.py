@@ -19,6 +19,12 @@ would), and counts only the broker's calls:
   acknowledging each turn's in one read (window 20, as S8); DRAINU the same with max_inflight_messages 0
   (S8-nolimit); DRAIN1 one PUBACK per turn (paho's way). With `--callgrind` these count the queueing
   too: DRAINQ is the queueing alone, to subtract.
+- BRIDGE: B1's shape, a bridging gateway's core without sockets: one publisher on the gateway with 64 QoS
+  1 PUBLISHes per read (each read a turn with its commit), a bridge (`topic bench/# out 1`, its defaults:
+  window 20, the queue in a real SQLite file) whose remote acknowledges each window in one read once per
+  publisher read, so the queue grows and spills to disk as in B1 (intake faster than forwarding), then
+  drains; per message the intake, the row's INSERT, its read back, the forward (encoded, handed to a
+  socket that takes everything) and the acknowledgement with its delete.
 - CONN: S6's connect phase, per connection: connection_made, one read holding CONNECT (clean session)
   and SUBSCRIBE to a topic of its own, as S6's idle worker sends them, the turn's end and the flush
   taken; the connections stay open (S6 holds 2,000). The loop's share (accept, the poller, the send,
@@ -388,17 +394,106 @@ def case_connl(n: int) -> float:
 #: --once (a run under callgrind): a case that would count its own clean-up may end the process instead
 _EXIT_AFTER_CASE = False
 
+class _TakingSocket:
+    """A connected socket for the bridge of case_bridge: send() takes everything, recv() returns what the
+    case put in `inbound` (the remote's acknowledgements)."""
+
+    def __init__(self) -> None:
+        self.inbound = b""
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        data, self.inbound = self.inbound, b""
+        return data
+
+    def fileno(self) -> int:
+        return -1
+
+
+class _Host:
+    """What a Bridge asks of the server: the core, the log, and the loop's registrations (ignored)."""
+
+    def __init__(self, broker: Any, config: Any) -> None:
+        self.broker = broker
+        self.config = config
+        self.log = lambda level, text: None
+
+    def _ignore(self, *args: Any) -> None:
+        pass
+
+    add_reader = add_writer = remove_reader = remove_writer = add_timer = add_wake_handler = _ignore
+    add_service = wake = _ignore
+
+
+def case_bridge(n: int) -> float:
+    from edgebroker import bridge as bridge_module
+    from edgebroker.broker import Broker
+    from edgebroker.configfile import load_config
+    from edgebroker.store import SqliteStore
+    _qos1_packets()
+    directory = tempfile.mkdtemp(prefix="edgebroker-inproc-")
+    try:
+        conf = os.path.join(directory, "gateway.conf")
+        with open(conf, "w") as f:
+            f.write(f"persistence true\npersistence_location {directory}/\nconnection cloud\n"
+                    "address 127.0.0.1:1883\ntopic bench/# out 1\nnotifications false\n")
+        config = load_config(conf).config
+        store = SqliteStore(os.path.join(directory, "inproc.db"), config.durability, config.autosave_interval,
+                            config.autosave_on_changes, commit_window=0.0)
+        broker = _settled(Broker(config, 0.0, None, store))
+        bridge = bridge_module.start_bridges(_Host(broker, config), 0.0)[0]
+        sock = _TakingSocket()
+        bridge._sock = sock  # connected: the CONNECT out, the CONNACK in, as the loop would
+        bridge.state = bridge_module._MQTT
+        bridge.session.connect(0.0)
+        bridge._flush(0.0)
+        sock.inbound = b"\x20\x02\x00\x00"
+        bridge._on_readable(0.0)
+        pub = _client(broker, "pub")
+        session = bridge.session
+        spent = 0.0
+        sent = pid = 0
+        now = 1.0
+        clock = time.process_time
+        while sent < n or bridge.count:
+            t0 = clock()
+            if sent < n:
+                if pid + WINDOW > 65535:
+                    pid = 0
+                broker.data_received(pub, b"".join(_PUBLISHES[pid + 1:pid + 1 + WINDOW]), now)
+                pid += WINDOW
+                sent += WINDOW
+            bridge.timer(now)  # the loop runs timers before the turn's end
+            broker.end_turn(now)
+            _taken(pub)
+            if session.inflight:  # the remote acknowledges the window in one read: the next turn
+                now += 0.0001
+                sock.inbound = b"".join([_PUBACKS[i] for i in session.inflight])
+                bridge._on_readable(now)
+                bridge.timer(now)
+                broker.end_turn(now)
+            spent += clock() - t0
+            now += 0.0001
+        store.commit(now, force=True)
+        return spent / sent
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 CASES: Dict[str, Callable[[int], float]] = {
     "Q0": case_q0, "Q1": case_q1, "FAN": case_fan, "Q1P": case_q1p,
     "DRAIN": _drain, "DRAINU": lambda n: _drain(n, 0), "DRAIN1": lambda n: _drain(n, one=True),
     "DRAINQ": lambda n: _drain(n, drain=False), "CONN": case_conn,
-    "TURN": lambda n: _loop_turns(n, False), "TURNX": lambda n: _loop_turns(n, True), "CONNL": case_connl}
+    "TURN": lambda n: _loop_turns(n, False), "TURNX": lambda n: _loop_turns(n, True), "CONNL": case_connl,
+    "BRIDGE": case_bridge}
 #: cases that run the loop on a thread of its own: under callgrind only that thread is counted
 LOOP_CASES = ("TURN", "TURNX", "CONNL")
 #: messages (deliveries for FAN, connections for CONN) per timed run; callgrind runs are a tenth of these
 SIZES = {"Q0": 200_000, "Q1": 50_000, "FAN": 500_000, "Q1P": 20_000, "DRAIN": 20_000, "DRAINU": 20_000,
          "DRAIN1": 10_000, "DRAINQ": 20_000, "CONN": 20_000, "TURN": 20_000, "TURNX": 3_000,
-         "CONNL": 2_000}
+         "CONNL": 2_000, "BRIDGE": 20_000}
 
 
 _UNIT = {"CONN": "connection", "CONNL": "connection"}

@@ -122,6 +122,9 @@ class Bridge:
         self._mem_last = 0                   # seq of the newest message ever held in memory
         self.count, self.bytes = summary     # queued messages and bytes, in flight included
         self.memory_rows = MEMORY_ROWS if self.store.path is not None else 0  # 0: no limit (no disk)
+        #: the quotas as _full tests them (none set: a bound never reached)
+        self._max_count = config.max_queued_messages or 1 << 62
+        self._max_bytes = config.max_queued_bytes or 1 << 62
         self._remaps = any(t.remapped for t in config.topics)
         self.dropped = 0
         self.sent = 0
@@ -211,18 +214,19 @@ class Bridge:
                 self.sent += 1
             return
         size = len(topic.encode("utf-8")) + len(payload)
-        if not self._make_room(size):
-            return
-        self._seq[0] += 1
-        entry = _Entry(self._seq[0], topic, payload, qos, retain, size)
-        self.store.bridge_add(entry.seq, self.name, topic, payload, qos, retain, urgent=qos > 0)
+        # The quotas (_full's test) inline: a bridged stream passes here once per message.
+        if self._dropping or self.count >= self._max_count or self.bytes + size > self._max_bytes:
+            if not self._make_room(size):
+                return
+        seq = self._seq[0] = self._seq[0] + 1
+        self.store.bridge_add(seq, self.name, topic, payload, qos, retain, qos > 0)
         self.count += 1
         self.bytes += size
         if self.on_disk or (self.memory_rows and len(self.head) >= self.memory_rows):
             self.on_disk += 1  # its row is the only copy; read back in order when the head runs low
         else:
-            self.head.append(entry)
-            self._mem_last = entry.seq
+            self.head.append(_Entry(seq, topic, payload, qos, retain, size))
+            self._mem_last = seq
         if self._dropping and self._episode_drops and not self._full(0):
             self._end_episode()
 
@@ -283,23 +287,22 @@ class Bridge:
             if not rows:
                 self.on_disk = 0
                 break
+            append = self.head.append
             for seq, topic, payload, qos, retain in rows:
-                self._mem_last = seq
-                ok = (isinstance(topic, str) and topic and "+" not in topic and "#" not in topic
-                      and isinstance(payload, bytes) and qos in (0, 1, 2) and retain in (0, 1))
-                if not ok:
-                    self.damaged += 1
-                    store.bridge_remove(seq)
-                    self.count -= 1
-                    try:  # its bytes as bridge_summary counted them, when its fields allow
-                        self.bytes -= len(str(topic).encode("utf-8")) + len(payload or b"")
-                    except TypeError:
-                        pass
-                    self.log(L.ERR, f"Error: bridge {self.name}: damaged queue row {seq} skipped and deleted.")
-                else:
-                    size = len(topic.encode("utf-8")) + len(payload)
-                    self.head.append(_Entry(seq, topic, payload, qos, bool(retain), size))
-                self.on_disk -= 1
+                if (type(topic) is str and type(payload) is bytes and qos in (0, 1, 2) and retain in (0, 1)
+                        and topic and "+" not in topic and "#" not in topic):
+                    append(_Entry(seq, topic, payload, qos, retain == 1, len(topic.encode("utf-8")) + len(payload)))
+                    continue
+                self.damaged += 1
+                store.bridge_remove(seq)
+                self.count -= 1
+                try:  # its bytes as bridge_summary counted them, when its fields allow
+                    self.bytes -= len(str(topic).encode("utf-8")) + len(payload or b"")
+                except TypeError:
+                    pass
+                self.log(L.ERR, f"Error: bridge {self.name}: damaged queue row {seq} skipped and deleted.")
+            self._mem_last = rows[-1][0]
+            self.on_disk -= len(rows)
         if self.on_disk < 0:
             self.on_disk = 0
 

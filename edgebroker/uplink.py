@@ -30,7 +30,7 @@ from .packets import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
+    from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 else:
     from .record import NamedTuple
 
@@ -230,6 +230,10 @@ class UplinkSession:
 
     def data_received(self, data: bytes, now: float) -> List[object]:
         self._last_in = now
+        if self.connected:
+            ids = self._parser.ack_run(data, 0x40)  # a read of PUBACKs only: the commonest, in a stream
+            if ids is not None:
+                return self._acked(ids)
         try:
             packets = self._parser.feed(data)
         except MalformedPacket as exc:
@@ -237,6 +241,17 @@ class UplinkSession:
             events.append(Lost(f"malformed packet from the remote: {exc}"))
             return events
         return self._handle(packets, now)
+
+    def _acked(self, ids: Sequence[int]) -> List[object]:
+        """What _handle makes of a run of PUBACKs, without a packet object each."""
+        events: List[object] = []
+        inflight = self.inflight
+        for pid in ids:
+            entry = inflight.get(pid)
+            if entry is not None and entry[4] == 1:
+                del inflight[pid]
+                events.append(Acked(entry[1]))
+        return events
 
     def _handle(self, packets: List[object], now: float) -> List[object]:
         events: List[object] = []

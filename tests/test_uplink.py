@@ -94,6 +94,33 @@ def test_window_and_acknowledgements_qos1_and_qos2():
     assert list(s.inflight) == [3]
 
 
+
+def test_a_read_of_acknowledgements_only_gives_what_one_at_a_time_gives():
+    """A read holding only PUBACKs (a remote answering a window in one write) takes the codec's run of
+    acknowledgements; its events and what stays in flight are those of the same PUBACKs read one by
+    one: stale and unknown ids ignored, a PUBACK for a QoS 2 message too."""
+    def run(together: bool):
+        s = session(window=10)
+        up(s)
+        for i, qos in enumerate((1, 1, 2, 1, 1), start=1):
+            s.publish(f"t/{i}", b"x", qos, False, f"m{i}", 0.0)
+        acks = [w.puback(pid) for pid in (2, 3, 7, 1, 2, 5)]
+        if together:
+            events = s.data_received(b"".join(acks), 0.0)
+        else:
+            events = [e for a in acks for e in s.data_received(a, 0.0)]
+        return events, list(s.inflight)
+
+    assert run(True) == run(False) == ([Acked("m2"), Acked("m1"), Acked("m5")], [3, 4])
+    # Not acknowledgements only: a PUBREC among them, the usual path.
+    s = session(window=10)
+    up(s)
+    s.publish("a", b"x", 1, False, "a", 0.0)
+    s.publish("b", b"x", 2, False, "b", 0.0)
+    s.take_output()
+    assert s.data_received(w.puback(1) + w.pubrec(2), 0.0) == [Acked("a")]
+    assert s.take_output() == w.pubrel(2)
+
 def test_unacknowledged_messages_are_resent_in_order_with_dup_after_reconnect():
     s = session()
     up(s)
