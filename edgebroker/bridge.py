@@ -74,6 +74,17 @@ LOG_INTERVAL = 60.0
 _IDLE, _RESOLVING, _CONNECTING, _MQTT, _UP, _STOPPED = "idle", "resolving", "connecting", "mqtt", "up", "stopped"
 
 
+def _getaddrinfo(host: str, port: int) -> Any:
+    """The addresses of a host name (it blocks: run on a thread of its own), or the exception. An ASCII
+    name goes as bytes: as a str it would go through the idna codec, whose first use imports re, enum,
+    unicodedata and stringprep (0.9 MiB for the gateway's life, bench/README.md, "Issue 19: the bridge
+    rows"); idna leaves an ASCII name as it is."""
+    try:
+        return _socket.getaddrinfo(host.encode("ascii") if host.isascii() else host, port, 0, _socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return exc.with_traceback(None)  # else a cycle through this frame per failed lookup
+
+
 def _uniform(low: float, high: float) -> float:
     """A random float in [low, high) (random.uniform's job, without importing random: 0.2 MiB)."""
     return low + (high - low) * (int.from_bytes(os.urandom(7), "big") >> 3) / (1 << 53)
@@ -406,11 +417,7 @@ class Bridge:
         results, wake = self._results, self.server.wake
 
         def lookup() -> None:
-            try:
-                result: Any = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
-            except (OSError, UnicodeError) as exc:
-                result = exc.with_traceback(None)  # else a cycle through this frame per failed lookup
-            results.append((gen, result))
+            results.append((gen, _getaddrinfo(host, port)))
             wake()
 
         _thread.start_new_thread(lookup, ())  # a daemon thread: never waited for at exit
