@@ -9,10 +9,12 @@ The interpreter's built-in SHA-2 module (`_sha512` and `_sha256` up to Python 3.
 3.12) computes the same digests in C without OpenSSL.
 
 Theory of operation: `pbkdf2_sha512` computes the first PYTHON_HASHES hashes of a process with
-PBKDF2's loop written out below over the built-in SHA-512: 1.7x OpenSSL's time on Python 3.11
-(mosquitto_passwd's 101 iterations: about 130 against 80 us on the build machine), 3x from 3.12.
+PBKDF2's loop written out below over the built-in SHA-512: 1.4-1.5x OpenSSL's time on Python 3.9 to 3.11
+(mosquitto_passwd's 101 iterations: 95 against 68 us on the build machine with 3.11), 2.5x from 3.12
+(bench/README.md, the same section).
 After those it uses OpenSSL's `pbkdf2_hmac`, for a fleet of devices logging in after a power cut or a
-client guessing passwords. Hashes of more than `inline_limit` iterations always go to OpenSSL:
+client guessing passwords; a password file of more than PYTHON_HASHES accounts uses it from
+the file's load (`expect_accounts`). Hashes of more than `inline_limit` iterations always go to OpenSSL:
 they run on the hashing thread, and OpenSSL releases the interpreter's lock while it hashes, where the
 loop written out here would hold it. SHA-512 ($6$ lines) and SHA-256 (the verified passwords' cache)
 are one call each and always built in.
@@ -42,7 +44,7 @@ except ImportError:
     from hmac import compare_digest
 
 #: PBKDF2 hashes a process computes without OpenSSL (see the module's docstring); at 101 iterations on
-#: Python 3.11 this costs about 3 ms of CPU more than OpenSSL would, on 3.12 and later about 10 ms.
+#: Python 3.11 this costs about 2 ms of CPU more than OpenSSL would, on 3.12 and later about 7 ms.
 PYTHON_HASHES = 64
 
 #: Hashes left to compute without OpenSSL.
