@@ -1,8 +1,9 @@
-"""What the loop asks of the operating system beyond sockets: a TCP socket's counters (TCP_INFO), the
-loop thread's CPU scheduling policy, and the process's resident memory.
+"""What the loop asks of the operating system besides reading and writing: a TCP socket's counters
+(TCP_INFO), the loop thread's CPU scheduling policy, and the process's resident memory.
 
-Each is Linux's where Linux has it, and answers "not known" (0, None) elsewhere, so that the loop takes
-its general path there. Nothing of ours is imported: server.py, the loop, is the one user.
+Each is Linux's where Linux has it, and answers "not known" (0, None, False) elsewhere, so that the
+loop takes its general path there. Of ours it imports only log (the scheduling policy's messages);
+server.py, the loop, is its one user.
 """
 from __future__ import annotations
 
