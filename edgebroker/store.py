@@ -777,6 +777,8 @@ class SqliteStore(NullStore):
         window, deferred changes."""
         if self.periodic:
             return float("inf")
+        if self._failing:  # a failed commit (disk full) is tried again when its retry is due, not before:
+            return self._retry_at if self._ops else float("inf")  # the window's time has passed already
         at = float("inf")
         since = self._deferred_since
         if since is not None:

@@ -1135,6 +1135,31 @@ def test_disk_full_keeps_serving_then_commits_when_space_returns(run_server, raw
     wait_for(lambda: any("writable again" in m for m in rs.messages(L.NOTICE)), TIMEOUT, what="recovery notice")
 
 
+def test_disk_full_retries_once_a_second_and_does_not_spin(run_server, raw, tmp_path):
+    """While commits fail, the loop sleeps until the next retry (RETRY_INTERVAL): a full disk must not
+    also pin the CPU. Turns are counted by a timer the loop calls every turn, over two retries with no
+    traffic at all (it spun in tens of thousands of turns a second before)."""
+    rs = run_server(config(tmp_path))
+    store = rs.store
+    turns = [0]
+
+    def count(now: float) -> float:
+        turns[0] += 1
+        return float("inf")
+
+    rs.server.add_timer(count)
+    pub = raw(rs.port, "pub")
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    publish_acked(pub, "big/1", bytes(65536), 1, packet_id=1, retain=True)
+    wait_for(lambda: store.errors >= 2, TIMEOUT, what="a failed commit and its retry")
+    before = turns[0]
+    wait_for(lambda: store.errors >= 4, TIMEOUT, what="two more retries")
+    assert turns[0] - before <= 20, f"{turns[0] - before} loop turns for two retries with no traffic"
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+    wait_for(lambda: any("writable again" in m for m in rs.messages(L.NOTICE)), TIMEOUT, what="recovery notice")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 8: durability levels
 # ---------------------------------------------------------------------------------------------------------
