@@ -70,6 +70,9 @@ PRIMARY_RETRY = 5.0
 #: Log lines about connection failures: at most one per this many seconds per bridge (a link that is
 #: down for days must not fill the log); the number left out is said in the next one.
 LOG_INTERVAL = 60.0
+#: Seconds between attempts to read the queue's next rows while the database cannot be written (a full
+#: disk): those rows are still in the store's buffer, not yet in the file.
+DISK_RETRY = 1.0
 
 _IDLE, _RESOLVING, _CONNECTING, _MQTT, _UP, _STOPPED = "idle", "resolving", "connecting", "mqtt", "up", "stopped"
 
@@ -166,6 +169,9 @@ class Bridge:
         #: acknowledgements of messages from the remote wait for the commit that makes them durable
         self._acks_held = False
         self._acks_after = 0
+        #: the next rows of the queue wait for a commit that failed (disk full): until then, no refill
+        self._disk_wait_until = 0.0
+        self._disk_waiting = False
         will = None
         if config.notifications and not config.notifications_local_only:
             will = Will(config.state_topic, b"0", 1, True)
@@ -292,7 +298,22 @@ class Bridge:
         counted, never sent."""
         store = self.store
         if store.bridge_pending():
-            store.commit(self._now, force=True)  # rows added this turn must be readable
+            now = self._now
+            if now < self._disk_wait_until:
+                return
+            store.commit(now, force=True)  # rows added this turn must be readable
+            if store.bridge_pending():
+                # The commit failed (a full disk): the next rows are only in the store's buffer, so a
+                # read would miss them. They are sent in order once a commit succeeds.
+                self._disk_wait_until = now + DISK_RETRY
+                if not self._disk_waiting:
+                    self._disk_waiting = True
+                    self.log(L.WARNING, f"Warning: bridge {self.name}: {self.on_disk} queued messages wait for "
+                                        "the database to be writable again.")
+                return
+        if self._disk_waiting:
+            self._disk_waiting = False
+            self.log(L.NOTICE, f"Bridge {self.name}: the database is writable again; sending the rest of the queue.")
         while self.on_disk and len(self.head) < max(READ_ROWS, self.memory_rows // 2):
             rows = store.bridge_rows(self.name, self._mem_last, READ_ROWS)
             if not rows:
@@ -393,6 +414,8 @@ class Bridge:
             return min(due, now + self.store.window / 10)
         if self._acks_held or (self.state == _UP and self.session.window_free and self.head and not self._writing):
             return now  # more to send once this turn's output (or commit) is out
+        if self._disk_waiting and self.state == _UP:
+            return min(due, self._disk_wait_until)  # try the queue's next rows again
         return due
 
     def _start(self, now: float) -> None:

@@ -8,6 +8,7 @@ clients are edgebroker.client.Client, one per side. Waits are on conditions with
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -192,6 +193,19 @@ def collect(client: Client, n: int, timeout: float = TIMEOUT) -> List[Message]:
 def subscribe(client: Client, *filters: Tuple[str, int]) -> None:
     client.subscribe(list(filters))
     wait_for(lambda: any(type(e).__name__ == "Subscribed" for e in client.loop(0.2)), TIMEOUT, what="SUBACK")
+
+
+def offline_upstream(tmp_path: Path, procs: List, flt: str, extra: str = "") -> Upstream:
+    """A stopped upstream Mosquitto (persistence on) that keeps a persistent session "cloud" subscribed
+    to `flt` at QoS 1, so that it queues what a bridge sends once it is started again."""
+    up = Upstream(tmp_path / "up", "allow_anonymous true\npersistence true\n"
+                  f"persistence_location {tmp_path / 'up'}/\n{extra}").start()
+    procs.append(up)
+    cloud = up.client("cloud", clean=False)
+    subscribe(cloud, (flt, 1))
+    cloud.disconnect()
+    up.stop()
+    return up
 
 
 def publish_all(client: Client, messages: List[Tuple[str, bytes, int, bool]]) -> None:
@@ -407,13 +421,7 @@ def test_outage_kill9_and_restart_lose_nothing_and_keep_order(tmp_path, procs):
     """The upstream is down; 10,000 QoS 1 messages are published on the gateway, which is killed with -9
     half-way and restarted; the upstream comes back; all 10,000 reach an upstream subscriber, in order."""
     n = 10_000
-    up = Upstream(tmp_path / "up", "allow_anonymous true\npersistence true\n"
-                  f"persistence_location {tmp_path / 'up'}/\nmax_queued_messages 0\nmax_inflight_messages 0").start()
-    procs.append(up)
-    cloud = up.client("cloud", clean=False)  # a persistent session, so the upstream queues for it
-    subscribe(cloud, ("data/#", 1))
-    cloud.disconnect()
-    up.stop()
+    up = offline_upstream(tmp_path, procs, "data/#", "max_queued_messages 0\nmax_inflight_messages 0")
     gw = Gateway(tmp_path / "gw", bridge_block(up, "data/# out 1")).start()
     procs.append(gw)
     sensor = gw.client("sensor")
@@ -442,13 +450,7 @@ def test_outage_kill9_and_restart_lose_nothing_and_keep_order(tmp_path, procs):
 
 @pytest.mark.parametrize("drop, kept", [("oldest", list(range(15, 20))), ("newest", list(range(5)))])
 def test_full_queue_drops_by_policy_counts_and_logs_once(tmp_path, procs, drop, kept):
-    up = Upstream(tmp_path / "up", "allow_anonymous true\npersistence true\n"
-                  f"persistence_location {tmp_path / 'up'}/").start()
-    procs.append(up)
-    cloud = up.client("cloud", clean=False)
-    subscribe(cloud, ("q/#", 1))
-    cloud.disconnect()
-    up.stop()
+    up = offline_upstream(tmp_path, procs, "q/#")
     gw = Gateway(tmp_path / "gw", bridge_block(up, "q/# out 1", extra=f"bridge_max_queued_messages = 5\n"
                                                 f'bridge_queue_drop = "{drop}"\n')).start()
     procs.append(gw)
@@ -463,6 +465,69 @@ def test_full_queue_drops_by_policy_counts_and_logs_once(tmp_path, procs, drop, 
     bridge_up(gw)
     cloud = up.client("cloud", clean=False)
     assert [int(m.payload) for m in collect(cloud, 5)] == kept
+    gw.stop()
+
+
+# ---- a full disk under the queue ----------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A real file system of its own (tmpfs, 8 MiB) for the gateway's database, so that it can fill up."""
+    where = tmp_path / "gw" / "db"
+    where.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file in `directory` until its file system has no space left; return the file."""
+    filler = directory / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        try:  # the last partial block, so that no page is left for the database
+            while True:
+                f.write(b"\0" * 512)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_full_disk_under_the_queue_loses_nothing_and_delivers_once_space_returns(tmp_path, procs, small_disk):
+    """The upstream is down and the gateway's disk fills up: the gateway keeps acknowledging its sensors
+    (it says that what it holds is not safe against a crash meanwhile), the upstream comes back while the
+    disk is still full (the bridge sends what it holds in memory, the rest waits for the database), space
+    returns: every message reaches the upstream, in order."""
+    n = 600
+    up = offline_upstream(tmp_path, procs, "data/#", "max_queued_messages 0")
+    gw = Gateway(tmp_path / "gw", bridge_block(up, "data/# out 1")).start()
+    procs.append(gw)
+    sensor = gw.client("sensor")
+    body = b"x" * 1000
+    publish_all(sensor, [("data/seq", b"%d %s" % (i, body), 1, False) for i in range(10)])
+    filler = fill(small_disk)
+    publish_all(sensor, [("data/seq", b"%d %s" % (i, body), 1, False) for i in range(10, n)])
+    wait_for(lambda: "cannot write persistence database" in gw.log(), TIMEOUT, what="the gateway to see the full disk")
+    up.start()
+    bridge_up(gw)
+    wait_for(lambda: "wait for the database" in gw.log(), TIMEOUT,
+             what="the bridge to say that the rest of its queue waits for the disk")
+    filler.unlink()
+    wait_for(lambda: "is writable again" in gw.log(), TIMEOUT, what="the database to be written")
+    cloud = up.client("cloud", clean=False)
+    got = collect(cloud, n, timeout=60.0)
+    payloads = [int(m.payload.split(b" ", 1)[0]) for m in got]
+    assert payloads == list(range(n)), (len(payloads), payloads[-5:])
     gw.stop()
 
 
@@ -734,13 +799,7 @@ def test_fallback_address_after_the_primary_fails(tmp_path, procs):
 def test_a_damaged_queue_row_is_skipped_and_counted(tmp_path, procs):
     import sqlite3
 
-    up = Upstream(tmp_path / "up", "allow_anonymous true\npersistence true\n"
-                  f"persistence_location {tmp_path / 'up'}/").start()
-    procs.append(up)
-    cloud = up.client("cloud", clean=False)
-    subscribe(cloud, ("d/#", 1))
-    cloud.disconnect()
-    up.stop()
+    up = offline_upstream(tmp_path, procs, "d/#")
     gw = Gateway(tmp_path / "gw", bridge_block(up, "d/# out 1")).start()
     procs.append(gw)
     publish_all(gw.client("sensor"), [("d/n", str(i).encode(), 1, False) for i in range(3)])
