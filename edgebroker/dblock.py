@@ -78,8 +78,13 @@ class DatabaseLock:
             os.close(fd)  # the holder removed it while stopping: lock the new file
         else:  # pragma: no cover - would need another process replacing the file 100 times in a row
             raise DatabaseInUse(f"persistence database {database}: cannot take its lock file {self.path}")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        except OSError as exc:  # a full disk: the lock holds without the pid (only the refusal's message uses it)
+            if exc.errno != errno.ENOSPC:
+                os.close(fd)
+                raise
         self._fd = fd
 
     def release(self) -> None:

@@ -394,6 +394,15 @@ def _import_sqlite3() -> None:
     import _sqlite3 as sqlite3
 
 
+def _free_space(directory: str) -> str:
+    """For error messages: the space left on `directory`'s file system."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return "free space unknown"
+    return f"{st.f_bavail * st.f_frsize // 1024} KiB free on its file system"
+
+
 class SqliteStore(NullStore):
     def __init__(self, path: str, durability: str = "crash", autosave_interval: float = 1800.0,
                  autosave_on_changes: bool = False, log: L.LogFunc = L.null_log,
@@ -466,6 +475,12 @@ class SqliteStore(NullStore):
         try:
             # A short busy timeout: at start-up a lock means another process, and saying so soon is better.
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
+            try:
+                conn.execute("PRAGMA user_version").fetchone()  # the first access: WAL's -shm file
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                conn = None
+                conn = self._open_exclusive(path, directory, exc)
             # 128 KiB of page cache (SQLite's default is 2 MiB): the hot statements touch few pages (the
             # ends of the deliveries B-tree: rows go in at one end, out at the other), a page read back
             # comes from the OS's cache, and a Pi Zero has 512 MiB for everything. A queue of 10,000
@@ -511,7 +526,31 @@ class SqliteStore(NullStore):
             if "readonly" in text or "read-only" in text:
                 raise self._fail("it cannot be written (read-only file or file system)",
                                  "Fix the permissions, or point persistence_location elsewhere.") from None
+            if "disk I/O error" in text or "full" in text:  # not the file's fault: do not advise moving it
+                raise self._fail(f"it cannot be read or written ({text}; {_free_space(directory)})",
+                                 "Free some space on its file system, or point persistence_location "
+                                 "elsewhere.") from None
             raise self._fail(f"it is not a usable SQLite database ({text})", move_aside) from None
+        return conn
+
+    def _open_exclusive(self, path: str, directory: str, exc: sqlite3.OperationalError) -> sqlite3.Connection:
+        """A WAL database cannot be read without its -shm file, which a full disk cannot give (SQLite:
+        "disk I/O error"). In exclusive locking mode, set before the first access, SQLite keeps that index
+        in memory instead, so the broker still starts with everything the file holds, serves, and writes
+        once space returns (its commits fail meanwhile and are retried, as when the disk fills while it
+        runs). The mode lasts until the broker restarts: other processes cannot read the file meanwhile.
+        Any other failure is raised as the first one."""
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
+        try:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error:
+            conn.close()
+            raise exc from None
+        self.log(L.WARNING, f"Warning: persistence database {path}: cannot create its -shm file ({exc}; "
+                            f"{_free_space(directory)}); "
+                            "opened in exclusive locking mode instead, until the broker restarts (other processes "
+                            "cannot read the file meanwhile).")
         return conn
 
     def _migrate(self, conn: sqlite3.Connection, version: int) -> None:

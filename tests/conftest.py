@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
+from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
@@ -35,6 +37,27 @@ def _isolated_data_home() -> Iterator[str]:
         else:
             os.environ["XDG_DATA_HOME"] = saved
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Callable[[Path], Path]]:
+    """small_disk(directory) mounts a real file system of its own (tmpfs, 8 MiB) on `directory` (made
+    here), so that a database there can fill its disk; tests/util.py's `fill_disk` fills it. Unmounted at teardown.
+    Needs root (CI and this machine run the tests as root); skips with the reason otherwise."""
+    mounted: List[Path] = []
+
+    def mount(directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(directory)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in mounted:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
 class RunningBroker:

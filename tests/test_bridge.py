@@ -8,7 +8,6 @@ clients are edgebroker.client.Client, one per side. Waits are on conditions with
 """
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ import pytest
 
 from edgebroker.client import Client, Message, Published
 
-from util import wait_for
+from util import fill_disk, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -470,39 +469,6 @@ def test_full_queue_drops_by_policy_counts_and_logs_once(tmp_path, procs, drop, 
 
 # ---- a full disk under the queue ----------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path) -> Iterator[Path]:
-    """A real file system of its own (tmpfs, 8 MiB) for the gateway's database, so that it can fill up."""
-    where = tmp_path / "gw" / "db"
-    where.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file in `directory` until its file system has no space left; return the file."""
-    filler = directory / "filler"
-    chunk = b"\0" * 65536
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-        try:  # the last partial block, so that no page is left for the database
-            while True:
-                f.write(b"\0" * 512)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
-
-
 def test_full_disk_under_the_queue_loses_nothing_and_delivers_once_space_returns(tmp_path, procs, small_disk):
     """The upstream is down and the gateway's disk fills up: the gateway keeps acknowledging its sensors
     (it says that what it holds is not safe against a crash meanwhile), the upstream comes back while the
@@ -510,12 +476,13 @@ def test_full_disk_under_the_queue_loses_nothing_and_delivers_once_space_returns
     returns: every message reaches the upstream, in order."""
     n = 600
     up = offline_upstream(tmp_path, procs, "data/#", "max_queued_messages 0")
+    disk = small_disk(tmp_path / "gw" / "db")
     gw = Gateway(tmp_path / "gw", bridge_block(up, "data/# out 1")).start()
     procs.append(gw)
     sensor = gw.client("sensor")
     body = b"x" * 1000
     publish_all(sensor, [("data/seq", b"%d %s" % (i, body), 1, False) for i in range(10)])
-    filler = fill(small_disk)
+    filler = fill_disk(disk)
     publish_all(sensor, [("data/seq", b"%d %s" % (i, body), 1, False) for i in range(10, n)])
     wait_for(lambda: "cannot write persistence database" in gw.log(), TIMEOUT, what="the gateway to see the full disk")
     up.start()

@@ -40,10 +40,10 @@ mqtt = pytest.importorskip("paho.mqtt.client")
 
 try:  # tests/ on sys.path (pytest's default rootdir-relative import)
     import mqttwire as w
-    from util import wait_for
+    from util import fill_disk, wait_for
 except ImportError:  # tests imported as a package
     from tests import mqttwire as w  # type: ignore[no-redef]
-    from tests.util import wait_for  # type: ignore[no-redef]
+    from tests.util import fill_disk, wait_for  # type: ignore[no-redef]
 
 from edgebroker import log as L
 from edgebroker.config import Config, Listener
@@ -1158,6 +1158,62 @@ def test_disk_full_retries_once_a_second_and_does_not_spin(run_server, raw, tmp_
     assert turns[0] - before <= 20, f"{turns[0] - before} loop turns for two retries with no traffic"
     store._conn.execute("PRAGMA max_page_count = 1073741823")
     wait_for(lambda: any("writable again" in m for m in rs.messages(L.NOTICE)), TIMEOUT, what="recovery notice")
+
+
+def test_restart_on_a_full_disk_serves_what_the_file_holds_and_writes_once_space_returns(
+        broker_process, raw, tmp_path, small_disk):
+    """A gateway whose disk filled up restarts (a reboot, a power cut). SQLite cannot create the WAL
+    database's -shm file there, so the store opens it in exclusive locking mode (the index in memory)
+    and says so: the broker starts, serves the retained and queued messages the file holds, keeps
+    acknowledging new ones while its writes fail and are retried, and writes them once space returns;
+    a kill -9 after that loses nothing. Before, it refused to start ("No space left on device")."""
+    data = small_disk(tmp_path / "data")  # a real 8 MiB file system of its own
+    b = broker_process(data)
+    offline_subscriber(raw, b.port, "s", [("q/#", 1)])
+    pub = raw(b.port, "p")
+    publish_acked(pub, "r/1", b"kept", 1, packet_id=1, retain=True)
+    publish_acked(pub, "q/1", b"queued", 1, packet_id=2)
+    disconnect(pub)
+    b.stop()
+    filler = fill_disk(data)
+
+    b2 = broker_process(data)
+    assert "exclusive locking mode" in b2.log(), b2.log()
+    watcher = raw(b2.port, "w")
+    watcher.send(w.subscribe(1, [("r/#", 0)]))
+    assert watcher.read_raw_packet() == w.suback(1, [0])
+    kept = parse_publish(watcher.read_raw_packet())
+    assert (kept.retain, kept.topic, kept.payload) == (True, "r/1", b"kept")  # [MQTT-3.3.1-6]
+    sub = raw(b2.port, "s", clean=False, present=True)
+    got = parse_publish(sub.read_raw_packet())
+    assert (got.topic, got.payload) == ("q/1", b"queued")
+    sub.send(w.puback(got.packet_id))
+    disconnect(sub)
+    pub = raw(b2.port, "p")
+    publish_acked(pub, "q/2", b"while full", 1, packet_id=1)  # queued for the offline session
+    wait_for(lambda: "cannot write persistence database" in b2.log(), TIMEOUT, what="the failed write logged")
+    filler.unlink()
+    wait_for(lambda: "is writable again" in b2.log(), TIMEOUT, what="the write once space returned")
+    b2.kill9()
+
+    b3 = broker_process(data)
+    assert "exclusive" not in b3.log(), b3.log()  # space again: the normal mode, readable by others
+    sub = raw(b3.port, "s", clean=False, present=True)
+    after = [parse_publish(p) for p in read_until_pingresp(sub)]
+    assert [(p.topic, p.payload) for p in after] == [("q/2", b"while full")]  # q/1's PUBACK was written too
+
+
+def test_a_new_database_on_a_full_disk_is_refused_with_the_cause_not_move_it_aside(tmp_path, small_disk):
+    """No database yet and no space to create one: the broker cannot start, and says that the disk is
+    full (not that the file is damaged and should be moved aside, as for other SQLite errors)."""
+    data = small_disk(tmp_path / "data")
+    fill_disk(data)
+    done = subprocess.run([sys.executable, str(HERE / "brokerproc.py"), "--dir", str(data)], cwd=str(REPO),
+                          env=child_env(), capture_output=True, text=True, timeout=TIMEOUT * 3)
+    assert done.returncode == 1, done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and "0 KiB free" in error[0] and "Free some space" in error[0], done.stderr
+    assert "mv " not in error[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
