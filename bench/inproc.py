@@ -39,6 +39,10 @@ would), and counts only the broker's calls:
   poller's registration, the read holding CONNECT and SUBSCRIBE, the core's work (CONN), the flush and
   the two log lines; one handshake at a time, the connections kept open. Under `--callgrind` the loop
   thread is counted up to the last SUBACK (the process ends there, so closing them is not counted).
+- LIFE: a connection's whole life through the loop, one at a time (S6-seq's handshake, then S6's idle
+  client going away): CONNL's accept, handshake and log lines, then the client closes its socket and
+  waits until the broker has closed its side (the close, its log line, the session's discard, the
+  unsubscribe, the poller's unregistration); per connection, nothing left open.
 
 `--callgrind` runs each case under `valgrind --tool=callgrind` twice, with N and 2N messages, and
 divides the difference of the instruction counts by N: start-up, imports and set-up cancel out, and
@@ -391,6 +395,56 @@ def case_connl(n: int) -> float:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def case_life(n: int) -> float:
+    """LIFE: see the module's docstring. Returns the loop thread's CPU time per connection."""
+    import socket
+    from edgebroker import broker as core
+    from edgebroker import log as L
+    from edgebroker.config import Config
+    from edgebroker.server import Server
+    directory = tempfile.mkdtemp(prefix="edgebroker-inproc-")
+    core.CHECK_INTERVAL = 3600.0  # as TURN: only the connections' turns
+    logfile = open(os.path.join(directory, "broker.log"), "w")
+    server = _settled(Server(Config(persistence_location=directory, sys_interval=0), L.Logger(stream=logfile),
+                             default_port=0))
+    loop, cpu_ns = _loop_thread(server, daemon=True)
+    answer = b"\x20\x02\x00\x00\x90\x03\x00\x01\x00"  # CONNACK accepted, SUBACK QoS 0
+    try:
+        address = ("127.0.0.1", server.ports[0])
+        reads = [wire.connect(f"bench-idle-{k}", True, 0) + wire.subscribe(1, [(f"bench/idle/{k}", 0)])
+                 for k in range(n)]
+        t0 = cpu_ns()
+        for data in reads:
+            s = socket.create_connection(address)
+            try:
+                s.sendall(data)
+                got = b""
+                while len(got) < len(answer):
+                    more = s.recv(64)
+                    if not more:
+                        raise RuntimeError("the broker closed a connection during its handshake")
+                    got += more
+                if got != answer:
+                    raise RuntimeError(f"unexpected answer {got!r}")
+                s.shutdown(socket.SHUT_WR)  # the client goes away ...
+                if s.recv(64):  # ... and the broker closes its side
+                    raise RuntimeError("the broker sent more after the SUBACK")
+            finally:
+                s.close()
+        spent = (cpu_ns() - t0) / 1e9 / n
+        if server.broker.connections:
+            raise RuntimeError(f"{len(server.broker.connections)} connections left open")
+        if _EXIT_AFTER_CASE:
+            shutil.rmtree(directory, ignore_errors=True)
+            os._exit(0)
+        return spent
+    finally:
+        server.shutdown()
+        loop.join()
+        logfile.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 #: --once (a run under callgrind): a case that would count its own clean-up may end the process instead
 _EXIT_AFTER_CASE = False
 
@@ -487,16 +541,16 @@ CASES: Dict[str, Callable[[int], float]] = {
     "DRAIN": _drain, "DRAINU": lambda n: _drain(n, 0), "DRAIN1": lambda n: _drain(n, one=True),
     "DRAINQ": lambda n: _drain(n, drain=False), "CONN": case_conn,
     "TURN": lambda n: _loop_turns(n, False), "TURNX": lambda n: _loop_turns(n, True), "CONNL": case_connl,
-    "BRIDGE": case_bridge}
+    "LIFE": case_life, "BRIDGE": case_bridge}
 #: cases that run the loop on a thread of its own: under callgrind only that thread is counted
-LOOP_CASES = ("TURN", "TURNX", "CONNL")
+LOOP_CASES = ("TURN", "TURNX", "CONNL", "LIFE")
 #: messages (deliveries for FAN, connections for CONN) per timed run; callgrind runs are a tenth of these
 SIZES = {"Q0": 200_000, "Q1": 50_000, "FAN": 500_000, "Q1P": 20_000, "DRAIN": 20_000, "DRAINU": 20_000,
          "DRAIN1": 10_000, "DRAINQ": 20_000, "CONN": 20_000, "TURN": 20_000, "TURNX": 3_000,
-         "CONNL": 2_000, "BRIDGE": 20_000}
+         "CONNL": 2_000, "LIFE": 2_000, "BRIDGE": 20_000}
 
 
-_UNIT = {"CONN": "connection", "CONNL": "connection"}
+_UNIT = {"CONN": "connection", "CONNL": "connection", "LIFE": "connection"}
 
 
 #: --misses: callgrind's simulated caches, this machine's per core (L1d 48 KiB, L1i 32 KiB, L2 2 MiB as

@@ -64,6 +64,19 @@ ACL_CACHE_SIZE = 512
 
 # ---- password files ---------------------------------------------------------------------------
 
+#: edgebroker.passhash, imported with the first password checked (a broker without a password file never
+#: loads it; it decides when OpenSSL's libcrypto, ~3.7 MiB of RSS, is worth loading). Kept here: an
+#: import statement per login cost 1-2 us each, three of them per login (S6-auth logs 2,000 devices in).
+_hashes = None
+
+
+def _load_hashes():  # type: ignore[no-untyped-def]
+    global _hashes
+    from . import passhash
+    _hashes = passhash
+    return passhash
+
+
 class PasswordEntry:
     """One user's line of a password file, decoded: `$7$ITERATIONS$SALT$HASH` (PBKDF2-HMAC-SHA512) or
     `$6$SALT$HASH` (one SHA-512 of password then salt, Mosquitto 1.x), base64 salt and hash."""
@@ -79,7 +92,7 @@ class PasswordEntry:
     def verify(self, password: bytes) -> bool:
         """Does `password` hash to this entry? Compared in constant time. Costs `iterations` rounds of
         HMAC-SHA512 for $7$ (see docs/security.md for the cost): call it off the loop."""
-        from . import passhash  # OpenSSL's libcrypto (~3.7 MiB of RSS) only for many hashes: see there
+        passhash = _hashes or _load_hashes()
         if self.kind == "sha512-pbkdf2":
             computed = passhash.pbkdf2_sha512(password, self.salt, self.iterations, len(self.digest),
                                               INLINE_ITERATIONS)
@@ -173,16 +186,17 @@ class PasswordFile:
 
     def known_good(self, username: str, entry: PasswordEntry, password: bytes) -> bool:
         """Has this exact password been verified for this user before (cheap: one SHA-256)?"""
-        from .passhash import compare_digest, sha256
         seen = self._verified.get(username)
-        return seen is not None and compare_digest(seen, sha256(entry.salt + password).digest())
+        if seen is None:
+            return False
+        passhash = _hashes or _load_hashes()
+        return passhash.compare_digest(seen, passhash.sha256(entry.salt + password).digest())
 
     def remember(self, username: str, entry: PasswordEntry, password: bytes) -> None:
         """Record a successful verification (only successes: every wrong guess costs the full hash)."""
-        from .passhash import sha256
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
-        self._verified[username] = sha256(entry.salt + password).digest()
+        self._verified[username] = (_hashes or _load_hashes()).sha256(entry.salt + password).digest()
 
 
 def parse_password_file(text: str, path: str) -> PasswordFile:

@@ -154,7 +154,7 @@ class ConnectHandlers:
         if conn.bridge:
             self._rap.add(session)
         if cfg.connection_messages:
-            proto = _PROTOCOLS[(p.protocol_name, p.protocol_level)]
+            proto = "p2" if p.protocol_level == 4 else "p1"  # what _PROTOCOLS let in: 3.1.1 or 3.1
             self.log(L.NOTICE, f"New {'bridge' if conn.bridge else 'client'} connected from {conn.peer} as {client_id} "
                                f"({proto}, c{int(p.clean_session)}, k{p.keepalive}"
                                f"{', u' + repr(username) if username is not None else ''}).")

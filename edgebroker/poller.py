@@ -104,6 +104,27 @@ class Poller:
             pass  # closed already: the kernel dropped it from the set
         return key
 
+    def forget(self, fd: int, closing: bool = False) -> None:
+        """`unregister` by descriptor, without making the registration's SelectorKey; nothing happens
+        for a descriptor not registered (flow control may have taken it out). `closing`: the caller
+        closes the descriptor right after and it is the only one of its file (a socket the loop
+        accepted: not inheritable, never duplicated), which takes it out of the epoll set (epoll(7)):
+        no system call here then."""
+        if self._files.pop(fd, None) is None:
+            return
+        if self._readable.pop(fd, None) is None:
+            self._keys.pop(fd, None)
+        self._max_events = len(self._files) or 1
+        if closing and self._epoll is not None:
+            return
+        try:
+            if self._epoll is not None:
+                self._epoll.unregister(fd)
+            else:
+                self._fallback.unregister(fd)
+        except (OSError, KeyError, ValueError):
+            pass  # closed already: the kernel dropped it from the set
+
     def get_key(self, fileobj: Any) -> SelectorKey:
         return self._key(self._fd(fileobj))
 

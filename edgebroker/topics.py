@@ -47,12 +47,6 @@ class _Node:
         self.subscribers: Dict[Hashable, int] = {}
 
 
-def _wild(topic_filter: str) -> bool:
-    """Has a `+` or `#` (a level that merely contains one is refused by the codec; the trie would
-    treat it as a literal level, so it is right there as well)."""
-    return "+" in topic_filter or "#" in topic_filter
-
-
 class TopicTree:
     def __init__(self) -> None:
         self._root = _Node()  # filters with a wildcard
@@ -63,7 +57,10 @@ class TopicTree:
 
     def subscribe(self, topic_filter: str, subscriber: Hashable, qos: int) -> bool:
         """Add or replace a subscription [MQTT-3.8.4-3]; True when it is new."""
-        if _wild(topic_filter):
+        # A filter with a `+` or `#` goes in the trie (a level that merely contains one is refused by the
+        # codec; the trie would treat it as a literal level, so it is right there as well), one without
+        # in `_literal`. (The test inline, not a function: a device's connect and close each make one.)
+        if "+" in topic_filter or "#" in topic_filter:
             node = self._root
             for level in topic_filter.split("/"):
                 child = node.children.get(level)
@@ -91,7 +88,7 @@ class TopicTree:
         return new
 
     def unsubscribe(self, topic_filter: str, subscriber: Hashable) -> bool:
-        if not _wild(topic_filter):
+        if "+" not in topic_filter and "#" not in topic_filter:  # a literal filter (see subscribe)
             exact = self._literal.get(topic_filter)
             if exact is None:
                 return False

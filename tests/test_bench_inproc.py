@@ -22,13 +22,14 @@ def test_every_case_runs_and_prints_a_figure():
 
 def test_the_loop_cases_run_the_real_loop():
     """TURN and TURNX wait for each message at the subscriber before sending the next, CONNL for each
-    connection's CONNACK and SUBACK (checked) before the next: a run that finishes delivered every
-    message and answered every handshake, through serve_forever's thread."""
-    out = subprocess.run([sys.executable, "-m", "bench.inproc", "--cases", "TURN,TURNX,CONNL", "--scale", "0.01"],
-                         cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    connection's CONNACK and SUBACK (checked) before the next, LIFE also for the broker's close after
+    the client's (and fails if a connection is left open): a run that finishes delivered every message,
+    answered every handshake and closed every connection, through serve_forever's thread."""
+    out = subprocess.run([sys.executable, "-m", "bench.inproc", "--cases", "TURN,TURNX,CONNL,LIFE", "--scale",
+                          "0.01"], cwd=str(ROOT), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     figures = {line.split()[0]: float(line.split()[1]) for line in out.stdout.splitlines()[1:]}
-    assert set(figures) == {"TURN", "TURNX", "CONNL"}
+    assert set(figures) == {"TURN", "TURNX", "CONNL", "LIFE"}
     assert all(value > 0 for value in figures.values())
 
 

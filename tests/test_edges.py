@@ -730,3 +730,66 @@ def test_a_large_output_left_by_a_partial_send_is_kept_as_a_view_not_copied():
         a.close()
         b.close()
         server.close()
+
+
+# ---- closing ----------------------------------------------------------------------------------------
+
+def test_a_client_that_closes_its_socket_is_closed_logged_and_forgotten():
+    """A client going away (its socket closed, no DISCONNECT) is closed on the broker's side at once, its
+    line logged as Mosquitto's, its descriptor closed and out of the poller, whether its SUBACK was read
+    or not; one whose last bytes the broker has not read (a DISCONNECT followed by junk) still gets
+    what was sent before its close, the drain's way."""
+    import os
+    import socket
+    import threading
+
+    from edgebroker.config import Config, Listener
+    from edgebroker.server import Server
+    from util import wait_for
+
+    lines = []
+    server = Server(Config(allow_anonymous=True, listeners=[Listener(port=0, address="127.0.0.1")],
+                           persistence=False), log=lambda level, msg: lines.append(msg))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.ports[0]
+    try:
+        with RawClient("127.0.0.1", port) as c:  # the loop runs: descriptors counted from here
+            assert c.connect("warm") == w.connack(False, 0)
+        wait_for(lambda: not server.broker.connections, what="the first client's close")
+        before = len(os.listdir("/proc/self/fd"))
+        for k in range(5):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(w.connect(f"gone-{k}") + w.subscribe(1, [(f"t/{k}", 0)]))
+            if k % 2:
+                assert s.recv(9) == w.connack(False, 0) + w.suback(1, [0])
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10.0)
+            got = b""
+            while True:  # the broker's close: end of file after what it had to send
+                more = s.recv(64)
+                if not more:
+                    break
+                got += more
+            assert got in (b"", w.connack(False, 0) + w.suback(1, [0])), hexs(got)
+            s.close()
+        wait_for(lambda: sum("closed its connection" in line for line in lines) == 6, what="six lines")
+        assert [line for line in lines if line.startswith("Client gone-")] == [
+            f"Client gone-{k} closed its connection." for k in range(5)]
+        wait_for(lambda: len(os.listdir("/proc/self/fd")) == before, what="every descriptor closed")
+        assert len(server._sel._files) == len(server._listening) + 1  # the listener and the wake socket
+        assert not server.broker.connections and not server.broker.sessions
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(w.connect("junk") + w.disconnect() + b"\x00" * 100)
+        s.settimeout(10.0)
+        got = b""
+        while True:
+            more = s.recv(64)
+            if not more:
+                break
+            got += more
+        assert got == w.connack(False, 0)
+        s.close()
+    finally:
+        server.shutdown()
+        thread.join(10)

@@ -153,3 +153,42 @@ def test_register_read_is_register_for_reading(poller: Poller, pair) -> None:
     assert poller.poll(1.0) == [("a", EVENT_READ | EVENT_WRITE)]
     poller.unregister(a)
     assert poller.poll(0) == []
+
+
+@pytest.mark.parametrize("closing", [False, True])
+def test_forget_is_unregister_by_descriptor(poller: Poller, closing: bool) -> None:
+    """The close path's `forget(fd)`: the registration is gone (no key, nothing reported, the number free
+    for the next socket, registered again without error), whatever its events; an unknown number is no
+    error. With `closing` (no epoll_ctl: the caller's close takes the descriptor out of the epoll set)
+    the socket must be closed right after, as the loop does."""
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        fd = a.fileno()
+        poller.register(a, EVENT_READ | EVENT_WRITE, "a")
+        poller.register_read(c.fileno(), c, "c")
+        poller.forget(fd, closing)
+        poller.forget(fd, closing)  # (taken out already: nothing to do)
+        if closing:
+            a.close()  # (closed: the kernel took it out of the epoll set)
+        else:
+            b.send(b"x")
+        d.send(b"y")
+        assert poller.poll(1.0) == [("c", EVENT_READ)]
+        with pytest.raises(KeyError):
+            poller.get_key(fd)
+        poller.forget(c.fileno(), closing)
+        if closing:
+            c.close()
+        assert poller.poll(0) == []
+        e, f = socket.socketpair()  # a new socket may get the number back
+        try:
+            poller.register(e, EVENT_READ, "e")
+            f.send(b"z")
+            assert poller.poll(1.0) == [("e", EVENT_READ)]
+        finally:
+            e.close()
+            f.close()
+    finally:
+        for s in (a, b, c, d):
+            s.close()
