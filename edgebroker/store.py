@@ -53,6 +53,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from itertools import chain
 
 from . import log as L
 from .errors import StoreError
@@ -270,9 +271,22 @@ _DEL_MESSAGE = "DELETE FROM messages WHERE id = ?"
 _UPD_DELIVERY = "UPDATE deliveries SET packet_id = ?, state = ? WHERE seq = ?"
 _DEL_DELIVERY = "DELETE FROM deliveries WHERE seq = ?"
 _INS_BRIDGE = "INSERT INTO bridge_queue (seq, bridge, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)"
+#: Statements of that many bridge rows each (_insert_bridge_rows): at most 6 x 64 = 384 parameters,
+#: under SQLite's oldest limit (999).
+_INS_BRIDGE_SIZES = (64, 16, 4)
+_INS_BRIDGE_MANY = {k: _INS_BRIDGE + ", (?, ?, ?, ?, ?, ?)" * (k - 1) for k in _INS_BRIDGE_SIZES}
 #: A run of consecutive seqs (a remote acknowledges in order): one buffered entry, [first, last], for a
 #: whole drain instead of one per row (90 bytes each, up to DEFER_MAX_OPS of them for a second).
 _DEL_BRIDGE = "DELETE FROM bridge_queue WHERE seq BETWEEN ? AND ?"
+#: A bridge's rows in order, each with its size (bridge_rows): bridge.py's queue holds them as they come.
+_BRIDGE_ROWS = ("SELECT seq, topic, payload, qos, retain, length(CAST(topic AS BLOB)) + length(payload) "
+                "FROM bridge_queue WHERE bridge = ? AND seq > ? ORDER BY seq LIMIT ?")
+#: The rows that cannot be messages (bridge_damaged): a topic that is not a non-empty text without
+#: wildcards, a payload that is not a blob, a QoS or retain flag out of range.
+_BRIDGE_DAMAGED = ("SELECT bridge, seq, coalesce(length(CAST(topic AS BLOB)) + length(payload), 0) "
+                   "FROM bridge_queue WHERE CASE WHEN typeof(topic) = 'text' AND topic <> '' "
+                   "AND instr(topic, '+') = 0 AND instr(topic, '#') = 0 AND typeof(payload) = 'blob' "
+                   "AND qos IN (0, 1, 2) AND retain IN (0, 1) THEN 0 ELSE 1 END ORDER BY seq")
 _INS_INBOUND = ("INSERT OR REPLACE INTO inbound_qos2 (client_id, packet_id, topic, payload, retain) "
                 "VALUES (?, ?, ?, ?, ?)")
 _DEL_INBOUND = "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?"
@@ -343,6 +357,10 @@ class NullStore:
     def bridge_remove(self, seq: int) -> None:
         pass
 
+    def bridge_remove_all(self, seqs: List[int]) -> None:
+        """bridge_remove of each, in order (a remote's read of acknowledgements)."""
+        pass
+
     def bridge_pending(self) -> bool:
         """Bridge rows added but not yet committed (a read of the table would miss them)."""
         return False
@@ -355,7 +373,13 @@ class NullStore:
         return 0
 
     def bridge_rows(self, bridge: str, after: int, limit: int) -> List[Tuple]:
-        """Up to `limit` rows (seq, topic, payload, qos, retain) of `bridge` with seq > after, in order."""
+        """Up to `limit` rows (seq, topic, payload, qos, retain, size) of `bridge` with seq > after, in
+        order; size: bytes of topic and payload."""
+        return []
+
+    def bridge_damaged(self) -> List[Tuple[str, int, int]]:
+        """(bridge, seq, bytes) of the rows that cannot be messages (a damaged database), in order;
+        bytes: what bridge_summary counted of each."""
         return []
 
     def pending_durable(self) -> bool:
@@ -392,6 +416,11 @@ def _import_sqlite3() -> None:
     no declared types (bench/README.md, Issue 19)."""
     global sqlite3
     import _sqlite3 as sqlite3
+    # bytes as they are (the payloads): the driver binds bytearray, int, float and str at once but asks
+    # its adapter registry about anything else, bytes included, and failing to find one there costs
+    # about 1,500 instructions per payload (an AttributeError made and dropped on the way); this entry
+    # answers the question (bench/README.md, "Issue 19: a bridged message's CPU").
+    sqlite3.register_adapter(bytes, bytes)
 
 
 def _free_space(directory: str) -> str:
@@ -755,6 +784,15 @@ class SqliteStore(NullStore):
         run = self._bridge_run = [seq, seq]
         self._ops.append((_DEL_BRIDGE, run))
 
+    def bridge_remove_all(self, seqs: List[int]) -> None:
+        inserts = self._bridge_inserts
+        for seq in seqs:
+            run = self._bridge_run
+            if run is not None and run[1] == seq - 1 and seq not in inserts:
+                run[1] = seq  # bridge_remove's commonest case, without a call
+            else:
+                self.bridge_remove(seq)
+
     def bridge_pending(self) -> bool:
         return bool(self._bridge_inserts)
 
@@ -766,9 +804,11 @@ class SqliteStore(NullStore):
     def bridge_max_seq(self) -> int:
         return self._conn.execute("SELECT coalesce(max(seq), 0) FROM bridge_queue").fetchone()[0]
 
+    def bridge_damaged(self) -> List[Tuple[str, int, int]]:
+        return self._conn.execute(_BRIDGE_DAMAGED).fetchall()
+
     def bridge_rows(self, bridge: str, after: int, limit: int) -> List[Tuple]:
-        return self._conn.execute("SELECT seq, topic, payload, qos, retain FROM bridge_queue WHERE bridge = ? "
-                                  "AND seq > ? ORDER BY seq LIMIT ?", (bridge, after, limit)).fetchall()
+        return self._conn.execute(_BRIDGE_ROWS, (bridge, after, limit)).fetchall()
 
     def inbound_add(self, client_id: str, packet_id: int, topic: Optional[str] = None,
                     payload: Optional[bytes] = None, retain: bool = False) -> None:
@@ -904,6 +944,8 @@ class SqliteStore(NullStore):
                             # fail, the INSERT stays buffered and is only no longer cancelled).
                             msg.store_id = -1
                     conn.executemany(_INS_DELIVERY, rows)
+                elif sql is _INS_BRIDGE and j - i >= 4:
+                    self._insert_bridge_rows([o[1] for o in ops[i:j]])  # type: ignore[index]
                 elif j - i == 1:
                     conn.execute(sql, op[1])
                 else:
@@ -931,6 +973,22 @@ class SqliteStore(NullStore):
         if self._failing:
             self._failing = False
             self.log(L.NOTICE, f"Persistence database {self.path} is writable again.")
+
+    def _insert_bridge_rows(self, rows: List[tuple]) -> None:
+        """A run of bridge rows (a turn's intake: 64 in B1) by statements of several rows each: a row
+        of its own costs the driver's per-statement work (a step, the GIL released and taken again,
+        a reset) once per row, about 2,400 instructions (bench/README.md, "Issue 19: a bridged
+        message's CPU")."""
+        conn = self._conn
+        i, n = 0, len(rows)
+        for k in _INS_BRIDGE_SIZES:
+            if n - i >= k:
+                sql = _INS_BRIDGE_MANY[k]
+                while n - i >= k:
+                    conn.execute(sql, tuple(chain.from_iterable(rows[i:i + k])))
+                    i += k
+        if i < n:
+            conn.executemany(_INS_BRIDGE, rows[i:])
 
     def _compact(self) -> None:
         """Drop the buffer's cancelled entries when they are half of it or more ("periodic"), and

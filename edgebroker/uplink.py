@@ -21,7 +21,7 @@ without it on the next connection (`private` turns false and stays false), as Mo
 """
 from __future__ import annotations
 
-from .codec import Parser, encode, encode_publish
+from .codec import Parser, encode, encode_publish, publish_head
 from .errors import MalformedPacket
 from .packets import (
     Connack, Connect, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Unsuback,
@@ -30,7 +30,7 @@ from .packets import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+    from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 else:
     from .record import NamedTuple
 
@@ -43,6 +43,8 @@ PRIVATE_FLAG = 0x80
 #: Seconds to wait for the CONNACK when keepalive is off (otherwise one keepalive period).
 CONNACK_TIMEOUT = 30.0
 
+#: PUBLISH first bytes by QoS and retain flag (no DUP)
+_FIRST = [bytes((0x30 | flags,)) for flags in range(8)]
 _SENT, _RELEASED = 0, 1  # inflight states: PUBLISH awaiting PUBACK/PUBREC; PUBREL awaiting PUBCOMP
 _PINGREQ = b"\xc0\x00"
 
@@ -195,9 +197,19 @@ class UplinkSession:
         if qos == 0:
             self._write(encode_publish(topic, payload, 0, retain), now)
             return 0
-        pid = self._next_pid()
-        self.inflight[pid] = [_SENT, token, topic, payload, qos, retain]
-        self._write(encode_publish(topic, payload, qos, retain, False, pid), now)
+        inflight = self.inflight
+        pid = self._last_pid % 65535 + 1
+        if pid in inflight:
+            pid = self._next_pid()
+        else:
+            self._last_pid = pid
+        inflight[pid] = [_SENT, token, topic, payload, qos, retain]
+        # encode_publish's bytes, in pieces that take_output joins (once per message: a stream's)
+        raw = topic.encode("utf-8")
+        head = publish_head(4 + len(raw) + len(payload), raw)
+        self.out += (_FIRST[(qos << 1) | (1 if retain else 0)], head, pid.to_bytes(2, "big"), payload)
+        self.out_size += 3 + len(head) + len(payload)
+        self._last_out = now
         return pid
 
     def resend(self, now: float) -> int:
@@ -228,12 +240,30 @@ class UplinkSession:
 
     # ---- receiving ------------------------------------------------------------------------------
 
-    def data_received(self, data: bytes, now: float) -> List[object]:
+    def acked_tokens(self, data: bytes, now: float) -> Optional[List[Any]]:
+        """When `data` is a run of PUBACKs only (the commonest read, in a stream): the tokens of the
+        QoS 1 messages it completes, in order, what data_received would return as Acked events, without
+        an event each. Otherwise None, and nothing is consumed: the caller then calls data_received."""
+        if not self.connected:
+            return None
+        ids = self._parser.ack_run(data, 0x40)
+        if ids is None:
+            return None
         self._last_in = now
-        if self.connected:
-            ids = self._parser.ack_run(data, 0x40)  # a read of PUBACKs only: the commonest, in a stream
-            if ids is not None:
-                return self._acked(ids)
+        tokens = []
+        inflight = self.inflight
+        for pid in ids:
+            entry = inflight.get(pid)
+            if entry is not None and entry[4] == 1:
+                del inflight[pid]
+                tokens.append(entry[1])
+        return tokens
+
+    def data_received(self, data: bytes, now: float) -> List[object]:
+        tokens = self.acked_tokens(data, now)
+        if tokens is not None:
+            return [Acked(token) for token in tokens]
+        self._last_in = now
         try:
             packets = self._parser.feed(data)
         except MalformedPacket as exc:
@@ -241,17 +271,6 @@ class UplinkSession:
             events.append(Lost(f"malformed packet from the remote: {exc}"))
             return events
         return self._handle(packets, now)
-
-    def _acked(self, ids: Sequence[int]) -> List[object]:
-        """What _handle makes of a run of PUBACKs, without a packet object each."""
-        events: List[object] = []
-        inflight = self.inflight
-        for pid in ids:
-            entry = inflight.get(pid)
-            if entry is not None and entry[4] == 1:
-                del inflight[pid]
-                events.append(Acked(entry[1]))
-        return events
 
     def _handle(self, packets: List[object], now: float) -> List[object]:
         events: List[object] = []

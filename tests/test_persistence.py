@@ -752,6 +752,54 @@ def test_bridge_rows_acknowledged_in_order_wait_for_the_commit_as_one_run(tmp_pa
     store.close()
 
 
+def test_bridge_rows_go_in_by_runs_and_come_back_with_their_sizes(tmp_path):
+    """A turn's bridge rows go in by multi-row statements (runs of 64, 16 and 4, the rest one by one):
+    every row arrives whole, in order, and bridge_rows gives each with the bytes bridge_summary counts
+    (a non-ASCII topic counts its UTF-8 bytes). bridge_damaged finds exactly the rows that cannot be
+    messages, and nothing in a queue of good ones."""
+    cfg = config(tmp_path)
+    store = SqliteStore(cfg.database_path())
+    path = Path(cfg.database_path())
+    seq = 0
+    for run in (64 + 16 + 4 + 3, 1, 5, 130):
+        for _ in range(run):
+            seq += 1
+            store.bridge_add(seq, "b", f"t/{seq}" if seq % 7 else f"t/\u00e9/{seq}", bytes([seq % 256]) * (seq % 5),
+                             seq % 3, bool(seq % 2))
+        store.commit(float(seq), force=True)
+    rows = store.bridge_rows("b", 0, 1000)
+    assert [r[0] for r in rows] == list(range(1, seq + 1))
+    for s_, topic, payload, qos, retain, size in rows:
+        assert topic == (f"t/{s_}" if s_ % 7 else f"t/\u00e9/{s_}")
+        assert (payload, qos, retain) == (bytes([s_ % 256]) * (s_ % 5), s_ % 3, s_ % 2)
+        assert type(payload) is bytes and size == len(topic.encode("utf-8")) + len(payload)
+    assert store.bridge_summary() == {"b": (seq, sum(r[5] for r in rows))}
+    assert store.bridge_damaged() == []
+    db = sqlite3.connect(str(path))
+    db.execute("UPDATE bridge_queue SET qos = 7 WHERE seq = 3")
+    db.execute("UPDATE bridge_queue SET retain = 2 WHERE seq = 10")
+    db.execute("UPDATE bridge_queue SET payload = NULL WHERE seq = 20")
+    db.execute("UPDATE bridge_queue SET payload = 'text' WHERE seq = 21")
+    db.execute("UPDATE bridge_queue SET topic = 't/+' WHERE seq = 30")
+    db.execute("UPDATE bridge_queue SET topic = '' WHERE seq = 31")
+    db.execute("UPDATE bridge_queue SET topic = x'74' WHERE seq = 32")
+    db.execute("UPDATE bridge_queue SET qos = NULL, bridge = 'c' WHERE seq = 40")
+    db.commit()
+    db.close()
+    damaged = store.bridge_damaged()
+    assert [(name, s_) for name, s_, _ in damaged] == [("b", 3), ("b", 10), ("b", 20), ("b", 21), ("b", 30),
+                                                       ("b", 31), ("b", 32), ("c", 40)]
+    # each with the bytes bridge_summary counts of it (a NULL payload: none), so that the summary less
+    # the damaged rows is what the good ones hold (start_bridges counts the queue so)
+    sizes = dict((s_, size) for _, s_, size in damaged)
+    assert (sizes[3], sizes[20], sizes[21], sizes[31]) == (3 + 3, 0, len("t/\u00e9/21".encode()) + 4, 0 + 1)
+    good = [r for r in store.bridge_rows("b", 0, 1000) if r[0] not in sizes]
+    count, total = store.bridge_summary()["b"]
+    assert (count - 7, total - sum(size for name, _, size in damaged if name == "b")) == (
+        len(good), sum(r[5] for r in good))
+    store.close()
+
+
 def _sqlite_memory() -> Any:
     """SQLite's own memory counters (sqlite3_memory_used and _highwater) through ctypes, from the library
     the sqlite3 module uses."""
