@@ -17,7 +17,8 @@ def test_bridge_and_serial_rows_are_scenarios_of_the_main_runner_at_both_sizes()
         assert {by_id[i].family for i in HOSTED} == {"B", "SER"}
         for i in HOSTED:
             assert by_id[i].run is not None and by_id[i].metrics
-            assert 0 < by_id[i].max_rounds <= 2  # a full run stays near 10 minutes
+            # a full run stays near 10 minutes; B1 (a few seconds a round) takes the median of three
+            assert 0 < by_id[i].max_rounds <= (3 if i == "B1" else 2)
     assert QUICK.b1_count < FULL.b1_count and QUICK.ser_lines < FULL.ser_lines
 
 
