@@ -36,7 +36,7 @@ import _socket
 import _thread
 import errno
 import os
-from collections import deque
+from _collections import deque  # collections.deque, without the collections package (record.namedtuple)
 
 from . import log as L
 from .bridgeconfig import BridgeConfig, BridgeTopic

@@ -28,7 +28,7 @@ persistent sessions carry a `seq`, the key of their row; 0 means "not stored".
 from __future__ import annotations
 
 import struct
-from collections import deque
+from _collections import deque  # collections.deque, without the collections package (record.namedtuple)
 
 from . import __version__
 from . import log as L

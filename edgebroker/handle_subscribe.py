@@ -5,7 +5,7 @@ A mixin of `edgebroker.broker.Broker` (one file per concern, as Mosquitto keeps 
 handler): its methods run on the Broker and use its state; see broker.py's theory of operation."""
 from __future__ import annotations
 
-from collections import deque
+from _collections import deque  # collections.deque, without the collections package (record.namedtuple)
 
 from . import log as L
 from .codec import encode_remaining_length

@@ -13,7 +13,7 @@ hashlib releases the GIL while it hashes, so the loop keeps serving meanwhile.
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from _collections import OrderedDict, deque  # collections' own, without that package (record.namedtuple)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

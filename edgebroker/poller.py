@@ -10,7 +10,8 @@ there is no epoll (not Linux), the standard library's selector does the work beh
 from __future__ import annotations
 
 import select
-from collections import namedtuple
+
+from .record import namedtuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

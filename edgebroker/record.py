@@ -15,18 +15,26 @@ importing `typing` (2.0 MiB of resident memory with `re` and the rest it imports
 otherwise only in annotations). Modules import it as the type checker's `typing.NamedTuple` under
 `if TYPE_CHECKING:` and as this one otherwise; the classes it makes are what typing.NamedTuple makes:
 `collections.namedtuple` classes with the body's defaults, docstring and methods.
+
+`namedtuple` is `collections.namedtuple` (without `rename`), written again over the C module
+`_collections`: the collections package (with the operator, keyword and reprlib modules it imports and
+the Python classes it defines: Counter, ChainMap, UserDict, ...) is about 0.4 MiB of resident memory
+that a running broker never uses otherwise (`deque` and `OrderedDict` are `_collections`' own).
+tests/test_record.py compares its classes with collections' on the same fields.
 """
 from __future__ import annotations
 
-from collections import namedtuple
+import sys
+
+from _collections import _tuplegetter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Tuple, TypeVar
+    from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
     T = TypeVar("T")
 
-__all__ = ["record", "field", "fields", "replace", "FrozenInstanceError", "Field", "NamedTuple"]
+__all__ = ["record", "field", "fields", "replace", "FrozenInstanceError", "Field", "NamedTuple", "namedtuple"]
 
 
 class _Missing:
@@ -146,6 +154,88 @@ def record(cls: type) -> type:
         setattr(cls, name, method)
     cls.__record_fields__ = found  # type: ignore[attr-defined]
     return cls
+
+
+def namedtuple(typename: str, field_names: Any, *, defaults: Any = None, module: Optional[str] = None) -> type:
+    """A tuple class with named fields, as `collections.namedtuple(typename, field_names,
+    defaults=defaults, module=module)` makes it: the same attributes, methods, docstrings, signature
+    of `__new__` (so the same TypeErrors), repr and pickling. Field names are checked as collections
+    checks them but for keywords (`keyword` is one of the modules this avoids; no class body or list
+    of ours can hold one)."""
+    if isinstance(field_names, str):
+        field_names = field_names.replace(",", " ").split()
+    names = [str(name) for name in field_names]
+    typename = sys.intern(str(typename))
+    for name in [typename] + names:
+        if not name.isidentifier():
+            raise ValueError(f"Type names and field names must be valid identifiers: {name!r}")
+    seen = set()
+    for name in names:
+        if name.startswith("_"):
+            raise ValueError(f"Field names cannot start with an underscore: {name!r}")
+        if name in seen:
+            raise ValueError(f"Encountered duplicate field name: {name!r}")
+        seen.add(name)
+    field_defaults: Dict[str, Any] = {}
+    if defaults is not None:
+        defaults = tuple(defaults)
+        if len(defaults) > len(names):
+            raise TypeError("Got more default values than field names")
+        field_defaults = dict(reversed(list(zip(reversed(names), reversed(defaults)))))
+    fields_ = tuple(sys.intern(name) for name in names)
+    count = len(fields_)
+    arg_list = ", ".join(fields_) + ("," if count == 1 else "")
+    repr_fmt = "(" + ", ".join(f"{name}=%r" for name in fields_) + ")"
+    tuple_new = tuple.__new__
+    namespace = {"_tuple_new": tuple_new, "__builtins__": {}, "__name__": f"namedtuple_{typename}"}
+    __new__ = eval(f"lambda _cls, {arg_list}: _tuple_new(_cls, ({arg_list}))", namespace)
+    __new__.__name__ = "__new__"
+    __new__.__doc__ = f"Create new instance of {typename}({arg_list})"
+    if defaults is not None:
+        __new__.__defaults__ = defaults
+
+    def _make(cls: type, iterable: Any) -> Any:
+        result = tuple_new(cls, iterable)
+        if len(result) != count:
+            raise TypeError(f"Expected {count} arguments, got {len(result)}")
+        return result
+
+    _make.__doc__ = f"Make a new {typename} object from a sequence or iterable"
+
+    def _replace(self: Any, /, **kwds: Any) -> Any:
+        result = self._make(map(kwds.pop, fields_, self))
+        if kwds:
+            raise ValueError(f"Got unexpected field names: {list(kwds)!r}")
+        return result
+
+    _replace.__doc__ = f"Return a new {typename} object replacing specified fields with new values"
+
+    def __repr__(self: Any) -> str:
+        "Return a nicely formatted representation string"
+        return self.__class__.__name__ + repr_fmt % self
+
+    def _asdict(self: Any) -> Dict[str, Any]:
+        "Return a new dict which maps field names to their values."
+        return dict(zip(self._fields, self))
+
+    def __getnewargs__(self: Any) -> Tuple[Any, ...]:
+        "Return self as a plain tuple.  Used by copy and pickle."
+        return tuple(self)
+
+    for method in (__new__, _make, _replace, __repr__, _asdict, __getnewargs__):
+        method.__qualname__ = f"{typename}.{method.__name__}"
+    class_namespace: Dict[str, Any] = {
+        "__doc__": f"{typename}({arg_list})", "__slots__": (), "_fields": fields_,
+        "_field_defaults": field_defaults, "__new__": __new__, "_make": classmethod(_make),
+        "_replace": _replace, "__repr__": __repr__, "_asdict": _asdict, "__getnewargs__": __getnewargs__,
+        "__match_args__": fields_}
+    for index, name in enumerate(fields_):
+        class_namespace[name] = _tuplegetter(index, sys.intern(f"Alias for field number {index}"))
+    result = type(typename, (tuple,), class_namespace)
+    if module is None:
+        module = sys._getframe(1).f_globals.get("__name__", "__main__")
+    result.__module__ = module
+    return result
 
 
 #: What a NamedTuple class body may not set: the names collections.namedtuple defines (as typing refuses).

@@ -8,14 +8,15 @@ for QoS > 0 only the packet identifier differs.
 """
 from __future__ import annotations
 
-from collections import deque
-from types import MappingProxyType
+from _collections import deque  # collections.deque, without the collections package (record.namedtuple)
 
 from .packets import Message, queue_meta, unpack_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Tuple
+
+MappingProxyType = type(type.__dict__)  # types.MappingProxyType, without the types module
 
 __all__ = ["Message", "Session", "INFLIGHT_SENT", "INFLIGHT_RELEASED", "QUEUED", "NO_INFLIGHT", "inflight_of",
            "queue_meta", "unpack_meta"]

@@ -56,13 +56,14 @@ import time
 from itertools import chain
 
 from . import log as L
+from . import standins
 from .errors import StoreError
 from .packets import queue_meta, unpack_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import sqlite3  # at run time by _import_sqlite3(): the same classes, from _sqlite3
-    from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+    from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 else:
     from .record import NamedTuple
 
@@ -413,14 +414,28 @@ def _import_sqlite3() -> None:
     connect(), Connection and exceptions the sqlite3 package re-exports as they are (3.9 and 3.11 checked),
     without sqlite3.dbapi2, which imports datetime (0.4 MiB) to register default adapters for dates
     and converters for `detect_types`: the store binds only ints, floats, text and bytes, and parses
-    no declared types (bench/README.md, Issue 19)."""
+    no declared types (bench/README.md, Issue 19). From Python 3.11 `_sqlite3` imports functools at
+    its import, for its statement cache's lru_cache: it gets standins.lru_cache, the same C cache,
+    without functools and the collections package (0.5 MiB; edgebroker/standins.py)."""
     global sqlite3
+    standins.import_with_stand_ins("_sqlite3", {"functools": standins.functools()}, _check_sqlite3, registered=True)
     import _sqlite3 as sqlite3
     # bytes as they are (the payloads): the driver binds bytearray, int, float and str at once but asks
     # its adapter registry about anything else, bytes included, and failing to find one there costs
     # about 1,500 instructions per payload (an AttributeError made and dropped on the way); this entry
     # answers the question (bench/README.md, "Issue 19: a bridged message's CPU").
     sqlite3.register_adapter(bytes, bytes)
+
+
+def _check_sqlite3(module: Any) -> None:
+    """A statement prepared, then found again in the connection's statement cache."""
+    db = module.connect(":memory:")
+    try:
+        for _ in range(2):
+            if db.execute("SELECT 1").fetchall() != [(1,)]:
+                raise ImportError("_sqlite3 with functools' stand-in did not run a statement")
+    finally:
+        db.close()
 
 
 def _free_space(directory: str) -> str:

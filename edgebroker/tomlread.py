@@ -1,13 +1,16 @@
 """The TOML parser (the standard library's tomllib, tomli before Python 3.11), imported only when a
 configuration file is TOML and, for what nothing else has imported yet, without `typing`, `re`,
-`string` and `datetime`.
+`string`, `datetime`, `functools`, `collections` and `types`.
 
 tomllib (Python 3.11 to 3.13, and tomli 2.x) imports:
 - typing's Any, BinaryIO, NamedTuple, Callable and Tuple: for annotations, two aliases of its own
   (`Callable[[str], Any]`, `Tuple[str, ...]`) and one NamedTuple class;
 - re, to compile its three patterns (numbers, local times, dates and date-times), and string (which
   imports re) for three constants; re imports enum;
-- datetime, for the values of TOML's dates and times, which a broker's configuration never holds.
+- datetime, for the values of TOML's dates and times, which a broker's configuration never holds;
+- functools for lru_cache (one function's cache of time zones), collections.abc for Iterable (an
+  annotation) and types for MappingProxyType: functools imports the collections package (0.5 MiB with
+  what it imports, edgebroker/standins.py).
 Together they cost a broker started with `-c edgebroker.toml` (the Pi's service, and every bench
 scenario with a setting) about 1.5 MiB of resident memory for its whole life (bench/README.md, "Issue
 19"). So while tomllib is imported, its own modules' imports of these names get stand-ins:
@@ -18,22 +21,25 @@ scenario with a setting) about 1.5 MiB of resident memory for its whole life (be
 - re: `compile` gives a pattern (`_Pattern`) that says "no match" where its first characters cannot
   match (a date needs four digits and `-`, a time two digits and `:`), matches a plain decimal integer
   (`1883`, `-17`: what a configuration holds) itself, and compiles the real pattern for anything else
-  (`1_000`, `0xff`, `6.02e23`, a date) and from then on is only that.
+  (`1_000`, `0xff`, `6.02e23`, a date) and from then on is only that;
+- functools: standins.lru_cache, over functools' own C cache; collections.abc and types: the very
+  Iterable and MappingProxyType (from `_collections_abc` and `type(type.__dict__)`).
 Any other import, by tomllib or by another thread meanwhile, goes to Python's import as usual; a module
 already imported is used as it is. Should a tomllib or tomli ask for a name a stand-in lacks, or its
 import fail in any other way, it is imported again the ordinary way.
 """
 from __future__ import annotations
 
-import builtins
+import _collections_abc
 import sys
-import types
 
+from . import standins
 from .record import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+    from types import ModuleType
+    from typing import Any, Dict, Optional
 
 __all__ = ["toml"]
 
@@ -174,60 +180,38 @@ class _IntegerMatch:
         return getattr(self.pattern.compiled().match(self.string, self.pos), name)
 
 
-def _stand_ins() -> Dict[str, types.ModuleType]:
+def _stand_ins() -> Dict[str, ModuleType]:
     """The stand-ins for what tomllib imports, by module name."""
-    typing = types.ModuleType("typing", "typing's names tomllib imports (edgebroker.tomlread)")
-    for name in ("Any", "BinaryIO", "Callable", "Tuple"):
-        setattr(typing, name, _Alias(name))
-    typing.NamedTuple = NamedTuple  # type: ignore[attr-defined]
-    typing.TYPE_CHECKING = False  # type: ignore[attr-defined]
-    string = types.ModuleType("string", "string's constants tomllib uses (edgebroker.tomlread)")
-    string.ascii_letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # type: ignore[attr-defined]
-    string.digits = _DIGITS  # type: ignore[attr-defined]
-    string.hexdigits = _DIGITS + "abcdefABCDEF"  # type: ignore[attr-defined]
-    re = types.ModuleType("re", "re.compile for tomllib's patterns, compiled when used (edgebroker.tomlread)")
-    re.compile = _Pattern  # type: ignore[attr-defined]
-    re.VERBOSE = _VERBOSE  # type: ignore[attr-defined]
-    datetime = types.ModuleType("datetime", "datetime's classes, imported when used (edgebroker.tomlread)")
-    for name in ("date", "datetime", "time", "timedelta", "timezone", "tzinfo"):
-        setattr(datetime, name, _Lazy(name))
-    return {"typing": typing, "string": string, "re": re, "datetime": datetime}
+    typing = standins.module("typing", "typing's names tomllib imports (edgebroker.tomlread)",
+                             NamedTuple=NamedTuple, TYPE_CHECKING=False,
+                             **{name: _Alias(name) for name in ("Any", "BinaryIO", "Callable", "Tuple")})
+    string = standins.module("string", "string's constants tomllib uses (edgebroker.tomlread)",
+                             ascii_letters="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                             digits=_DIGITS, hexdigits=_DIGITS + "abcdefABCDEF")
+    re = standins.module("re", "re.compile for tomllib's patterns, compiled when used (edgebroker.tomlread)",
+                         compile=_Pattern, VERBOSE=_VERBOSE)
+    datetime = standins.module("datetime", "datetime's classes, imported when used (edgebroker.tomlread)",
+                               **{name: _Lazy(name) for name in ("date", "datetime", "time", "timedelta",
+                                                                 "timezone", "tzinfo")})
+    abc = standins.module("collections.abc", "collections.abc's Iterable (edgebroker.tomlread)",
+                          Iterable=_collections_abc.Iterable)
+    types = standins.module("types", "types.MappingProxyType (edgebroker.tomlread)",
+                            MappingProxyType=type(type.__dict__))
+    return {"typing": typing, "string": string, "re": re, "datetime": datetime, "functools": standins.functools(),
+            "collections.abc": abc, "types": types}
 
 
-def _import_with_stand_ins() -> Optional[types.ModuleType]:
-    """tomllib imported with the stand-ins for its own imports of what is not imported yet; None (and
-    nothing of it left in sys.modules) if that did not work."""
-    stand_ins = {name: module for name, module in _stand_ins().items() if name not in sys.modules}
-    real_import = builtins.__import__
-
-    def import_(name: str, globals: Optional[Mapping[str, object]] = None,
-                locals: Optional[Mapping[str, object]] = None, fromlist: Optional[Sequence[str]] = (),
-                level: int = 0) -> types.ModuleType:
-        if name in stand_ins and not level and globals and \
-                str(globals.get("__name__", "")).partition(".")[0] == _NAME:
-            return stand_ins[name]
-        return real_import(name, globals, locals, fromlist, level)
-
-    builtins.__import__ = import_
-    try:
-        module = real_import(_NAME)
-        checked = module.loads("checked = [1, -2, 'a', { b = true }]\n[t]\nd = 0\n")
-        if checked != {"checked": [1, -2, "a", {"b": True}], "t": {"d": 0}}:
-            raise ImportError(f"{_NAME} with stand-ins parsed {checked!r}")
-        return module
-    except Exception:
-        for name in [n for n in sys.modules if n == _NAME or n.startswith(_NAME + ".")]:
-            del sys.modules[name]
-        return None
-    finally:
-        builtins.__import__ = real_import
+def _check(module: ModuleType) -> None:
+    checked = module.loads("checked = [1, -2, 'a', { b = true }]\n[t]\nd = 0\n")
+    if checked != {"checked": [1, -2, "a", {"b": True}], "t": {"d": 0}}:
+        raise ImportError(f"{_NAME} with stand-ins parsed {checked!r}")
 
 
 def toml() -> Any:
     """The tomllib (or tomli) module: `toml().loads(text)`, `toml().TOMLDecodeError`."""
     module = sys.modules.get(_NAME)
     if module is None:
-        module = _import_with_stand_ins()
+        module = standins.import_with_stand_ins(_NAME, _stand_ins(), _check, importers=(_NAME,))
     if module is None:
         module = __import__(_NAME)
     return module

@@ -41,7 +41,12 @@ WRAPPERS = ["socket", "selectors", "signal", "array", "sqlite3", "sqlite3.dbapi2
 #: file's reader imports them), the command line's -d/-t/user helpers, and `math` (a shared library of
 #: its own in some builds: the load averages compute e ** x themselves).
 LAZY = ["edgebroker.bridgeconfig", "edgebroker.devices", "edgebroker.cli.startup", "math"]
-NOT_RUNNING = WRAPPERS + NOT_AT_START + ["enum"] + LAZY
+#: And the standard library's Python modules around `_collections` and `_functools` (about 0.5 MiB
+#: of resident memory; bench/README.md, Issue 19): deque and OrderedDict come from `_collections`,
+#: tuple classes from record.namedtuple, and `_sqlite3` and tomllib get a stand-in for functools'
+#: lru_cache (edgebroker/standins.py).
+PYTHON_WRAPPERS = ["collections", "functools", "types", "operator", "reprlib", "keyword"]
+NOT_RUNNING = WRAPPERS + NOT_AT_START + ["enum"] + LAZY + PYTHON_WRAPPERS
 
 #: The broker's command line started as a service starts it, with a client that connects, subscribes
 #: and gets its own PUBLISH back on a thread of its own (`_thread`: threading would add modules);
@@ -103,7 +108,8 @@ def test_a_running_broker_loads_no_wrapper_of_what_it_uses_directly(tmp_path):
 #: without `re` (and so without enum), tomllib is imported with stand-ins for re, string, datetime and
 #: typing (edgebroker/tomlread.py), a password file's base64 is decoded by binascii (base64 imports re).
 #: A file without bridges or devices does not import their configuration classes either.
-NOT_WITH_FILE = WRAPPERS + NOT_AT_START + ["enum", "string", "base64", "edgebroker.bridgeconfig", "edgebroker.devices"]
+NOT_WITH_FILE = WRAPPERS + NOT_AT_START + ["enum", "string", "base64", "edgebroker.bridgeconfig", "edgebroker.devices"] + \
+    PYTHON_WRAPPERS
 
 
 @pytest.mark.parametrize("kind", ["toml", "conf"])
@@ -204,7 +210,7 @@ serve = Server.serve_forever""")
 #: `_socket`, `_thread` and a deque, so a bridge to an IP literal loads none of socket.py, threading,
 #: queue, random or ipaddress (about 1.3 MiB together); only a TLS bridge brings OpenSSL (tls.py).
 NOT_IN_A_BRIDGE = WRAPPERS + NOT_AT_START + ["enum", "threading", "queue", "random", "ipaddress", "math",
-                                            "ssl", "edgebroker.tls", "edgebroker.devices"]
+                                            "ssl", "edgebroker.tls", "edgebroker.devices"] + PYTHON_WRAPPERS
 
 
 def test_a_bridge_brings_no_wrapper_and_no_thread_module(tmp_path):

@@ -52,6 +52,8 @@ LAYERS: Dict[str, int] = {
     "sslcore": 0,
     # The password files' hashes, built in or OpenSSL's: nothing of ours.
     "passhash": 0,
+    # A module imported with stand-ins for a few standard-library modules of its imports: nothing of ours.
+    "standins": 0,
     # TLS as bytes in, bytes out (MemoryBIO + SSLObject): sans-IO like the codec; the loop and the
     # clients (tools, bridges) drive it.
     "tls": 1,

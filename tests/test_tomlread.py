@@ -107,7 +107,7 @@ LAZY_PROBE = """
 import sys
 from edgebroker import tomlread
 parser = tomlread.toml()
-names = ("re", "enum", "string", "datetime", "typing")
+names = ("re", "enum", "string", "datetime", "typing", "functools", "collections", "types")
 for document in sys.argv[1:]:
     print(repr(parser.loads(document)), *[n for n in names if n in sys.modules])
 """
@@ -126,7 +126,7 @@ port = 8883
 
 def test_re_and_datetime_come_only_with_a_value_that_needs_them():
     # The stand-ins for re, string and datetime (edgebroker/tomlread.py): a plain configuration parses
-    # without them; a float, a hexadecimal integer or a date imports what it needs and is parsed as the
+    # without them (nor functools, collections or types, whose stand-ins stay); a float, a hexadecimal integer or a date imports what it needs and is parsed as the
     # ordinary parser parses it, and so is everything after.
     if sys.version_info < (3, 11):
         pytest.skip("tomli is in site-packages: the probe cannot run with -S, and a venv's site hooks (an "
@@ -138,9 +138,10 @@ def test_re_and_datetime_come_only_with_a_value_that_needs_them():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     ordinary = toml()
+    real = " functools collections types"  # the real re and enum import them
     assert lines[0] == repr(ordinary.loads(PLAIN))  # nothing imported
-    assert lines[1] == repr(ordinary.loads(later[0])) + " re enum"
-    assert lines[2] == repr(ordinary.loads(later[1])) + " re enum"
-    assert lines[3] == repr(ordinary.loads(later[2])) + " re enum datetime"
-    assert lines[4] == repr(ordinary.loads(later[3])) + " re enum datetime"
-    assert lines[5] == repr(ordinary.loads(PLAIN)) + " re enum datetime"
+    assert lines[1] == repr(ordinary.loads(later[0])) + " re enum" + real
+    assert lines[2] == repr(ordinary.loads(later[1])) + " re enum" + real
+    assert lines[3] == repr(ordinary.loads(later[2])) + " re enum datetime" + real
+    assert lines[4] == repr(ordinary.loads(later[3])) + " re enum datetime" + real
+    assert lines[5] == repr(ordinary.loads(PLAIN)) + " re enum datetime" + real

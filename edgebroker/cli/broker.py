@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import _signal  # signal.py's enums would import enum (0.4 MiB): bench/README.md, Issue 19
 import sys
-import types
 
 from .. import __version__
 from .. import log as L
@@ -31,9 +30,13 @@ from ..store import StoreError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    import types
     from typing import Any, Dict, List, Optional, Tuple
 
     from ..configfile import LoadedConfig
+
+#: types.SimpleNamespace (argparse's Namespace for the plain flags), without the types module.
+_Namespace = type(sys.implementation)
 
 
 def _startup() -> types.ModuleType:
@@ -106,7 +109,7 @@ def _plain_args(argv: List[str]) -> Optional[Any]:
                 return None
         else:
             values["config_file"] = value
-    return types.SimpleNamespace(**values)
+    return _Namespace(**values)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
