@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import wire
 from .brokers import (
-    broker_python, compile_bytecode, cpu_seconds, data_root, edgebroker_seed_dir, free_port, mosquitto_binary, read_io, status_kib,
+    broker_command, compile_bytecode, cpu_seconds, data_root, edgebroker_seed_dir, free_port, mosquitto_binary, read_io, status_kib,
 )
 from .scenarios import Metric, Outcome, Scenario, Sizes
 
@@ -162,7 +162,7 @@ class Gateway:
             cmd = [mosquitto_binary() or "mosquitto", "-c", self.conf]
         else:
             compile_bytecode()  # as every edgebroker run of the benchmark (brokers.compile_bytecode)
-            cmd = [broker_python(), "-m", "edgebroker", "-c", self.conf]
+            cmd = broker_command() + ["-c", self.conf]
         self.proc = Proc(cmd, os.path.join(self.dir, "gateway.log"))
         self._cpu0 = 0.0
         _wait(lambda: _accepts(self.port), 15, f"the {self.kind} gateway")

@@ -238,6 +238,37 @@ def broker_python() -> str:
     return os.path.join(_broker_venv, "bin", "python") if _broker_venv else repo_python()
 
 
+#: The `edgebroker` command as pip writes it for pyproject.toml's console script (pip's template), less the
+#: two lines that import `re` for a Windows suffix, which pi-image/install.sh takes out: the Pi's service
+#: starts the broker with this script (pi-image/edgebroker.service).
+EDGEBROKER_SCRIPT = ("# -*- coding: utf-8 -*-\nimport sys\nfrom edgebroker.cli.broker import main\n"
+                     "if __name__ == '__main__':\n    sys.exit(main())\n")
+
+
+def broker_command() -> List[str]:
+    """How the benchmark starts edgebroker's broker (its arguments follow): broker_python() running the
+    `edgebroker` console script as an installed broker has it (EDGEBROKER_SCRIPT, written beside that
+    interpreter). Not `python -m edgebroker`: runpy's importlib.util imports contextlib, collections,
+    functools and types, about 0.6 MiB of resident memory the installed command does not load
+    (bench/README.md, Issue 19)."""
+    python = broker_python()
+    script = os.path.join(os.path.dirname(python), "edgebroker")
+    if not _broker_venv:  # no virtualenv of its own: a directory of the run's, removed at exit
+        global _script_dir
+        if _script_dir is None:
+            _script_dir = tempfile.mkdtemp(prefix="bench-broker-script-")
+            import atexit
+            atexit.register(shutil.rmtree, _script_dir, True)
+        script = os.path.join(_script_dir, "edgebroker")
+    if not os.path.exists(script):
+        with open(script, "w") as f:
+            f.write(EDGEBROKER_SCRIPT)
+    return [python, script]
+
+
+_script_dir: Optional[str] = None
+
+
 def mosquitto_binary() -> Optional[str]:
     for path in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if path and os.path.exists(path):
@@ -360,7 +391,7 @@ class Broker:
                 self.note = ", ".join(f"{k} {_conf_value(v)}" for k, v in self.options.items())
             return [exe, "-c", conf]
         if self.kind == "edgebroker":
-            base = [broker_python(), "-m", "edgebroker", "-p", str(self.port)] + edgebroker_extra_args()
+            base = broker_command() + ["-p", str(self.port)] + edgebroker_extra_args()
             if self.max_queued is None and not self.options and not self.tls:
                 return base
             if edgebroker_has_config_file():

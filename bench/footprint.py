@@ -11,9 +11,9 @@ broker has it (bench/brokers.py, `compile_bytecode`):
 2. The broker's imports in the order a start makes them, one fresh process importing them one after
    another: VmRSS after each, and how many modules each brought (with the bench's broker interpreter,
    then with this venv's Python under -S).
-3. A running broker (`python -m edgebroker -p 0`, a fresh database in a temporary XDG_DATA_HOME), started
-   as the main benchmark starts it (bench/brokers.py, `broker_python`: this venv's Python without the
-   editable install's hooks, as an installed broker starts):
+3. A running broker (`edgebroker -p 0`, a fresh database in a temporary XDG_DATA_HOME), started
+   as the main benchmark starts it (bench/brokers.py, `broker_command`: the installed command's script
+   run by this venv's Python without the editable install's hooks, as an installed broker starts):
    after start, with `-c` (a mosquitto.conf, whose persistence is off by default as in Mosquitto, and a
    TOML file, each setting max_queued_messages; a TOML file with a TLS listener, one TLS client served;
    one with a password file, one client logged in), then with a persistent session
@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 
 from bench import wire  # noqa: E402
 from bench.brokers import (  # noqa: E402
-    broker_python, compile_bytecode, kill_all, mosquitto_binary, repo_python, tls_files,
+    broker_command, broker_python, compile_bytecode, kill_all, mosquitto_binary, repo_python, tls_files,
 )
 
 KIB = 1024.0
@@ -205,7 +205,10 @@ def broker_table(queued: int) -> List[str]:
     procs: List[subprocess.Popen] = []
 
     def start(extra: List[str], python: str = "") -> Tuple[subprocess.Popen, int]:
-        proc = subprocess.Popen([python or broker_python(), "-m", "edgebroker", "-p", "0"] + extra, env=env, cwd=tmp,
+        command = broker_command()  # the installed `edgebroker` command's script, as the benchmark starts it
+        if python:
+            command = [python, command[1]]
+        proc = subprocess.Popen(command + ["-p", "0"] + extra, env=env, cwd=tmp,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         procs.append(proc)

@@ -152,10 +152,9 @@ def _rounds(ids: list, rounds: int, detail: bool, quick: bool, kind: str = "edge
         plain = brokers.Broker.command
 
         def command(self: brokers.Broker) -> list:
-            cmd = plain(self)
-            at = cmd.index("-m")
+            cmd = plain(self)  # [python, the edgebroker script, arguments...] (brokers.broker_command)
             run = f"import runpy; runpy.run_path({os.path.abspath(__file__)!r}, run_name='__main__')"
-            return cmd[:at] + ["-c", run, "--wrap"] + cmd[at + 2:]
+            return cmd[:1] + ["-c", run, "--wrap"] + cmd[2:]
         brokers.Broker.command = command  # type: ignore[assignment]
     sizes = S.QUICK if quick else S.FULL
     known = {s.id: s for s in S.scenarios(sizes)}

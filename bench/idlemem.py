@@ -7,8 +7,8 @@ Mosquitto, this one adds where the bytes go.
     .venv/bin/python -m bench.idlemem --tree /path/to/other/checkout    # another version
     .venv/bin/python -m bench.idlemem --source             # compiled at start, not from bytecode
 
-Each round starts a fresh broker as the benchmark does (`python -m edgebroker -p 0` with the bench's
-broker interpreter, from bytecode, an existing database in a temporary XDG_DATA_HOME), connects S6's
+Each round starts a fresh broker as the benchmark does (`edgebroker -p 0`, the installed command's
+script, with the bench's broker interpreter, from bytecode, an existing database in a temporary XDG_DATA_HOME), connects S6's
 publisher first, then N connections with S6's handshake (CONNECT with clean session, SUBSCRIBE to
 bench/idle/<k>; at most 64 in progress), and reads the broker's VmRSS and its CPU time
 (/proc/PID/schedstat, nanoseconds) before and after them; then the publisher sends one QoS 0 message to
@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import wire  # noqa: E402
-from bench.brokers import broker_python, kill_all  # noqa: E402
+from bench.brokers import broker_command, broker_python, kill_all  # noqa: E402
 
 CONCURRENCY = 64  # S6's handshakes in progress at once
 
@@ -88,8 +88,8 @@ class _Broker:
         env.pop("PYTHONDEVMODE", None)
         if source:  # no bytecode to find (an empty cache directory) and none written: compiled at start
             env.update(PYTHONPYCACHEPREFIX=os.path.join(data, "no-bytecode"), PYTHONDONTWRITEBYTECODE="1")
-        python = broker_python()  # as the bench runs it: an installed broker's start (bench/brokers.py)
-        cmd = [python, "-m", "edgebroker"] if traced is None else [python, "-c", _TRACED, traced[0], str(traced[1])]
+        # as the bench runs it: an installed broker's start (bench/brokers.py, broker_command)
+        cmd = broker_command() if traced is None else [broker_python(), "-c", _TRACED, traced[0], str(traced[1])]
         self.proc = subprocess.Popen(cmd + ["-p", "0"], env=env, cwd=data, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.port = 0

@@ -452,12 +452,14 @@ limited by the generator.
 
 ## Broker set-up
 
-- edgebroker: `python -m edgebroker -p PORT{(' ' + eb_args) if eb_args else ''}` (the working
+- edgebroker: `edgebroker -p PORT{(' ' + eb_args) if eb_args else ''}` (the working
   tree, through PYTHONPATH), i.e. its defaults: max_inflight_messages 20, max_queued_messages 1000,
   persistence {'off' if eb_args else 'on'}. {queue_how}
   Its Python is `{os.path.relpath(brokers.repo_python(), ROOT)}`'s, in a virtualenv of its own that reaches that venv's
-  packages by a path only, so it starts as an installed broker does: without the repository's
-  editable-install hooks (about 1 MiB of RSS; bench/brokers.py, `broker_python`).
+  packages by a path only, running the `edgebroker` command's script as pip and pi-image/install.sh
+  write it, so it starts as an installed broker does: without the repository's editable-install hooks
+  (about 1 MiB of RSS; bench/brokers.py, `broker_python`) and without `python -m`'s runpy (0.6 MiB;
+  `broker_command`).
   Its data directory (XDG_DATA_HOME) is in the run's temporary directory, seeded with the empty database
   a first, unmeasured start created, so every run starts on an existing database as in service.
 - Mosquitto: `mosquitto -c CONF` with `listener PORT 127.0.0.1`, `allow_anonymous true`,

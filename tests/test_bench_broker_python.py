@@ -54,3 +54,20 @@ def test_a_script_that_never_calls_kill_all_leaves_no_venv_or_seed_behind():
     assert not os.path.exists(python)
     assert not os.path.exists(os.path.dirname(os.path.dirname(python)))
     assert not os.path.exists(seed)
+
+
+def test_the_broker_command_is_the_installed_script_without_runpy():
+    # The command pi-image's service runs (pip's console script less install.sh's `re` lines), by the
+    # broker interpreter: `edgebroker --version` answers from the working tree, and nothing of runpy.
+    try:
+        command = brokers.broker_command()
+        assert command[0] == brokers.broker_python() and os.path.basename(command[1]) == "edgebroker"
+        with open(command[1]) as f:
+            assert f.read() == brokers.EDGEBROKER_SCRIPT
+        out = subprocess.run([command[0], "-X", "importtime", command[1], "--version"], capture_output=True,
+                             text=True, timeout=60, env=dict(os.environ, PYTHONPATH=brokers.ROOT))
+        assert out.returncode == 0 and out.stdout.startswith("edgebroker"), out
+        imported = [line.rpartition("|")[2].strip() for line in out.stderr.splitlines()]
+        assert "edgebroker.cli.broker" in imported and "runpy" not in imported
+    finally:
+        brokers.kill_all()
