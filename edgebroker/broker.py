@@ -35,7 +35,7 @@ from . import log as L
 from .auth import ALLOW, AclSubject, Security, load_security
 from .config import Config
 from .connection import (
-    OUT_BUFFER_LIMIT, PRE_CONNECT_MAX_BYTES, Q0_BACKED_UP, Q0_REPLAY, REFILL_BYTES, REPLAY_LIVE_MAX, Connection,
+    EARLY_FLUSH, OUT_BUFFER_LIMIT, PRE_CONNECT_MAX_BYTES, Q0_BACKED_UP, Q0_REPLAY, REFILL_BYTES, REPLAY_LIVE_MAX, Connection,
     q0_refusal,
 )
 from .errors import MalformedPacket
@@ -102,6 +102,10 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers, LocalHandlers):
         self.retained: RetainedTree[Message] = RetainedTree()
         self.connections: Dict[Connection, None] = {}
         self.dirty: List[Connection] = []
+        #: connections whose QoS 0 output passed connection.EARLY_FLUSH (`_q0_admit`): the loop sends theirs
+        #: after the read being handled when its turn has more events (a turn of one ends with the flush
+        #: anyway: they stay listed, q0_limit OUT_BUFFER_LIMIT, until a turn of several events)
+        self.early: List[Connection] = []
         self.closing: List[Connection] = []
         #: connections paused or resumed this turn: the loop updates their read interest
         self.flow_changed: List[Connection] = []
@@ -267,7 +271,8 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers, LocalHandlers):
 
     def output_flowing(self, conn: Connection) -> None:
         """... and this when all of it has left since."""
-        conn.q0_limit = Q0_REPLAY if conn.replay is not None else OUT_BUFFER_LIMIT
+        conn.q0_limit = (Q0_REPLAY if conn.replay is not None else
+                         OUT_BUFFER_LIMIT if conn in self.early else EARLY_FLUSH)  # (listed once at most)
         session = conn.session
         if session is not None and not session.queue:
             session.drop_logged = False  # a next episode of drops is logged again
@@ -388,6 +393,8 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers, LocalHandlers):
         conn.closed = True
         conn.close_reason = reason
         conn.replay = None
+        if conn.q0_limit == OUT_BUFFER_LIMIT and conn in self.early:
+            self.early.remove(conn)
         self.closing.append(conn)
         self.connections.pop(conn, None)
         for session in conn.paused_by:
@@ -694,6 +701,10 @@ class Broker(ConnectHandlers, SubscribeHandlers, AckHandlers, LocalHandlers):
         the chunks waiting in the output, as Mosquitto 2.0 counts its packets waiting to be written; the
         rest of a send the socket took in part is one chunk (a slice of at most server.SEND_SLICE, or
         the loop turn's output that backed the socket up)."""
+        if conn.q0_limit == EARLY_FLUSH:  # its output passed EARLY_FLUSH: the loop sends it early
+            conn.q0_limit = OUT_BUFFER_LIMIT
+            self.early.append(conn)
+            return True
         if conn.replay is not None:
             if conn.replay_live < REPLAY_LIVE_MAX:
                 conn.replay.append(msg)  # behind the retained ones still being sent

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 _NOTHING = ()
 
-__all__ = ["Connection", "PRE_CONNECT_MAX_BYTES", "OUT_BUFFER_LIMIT", "REFILL_BYTES", "REPLAY_LIVE_MAX",
+__all__ = ["Connection", "PRE_CONNECT_MAX_BYTES", "OUT_BUFFER_LIMIT", "EARLY_FLUSH", "REFILL_BYTES", "REPLAY_LIVE_MAX",
            "Q0_REPLAY", "Q0_BACKED_UP", "q0_refusal"]
 
 #: Bytes a connection may send before its CONNECT is complete. The largest valid CONNECT is five
@@ -24,7 +24,13 @@ PRE_CONNECT_MAX_BYTES = 512 * 1024
 #: counted): the last bound, whatever max_queued_messages and max_queued_bytes say. QoS 1/2 are
 #: bounded by the inflight window and the queue instead.
 OUT_BUFFER_LIMIT = 8 * 1024 * 1024
-#: `Connection.q0_limit` while it is not OUT_BUFFER_LIMIT: any value below 0 sends every live QoS 0
+#: Output bytes of a connection after which a live QoS 0 delivery to it has the loop send its output
+#: after the read being handled (`Broker.early`), not at the end of the loop turn: `Connection.q0_limit`
+#: while the socket takes everything. A QoS 0 flood's turn (bench S1: 8 publishers' 16 KiB reads for one
+#: subscriber, about 190 KB of packets, then their joined copy) then holds about this much at once.
+#: Past it, q0_limit is OUT_BUFFER_LIMIT until the loop has sent the output.
+EARLY_FLUSH = 64 * 1024
+#: `Connection.q0_limit` while it is not EARLY_FLUSH or OUT_BUFFER_LIMIT: any value below 0 sends every live QoS 0
 #: delivery to the connection down the slow path of `Broker._route`. Q0_REPLAY: a retained replay is
 #: in progress (live messages wait behind it). Q0_BACKED_UP: the socket refused part of the output
 #: and it has not all left since (the loop's `output_backed_up` / `output_flowing`); a QoS 0 message
@@ -90,7 +96,7 @@ class Connection:
         #: retained QoS 0 messages (and live ones behind them) still to send after a SUBSCRIBE; while
         #: there are any, q0_limit is below 0 so that live QoS 0 deliveries take the slow path in _route
         self.replay: Optional[Deque[object]] = None
-        self.q0_limit = OUT_BUFFER_LIMIT
+        self.q0_limit = EARLY_FLUSH
         self.replay_live = 0
         #: the auth.Security of the listener it came in on (set by the loop; None = the broker-wide one),
         #: and the username it connected with

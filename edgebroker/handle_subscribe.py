@@ -9,7 +9,7 @@ from _collections import deque  # collections.deque, without the collections pac
 
 from . import log as L
 from .codec import encode_remaining_length
-from .connection import OUT_BUFFER_LIMIT, Q0_REPLAY, REFILL_BYTES, Connection
+from .connection import EARLY_FLUSH, Q0_REPLAY, REFILL_BYTES, Connection
 from .packets import Subscribe, Unsubscribe
 from .session import Session
 
@@ -106,7 +106,7 @@ class SubscribeHandlers:
         if not replay:
             conn.replay = None
             if conn.q0_limit == Q0_REPLAY:
-                conn.q0_limit = OUT_BUFFER_LIMIT
+                conn.q0_limit = EARLY_FLUSH
             conn.replay_live = 0
 
     def _on_unsubscribe(self, conn: Connection, p: Unsubscribe, now: float) -> None:

@@ -32,6 +32,7 @@ from . import log as L
 from . import record
 from .auth import Security, load_security, security_lines
 from .broker import Broker, Connection
+from .connection import EARLY_FLUSH, OUT_BUFFER_LIMIT
 from .config import DEFAULT_PORT, LISTENER_SECURITY, Config, Listener, literal_family
 from .dblock import DatabaseLock, check_directory
 from .errors import ConfigError, ListenError
@@ -378,6 +379,8 @@ class Server:
                                 broker.release_held()
                                 if data.out and data not in self._writing and not data.closed:
                                     self._flush(data, now)
+                                if broker.early:  # a QoS 0 flood's subscribers: not all of the turn at once
+                                    self._flush_early(now)
                         if mask != read_event and mask & write_event and not data.closed:
                             self._flush(data, now)
                     elif data is _WAKE:
@@ -921,6 +924,15 @@ class Server:
             if conn.out and not conn.closed and not (writing and conn in writing):
                 self._flush(conn, now)
         dirty.clear()
+
+    def _flush_early(self, now: float) -> None:
+        """Output past connection.EARLY_FLUSH (Broker._q0_admit's list) leaves now; then watched again."""
+        for conn in self.broker.early:
+            if conn.out and not conn.closed and conn not in self._writing:
+                self._flush(conn, now)
+            if conn.q0_limit == OUT_BUFFER_LIMIT:  # (not backed up by that send)
+                conn.q0_limit = EARLY_FLUSH
+        self.broker.early.clear()
 
     def _finish_closing(self) -> None:
         closing = self.broker.closing

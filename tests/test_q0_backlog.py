@@ -17,7 +17,7 @@ import mqttwire as w
 from edgebroker.broker import Broker
 from edgebroker.codec import Parser
 from edgebroker.config import Config, Listener
-from edgebroker.connection import OUT_BUFFER_LIMIT, Q0_BACKED_UP, Q0_REPLAY
+from edgebroker.connection import EARLY_FLUSH, OUT_BUFFER_LIMIT, Q0_BACKED_UP, Q0_REPLAY
 from edgebroker.packets import Publish
 from edgebroker.server import SEND_SLICE, Server
 from test_auth_interop import MOSQUITTO, BrokerProc, brokers  # noqa: F401  (brokers: the fixture)
@@ -51,7 +51,27 @@ def test_a_turn_to_a_socket_that_takes_everything_is_not_counted():
     pub = _connect(b, "pub")
     _flood(b, pub, 500)
     assert _payloads(sub) == [b"%06d" % i for i in range(500)]
-    assert b.stats.publish_dropped == 0 and sub.q0_limit == OUT_BUFFER_LIMIT
+    assert b.stats.publish_dropped == 0 and sub.q0_limit == EARLY_FLUSH and not b.early
+
+
+def test_a_turn_past_early_flush_asks_the_loop_to_send_it_early():
+    """Past connection.EARLY_FLUSH bytes of output, a QoS 0 delivery lists the connection once in
+    `early` (the loop sends its output after the read being handled) and takes the fast path again:
+    nothing is dropped, nothing reordered."""
+    b = Broker(Config(persistence=False, max_queued_messages=10), now=0.0)
+    sub = _connect(b, "sub", w.subscribe(1, [("t/#", 0)]))
+    pub = _connect(b, "pub")
+    count = EARLY_FLUSH // len(w.publish("t/x", b"000000")) + 100
+    _flood(b, pub, count)
+    assert b.early == [sub] and sub.q0_limit == OUT_BUFFER_LIMIT and sub.out_size > EARLY_FLUSH
+    assert _payloads(sub) == [b"%06d" % i for i in range(count)] and b.stats.publish_dropped == 0
+    # Listed once at most: backed up and flowing again while listed, it is not listed twice.
+    b.output_backed_up(sub)
+    b.output_flowing(sub)
+    _flood(b, pub, count, start=count)
+    assert b.early == [sub] and sub.q0_limit == OUT_BUFFER_LIMIT
+    b.connection_lost(sub, 2.0)  # a closed connection is not kept for the loop
+    assert b.early == []
 
 
 def test_a_backed_up_connection_gets_qos0_only_below_max_queued_messages():
@@ -73,7 +93,7 @@ def test_a_backed_up_connection_gets_qos0_only_below_max_queued_messages():
     sub.out.clear()
     sub.out_size = 0
     b.output_flowing(sub)
-    assert sub.q0_limit == OUT_BUFFER_LIMIT and not sub.session.drop_logged
+    assert sub.q0_limit == EARLY_FLUSH and not sub.session.drop_logged
     _flood(b, pub, 20, start=50)
     assert _payloads(sub) == [b"%06d" % i for i in range(50, 70)]
     drops = [t for t in logs if "dropped" in t]
@@ -143,7 +163,7 @@ def test_the_loop_reports_a_backlog_and_its_end_and_sends_in_slices():
             peer.settimeout(TIMEOUT)
             got += len(peer.recv(1 << 20))
             server._flush(conn, time.monotonic())
-        assert conn.q0_limit == OUT_BUFFER_LIMIT and conn not in server._writing
+        assert conn.q0_limit == EARLY_FLUSH and conn not in server._writing
         peer.setblocking(False)
         while True:
             try:
@@ -152,6 +172,36 @@ def test_the_loop_reports_a_backlog_and_its_end_and_sends_in_slices():
                 break
             got += len(data)
         assert got == total // len(chunk) * len(chunk)
+    finally:
+        a.close()
+        peer.close()
+        server.shutdown()
+
+
+def test_the_loop_sends_a_turns_output_past_early_flush_after_the_read():
+    """The subscriber of a QoS 0 flood whose turn passed EARLY_FLUSH gets its output after the read that
+    passed it (`_flush_early`, which the loop calls after each read of a turn of several events), in
+    order, and is watched from EARLY_FLUSH again."""
+    server = Server(Config(listeners=[Listener(0, "127.0.0.1")], allow_anonymous=True, persistence=False))
+    a, peer = socket.socketpair()
+    try:
+        a.setblocking(False)
+        b = server.broker
+        sub = b.connection_made("sub", 0, time.monotonic())
+        sub.handle = a
+        server._sel.register(a, 1, sub)
+        b.data_received(sub, w.connect("sub") + w.subscribe(1, [("t/#", 0)]), 0.0)
+        pub = _connect(b, "pub")
+        count = EARLY_FLUSH // len(w.publish("t/x", b"000000")) + 100
+        _flood(b, pub, count)
+        assert b.early == [sub]
+        server._flush_early(time.monotonic())
+        assert not sub.out and not b.early and sub.q0_limit == EARLY_FLUSH
+        peer.settimeout(TIMEOUT)
+        got, parser = [], Parser()
+        while len(got) < count + 2:
+            got += parser.feed(peer.recv(1 << 20))
+        assert _publishes(got) == [b"%06d" % i for i in range(count)]
     finally:
         a.close()
         peer.close()
