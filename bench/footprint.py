@@ -47,10 +47,11 @@ KIB = 1024.0
 #: The modules a start imports, in its order; each row's cost is what it adds to those above it (memory
 #: an import frees, such as the compiler's for record's generated __init__, is reused by later rows, so
 #: only the running broker's figures below are the start's). `module:function` calls the function: the
-#: TOML parser comes with the first TOML file read (with `-c`), _sqlite3 with the store's database.
+#: TOML parser comes with the first TOML file read (with `-c`), _sqlite3 with the store's database (as
+#: the store imports it, without functools: edgebroker/standins.py).
 IMPORT_STEPS = ["edgebroker.log", "_socket", "edgebroker.config", "edgebroker.codec", "edgebroker.session",
                 "edgebroker.store", "edgebroker.broker", "edgebroker.server", "edgebroker.cli.broker",
-                "edgebroker.configfile", "edgebroker.tomlread:toml", "_sqlite3"]
+                "edgebroker.configfile", "edgebroker.tomlread:toml", "edgebroker.store:_import_sqlite3"]
 
 _STATUS = ("import sys\nv = {}\nfor l in open('/proc/self/status'):\n"
            "    v[l.split(':')[0]] = l.split()[1] if len(l.split()) > 1 else ''\n"
