@@ -272,9 +272,11 @@ _DEL_MESSAGE = "DELETE FROM messages WHERE id = ?"
 _UPD_DELIVERY = "UPDATE deliveries SET packet_id = ?, state = ? WHERE seq = ?"
 _DEL_DELIVERY = "DELETE FROM deliveries WHERE seq = ?"
 _INS_BRIDGE = "INSERT INTO bridge_queue (seq, bridge, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)"
-#: Statements of that many bridge rows each (_insert_bridge_rows): at most 6 x 64 = 384 parameters,
-#: under SQLite's oldest limit (999).
-_INS_BRIDGE_SIZES = (64, 16, 4)
+#: Statements of that many bridge rows each (_insert_bridge_rows). Each, once prepared, stays in the
+#: driver's statement cache for the broker's life: 4.4 KB of SQLite's memory for 4 rows, 12.2 KB for 16,
+#: 47.5 KB for 64, which B1's peak showed (+50-80 KiB of growth); by 16 a row costs about 500
+#: instructions more than by 64 (bench/README.md, "Issue 19: a bridged message's CPU").
+_INS_BRIDGE_SIZES = (16, 4)
 _INS_BRIDGE_MANY = {k: _INS_BRIDGE + ", (?, ?, ?, ?, ?, ?)" * (k - 1) for k in _INS_BRIDGE_SIZES}
 #: A run of consecutive seqs (a remote acknowledges in order): one buffered entry, [first, last], for a
 #: whole drain instead of one per row (90 bytes each, up to DEFER_MAX_OPS of them for a second).
