@@ -765,10 +765,16 @@ def test_fallback_address_after_the_primary_fails(tmp_path, procs):
     gw.stop()
 
 
-def test_a_damaged_queue_row_is_skipped_and_counted(tmp_path, procs):
+@pytest.mark.parametrize("disk", ["room", "full"])
+def test_a_damaged_queue_row_is_skipped_and_counted(tmp_path, procs, small_disk, disk):
+    """A row that cannot be a message is found at the start, deleted and counted, never sent. With the
+    disk full at that start (the database opened in exclusive locking mode, the delete not written), the
+    read back skips it all the same."""
     import sqlite3
 
     up = offline_upstream(tmp_path, procs, "d/#")
+    if disk == "full":
+        small_disk(tmp_path / "gw" / "db")
     gw = Gateway(tmp_path / "gw", bridge_block(up, "d/# out 1")).start()
     procs.append(gw)
     publish_all(gw.client("sensor"), [("d/n", str(i).encode(), 1, False) for i in range(3)])
@@ -777,7 +783,10 @@ def test_a_damaged_queue_row_is_skipped_and_counted(tmp_path, procs):
     db.execute("UPDATE bridge_queue SET qos = 7 WHERE seq = (SELECT min(seq) + 1 FROM bridge_queue)")
     db.commit()
     db.close()
+    if disk == "full":
+        fill_disk(gw.dir / "db")
     gw.start()
+    assert ("exclusive locking mode" in gw.log()) == (disk == "full"), gw.log()
     up.start()
     bridge_up(gw)
     cloud = up.client("cloud", clean=False)
