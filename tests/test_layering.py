@@ -91,6 +91,8 @@ LAYERS: Dict[str, int] = {
     "hashing": 3,
     # Bridges hosted in the loop (the server starts them; they use the core through its local clients).
     "bridge": 3,
+    # The loop's hooks for hosted concerns (a mixin of the server): its selector and log, nothing of the core.
+    "hosting": 5,
     "server": 6,
     "client": 6,
     "cli": 7,
