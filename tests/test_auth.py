@@ -548,7 +548,12 @@ def test_sighup_rereads_the_files_and_a_broken_one_keeps_the_running_ones(tmp_pa
     with open(log, "wb") as out:
         p = subprocess.Popen([sys.executable, "-m", "edgebroker", "-c", str(conf)], stdout=out, stderr=out)
     try:
-        wait_for(lambda: sock.exists(), 10, what="the broker")
+        def listening() -> bool:  # the socket's file exists from bind(), before listen(): try to connect
+            import socket as s
+            with s.socket(s.AF_UNIX, s.SOCK_STREAM) as probe:
+                return probe.connect_ex(str(sock)) == 0
+
+        wait_for(listening, 10, what="the broker to listen on its Unix socket")
 
         def client(cid: str, user: str, password: bytes) -> RawClient:
             c = RawClient.__new__(RawClient)
