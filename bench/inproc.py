@@ -344,6 +344,23 @@ def _loop_turns(n: int, evict: bool) -> float:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+#: What CONNL's and LIFE's handshakes get back: CONNACK accepted, SUBACK QoS 0.
+_HANDSHAKE_ANSWER = b"\x20\x02\x00\x00\x90\x03\x00\x01\x00"
+
+
+def _handshake(s: Any, data: bytes) -> None:
+    """Send a CONNECT + SUBSCRIBE and read back exactly its CONNACK and SUBACK (CONNL, LIFE)."""
+    s.sendall(data)
+    got = b""
+    while len(got) < len(_HANDSHAKE_ANSWER):
+        more = s.recv(64)
+        if not more:
+            raise RuntimeError("the broker closed a connection during its handshake")
+        got += more
+    if got != _HANDSHAKE_ANSWER:
+        raise RuntimeError(f"unexpected answer {got!r}")
+
+
 def case_connl(n: int) -> float:
     """CONNL: see the module's docstring. Returns the loop thread's CPU time per connection."""
     import resource
@@ -363,7 +380,6 @@ def case_connl(n: int) -> float:
                              default_port=0))
     loop, cpu_ns = _loop_thread(server, daemon=True)
     socks: List[socket.socket] = []
-    answer = b"\x20\x02\x00\x00\x90\x03\x00\x01\x00"  # CONNACK accepted, SUBACK QoS 0
     try:
         address = ("127.0.0.1", server.ports[0])
         reads = [wire.connect(f"bench-idle-{k}", True, 0) + wire.subscribe(1, [(f"bench/idle/{k}", 0)])
@@ -372,15 +388,7 @@ def case_connl(n: int) -> float:
         for data in reads:
             s = socket.create_connection(address)
             socks.append(s)
-            s.sendall(data)
-            got = b""
-            while len(got) < len(answer):
-                more = s.recv(64)
-                if not more:
-                    raise RuntimeError("the broker closed a connection during its handshake")
-                got += more
-            if got != answer:
-                raise RuntimeError(f"unexpected answer {got!r}")
+            _handshake(s, data)
         spent = (cpu_ns() - t0) / 1e9 / n
         if _EXIT_AFTER_CASE:  # under callgrind: the closing of the connections is not counted
             shutil.rmtree(directory, ignore_errors=True)
@@ -408,7 +416,6 @@ def case_life(n: int) -> float:
     server = _settled(Server(Config(persistence_location=directory, sys_interval=0), L.Logger(stream=logfile),
                              default_port=0))
     loop, cpu_ns = _loop_thread(server, daemon=True)
-    answer = b"\x20\x02\x00\x00\x90\x03\x00\x01\x00"  # CONNACK accepted, SUBACK QoS 0
     try:
         address = ("127.0.0.1", server.ports[0])
         reads = [wire.connect(f"bench-idle-{k}", True, 0) + wire.subscribe(1, [(f"bench/idle/{k}", 0)])
@@ -417,15 +424,7 @@ def case_life(n: int) -> float:
         for data in reads:
             s = socket.create_connection(address)
             try:
-                s.sendall(data)
-                got = b""
-                while len(got) < len(answer):
-                    more = s.recv(64)
-                    if not more:
-                        raise RuntimeError("the broker closed a connection during its handshake")
-                    got += more
-                if got != answer:
-                    raise RuntimeError(f"unexpected answer {got!r}")
+                _handshake(s, data)
                 s.shutdown(socket.SHUT_WR)  # the client goes away ...
                 if s.recv(64):  # ... and the broker closes its side
                     raise RuntimeError("the broker sent more after the SUBACK")

@@ -96,13 +96,7 @@ class Poller:
         self._readable.pop(fd, None)
         self._keys.pop(fd, None)
         self._max_events = len(self._files) or 1
-        try:
-            if self._epoll is not None:
-                self._epoll.unregister(fd)
-            else:
-                self._fallback.unregister(fd)
-        except (OSError, KeyError, ValueError):
-            pass  # closed already: the kernel dropped it from the set
+        self._drop(fd)
         return key
 
     def forget(self, fd: int, closing: bool = False) -> None:
@@ -116,8 +110,11 @@ class Poller:
         if self._readable.pop(fd, None) is None:
             self._keys.pop(fd, None)
         self._max_events = len(self._files) or 1
-        if closing and self._epoll is not None:
-            return
+        if not (closing and self._epoll is not None):
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        """Take `fd` out of the kernel's set (unregister, forget)."""
         try:
             if self._epoll is not None:
                 self._epoll.unregister(fd)

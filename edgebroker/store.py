@@ -524,8 +524,7 @@ class SqliteStore(NullStore):
             try:
                 conn.execute("PRAGMA user_version").fetchone()  # the first access: WAL's -shm file
             except sqlite3.OperationalError as exc:
-                conn.close()
-                conn = None
+                conn.close()  # (closing it again below, should the next open fail too, is harmless)
                 conn = self._open_exclusive(path, directory, exc)
             # 128 KiB of page cache (SQLite's default is 2 MiB): the hot statements touch few pages (the
             # ends of the deliveries B-tree: rows go in at one end, out at the other), a page read back
