@@ -785,7 +785,8 @@ def test_a_damaged_queue_row_is_skipped_and_counted(tmp_path, procs, small_disk,
     db.close()
     if disk == "full":
         fill_disk(gw.dir / "db")
-    gw.start()
+    gw.start()  # (returns at the listen line, which comes before the store's: wait for the start's end)
+    wait_for(lambda: "edgebroker version" in gw.log() and " running" in gw.log(), TIMEOUT, what="the start")
     assert ("exclusive locking mode" in gw.log()) == (disk == "full"), gw.log()
     up.start()
     bridge_up(gw)
